@@ -1,0 +1,50 @@
+// Adadelta: torch.optim.Adadelta.
+//
+//   g = -g                                       if maximize
+//   g = g + wd*p                                 if wd != 0
+//   sq = sq*rho + (1 - rho)*g*g
+//   delta = sqrt(acc + eps) / sqrt(sq + eps) * g
+//   acc = acc*rho + (1 - rho)*delta*delta
+//   p = p + (-lr)*delta
+
+override maximize: bool = false;
+
+struct AdadeltaScalars {
+    neg_lr: f32,
+    rho: f32,
+    one_minus_rho: f32,
+    eps: f32,
+    weight_decay: f32,
+}
+
+@group(0) @binding(0) var<uniform> s: AdadeltaScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> square_avg: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> acc_delta: array<vec4<f32>>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    let p = param[i];
+    var g = grad[i];
+    if (maximize) {
+        g = -g;
+    }
+    if (s.weight_decay != 0.0) {
+        g = g + s.weight_decay * p;
+    }
+    let sq = square_avg[i] * s.rho + s.one_minus_rho * g * g;
+    square_avg[i] = sq;
+    let std = sqrt(sq + s.eps);
+    let delta = sqrt(acc_delta[i] + s.eps) / std * g;
+    acc_delta[i] = acc_delta[i] * s.rho + s.one_minus_rho * delta * delta;
+    param[i] = p + s.neg_lr * delta;
+}

@@ -1,0 +1,66 @@
+// Adam and AdamW: torch.optim.Adam and torch.optim.AdamW (= Adam, decoupled_weight_decay=True).
+//
+//   g = -g                                       if maximize
+//   p = p * (1 - lr*wd)                          if wd != 0 and decoupled (AdamW)
+//   g = g + wd*p                                 if wd != 0 and not decoupled (Adam + L2)
+//   m = lerp(m, g, 1 - beta1)
+//   v = v*beta2 + (1 - beta2)*g*g
+//   v_max = max(v_max, v); v_hat = v_max         if amsgrad, else v_hat = v
+//   p = p + (-lr / (1 - beta1^t)) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+
+override maximize: bool = false;
+override amsgrad: bool = false;
+override decoupled_weight_decay: bool = false;
+
+struct AdamScalars {
+    weight_decay: f32,
+    decay_factor: f32,          // 1 - lr*wd
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2_sqrt: f32, // sqrt(1 - beta2^t)
+    eps: f32,
+    neg_step_size: f32,         // -lr / (1 - beta1^t)
+}
+
+@group(0) @binding(0) var<uniform> s: AdamScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var p = param[i];
+    var g = grad[i];
+    if (maximize) {
+        g = -g;
+    }
+    if (s.weight_decay != 0.0) {
+        if (decoupled_weight_decay) {
+            p = p * s.decay_factor;
+        } else {
+            g = g + s.weight_decay * p;
+        }
+    }
+    let m = torch_lerp(exp_avg[i], g, s.one_minus_beta1);
+    let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    var v_hat = v;
+    if (amsgrad) {
+        v_hat = max(max_exp_avg_sq[i], v);
+        max_exp_avg_sq[i] = v_hat;
+    }
+    let denom = sqrt(v_hat) / s.bias_correction2_sqrt + s.eps;
+    param[i] = p + s.neg_step_size * m / denom;
+}

@@ -1,0 +1,63 @@
+// NAdam: torch.optim.NAdam (Adam with Nesterov momentum and momentum decay).
+//
+//   g = -g                                       if maximize
+//   p = p * (1 - lr*wd)                          if wd != 0 and decoupled
+//   g = g + wd*p                                 if wd != 0 and not decoupled
+//   mu_t = beta1*(1 - 0.5*0.96^(t*psi));  mu_prod_t = mu_prod_{t-1}*mu_t     (on the CPU)
+//   m = lerp(m, g, 1 - beta1)
+//   v = v*beta2 + (1 - beta2)*g*g
+//   denom = sqrt(v / (1 - beta2^t)) + eps
+//   p = p + (-lr*(1 - mu_t)/(1 - mu_prod_t)) * g / denom
+//   p = p + (-lr*mu_{t+1}/(1 - mu_prod_t*mu_{t+1})) * m / denom
+
+override maximize: bool = false;
+override decoupled_weight_decay: bool = false;
+
+struct NadamScalars {
+    weight_decay: f32,
+    decay_factor: f32,          // 1 - lr*wd
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2: f32,      // 1 - beta2^t
+    eps: f32,
+    grad_coefficient: f32,      // -lr*(1 - mu_t)/(1 - mu_prod_t)
+    exp_avg_coefficient: f32,   // -lr*mu_{t+1}/(1 - mu_prod_{t+1})
+}
+
+@group(0) @binding(0) var<uniform> s: NadamScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    var p = param[i];
+    var g = grad[i];
+    if (maximize) {
+        g = -g;
+    }
+    if (s.weight_decay != 0.0) {
+        if (decoupled_weight_decay) {
+            p = p * s.decay_factor;
+        } else {
+            g = g + s.weight_decay * p;
+        }
+    }
+    let m = torch_lerp(exp_avg[i], g, s.one_minus_beta1);
+    let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    let denom = sqrt(v / s.bias_correction2) + s.eps;
+    p = p + s.grad_coefficient * g / denom;
+    param[i] = p + s.exp_avg_coefficient * m / denom;
+}

@@ -1,0 +1,59 @@
+// SGD with momentum, dampening, Nesterov and L2 weight decay: torch.optim.SGD.
+//
+//   g = -g                                       if maximize
+//   g = g + wd*p                                 if wd != 0
+//   if momentum != 0:
+//       b = g                                    at the first step
+//       b = b*momentum + (1 - dampening)*g       afterwards
+//       g = g + momentum*b                       if nesterov, else g = b
+//   p = p + (-lr)*g
+
+override maximize: bool = false;
+override has_momentum: bool = false;
+override nesterov: bool = false;
+
+struct SgdScalars {
+    neg_lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    first_step: f32,            // 1 at step 1, when the buffer is initialised to g
+}
+
+@group(0) @binding(0) var<uniform> s: SgdScalars;
+@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param)) {
+        return;
+    }
+    let p = param[i];
+    var g = grad[i];
+    if (maximize) {
+        g = -g;
+    }
+    if (s.weight_decay != 0.0) {
+        g = g + s.weight_decay * p;
+    }
+    if (has_momentum) {
+        var b = g;
+        if (s.first_step == 0.0) {
+            b = momentum_buffer[i] * s.momentum + s.one_minus_dampening * g;
+        }
+        momentum_buffer[i] = b;
+        if (nesterov) {
+            g = g + s.momentum * b;
+        } else {
+            g = b;
+        }
+    }
+    param[i] = p + s.neg_lr * g;
+}

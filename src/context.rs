@@ -1,0 +1,315 @@
+//! The GPU context: which adapter runs the optimizer, the device and queue it opened, and the
+//! compute pipelines compiled on it (cached per kernel variant and shared by every optimizer).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Environment variable read by [`GpuContext::from_env`] and the command line: `auto`, `vulkan`,
+/// `gl`, `metal` or `dx12`.
+pub const BACKEND_ENV: &str = "WGPU_OPTIM_BACKEND";
+
+const INSTALL_HINT: &str = "Install a GPU driver for it; on a Debian or Ubuntu machine without a GPU, \
+`apt-get install -y mesa-vulkan-drivers libvulkan1` gives a software Vulkan adapter (llvmpipe) \
+and `apt-get install -y libegl1 libegl-mesa0 libgles2` a software GL one.";
+
+/// Which graphics API to open the GPU through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// Let wgpu pick the best adapter of any backend (Vulkan first on Linux).
+    Auto,
+    Vulkan,
+    Gl,
+    Metal,
+    Dx12,
+    /// The browser's WebGPU implementation (wasm only).
+    BrowserWebGpu,
+}
+
+impl BackendChoice {
+    /// The wgpu backends this choice searches.
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::all(),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Gl => wgpu::Backends::GL,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::BrowserWebGpu => wgpu::Backends::BROWSER_WEBGPU,
+        }
+    }
+
+    /// Reads [`BACKEND_ENV`]; `Ok(None)` when it is unset or empty.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(value) if !value.trim().is_empty() => value.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "vulkan" | "vk" => Ok(BackendChoice::Vulkan),
+            "gl" | "gles" | "opengl" => Ok(BackendChoice::Gl),
+            "metal" => Ok(BackendChoice::Metal),
+            "dx12" | "d3d12" => Ok(BackendChoice::Dx12),
+            "webgpu" => Ok(BackendChoice::BrowserWebGpu),
+            _ => Err(Error::UnknownBackend(name.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Vulkan => "vulkan",
+            BackendChoice::Gl => "gl",
+            BackendChoice::Metal => "metal",
+            BackendChoice::Dx12 => "dx12",
+            BackendChoice::BrowserWebGpu => "webgpu",
+        })
+    }
+}
+
+/// What ran: the adapter's name, backend and driver, as reported by wgpu.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+impl From<&wgpu::AdapterInfo> for AdapterReport {
+    fn from(info: &wgpu::AdapterInfo) -> Self {
+        AdapterReport {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+}
+
+impl fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?}, {:?}", self.name, self.backend, self.device_type)?;
+        let driver = [self.driver.as_str(), self.driver_info.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !driver.is_empty() {
+            write!(f, ", driver {driver}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// A kernel variant: the shader's label and its pipeline-overridable constants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    pub label: &'static str,
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+/// An opened GPU: device, queue, the adapter that backs them, and the pipeline cache.
+///
+/// Cloning is cheap and shares the device, the queue and the cache.
+#[derive(Clone)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: AdapterReport,
+    pipelines: Arc<Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>>,
+}
+
+impl fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuContext").field("adapter", &self.adapter).finish_non_exhaustive()
+    }
+}
+
+impl GpuContext {
+    /// Opens the best adapter of the chosen backend (blocking; native only).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{BackendChoice, GpuContext};
+    /// let gpu = GpuContext::new(BackendChoice::Vulkan)?;
+    /// println!("running on {}", gpu.adapter());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new(choice: BackendChoice) -> Result<Self> {
+        pollster::block_on(Self::new_async(choice))
+    }
+
+    /// Opens the adapter named by [`BACKEND_ENV`], or the best of any backend when it is unset.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_env() -> Result<Self> {
+        Self::new(BackendChoice::from_env()?.unwrap_or(BackendChoice::Auto))
+    }
+
+    /// Opens the best adapter of the chosen backend.
+    pub async fn new_async(choice: BackendChoice) -> Result<Self> {
+        let adapter = Self::find_adapter(choice).await?;
+        Self::from_adapter(adapter).await
+    }
+
+    /// Every adapter the machine offers for the chosen backend(s), best first.
+    pub async fn adapters(choice: BackendChoice) -> Vec<wgpu::Adapter> {
+        let mut adapters = instance(choice.backends()).enumerate_adapters(choice.backends()).await;
+        adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
+        adapters
+    }
+
+    async fn find_adapter(choice: BackendChoice) -> Result<wgpu::Adapter> {
+        if choice == BackendChoice::Auto {
+            let options = wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            };
+            if let Ok(adapter) = instance(choice.backends()).request_adapter(&options).await {
+                return Ok(adapter);
+            }
+        } else if let Some(adapter) = Self::adapters(choice).await.into_iter().next() {
+            return Ok(adapter);
+        }
+        let present = Self::adapters(BackendChoice::Auto)
+            .await
+            .iter()
+            .map(|a| {
+                let info = a.get_info();
+                format!("{} via {:?}", info.name, info.backend)
+            })
+            .collect::<Vec<_>>();
+        Err(Error::NoAdapter {
+            requested: choice.to_string(),
+            present: if present.is_empty() { "none".into() } else { present.join(", ") },
+            hint: INSTALL_HINT,
+        })
+    }
+
+    /// Opens a device on the given adapter with every limit the adapter offers (the kernels
+    /// themselves stay inside WebGPU's default limits).
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("wgpu-optim"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = adapter
+            .request_device(&descriptor)
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue, &adapter.get_info()))
+    }
+
+    /// Shares a host application's device and queue, so the optimizer steps the same buffers
+    /// its own kernels use.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter: &wgpu::AdapterInfo) -> Self {
+        GpuContext {
+            device,
+            queue,
+            adapter: AdapterReport::from(adapter),
+            pipelines: Arc::default(),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.adapter
+    }
+
+    /// Runs `create`, turning any wgpu validation or out-of-memory error it raises into an
+    /// [`Error::Gpu`] instead of wgpu's default panic.
+    pub(crate) async fn checked<T>(&self, context: &str, create: impl FnOnce() -> T) -> Result<T> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = create();
+        let memory_error = memory.pop().await;
+        let validation_error = validation.pop().await;
+        match memory_error.or(validation_error) {
+            None => Ok(value),
+            Some(error) => Err(Error::Gpu {
+                context: context.to_string(),
+                message: error.to_string(),
+            }),
+        }
+    }
+
+    /// The compute pipeline for a kernel variant, compiled once per context.
+    pub(crate) async fn pipeline(
+        &self,
+        key: PipelineKey,
+        source: &str,
+        layout: &wgpu::PipelineLayout,
+    ) -> Result<wgpu::ComputePipeline> {
+        if let Some(pipeline) = self.pipelines.lock().expect("pipeline cache poisoned").get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let constants: Vec<(&str, f64)> =
+            key.constants.iter().map(|&(name, bits)| (name, f64::from_bits(bits))).collect();
+        let pipeline = self
+            .checked(&format!("compiling the {} kernel", key.label), || {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(key.label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(key.label),
+                    layout: Some(layout),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            })
+            .await?;
+        self.pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    wgpu::Instance::new(descriptor)
+}
+
+fn device_type_rank(device_type: wgpu::DeviceType) -> u8 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}

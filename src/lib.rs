@@ -1,0 +1,44 @@
+//! # wgpu-optim
+//!
+//! PyTorch-compatible neural-network optimizers as WGSL compute shaders, driven through wgpu:
+//! one code base for Vulkan, Metal, DX12, GL and WebGPU.
+//!
+//! - [`GpuContext`] opens an adapter (or adopts a host application's device and queue).
+//! - [`Parameters`] and [`ParamGroup`] describe the model's tensors and per-group
+//!   hyper-parameters, as torch's `param_groups` do.
+//! - [`Optimizer`] packs them into flat GPU arenas and records a step as one dispatch per
+//!   arena window, whatever the number of tensors.
+//! - [`rules`] holds the update rules (`SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`,
+//!   `AdamW`, `NAdam`), each with torch's names, defaults and validation, a WGSL kernel and a
+//!   scalar CPU reference; [`CpuOptimizer`] runs the references.
+//! - [`replay`] applies an optimizer to recorded gradients (the `wgpu-optim replay` command).
+//!
+//! ```no_run
+//! use wgpu_optim::{rules::Adam, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+//! let gpu = GpuContext::new(BackendChoice::Auto)?;
+//! let mut params = Parameters::new();
+//! let w = params.add("w", &[3], vec![1.0, 2.0, 3.0])?;
+//! let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(Adam { lr: 0.1, ..Adam::default() }, [w])])?;
+//! for _ in 0..100 {
+//!     let p = opt.read_param(w)?;                       // or compute the gradient on the GPU
+//!     opt.write_grad(w, &p.iter().map(|x| 2.0 * x).collect::<Vec<_>>())?;
+//!     opt.step_and_submit();
+//! }
+//! # Ok::<(), wgpu_optim::Error>(())
+//! ```
+
+pub mod compare;
+pub mod context;
+pub mod cpu;
+pub mod error;
+pub mod optimizer;
+pub mod params;
+pub mod replay;
+pub mod rules;
+
+pub use context::{AdapterReport, BackendChoice, GpuContext, BACKEND_ENV};
+pub use cpu::CpuOptimizer;
+pub use error::{Error, Result};
+pub use optimizer::{read_views, ArenaInfo, Optimizer, OptimizerOptions, TensorView, SCALAR_RING_STEPS};
+pub use params::{ParamGroup, Parameters, TensorId, TensorSpec};
+pub use rules::UpdateRule;

@@ -1,0 +1,163 @@
+//! Named parameter tensors and parameter groups, before they are placed in GPU arenas.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::rules::UpdateRule;
+
+/// Handle of a registered tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub(crate) usize);
+
+impl TensorId {
+    /// Registration order, from 0.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A registered tensor: name, shape and initial values.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// The model's parameter tensors with their initial values, by name.
+///
+/// ```
+/// use wgpu_optim::Parameters;
+/// let mut params = Parameters::new();
+/// let w = params.add("w", &[2, 3], vec![0.1; 6])?;
+/// let b = params.zeros("b", &[3])?;
+/// assert_eq!(params.id("b"), Some(b));
+/// assert_eq!(params.spec(w).shape, [2, 3]);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Parameters {
+    tensors: Vec<TensorSpec>,
+    by_name: HashMap<String, TensorId>,
+}
+
+impl Parameters {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a tensor; `data.len()` must equal the product of `shape`.
+    pub fn add(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> Result<TensorId> {
+        if name.is_empty() {
+            return Err(Error::Tensor("a tensor name must not be empty".into()));
+        }
+        if self.by_name.contains_key(name) {
+            return Err(Error::Tensor(format!("tensor {name:?} is registered twice")));
+        }
+        let len: usize = shape.iter().product();
+        if data.len() != len {
+            return Err(Error::SizeMismatch {
+                what: format!("tensor {name:?} of shape {shape:?}"),
+                expected: len,
+                actual: data.len(),
+            });
+        }
+        if len == 0 {
+            return Err(Error::Tensor(format!("tensor {name:?} has no elements (shape {shape:?})")));
+        }
+        let id = TensorId(self.tensors.len());
+        self.tensors.push(TensorSpec { name: name.to_string(), shape: shape.to_vec(), data });
+        self.by_name.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Registers a tensor of zeros.
+    pub fn zeros(&mut self, name: &str, shape: &[usize]) -> Result<TensorId> {
+        self.add(name, shape, vec![0.0; shape.iter().product()])
+    }
+
+    pub fn id(&self, name: &str) -> Option<TensorId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn spec(&self, id: TensorId) -> &TensorSpec {
+        &self.tensors[id.0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// All tensors in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = (TensorId, &TensorSpec)> {
+        self.tensors.iter().enumerate().map(|(i, t)| (TensorId(i), t))
+    }
+
+    pub(crate) fn into_specs(self) -> Vec<TensorSpec> {
+        self.tensors
+    }
+}
+
+/// A parameter group: tensors updated by one rule with one set of hyper-parameters
+/// (torch's `{"params": [...], "weight_decay": 0.0, ...}`).
+#[derive(Clone, Debug)]
+pub struct ParamGroup {
+    pub rule: Box<dyn UpdateRule>,
+    pub tensors: Vec<TensorId>,
+}
+
+impl ParamGroup {
+    pub fn new(rule: impl UpdateRule + 'static, tensors: impl IntoIterator<Item = TensorId>) -> Self {
+        Self::from_boxed(Box::new(rule), tensors)
+    }
+
+    pub fn from_boxed(rule: Box<dyn UpdateRule>, tensors: impl IntoIterator<Item = TensorId>) -> Self {
+        ParamGroup { rule, tensors: tensors.into_iter().collect() }
+    }
+}
+
+/// Checks what torch checks of param groups, plus completeness: every group's
+/// hyper-parameters are valid, all groups use the same optimizer, and every tensor is in
+/// exactly one group.
+pub(crate) fn check_groups(params: &Parameters, groups: &[ParamGroup]) -> Result<()> {
+    let first = groups
+        .first()
+        .ok_or_else(|| Error::Tensor("an optimizer needs at least one parameter group".into()))?;
+    let mut owner: Vec<Option<usize>> = vec![None; params.len()];
+    for (g, group) in groups.iter().enumerate() {
+        group.rule.validate()?;
+        if group.rule.name() != first.rule.name() {
+            return Err(Error::Config(format!(
+                "parameter group {g} uses {} but group 0 uses {}; one optimizer has one update rule",
+                group.rule.name(),
+                first.rule.name()
+            )));
+        }
+        if group.tensors.is_empty() {
+            return Err(Error::Tensor(format!("parameter group {g} has no tensors")));
+        }
+        for &id in &group.tensors {
+            let slot = owner
+                .get_mut(id.0)
+                .ok_or_else(|| Error::Tensor(format!("parameter group {g} names an unknown tensor id {}", id.0)))?;
+            if let Some(other) = slot {
+                return Err(Error::Tensor(format!(
+                    "tensor {:?} appears in parameter groups {other} and {g}; some parameters appear in more than one parameter group",
+                    params.spec(id).name
+                )));
+            }
+            *slot = Some(g);
+        }
+    }
+    if let Some(missing) = owner.iter().position(Option::is_none) {
+        return Err(Error::Tensor(format!(
+            "tensor {:?} is in no parameter group",
+            params.spec(TensorId(missing)).name
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Replay: apply an optimizer to recorded gradients, for cross-framework checks.
+//!
+//! Inputs (the `wgpu-optim replay` interface):
+//! - `run.json`: `{"optimizer": "AdamW", "hyperparameters": {...torch names...},
+//!   "param_groups": [{"params": ["w1", "b1"], ...overrides}]}`; `param_groups` is optional
+//!   (default: one group with every tensor, in name order);
+//! - params: the initial float32 tensors by name;
+//! - grads: for each parameter `w` a float32 tensor `w` of shape `[steps, *shape(w)]`.
+//!
+//! Output: the final parameters under their names and the optimizer state as
+//! `<name>.<key>` with torch's state keys (`exp_avg`, `mu_product`, ...), all float32.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::context::{BackendChoice, GpuContext};
+use crate::cpu::CpuOptimizer;
+use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
+use crate::params::{ParamGroup, Parameters, TensorId};
+use crate::rules;
+
+/// The contents of `run.json`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub optimizer: String,
+    #[serde(default)]
+    pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub param_groups: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl RunConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("run.json: {e}")))
+    }
+
+    /// Torch-style parameter groups over `params`: each group's overrides merged over the
+    /// top-level hyper-parameters, validated.
+    pub fn groups(&self, params: &Parameters) -> Result<Vec<ParamGroup>> {
+        let build = |overrides: &serde_json::Map<String, serde_json::Value>, names: Vec<String>| {
+            let mut merged = self.hyperparameters.clone();
+            merged.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // torch.optim.Adagrad fills every group's `sum` from the constructor's
+            // initial_accumulator_value; a group's own value is accepted and ignored.
+            if self.optimizer == "Adagrad" {
+                match self.hyperparameters.get("initial_accumulator_value") {
+                    Some(top) => merged.insert("initial_accumulator_value".into(), top.clone()),
+                    None => merged.remove("initial_accumulator_value"),
+                };
+            }
+            let rule = rules::from_config(&self.optimizer, &serde_json::Value::Object(merged))?;
+            let ids = names
+                .iter()
+                .map(|name| {
+                    params
+                        .id(name)
+                        .ok_or_else(|| Error::Config(format!("param_groups names {name:?}, which is not in the params file")))
+                })
+                .collect::<Result<Vec<TensorId>>>()?;
+            Ok(ParamGroup::from_boxed(rule, ids))
+        };
+        match &self.param_groups {
+            None => {
+                let mut names: Vec<String> = params.iter().map(|(_, t)| t.name.clone()).collect();
+                names.sort();
+                Ok(vec![build(&serde_json::Map::new(), names)?])
+            }
+            Some(groups) => groups
+                .iter()
+                .enumerate()
+                .map(|(g, group)| {
+                    let mut overrides = group.clone();
+                    let names = overrides
+                        .remove("params")
+                        .ok_or_else(|| Error::Config(format!("param_groups[{g}] has no \"params\" list")))?;
+                    let names: Vec<String> = serde_json::from_value(names)
+                        .map_err(|e| Error::Config(format!("param_groups[{g}].params must be a list of tensor names: {e}")))?;
+                    build(&overrides, names)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A named float32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Reads every tensor of a safetensors file; all must be float32.
+pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut tensors = Vec::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::Safetensors {
+                path: path.display().to_string(),
+                message: format!("tensor {name:?} is {:?}; only float32 is supported", view.dtype()),
+            });
+        }
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        tensors.push(NamedTensor { name, shape: view.shape().to_vec(), data });
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tensors)
+}
+
+/// Writes float32 tensors as safetensors, through a temporary file so a failure leaves no
+/// partial output.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let views = tensors
+        .iter()
+        .map(|t| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))
+                .map_err(|e| Error::Safetensors { path: path.display().to_string(), message: e.to_string() })?;
+            Ok((t.name.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| Error::Safetensors { path: path.display().to_string(), message: e.to_string() })?;
+    let partial = path.with_extension("safetensors.partial");
+    std::fs::write(&partial, bytes).map_err(io)?;
+    std::fs::rename(&partial, path).map_err(io)
+}
+
+/// A replay, loaded and checked: parameters, per-step gradients and groups.
+#[derive(Debug)]
+pub struct ReplayCase {
+    pub config: RunConfig,
+    pub params: Vec<NamedTensor>,
+    /// `grads[k]` is the gradient of `params[k]` for every step, step-major.
+    pub grads: Vec<Vec<f32>>,
+    pub steps: usize,
+}
+
+impl ReplayCase {
+    /// Loads the three inputs and checks that they fit together.
+    pub fn load(config: &Path, params: &Path, grads: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(config).map_err(|source| Error::Io { path: config.display().to_string(), source })?;
+        Self::new(RunConfig::from_json(&text)?, read_safetensors(params)?, read_safetensors(grads)?)
+    }
+
+    pub fn new(config: RunConfig, params: Vec<NamedTensor>, grads: Vec<NamedTensor>) -> Result<Self> {
+        if params.is_empty() {
+            return Err(Error::Tensor("the params file holds no tensors".into()));
+        }
+        let mut by_name: BTreeMap<String, NamedTensor> = grads.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let mut steps = None;
+        let mut per_param = Vec::with_capacity(params.len());
+        for p in &params {
+            let g = by_name
+                .remove(&p.name)
+                .ok_or_else(|| Error::Tensor(format!("the grads file has no tensor {:?}", p.name)))?;
+            if g.shape.len() != p.shape.len() + 1 || g.shape[1..] != p.shape[..] {
+                return Err(Error::Tensor(format!(
+                    "gradient {:?} has shape {:?}; expected [steps, {}]",
+                    p.name,
+                    g.shape,
+                    p.shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            match steps {
+                None => steps = Some(g.shape[0]),
+                Some(s) if s != g.shape[0] => {
+                    return Err(Error::Tensor(format!(
+                        "gradient {:?} records {} steps but others record {s}",
+                        p.name, g.shape[0]
+                    )))
+                }
+                Some(_) => {}
+            }
+            per_param.push(g.data);
+        }
+        if let Some(extra) = by_name.keys().next() {
+            return Err(Error::Tensor(format!("the grads file has tensor {extra:?}, which is not a parameter")));
+        }
+        let case = ReplayCase { config, params, grads: per_param, steps: steps.unwrap_or(0) };
+        case.config.groups(&case.parameters()?)?;
+        Ok(case)
+    }
+
+    fn parameters(&self) -> Result<Parameters> {
+        let mut params = Parameters::new();
+        for p in &self.params {
+            params.add(&p.name, &p.shape, p.data.clone())?;
+        }
+        Ok(params)
+    }
+
+    /// Runs every step on the CPU reference; returns parameters and state.
+    pub fn run_cpu(&self) -> Result<Vec<NamedTensor>> {
+        let params = self.parameters()?;
+        let groups = self.config.groups(&params)?;
+        let mut opt = CpuOptimizer::new(params, groups)?;
+        for step in 0..self.steps {
+            for (k, p) in self.params.iter().enumerate() {
+                let id = opt.tensor_id(&p.name).expect("registered above");
+                let len = p.data.len();
+                opt.write_grad(id, &self.grads[k][step * len..(step + 1) * len])?;
+            }
+            opt.step();
+        }
+        self.collect(
+            |id| Ok(opt.param(id).to_vec()),
+            |id, key| Ok(opt.state(id, key)?.to_vec()),
+            |id| opt.state_keys(id),
+            |id| opt.scalar_state(opt.group_of(id)),
+            |name| opt.tensor_id(name),
+        )
+    }
+
+    /// Runs every step on a GPU; returns parameters and state.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_gpu(&self, gpu: &GpuContext) -> Result<Vec<NamedTensor>> {
+        let params = self.parameters()?;
+        let groups = self.config.groups(&params)?;
+        let mut opt = Optimizer::new(gpu, params, groups)?;
+        let ids: Vec<TensorId> = self.params.iter().map(|p| opt.tensor_id(&p.name).expect("registered above")).collect();
+        for step in 0..self.steps {
+            for (k, p) in self.params.iter().enumerate() {
+                let len = p.data.len();
+                opt.write_grad(ids[k], &self.grads[k][step * len..(step + 1) * len])?;
+            }
+            opt.step_and_submit();
+        }
+        let mut views = Vec::new();
+        for &id in &ids {
+            views.push(opt.param(id));
+            for key in opt.state_keys(id) {
+                views.push(opt.state(id, key)?);
+            }
+        }
+        let mut read = opt.read_many(&views)?.into_iter();
+        let mut values: BTreeMap<(TensorId, &str), Vec<f32>> = BTreeMap::new();
+        for &id in &ids {
+            values.insert((id, ""), read.next().expect("one read per view"));
+            for key in opt.state_keys(id) {
+                values.insert((id, key), read.next().expect("one read per view"));
+            }
+        }
+        self.collect(
+            |id| Ok(values[&(id, "")].clone()),
+            |id, key| Ok(values[&(id, key)].clone()),
+            |id| opt.state_keys(id),
+            |id| opt.scalar_state(opt.group_of(id)),
+            |name| opt.tensor_id(name),
+        )
+    }
+
+    /// Gathers the output tensors in torch's naming from either backend.
+    fn collect(
+        &self,
+        param: impl Fn(TensorId) -> Result<Vec<f32>>,
+        state: impl Fn(TensorId, &str) -> Result<Vec<f32>>,
+        state_keys: impl Fn(TensorId) -> Vec<&'static str>,
+        scalar_state: impl Fn(TensorId) -> Vec<(&'static str, f32)>,
+        id_of: impl Fn(&str) -> Option<TensorId>,
+    ) -> Result<Vec<NamedTensor>> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            let id = id_of(&p.name).expect("registered above");
+            out.push(NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: param(id)? });
+            for key in state_keys(id) {
+                out.push(NamedTensor { name: format!("{}.{key}", p.name), shape: p.shape.clone(), data: state(id, key)? });
+            }
+            for (key, value) in scalar_state(id) {
+                out.push(NamedTensor { name: format!("{}.{key}", p.name), shape: Vec::new(), data: vec![value] });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where a replay runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayBackend {
+    Gpu(BackendChoice),
+    Cpu,
+}
+
+impl std::str::FromStr for ReplayBackend {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        if name.eq_ignore_ascii_case("cpu") {
+            Ok(ReplayBackend::Cpu)
+        } else {
+            name.parse().map(ReplayBackend::Gpu)
+        }
+    }
+}

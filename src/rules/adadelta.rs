@@ -1,0 +1,115 @@
+//! Adadelta (`torch.optim.Adadelta`); kernel: `shaders/adadelta.wgsl`.
+//!
+//! ```text
+//! input: lr, rho, eps, weight_decay, maximize
+//! for t = 1, 2, ...:
+//!     g = -g                                          if maximize
+//!     g = g + weight_decay*p                          if weight_decay != 0
+//!     sq = sq*rho + (1 - rho)*g*g                     # square_avg
+//!     delta = sqrt(acc + eps) / sqrt(sq + eps) * g
+//!     acc = acc*rho + (1 - rho)*delta*delta           # acc_delta
+//!     p = p + (-lr)*delta
+//! ```
+//! torch keeps a learning rate (default 1.0) that Zeiler's paper does not have, and puts eps
+//! inside both square roots.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use crate::error::Result;
+
+/// `torch.optim.Adadelta`, with torch's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Adadelta {
+    pub lr: f64,
+    pub rho: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub maximize: bool,
+}
+
+impl Default for Adadelta {
+    fn default() -> Self {
+        Adadelta {
+            lr: 1.0,
+            rho: 0.9,
+            eps: 1e-6,
+            weight_decay: 0.0,
+            maximize: false,
+        }
+    }
+}
+
+/// Mirrors `struct AdadeltaScalars` in `shaders/adadelta.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdadeltaScalars {
+    neg_lr: f32,
+    rho: f32,
+    one_minus_rho: f32,
+    eps: f32,
+    weight_decay: f32,
+    _padding: [f32; 11],
+}
+
+impl UpdateRule for Adadelta {
+    fn name(&self) -> &'static str {
+        "Adadelta"
+    }
+
+    fn validate(&self) -> Result<()> {
+        let check = Check("Adadelta");
+        check.non_negative("lr", self.lr)?;
+        check.unit_interval_closed("rho", self.rho)?;
+        check.non_negative("eps", self.eps)?;
+        check.non_negative("weight_decay", self.weight_decay)
+    }
+
+    fn kernel(&self) -> Kernel {
+        Kernel {
+            label: "adadelta",
+            source: include_str!("../../shaders/adadelta.wgsl"),
+            state_bindings: &["square_avg", "acc_delta"],
+            flags: vec![("maximize", self.maximize)],
+        }
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        vec![StateSlot { key: "square_avg", init: 0.0 }, StateSlot { key: "acc_delta", init: 0.0 }]
+    }
+
+    fn step_scalars(&self, _step: u64, _: &mut [f32]) -> StepScalars {
+        bytemuck::cast(AdadeltaScalars {
+            neg_lr: (-self.lr) as f32,
+            rho: self.rho as f32,
+            one_minus_rho: (1.0 - self.rho) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            _padding: [0.0; 11],
+        })
+    }
+
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let s: AdadeltaScalars = bytemuck::cast(*scalars);
+        let [square_avg, acc_delta] = state else { panic!("Adadelta keeps square_avg and acc_delta") };
+        for i in 0..param.len() {
+            let p = param[i];
+            let mut g = grad[i];
+            if self.maximize {
+                g = -g;
+            }
+            if s.weight_decay != 0.0 {
+                g += s.weight_decay * p;
+            }
+            let sq = square_avg[i] * s.rho + s.one_minus_rho * g * g;
+            square_avg[i] = sq;
+            let std = (sq + s.eps).sqrt();
+            let delta = (acc_delta[i] + s.eps).sqrt() / std * g;
+            acc_delta[i] = acc_delta[i] * s.rho + s.one_minus_rho * delta * delta;
+            param[i] = p + s.neg_lr * delta;
+        }
+    }
+
+    common_rule_methods!();
+}

@@ -1,0 +1,111 @@
+//! Adagrad (`torch.optim.Adagrad`); kernel: `shaders/adagrad.wgsl`.
+//!
+//! ```text
+//! input: lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize
+//! sum = initial_accumulator_value
+//! for t = 1, 2, ...:
+//!     g = -g                                          if maximize
+//!     g = g + weight_decay*p                          if weight_decay != 0
+//!     clr = lr / (1 + (t - 1)*lr_decay)
+//!     sum = sum + g*g
+//!     p = p + (-clr) * g / (sqrt(sum) + eps)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use crate::error::Result;
+
+/// `torch.optim.Adagrad`, with torch's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Adagrad {
+    pub lr: f64,
+    pub lr_decay: f64,
+    pub weight_decay: f64,
+    pub initial_accumulator_value: f64,
+    pub eps: f64,
+    pub maximize: bool,
+}
+
+impl Default for Adagrad {
+    fn default() -> Self {
+        Adagrad {
+            lr: 1e-2,
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+            maximize: false,
+        }
+    }
+}
+
+/// Mirrors `struct AdagradScalars` in `shaders/adagrad.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdagradScalars {
+    neg_clr: f32,
+    weight_decay: f32,
+    eps: f32,
+    _padding: [f32; 13],
+}
+
+impl UpdateRule for Adagrad {
+    fn name(&self) -> &'static str {
+        "Adagrad"
+    }
+
+    fn validate(&self) -> Result<()> {
+        let check = Check("Adagrad");
+        check.non_negative("lr", self.lr)?;
+        check.non_negative("lr_decay", self.lr_decay)?;
+        check.non_negative("weight_decay", self.weight_decay)?;
+        check.non_negative("initial_accumulator_value", self.initial_accumulator_value)?;
+        check.non_negative("eps", self.eps)
+    }
+
+    fn kernel(&self) -> Kernel {
+        Kernel {
+            label: "adagrad",
+            source: include_str!("../../shaders/adagrad.wgsl"),
+            state_bindings: &["sum"],
+            flags: vec![("maximize", self.maximize)],
+        }
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        vec![StateSlot { key: "sum", init: self.initial_accumulator_value as f32 }]
+    }
+
+    fn step_scalars(&self, step: u64, _: &mut [f32]) -> StepScalars {
+        let clr = self.lr / (1.0 + (step as f64 - 1.0) * self.lr_decay);
+        bytemuck::cast(AdagradScalars {
+            neg_clr: (-clr) as f32,
+            weight_decay: self.weight_decay as f32,
+            eps: self.eps as f32,
+            _padding: [0.0; 13],
+        })
+    }
+
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let s: AdagradScalars = bytemuck::cast(*scalars);
+        let sum = &mut state[0];
+        for i in 0..param.len() {
+            let p = param[i];
+            let mut g = grad[i];
+            if self.maximize {
+                g = -g;
+            }
+            if s.weight_decay != 0.0 {
+                g += s.weight_decay * p;
+            }
+            let acc = sum[i] + g * g;
+            sum[i] = acc;
+            let std = acc.sqrt() + s.eps;
+            param[i] = p + s.neg_clr * g / std;
+        }
+    }
+
+    common_rule_methods!();
+}

@@ -1,0 +1,223 @@
+//! Adam and AdamW (`torch.optim.Adam`, `torch.optim.AdamW`); kernel: `shaders/adam.wgsl`.
+//!
+//! ```text
+//! input: lr, betas (beta1, beta2), eps, weight_decay, amsgrad, maximize, decoupled_weight_decay
+//! for t = 1, 2, ...:
+//!     g = -g                                          if maximize
+//!     if weight_decay != 0:
+//!         p = p * (1 - lr*weight_decay)               if decoupled_weight_decay (AdamW)
+//!         g = g + weight_decay*p                      otherwise (L2, coupled)
+//!     m = lerp(m, g, 1 - beta1)                       # exp_avg
+//!     v = v*beta2 + (1 - beta2)*g*g                   # exp_avg_sq
+//!     v_max = max(v_max, v); v_hat = v_max            if amsgrad (max_exp_avg_sq); else v_hat = v
+//!     p = p + (-lr/(1 - beta1^t)) * m / (sqrt(v_hat)/sqrt(1 - beta2^t) + eps)
+//! ```
+//! Bias corrections are computed on the CPU in f64, as torch computes them in Python floats.
+
+use serde::{Deserialize, Serialize};
+
+use super::{lerp, Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use crate::error::Result;
+
+/// `torch.optim.Adam`, with torch's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Adam {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub amsgrad: bool,
+    pub maximize: bool,
+    pub decoupled_weight_decay: bool,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            maximize: false,
+            decoupled_weight_decay: false,
+        }
+    }
+}
+
+/// `torch.optim.AdamW`: Adam with decoupled weight decay, default `weight_decay` 1e-2.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamW {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub amsgrad: bool,
+    pub maximize: bool,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+            maximize: false,
+        }
+    }
+}
+
+impl AdamW {
+    fn as_adam(&self) -> Adam {
+        Adam {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            decoupled_weight_decay: true,
+        }
+    }
+}
+
+/// Mirrors `struct AdamScalars` in `shaders/adam.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdamScalars {
+    weight_decay: f32,
+    decay_factor: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    neg_step_size: f32,
+    _padding: [f32; 8],
+}
+
+impl Adam {
+    fn check(&self, optimizer: &'static str) -> Result<()> {
+        let check = Check(optimizer);
+        check.non_negative("lr", self.lr)?;
+        check.non_negative("eps", self.eps)?;
+        check.unit_interval_open("betas[0]", self.betas.0)?;
+        check.unit_interval_open("betas[1]", self.betas.1)?;
+        check.non_negative("weight_decay", self.weight_decay)
+    }
+}
+
+impl UpdateRule for Adam {
+    fn name(&self) -> &'static str {
+        "Adam"
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.check("Adam")
+    }
+
+    fn kernel(&self) -> Kernel {
+        Kernel {
+            label: "adam",
+            source: include_str!("../../shaders/adam.wgsl"),
+            state_bindings: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+            flags: vec![
+                ("maximize", self.maximize),
+                ("amsgrad", self.amsgrad),
+                ("decoupled_weight_decay", self.decoupled_weight_decay),
+            ],
+        }
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        let mut slots = vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }];
+        if self.amsgrad {
+            slots.push(StateSlot { key: "max_exp_avg_sq", init: 0.0 });
+        }
+        slots
+    }
+
+    fn step_scalars(&self, step: u64, _: &mut [f32]) -> StepScalars {
+        let t = step as f64;
+        let (beta1, beta2) = self.betas;
+        let bias_correction1 = 1.0 - beta1.powf(t);
+        let bias_correction2 = 1.0 - beta2.powf(t);
+        let step_size = self.lr / bias_correction1;
+        bytemuck::cast(AdamScalars {
+            weight_decay: self.weight_decay as f32,
+            decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
+            eps: self.eps as f32,
+            neg_step_size: (-step_size) as f32,
+            _padding: [0.0; 8],
+        })
+    }
+
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let s: AdamScalars = bytemuck::cast(*scalars);
+        let (exp_avg, rest) = state.split_first_mut().expect("exp_avg");
+        let (exp_avg_sq, rest) = rest.split_first_mut().expect("exp_avg_sq");
+        for i in 0..param.len() {
+            let mut p = param[i];
+            let mut g = grad[i];
+            if self.maximize {
+                g = -g;
+            }
+            if s.weight_decay != 0.0 {
+                if self.decoupled_weight_decay {
+                    p *= s.decay_factor;
+                } else {
+                    g += s.weight_decay * p;
+                }
+            }
+            let m = lerp(exp_avg[i], g, s.one_minus_beta1);
+            let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
+            exp_avg[i] = m;
+            exp_avg_sq[i] = v;
+            let mut v_hat = v;
+            if self.amsgrad {
+                v_hat = rest[0][i].max(v);
+                rest[0][i] = v_hat;
+            }
+            let denom = v_hat.sqrt() / s.bias_correction2_sqrt + s.eps;
+            param[i] = p + s.neg_step_size * m / denom;
+        }
+    }
+
+    common_rule_methods!();
+}
+
+impl UpdateRule for AdamW {
+    fn name(&self) -> &'static str {
+        "AdamW"
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.as_adam().check("AdamW")
+    }
+
+    fn kernel(&self) -> Kernel {
+        self.as_adam().kernel()
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        self.as_adam().state_slots()
+    }
+
+    fn step_scalars(&self, step: u64, scalar_state: &mut [f32]) -> StepScalars {
+        self.as_adam().step_scalars(step, scalar_state)
+    }
+
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        self.as_adam().cpu_update(scalars, param, grad, state)
+    }
+
+    common_rule_methods!();
+}

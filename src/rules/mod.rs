@@ -1,0 +1,222 @@
+//! Update rules. Each file holds one `torch.optim` class: its hyper-parameters with torch's
+//! names and defaults, torch's validation, the per-step scalars computed on the CPU in f64 (as
+//! torch does with Python floats), and a scalar CPU reference that follows the same formula as
+//! the WGSL kernel in `shaders/<rule>.wgsl`.
+//!
+//! The dispatcher sees a rule only through [`UpdateRule`]; it imports no rule.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// The [`UpdateRule`] methods that read every rule's `lr` field and serde derive.
+macro_rules! common_rule_methods {
+    () => {
+        fn lr(&self) -> f64 {
+            self.lr
+        }
+
+        fn set_lr(&mut self, lr: f64) {
+            self.lr = lr;
+        }
+
+        fn hyperparameters(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("hyper-parameters are plain numbers and flags")
+        }
+
+        fn clone_box(&self) -> Box<dyn UpdateRule> {
+            Box::new(self.clone())
+        }
+    };
+}
+
+mod adadelta;
+mod adagrad;
+mod adam;
+mod nadam;
+mod rmsprop;
+mod sgd;
+
+pub use adadelta::Adadelta;
+pub use adagrad::Adagrad;
+pub use adam::{Adam, AdamW};
+pub use nadam::NAdam;
+pub use rmsprop::RMSprop;
+pub use sgd::Sgd;
+
+/// WGSL shared by every kernel; prepended to each rule's source.
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+/// Elements one kernel invocation updates (one `vec4<f32>`).
+pub const ELEMENTS_PER_INVOCATION: u32 = 4;
+/// Invocations per workgroup; must equal `WORKGROUP_SIZE` in `shaders/common.wgsl`.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// The per-step scalars of one parameter group, as the kernel's uniform block sees them.
+/// Each rule casts it to and from its own `#[repr(C)]` struct of 16 `f32`.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepScalars(pub [f32; 16]);
+
+/// The kernel of a rule configuration.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// Shader label, also the pipeline cache key (e.g. `"adam"`).
+    pub label: &'static str,
+    /// The rule's WGSL (without [`COMMON_WGSL`]).
+    pub source: &'static str,
+    /// State arrays the shader declares, in binding order from binding 3.
+    pub state_bindings: &'static [&'static str],
+    /// Values of the shader's `override` flags for this configuration.
+    pub flags: Vec<(&'static str, bool)>,
+}
+
+impl Kernel {
+    /// The complete shader: shared code followed by the rule's kernel.
+    pub fn wgsl(&self) -> String {
+        format!("{COMMON_WGSL}\n{}", self.source)
+    }
+}
+
+/// A per-element state tensor a rule configuration keeps (torch's state key).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateSlot {
+    pub key: &'static str,
+    /// The value every element starts at (Adagrad's `initial_accumulator_value`; else 0).
+    pub init: f32,
+}
+
+/// One `torch.optim` update rule with its hyper-parameters, as one parameter group holds it.
+pub trait UpdateRule: fmt::Debug + Send + Sync {
+    /// The torch class name, e.g. `"AdamW"`.
+    fn name(&self) -> &'static str;
+    /// Rejects what torch rejects, and non-finite values.
+    fn validate(&self) -> Result<()>;
+    /// The kernel and flags for this configuration.
+    fn kernel(&self) -> Kernel;
+    /// The per-element state this configuration keeps, in the order `cpu_update` takes it.
+    fn state_slots(&self) -> Vec<StateSlot>;
+    /// Per-group scalar state (torch keeps it per tensor, but it is the same for every tensor
+    /// of a group), with initial values: NAdam's `mu_product`.
+    fn scalar_state(&self) -> Vec<(&'static str, f32)> {
+        Vec::new()
+    }
+    /// Scalars of step `step` (1-based); advances the group's scalar state.
+    fn step_scalars(&self, step: u64, scalar_state: &mut [f32]) -> StepScalars;
+    /// The CPU reference: one step on one tensor, `state` ordered as [`state_slots`](Self::state_slots).
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]);
+    fn lr(&self) -> f64;
+    fn set_lr(&mut self, lr: f64);
+    /// Hyper-parameters under torch's names.
+    fn hyperparameters(&self) -> serde_json::Value;
+    fn clone_box(&self) -> Box<dyn UpdateRule>;
+}
+
+impl Clone for Box<dyn UpdateRule> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// The optimizer names [`from_config`] accepts.
+pub const OPTIMIZER_NAMES: &[&str] = &["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam"];
+
+/// Builds a rule from its torch class name and a JSON object of torch keyword arguments.
+/// Unknown names and unknown or ill-typed hyper-parameters are errors.
+///
+/// ```
+/// let rule = wgpu_optim::rules::from_config("AdamW", &serde_json::json!({"lr": 3e-4, "betas": [0.9, 0.95]}))?;
+/// assert_eq!(rule.name(), "AdamW");
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+pub fn from_config(optimizer: &str, hyperparameters: &serde_json::Value) -> Result<Box<dyn UpdateRule>> {
+    fn parse<R>(optimizer: &str, value: &serde_json::Value) -> Result<Box<dyn UpdateRule>>
+    where
+        R: UpdateRule + serde::de::DeserializeOwned + 'static,
+    {
+        let rule: R = serde_json::from_value(value.clone())
+            .map_err(|e| Error::Config(format!("{optimizer} hyper-parameters: {e}")))?;
+        rule.validate()?;
+        Ok(Box::new(rule))
+    }
+    match optimizer {
+        "SGD" => parse::<Sgd>(optimizer, hyperparameters),
+        "Adagrad" => parse::<Adagrad>(optimizer, hyperparameters),
+        "RMSprop" => parse::<RMSprop>(optimizer, hyperparameters),
+        "Adadelta" => parse::<Adadelta>(optimizer, hyperparameters),
+        "Adam" => parse::<Adam>(optimizer, hyperparameters),
+        "AdamW" => parse::<AdamW>(optimizer, hyperparameters),
+        "NAdam" => parse::<NAdam>(optimizer, hyperparameters),
+        _ => Err(Error::UnknownOptimizer(optimizer.to_string(), OPTIMIZER_NAMES.join(", "))),
+    }
+}
+
+/// Validation helpers shaped like torch's checks (`if not 0.0 <= lr: raise ValueError`);
+/// NaN fails every one of them.
+pub(crate) struct Check(pub &'static str);
+
+impl Check {
+    fn fail(&self, name: &'static str, value: f64, requirement: &'static str) -> Result<()> {
+        Err(Error::InvalidHyperparameter {
+            optimizer: self.0,
+            name,
+            value: value.to_string(),
+            requirement,
+        })
+    }
+
+    /// `0 <= value`, finite.
+    pub fn non_negative(&self, name: &'static str, value: f64) -> Result<()> {
+        if value >= 0.0 && value.is_finite() {
+            Ok(())
+        } else {
+            self.fail(name, value, "must be finite and >= 0")
+        }
+    }
+
+    /// `0 <= value < 1`.
+    pub fn unit_interval_open(&self, name: &'static str, value: f64) -> Result<()> {
+        if (0.0..1.0).contains(&value) {
+            Ok(())
+        } else {
+            self.fail(name, value, "must be in [0, 1)")
+        }
+    }
+
+    /// `0 <= value <= 1`.
+    pub fn unit_interval_closed(&self, name: &'static str, value: f64) -> Result<()> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(())
+        } else {
+            self.fail(name, value, "must be in [0, 1]")
+        }
+    }
+
+    /// Any finite value (torch does not check it, but NaN or infinity would poison every parameter).
+    pub fn finite(&self, name: &'static str, value: f64) -> Result<()> {
+        if value.is_finite() {
+            Ok(())
+        } else {
+            self.fail(name, value, "must be finite")
+        }
+    }
+
+    /// A free-form rule violation (e.g. nesterov without momentum).
+    pub fn require(&self, ok: bool, name: &'static str, value: f64, requirement: &'static str) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            self.fail(name, value, requirement)
+        }
+    }
+}
+
+/// torch.lerp(start, end, weight) for `f32`, computed from the nearer end as ATen does.
+#[inline]
+pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
+    if weight < 0.5 {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (1.0 - weight)
+    }
+}

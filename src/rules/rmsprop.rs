@@ -1,0 +1,155 @@
+//! RMSprop (`torch.optim.RMSprop`); kernel: `shaders/rmsprop.wgsl`.
+//!
+//! ```text
+//! input: lr, alpha, eps, weight_decay, momentum, centered, maximize
+//! for t = 1, 2, ...:
+//!     g = -g                                          if maximize
+//!     g = g + weight_decay*p                          if weight_decay != 0
+//!     sq = sq*alpha + (1 - alpha)*g*g                 # square_avg
+//!     if centered:
+//!         ga = lerp(ga, g, 1 - alpha)                 # grad_avg
+//!         avg = sqrt(sq - ga*ga) + eps
+//!     else:
+//!         avg = sqrt(sq) + eps
+//!     if momentum > 0:
+//!         b = b*momentum + g/avg                      # momentum_buffer
+//!         p = p + (-lr)*b
+//!     else:
+//!         p = p + (-lr)*g/avg
+//! ```
+//! torch adds eps outside the square root; some texts put it inside.
+
+use serde::{Deserialize, Serialize};
+
+use super::{lerp, Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use crate::error::Result;
+
+/// `torch.optim.RMSprop`, with torch's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RMSprop {
+    pub lr: f64,
+    pub alpha: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub centered: bool,
+    pub maximize: bool,
+}
+
+impl Default for RMSprop {
+    fn default() -> Self {
+        RMSprop {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+        }
+    }
+}
+
+/// Mirrors `struct RmspropScalars` in `shaders/rmsprop.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RmspropScalars {
+    neg_lr: f32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    eps: f32,
+    weight_decay: f32,
+    momentum: f32,
+    _padding: [f32; 10],
+}
+
+impl UpdateRule for RMSprop {
+    fn name(&self) -> &'static str {
+        "RMSprop"
+    }
+
+    fn validate(&self) -> Result<()> {
+        let check = Check("RMSprop");
+        check.non_negative("lr", self.lr)?;
+        check.non_negative("eps", self.eps)?;
+        check.non_negative("momentum", self.momentum)?;
+        check.non_negative("weight_decay", self.weight_decay)?;
+        check.non_negative("alpha", self.alpha)
+    }
+
+    fn kernel(&self) -> Kernel {
+        Kernel {
+            label: "rmsprop",
+            source: include_str!("../../shaders/rmsprop.wgsl"),
+            state_bindings: &["square_avg", "momentum_buffer", "grad_avg"],
+            flags: vec![
+                ("maximize", self.maximize),
+                ("centered", self.centered),
+                ("has_momentum", self.momentum > 0.0),
+            ],
+        }
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        let mut slots = vec![StateSlot { key: "square_avg", init: 0.0 }];
+        if self.momentum > 0.0 {
+            slots.push(StateSlot { key: "momentum_buffer", init: 0.0 });
+        }
+        if self.centered {
+            slots.push(StateSlot { key: "grad_avg", init: 0.0 });
+        }
+        slots
+    }
+
+    fn step_scalars(&self, _step: u64, _: &mut [f32]) -> StepScalars {
+        bytemuck::cast(RmspropScalars {
+            neg_lr: (-self.lr) as f32,
+            alpha: self.alpha as f32,
+            one_minus_alpha: (1.0 - self.alpha) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            momentum: self.momentum as f32,
+            _padding: [0.0; 10],
+        })
+    }
+
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let s: RmspropScalars = bytemuck::cast(*scalars);
+        let has_momentum = self.momentum > 0.0;
+        let (square_avg, rest) = state.split_first_mut().expect("square_avg");
+        let (momentum_buffer, rest) = if has_momentum { rest.split_first_mut().map(|(b, r)| (Some(b), r)).expect("momentum_buffer") } else { (None, rest) };
+        let mut grad_avg = rest.first_mut();
+        let mut momentum_buffer = momentum_buffer;
+        for i in 0..param.len() {
+            let p = param[i];
+            let mut g = grad[i];
+            if self.maximize {
+                g = -g;
+            }
+            if s.weight_decay != 0.0 {
+                g += s.weight_decay * p;
+            }
+            let sq = square_avg[i] * s.alpha + s.one_minus_alpha * g * g;
+            square_avg[i] = sq;
+            let avg = match grad_avg.as_deref_mut() {
+                Some(grad_avg) if self.centered => {
+                    let ga = lerp(grad_avg[i], g, s.one_minus_alpha);
+                    grad_avg[i] = ga;
+                    (sq - ga * ga).sqrt() + s.eps
+                }
+                _ => sq.sqrt() + s.eps,
+            };
+            match momentum_buffer.as_deref_mut() {
+                Some(buffer) => {
+                    let b = buffer[i] * s.momentum + g / avg;
+                    buffer[i] = b;
+                    param[i] = p + s.neg_lr * b;
+                }
+                None => param[i] = p + s.neg_lr * g / avg,
+            }
+        }
+    }
+
+    common_rule_methods!();
+}

@@ -1,0 +1,133 @@
+//! SGD (`torch.optim.SGD`); kernel: `shaders/sgd.wgsl`.
+//!
+//! ```text
+//! input: lr, momentum, dampening, weight_decay, nesterov, maximize
+//! for t = 1, 2, ...:
+//!     g = -g                                          if maximize
+//!     g = g + weight_decay*p                          if weight_decay != 0
+//!     if momentum != 0:
+//!         b = g                                       if t == 1 (momentum_buffer)
+//!         b = b*momentum + (1 - dampening)*g          otherwise
+//!         g = g + momentum*b                          if nesterov; else g = b
+//!     p = p + (-lr)*g
+//! ```
+//! The textbook form v = mu*v - lr*g (the seed articles) is the same update with the
+//! learning rate folded into the buffer; torch's form keeps lr outside, so that a schedule
+//! changing lr does not rescale the accumulated momentum.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use crate::error::Result;
+
+/// `torch.optim.SGD`, with torch's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sgd {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    pub maximize: bool,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Sgd {
+            lr: 1e-3,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            maximize: false,
+        }
+    }
+}
+
+/// Mirrors `struct SgdScalars` in `shaders/sgd.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SgdScalars {
+    neg_lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    first_step: f32,
+    _padding: [f32; 11],
+}
+
+impl UpdateRule for Sgd {
+    fn name(&self) -> &'static str {
+        "SGD"
+    }
+
+    fn validate(&self) -> Result<()> {
+        let check = Check("SGD");
+        check.non_negative("lr", self.lr)?;
+        check.non_negative("momentum", self.momentum)?;
+        check.finite("dampening", self.dampening)?;
+        check.non_negative("weight_decay", self.weight_decay)?;
+        check.require(
+            !self.nesterov || (self.momentum > 0.0 && self.dampening == 0.0),
+            "nesterov",
+            self.momentum,
+            "Nesterov momentum requires a momentum and zero dampening",
+        )
+    }
+
+    fn kernel(&self) -> Kernel {
+        Kernel {
+            label: "sgd",
+            source: include_str!("../../shaders/sgd.wgsl"),
+            state_bindings: &["momentum_buffer"],
+            flags: vec![
+                ("maximize", self.maximize),
+                ("has_momentum", self.momentum != 0.0),
+                ("nesterov", self.nesterov),
+            ],
+        }
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        if self.momentum != 0.0 {
+            vec![StateSlot { key: "momentum_buffer", init: 0.0 }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn step_scalars(&self, step: u64, _: &mut [f32]) -> StepScalars {
+        bytemuck::cast(SgdScalars {
+            neg_lr: (-self.lr) as f32,
+            weight_decay: self.weight_decay as f32,
+            momentum: self.momentum as f32,
+            one_minus_dampening: (1.0 - self.dampening) as f32,
+            first_step: if step == 1 { 1.0 } else { 0.0 },
+            _padding: [0.0; 11],
+        })
+    }
+
+    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let s: SgdScalars = bytemuck::cast(*scalars);
+        for i in 0..param.len() {
+            let p = param[i];
+            let mut g = grad[i];
+            if self.maximize {
+                g = -g;
+            }
+            if s.weight_decay != 0.0 {
+                g += s.weight_decay * p;
+            }
+            if self.momentum != 0.0 {
+                let buffer = &mut state[0][i];
+                let b = if s.first_step != 0.0 { g } else { *buffer * s.momentum + s.one_minus_dampening * g };
+                *buffer = b;
+                g = if self.nesterov { g + s.momentum * b } else { b };
+            }
+            param[i] = p + s.neg_lr * g;
+        }
+    }
+
+    common_rule_methods!();
+}
