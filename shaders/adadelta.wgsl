@@ -43,8 +43,8 @@ fn main(
     }
     let sq = square_avg[i] * s.rho + s.one_minus_rho * g * g;
     square_avg[i] = sq;
-    let std = sqrt(sq + s.eps);
-    let delta = sqrt(acc_delta[i] + s.eps) / std * g;
+    let std_dev = sqrt(sq + s.eps);
+    let delta = sqrt(acc_delta[i] + s.eps) / std_dev * g;
     acc_delta[i] = acc_delta[i] * s.rho + s.one_minus_rho * delta * delta;
     param[i] = p + s.neg_lr * delta;
 }

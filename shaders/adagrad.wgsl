@@ -38,6 +38,6 @@ fn main(
     }
     let acc = sum[i] + g * g;
     sum[i] = acc;
-    let std = sqrt(acc) + s.eps;
-    param[i] = p + s.neg_clr * g / std;
+    let std_dev = sqrt(acc) + s.eps;
+    param[i] = p + s.neg_clr * g / std_dev;
 }

@@ -32,7 +32,9 @@ pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod optimizer;
+pub mod parity;
 pub mod params;
+pub mod portability;
 pub mod replay;
 pub mod rules;
 

@@ -42,6 +42,21 @@ enum Command {
         #[arg(long, default_value_t = 1e-6)]
         tolerance: f64,
     },
+    /// Replay every golden case (recorded from torch.optim) and report the error per rule and backend.
+    Parity {
+        /// cpu, auto, vulkan, gl, metal, dx12, or all (the CPU reference and every adapter).
+        #[arg(long, default_value = "all")]
+        backend: String,
+        /// Directory of golden cases.
+        #[arg(long, default_value = "tests/golden/cases")]
+        cases: PathBuf,
+        /// Also write every case's result as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write the table as Markdown.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// List the GPU adapters this machine offers.
     Adapters,
 }
@@ -59,6 +74,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
     match cli.command {
+        Command::Parity { backend, cases, json, markdown } => parity(&backend, &cases, json, markdown),
         Command::Adapters => {
             let adapters = pollster::block_on(GpuContext::adapters(BackendChoice::Auto));
             if adapters.is_empty() {
@@ -110,4 +126,67 @@ fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
             Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+fn parity(
+    backend: &str,
+    cases: &std::path::Path,
+    json: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+) -> Result<ExitCode, wgpu_optim::Error> {
+    use wgpu_optim::parity::{case_dirs, check_case, summarize};
+    let dirs = case_dirs(cases)?;
+    let mut backends: Vec<Option<GpuContext>> = Vec::new(); // None: the CPU reference
+    if backend == "all" {
+        backends.push(None);
+        for adapter in pollster::block_on(GpuContext::adapters(BackendChoice::Auto)) {
+            backends.push(Some(pollster::block_on(GpuContext::from_adapter(adapter))?));
+        }
+    } else {
+        match backend.parse()? {
+            ReplayBackend::Cpu => backends.push(None),
+            ReplayBackend::Gpu(choice) => backends.push(Some(GpuContext::new(choice)?)),
+        }
+    }
+    let mut adapters = Vec::new();
+    let mut results = Vec::new();
+    for gpu in &backends {
+        let name = match gpu {
+            None => "cpu".to_string(),
+            Some(gpu) => format!("{:?}", gpu.adapter().backend).to_lowercase(),
+        };
+        adapters.push(match gpu {
+            None => "cpu: the CPU reference (scalar Rust)".to_string(),
+            Some(gpu) => format!("{name}: {}", gpu.adapter()),
+        });
+        for dir in &dirs {
+            let result = check_case(dir, &name, &|case| match gpu {
+                None => case.run_cpu(),
+                Some(gpu) => case.run_gpu(gpu),
+            })?;
+            if !result.pass {
+                eprintln!(
+                    "FAIL {} on {}: {} is {:.1} ulps off (tolerance {})",
+                    result.case, name, result.worst_tensor, result.max_ulps, result.tolerance_ulps
+                );
+            }
+            results.push(result);
+        }
+    }
+    let rows = summarize(&results);
+    let table = wgpu_optim::parity::markdown(&adapters, &rows);
+    println!("{table}");
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|source| wgpu_optim::Error::Io { path: path.display().to_string(), source })
+    };
+    if let Some(path) = json {
+        let report = serde_json::json!({ "adapters": adapters, "summary": rows, "cases": results });
+        write(&path, serde_json::to_string_pretty(&report).expect("plain data"))?;
+    }
+    if let Some(path) = markdown {
+        write(&path, table)?;
+    }
+    let failed = results.iter().filter(|r| !r.pass).count();
+    println!("{} case runs, {failed} failed", results.len());
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -104,8 +104,8 @@ impl UpdateRule for Adadelta {
             }
             let sq = square_avg[i] * s.rho + s.one_minus_rho * g * g;
             square_avg[i] = sq;
-            let std = (sq + s.eps).sqrt();
-            let delta = (acc_delta[i] + s.eps).sqrt() / std * g;
+            let std_dev = (sq + s.eps).sqrt();
+            let delta = (acc_delta[i] + s.eps).sqrt() / std_dev * g;
             acc_delta[i] = acc_delta[i] * s.rho + s.one_minus_rho * delta * delta;
             param[i] = p + s.neg_lr * delta;
         }

@@ -102,8 +102,8 @@ impl UpdateRule for Adagrad {
             }
             let acc = sum[i] + g * g;
             sum[i] = acc;
-            let std = acc.sqrt() + s.eps;
-            param[i] = p + s.neg_clr * g / std;
+            let std_dev = acc.sqrt() + s.eps;
+            param[i] = p + s.neg_clr * g / std_dev;
         }
     }
 

@@ -118,6 +118,18 @@ impl Clone for Box<dyn UpdateRule> {
     }
 }
 
+/// The kernel of every rule (flags at their defaults), one per shader.
+pub fn kernels() -> Vec<Kernel> {
+    vec![
+        Sgd::default().kernel(),
+        Adagrad::default().kernel(),
+        RMSprop::default().kernel(),
+        Adadelta::default().kernel(),
+        Adam::default().kernel(),
+        NAdam::default().kernel(),
+    ]
+}
+
 /// The optimizer names [`from_config`] accepts.
 pub const OPTIMIZER_NAMES: &[&str] = &["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam"];
 

@@ -1,0 +1,15 @@
+//! The integration tests: one binary (wgpu is linked once), one module per concern.
+//!
+//! GPU tests run on every adapter the machine offers and fail when there is none.
+//! `WGPU_OPTIM_REQUIRE_BACKENDS=vulkan,gl` (set by `.ci/run`) also fails them when one of the
+//! named backends is missing.
+
+mod common;
+
+mod cli;
+mod dispatch;
+mod golden;
+mod large;
+mod rules;
+mod shaders;
+mod validation;

@@ -1,0 +1,29 @@
+//! naga parses and validates every shader and translates every flag combination to SPIR-V,
+//! MSL, HLSL and GLSL; the kernels stay within WebGPU's default limits.
+
+use wgpu_optim::portability::translate_all;
+use wgpu_optim::rules::kernels;
+
+#[test]
+fn every_kernel_translates_to_every_backend_language() {
+    let kernels = kernels();
+    assert_eq!(kernels.len(), 6, "one shader per rule (AdamW shares Adam's)");
+    for kernel in &kernels {
+        let variants = translate_all(kernel).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(variants.len(), 1 << kernel.flags.len(), "{}: one translation per flag combination", kernel.label);
+        for v in &variants {
+            assert!(v.spirv_words > 100, "{}: SPIR-V", v.label);
+            assert!(v.msl.contains("kernel void"), "{}: MSL has a kernel entry point", v.label);
+            assert!(v.hlsl.contains("[numthreads(256, 1, 1)]"), "{}: HLSL entry point", v.label);
+            assert!(v.glsl.contains("layout(local_size_x = 256"), "{}: GLSL workgroup size", v.label);
+        }
+    }
+}
+
+#[test]
+fn a_broken_shader_is_reported_not_panicked() {
+    let mut kernel = kernels().remove(0);
+    kernel.source = "fn main( { }";
+    let error = translate_all(&kernel).unwrap_err().to_string();
+    assert!(error.contains("parsing of the sgd kernel"), "{error}");
+}
