@@ -146,8 +146,11 @@ pub fn from_config(optimizer: &str, hyperparameters: &serde_json::Value) -> Resu
     where
         R: UpdateRule + serde::de::DeserializeOwned + 'static,
     {
-        let rule: R = serde_json::from_value(value.clone())
-            .map_err(|e| Error::Config(format!("{optimizer} hyper-parameters: {e}")))?;
+        let rule: R = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let at = e.path().to_string();
+            let place = if at == "." { String::new() } else { format!(" at {at:?}") };
+            Error::Config(format!("{optimizer} hyper-parameters{place}: {}", e.into_inner()))
+        })?;
         rule.validate()?;
         Ok(Box::new(rule))
     }

@@ -1,1 +1,154 @@
-//! cli
+//! The `wgpu-optim replay` command end to end, and its error cases: a clear message, a
+//! non-zero exit, and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use wgpu_optim::replay::{read_safetensors, write_safetensors, NamedTensor};
+
+const CASE: &str = "tests/golden/cases/adamw-default-groups";
+
+fn case_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(CASE).join(name)
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-cli-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn replay(config: &Path, params: &Path, grads: &Path, out: &Path, extra: &[&str]) -> Output {
+    crate::common::gpus(); // fail, not skip, without an adapter
+    Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args(["replay", "--config"])
+        .arg(config)
+        .arg("--params")
+        .arg(params)
+        .arg("--grads")
+        .arg(grads)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn replay_reproduces_torch_on_every_backend() {
+    let dir = scratch("ok");
+    for backend in ["vulkan", "gl", "cpu"] {
+        let out = dir.join(format!("{backend}.safetensors"));
+        let expected = case_file("expected.safetensors");
+        let output = replay(
+            &case_file("run.json"),
+            &case_file("params.safetensors"),
+            &case_file("grads.safetensors"),
+            &out,
+            &["--backend", backend, "--expected", expected.to_str().unwrap()],
+        );
+        let log = text(&output);
+        assert!(output.status.success(), "{backend}: {log}");
+        assert!(log.contains("adapter: "), "prints the adapter: {log}");
+        assert!(log.contains("PASS"), "{log}");
+        let names: Vec<String> = read_safetensors(&out).unwrap().into_iter().map(|t| t.name).collect();
+        let expected_names: Vec<String> = read_safetensors(&expected).unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, expected_names, "torch's tensor and state names");
+    }
+}
+
+/// Writes a modified copy of the case and expects the command to fail with `message`.
+fn rejects(test: &str, config: Option<&str>, params: Option<Vec<NamedTensor>>, grads: Option<Vec<NamedTensor>>, message: &str) {
+    let dir = scratch(test);
+    let config_path = match config {
+        Some(text) => {
+            std::fs::write(dir.join("run.json"), text).unwrap();
+            dir.join("run.json")
+        }
+        None => case_file("run.json"),
+    };
+    let params_path = match params {
+        Some(t) => {
+            write_safetensors(&dir.join("params.safetensors"), &t).unwrap();
+            dir.join("params.safetensors")
+        }
+        None => case_file("params.safetensors"),
+    };
+    let grads_path = match grads {
+        Some(t) => {
+            write_safetensors(&dir.join("grads.safetensors"), &t).unwrap();
+            dir.join("grads.safetensors")
+        }
+        None => case_file("grads.safetensors"),
+    };
+    let out = dir.join("out.safetensors");
+    let output = replay(&config_path, &params_path, &grads_path, &out, &["--backend", "cpu"]);
+    let log = text(&output);
+    assert!(!output.status.success(), "{test} should fail: {log}");
+    assert!(log.contains(message), "{test}: expected {message:?} in {log}");
+    assert!(!out.exists(), "{test}: no output file on error");
+}
+
+#[test]
+fn replay_errors_are_clear_and_leave_no_output() {
+    let params = read_safetensors(&case_file("params.safetensors")).unwrap();
+    let grads = read_safetensors(&case_file("grads.safetensors")).unwrap();
+
+    let mut missing = grads.clone();
+    let dropped = missing.remove(0).name;
+    rejects("missing", None, None, Some(missing), &format!("the grads file has no tensor {dropped:?}"));
+
+    let mut reshaped = grads.clone();
+    reshaped[0].shape.push(1);
+    rejects("shape", None, None, Some(reshaped), "has shape");
+
+    let mut uneven = grads.clone();
+    let steps = uneven[0].shape[0];
+    let per_step = uneven[0].data.len() / steps;
+    uneven[0].shape[0] -= 1;
+    uneven[0].data.truncate(per_step * (steps - 1));
+    rejects("steps", None, None, Some(uneven), "steps but others record");
+
+    let mut extra = grads.clone();
+    extra.push(NamedTensor { name: "ghost".into(), shape: vec![steps, 1], data: vec![0.0; steps] });
+    rejects("extra", None, None, Some(extra), "\"ghost\", which is not a parameter");
+
+    let mut renamed = params.clone();
+    renamed[0].name = "other".into();
+    rejects("param-name", None, Some(renamed), None, "the grads file has no tensor \"other\"");
+
+    rejects("nan", Some(r#"{"optimizer": "AdamW", "hyperparameters": {"lr": NaN}}"#), None, None, "run.json");
+    rejects("negative-lr", Some(r#"{"optimizer": "AdamW", "hyperparameters": {"lr": -0.1}}"#), None, None, "invalid lr value: -0.1");
+    rejects("betas", Some(r#"{"optimizer": "Adam", "hyperparameters": {"betas": [0.9, 1.0]}}"#), None, None, "betas[1]");
+    rejects("unknown-optimizer", Some(r#"{"optimizer": "Lion", "hyperparameters": {}}"#), None, None, "unknown optimizer \"Lion\"");
+    rejects("unknown-hyper", Some(r#"{"optimizer": "SGD", "hyperparameters": {"lr": 0.1, "momentun": 0.9}}"#), None, None, "unknown field `momentun`");
+    rejects("unknown-key", Some(r#"{"optimizer": "SGD", "hyperparameters": {}, "schedule": {}}"#), None, None, "unknown field `schedule`");
+    rejects(
+        "group-unknown-tensor",
+        Some(r#"{"optimizer": "SGD", "hyperparameters": {}, "param_groups": [{"params": ["nope"]}]}"#),
+        None,
+        None,
+        "\"nope\", which is not in the params file",
+    );
+
+    let dir = scratch("missing-file");
+    let out = dir.join("out.safetensors");
+    let output = replay(&dir.join("absent.json"), &case_file("params.safetensors"), &case_file("grads.safetensors"), &out, &[]);
+    assert!(!output.status.success() && text(&output).contains("absent.json"), "{}", text(&output));
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_unknown_backend_is_an_error() {
+    let dir = scratch("backend");
+    let out = dir.join("out.safetensors");
+    let output = replay(&case_file("run.json"), &case_file("params.safetensors"), &case_file("grads.safetensors"), &out, &["--backend", "cuda"]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("unknown backend \"cuda\""), "{}", text(&output));
+    assert!(!out.exists());
+}

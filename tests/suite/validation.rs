@@ -1,1 +1,147 @@
-//! validation
+//! Bad input gets a clear error and changes nothing: the hyper-parameters torch rejects,
+//! inconsistent parameter groups, mismatched sizes, unknown names.
+
+use serde_json::json;
+use wgpu_optim::rules::{from_config, Adadelta, Adagrad, Adam, AdamW, NAdam, RMSprop, Sgd};
+use wgpu_optim::{CpuOptimizer, Error, Optimizer, ParamGroup, Parameters, UpdateRule};
+
+use crate::common::gpus;
+
+fn rejects(rule: &dyn UpdateRule, name: &str) {
+    match rule.validate() {
+        Err(Error::InvalidHyperparameter { name: got, .. }) => assert_eq!(got, name, "{rule:?}"),
+        other => panic!("{rule:?} should be rejected for {name}, got {other:?}"),
+    }
+}
+
+#[test]
+fn torch_rejections_are_errors() {
+    rejects(&Sgd { lr: -0.1, ..Sgd::default() }, "lr");
+    rejects(&Sgd { momentum: -0.5, ..Sgd::default() }, "momentum");
+    rejects(&Sgd { weight_decay: -1e-4, ..Sgd::default() }, "weight_decay");
+    rejects(&Sgd { nesterov: true, ..Sgd::default() }, "nesterov");
+    rejects(&Sgd { nesterov: true, momentum: 0.9, dampening: 0.1, ..Sgd::default() }, "nesterov");
+    rejects(&Adagrad { lr: -1.0, ..Adagrad::default() }, "lr");
+    rejects(&Adagrad { lr_decay: -1.0, ..Adagrad::default() }, "lr_decay");
+    rejects(&Adagrad { initial_accumulator_value: -0.1, ..Adagrad::default() }, "initial_accumulator_value");
+    rejects(&Adagrad { eps: -1e-10, ..Adagrad::default() }, "eps");
+    rejects(&RMSprop { alpha: -0.9, ..RMSprop::default() }, "alpha");
+    rejects(&RMSprop { momentum: -0.9, ..RMSprop::default() }, "momentum");
+    rejects(&RMSprop { eps: -1.0, ..RMSprop::default() }, "eps");
+    rejects(&Adadelta { rho: 1.5, ..Adadelta::default() }, "rho");
+    rejects(&Adadelta { rho: -0.1, ..Adadelta::default() }, "rho");
+    rejects(&Adadelta { weight_decay: -1.0, ..Adadelta::default() }, "weight_decay");
+    rejects(&Adam { betas: (1.0, 0.999), ..Adam::default() }, "betas[0]");
+    rejects(&Adam { betas: (0.9, -0.1), ..Adam::default() }, "betas[1]");
+    rejects(&Adam { eps: -1e-8, ..Adam::default() }, "eps");
+    rejects(&Adam { weight_decay: -1e-2, ..Adam::default() }, "weight_decay");
+    rejects(&AdamW { lr: -1e-3, ..AdamW::default() }, "lr");
+    rejects(&AdamW { betas: (0.9, 1.0), ..AdamW::default() }, "betas[1]");
+    rejects(&NAdam { momentum_decay: -1e-3, ..NAdam::default() }, "momentum_decay");
+    rejects(&NAdam { betas: (1.2, 0.999), ..NAdam::default() }, "betas[0]");
+    // Non-finite values poison every parameter: rejected although torch lets some pass.
+    rejects(&Sgd { lr: f64::NAN, ..Sgd::default() }, "lr");
+    rejects(&Adam { lr: f64::INFINITY, ..Adam::default() }, "lr");
+    rejects(&Sgd { dampening: f64::NAN, ..Sgd::default() }, "dampening");
+}
+
+#[test]
+fn torch_boundary_values_are_accepted() {
+    for rule in [
+        Box::new(Adam { betas: (0.0, 0.0), lr: 0.0, eps: 0.0, ..Adam::default() }) as Box<dyn UpdateRule>,
+        Box::new(Adadelta { rho: 1.0, ..Adadelta::default() }),
+        Box::new(Adadelta { rho: 0.0, ..Adadelta::default() }),
+        Box::new(Sgd { nesterov: true, momentum: 0.9, ..Sgd::default() }),
+        Box::new(Sgd { dampening: -0.5, momentum: 0.9, ..Sgd::default() }), // torch does not check dampening
+    ] {
+        rule.validate().unwrap_or_else(|e| panic!("{rule:?}: {e}"));
+    }
+}
+
+#[test]
+fn defaults_are_torchs() {
+    assert_eq!(Sgd::default().lr, 1e-3);
+    assert_eq!(Adagrad::default().eps, 1e-10);
+    assert_eq!((RMSprop::default().lr, RMSprop::default().alpha), (1e-2, 0.99));
+    assert_eq!((Adadelta::default().lr, Adadelta::default().rho, Adadelta::default().eps), (1.0, 0.9, 1e-6));
+    assert_eq!((Adam::default().betas, Adam::default().eps, Adam::default().weight_decay), ((0.9, 0.999), 1e-8, 0.0));
+    assert_eq!(AdamW::default().weight_decay, 1e-2);
+    assert_eq!((NAdam::default().lr, NAdam::default().momentum_decay), (2e-3, 4e-3));
+}
+
+#[test]
+fn configs_reject_unknown_names_and_types() {
+    let message = |r: Result<Box<dyn UpdateRule>, Error>| r.unwrap_err().to_string();
+    assert!(message(from_config("Adamax", &json!({}))).contains("unknown optimizer \"Adamax\""));
+    assert!(message(from_config("Adam", &json!({"beta1": 0.9}))).contains("unknown field `beta1`"));
+    assert!(message(from_config("Adam", &json!({"betas": 0.9}))).contains("at \"betas\""));
+    assert!(message(from_config("SGD", &json!({"lr": "fast"}))).contains("invalid type"));
+    assert!(message(from_config("SGD", &json!({"lr": -1.0}))).contains("invalid lr"));
+    let rule = from_config("AdamW", &json!({"lr": 3e-4, "betas": [0.9, 0.95], "amsgrad": true})).unwrap();
+    assert_eq!(rule.hyperparameters()["betas"], json!([0.9, 0.95]));
+    assert_eq!(rule.hyperparameters()["weight_decay"], json!(0.01));
+}
+
+fn two_tensors() -> (Parameters, wgpu_optim::TensorId, wgpu_optim::TensorId) {
+    let mut params = Parameters::new();
+    let w = params.add("w", &[3], vec![1.0, 2.0, 3.0]).unwrap();
+    let b = params.zeros("b", &[2]).unwrap();
+    (params, w, b)
+}
+
+#[test]
+fn inconsistent_groups_are_errors() {
+    let (params, w, b) = two_tensors();
+    let errors = [
+        (vec![ParamGroup::new(Sgd::default(), [w])], "\"b\" is in no parameter group"),
+        (vec![ParamGroup::new(Sgd::default(), [w, b]), ParamGroup::new(Sgd::default(), [b])], "more than one parameter group"),
+        (vec![ParamGroup::new(Sgd::default(), [w]), ParamGroup::new(Adam::default(), [b])], "one optimizer has one update rule"),
+        (vec![ParamGroup::new(Sgd::default(), [w, b]), ParamGroup::new(Sgd::default(), [])], "has no tensors"),
+        (vec![ParamGroup::new(Sgd { lr: -1.0, ..Sgd::default() }, [w, b])], "invalid lr"),
+        (vec![], "at least one parameter group"),
+    ];
+    for (groups, expected) in errors {
+        let cpu = CpuOptimizer::new(params.clone(), groups.clone()).err().expect("rejected").to_string();
+        assert!(cpu.contains(expected), "{cpu}");
+        for gpu in gpus() {
+            let message = Optimizer::new(gpu, params.clone(), groups.clone()).err().expect("rejected").to_string();
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+}
+
+#[test]
+fn bad_tensors_and_sizes_are_errors() {
+    let mut params = Parameters::new();
+    assert!(matches!(params.add("w", &[2, 2], vec![0.0; 3]), Err(Error::SizeMismatch { expected: 4, actual: 3, .. })));
+    params.add("w", &[2], vec![0.0; 2]).unwrap();
+    assert!(params.add("w", &[2], vec![0.0; 2]).unwrap_err().to_string().contains("registered twice"));
+    assert!(params.add("empty", &[0, 3], vec![]).unwrap_err().to_string().contains("no elements"));
+    assert!(params.add("", &[1], vec![0.0]).is_err());
+
+    let (params, w, b) = two_tensors();
+    for gpu in gpus() {
+        let opt = Optimizer::new(gpu, params.clone(), vec![ParamGroup::new(Adam::default(), [w, b])]).unwrap();
+        assert!(matches!(opt.write_grad(w, &[1.0; 4]), Err(Error::SizeMismatch { expected: 3, actual: 4, .. })));
+        assert!(matches!(opt.write_param(b, &[1.0]), Err(Error::SizeMismatch { expected: 2, actual: 1, .. })));
+        let message = opt.state(w, "momentum_buffer").unwrap_err().to_string();
+        assert!(message.contains("has no state \"momentum_buffer\"") && message.contains("exp_avg"), "{message}");
+        // Nothing changed.
+        assert_eq!(opt.read_param(w).unwrap(), [1.0, 2.0, 3.0]);
+        assert_eq!(opt.read_grad(w).unwrap(), [0.0; 3]);
+    }
+}
+
+#[test]
+fn set_lr_validates_and_keeps_the_old_rate_on_error() {
+    let (params, w, b) = two_tensors();
+    for gpu in gpus() {
+        let mut opt = Optimizer::new(gpu, params.clone(), vec![ParamGroup::new(Sgd { lr: 0.1, ..Sgd::default() }, [w, b])]).unwrap();
+        assert!(opt.set_lr(0, -1.0).is_err());
+        assert_eq!(opt.rule(0).lr(), 0.1);
+        opt.set_lr(0, 0.5).unwrap();
+        opt.write_grad(w, &[1.0, 1.0, 1.0]).unwrap();
+        opt.step_and_submit();
+        assert_eq!(opt.read_param(w).unwrap(), [0.5, 1.5, 2.5]);
+    }
+}
