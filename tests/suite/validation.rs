@@ -145,3 +145,15 @@ fn set_lr_validates_and_keeps_the_old_rate_on_error() {
         assert_eq!(opt.read_param(w).unwrap(), [0.5, 1.5, 2.5]);
     }
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_missing_backend_says_what_to_install() {
+    let error = wgpu_optim::GpuContext::new(wgpu_optim::BackendChoice::Metal).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::NoAdapter { .. }), "{message}");
+    assert!(message.contains("no metal GPU adapter found"), "{message}");
+    assert!(message.contains("apt-get install -y mesa-vulkan-drivers"), "{message}");
+    assert!(message.contains("adapters present: llvmpipe") || message.contains("adapters present:"), "{message}");
+    assert!("cuda".parse::<wgpu_optim::BackendChoice>().unwrap_err().to_string().contains("expected one of auto, vulkan, gl"));
+}
