@@ -10,8 +10,8 @@
 //!
 //! Per-step scalars (bias corrections, learning rate) are computed on the CPU in f64 and
 //! written with `queue.write_buffer` into a ring of uniform slots, one slot per recorded step,
-//! selected by a dynamic offset: up to [`SCALAR_RING_STEPS`] steps may be recorded before the
-//! encoders holding them are submitted.
+//! selected by a dynamic offset: up to [`OptimizerOptions::steps_in_flight`] steps (default
+//! [`SCALAR_RING_STEPS`]) may be recorded before the encoders holding them are submitted.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
 use crate::rules::{StateSlot, StepScalars, UpdateRule, ELEMENTS_PER_INVOCATION, WORKGROUP_SIZE};
 
-/// Steps that can be recorded into not-yet-submitted encoders, each with its own scalars.
+/// Default number of steps that can be recorded into not-yet-submitted encoders, each with its
+/// own scalars ([`OptimizerOptions::steps_in_flight`]).
 pub const SCALAR_RING_STEPS: u64 = 64;
 
 /// Every tensor starts at a multiple of this many bytes (WebGPU's storage offset alignment).
@@ -37,6 +38,10 @@ pub struct OptimizerOptions {
     /// Workgroups per grid dimension before a window's grid becomes 2-D. Default: the device's
     /// `max_compute_workgroups_per_dimension`.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Steps that may be recorded before the encoders holding them are submitted (each keeps
+    /// its own scalars in a ring of uniform slots). Default: [`SCALAR_RING_STEPS`]. Recording
+    /// many steps into one submission (e.g. 1,000 steps of a small problem) needs as many.
+    pub steps_in_flight: Option<u64>,
 }
 
 /// Where a tensor lives on the GPU: a range of a storage buffer.
@@ -143,6 +148,7 @@ pub struct Optimizer {
     arenas: Vec<Arena>,
     scalars: wgpu::Buffer,
     scalar_stride: u64,
+    steps_in_flight: u64,
     steps_recorded: u64,
 }
 
@@ -240,10 +246,11 @@ impl Optimizer {
             }
         }
 
+        let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let scalar_stride = SCALARS_SIZE.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let scalars = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-optim step scalars"),
-            size: scalar_stride * groups.len() as u64 * SCALAR_RING_STEPS,
+            size: scalar_stride * groups.len() as u64 * steps_in_flight,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -355,15 +362,27 @@ impl Optimizer {
             arenas,
             scalars,
             scalar_stride,
+            steps_in_flight,
             steps_recorded: 0,
         })
     }
 
-    /// Records one optimizer step (every group) into `encoder`; returns the number of
-    /// dispatches recorded. The step's scalars are written with `queue.write_buffer`, so they
-    /// reach the GPU with the next `queue.submit`.
+    /// Records one optimizer step (every group) into `encoder`, in a compute pass of its own;
+    /// returns the number of dispatches recorded. The step's scalars are written with
+    /// `queue.write_buffer`, so they reach the GPU with the next `queue.submit`.
     pub fn step(&mut self, encoder: &mut wgpu::CommandEncoder) -> usize {
-        let ring_base = (self.steps_recorded % SCALAR_RING_STEPS) * self.scalar_stride * self.groups.len() as u64;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-optim step"),
+            timestamp_writes: None,
+        });
+        self.step_in_pass(&mut pass)
+    }
+
+    /// Records one optimizer step into the caller's compute pass (e.g. after the backward
+    /// kernels, or between timestamp writes); returns the number of dispatches recorded.
+    /// The pass's bound pipeline and bind group 0 are changed.
+    pub fn step_in_pass(&mut self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+        let ring_base = (self.steps_recorded % self.steps_in_flight) * self.scalar_stride * self.groups.len() as u64;
         self.steps_recorded += 1;
         let mut bytes = vec![0u8; (self.scalar_stride * self.groups.len() as u64) as usize];
         for (g, group) in self.groups.iter_mut().enumerate() {
@@ -374,10 +393,6 @@ impl Optimizer {
         }
         self.gpu.queue().write_buffer(&self.scalars, ring_base, &bytes);
 
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgpu-optim step"),
-            timestamp_writes: None,
-        });
         let mut dispatches = 0;
         for arena in &self.arenas {
             pass.set_pipeline(&self.groups[arena.group].pipeline);

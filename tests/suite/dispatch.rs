@@ -47,7 +47,7 @@ fn small_arenas_windows_and_2d_grids_match_the_cpu_reference() {
     let layout: &[&[usize]] = &[&[100, 5000, 900, 30, 1]];
     let groups = |ids: &[Vec<wgpu_optim::TensorId>]| vec![ParamGroup::new(Adam { lr: 0.01, amsgrad: true, ..Adam::default() }, ids[0].clone())];
     let expected = run_cpu(layout, &groups, 30, 3);
-    let options = OptimizerOptions { max_arena_elements: Some(1024), max_workgroups_per_dimension: Some(1) };
+    let options = OptimizerOptions { max_arena_elements: Some(1024), max_workgroups_per_dimension: Some(1), ..Default::default() };
     for gpu in gpus() {
         let mut rng = Rng::new(3);
         let (params, ids) = crate::common::parameters(layout, &mut rng);

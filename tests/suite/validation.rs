@@ -154,6 +154,6 @@ fn a_missing_backend_says_what_to_install() {
     assert!(matches!(error, Error::NoAdapter { .. }), "{message}");
     assert!(message.contains("no metal GPU adapter found"), "{message}");
     assert!(message.contains("apt-get install -y mesa-vulkan-drivers"), "{message}");
-    assert!(message.contains("adapters present: llvmpipe") || message.contains("adapters present:"), "{message}");
+    assert!(message.contains("adapters present:"), "{message}");
     assert!("cuda".parse::<wgpu_optim::BackendChoice>().unwrap_err().to_string().contains("expected one of auto, vulkan, gl"));
 }
