@@ -149,6 +149,21 @@ impl CpuOptimizer {
         g.scalar_keys.iter().copied().zip(g.scalar_values.iter().copied()).collect()
     }
 
+    /// A group's update rule and hyper-parameters.
+    pub fn rule(&self, group: usize) -> &dyn UpdateRule {
+        self.groups[group].rule.as_ref()
+    }
+
+    /// Sets a group's `momentum` or `betas[0]`, the hyper-parameter that torch's `CyclicLR` and
+    /// `OneCycleLR` cycle (see [`UpdateRule::cycled_momentum`]); takes effect at the next step.
+    pub fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
+        let mut rule = self.groups[group].rule.clone();
+        rule.set_cycled_momentum(value)?;
+        rule.validate()?;
+        self.groups[group].rule = rule;
+        Ok(())
+    }
+
     pub fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
         let mut rule = self.groups[group].rule.clone();
         rule.set_lr(lr);

@@ -12,6 +12,8 @@
 //!   `AdamW`, `NAdam`), each with torch's names, defaults and validation, a WGSL kernel and a
 //!   scalar CPU reference; [`CpuOptimizer`] runs the references.
 //! - [`replay`] applies an optimizer to recorded gradients (the `wgpu-optim replay` command).
+//! - [`schedule`] holds torch's learning-rate schedulers (`StepLR`, `CosineAnnealingLR`,
+//!   `OneCycleLR`, `SequentialLR`, `ReduceLROnPlateau`, ...) with their exact step semantics.
 //!
 //! ```no_run
 //! use wgpu_optim::{rules::Adam, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
@@ -37,6 +39,8 @@ pub mod params;
 pub mod portability;
 pub mod replay;
 pub mod rules;
+pub mod schedule;
+pub mod trajectories;
 
 pub use context::{AdapterReport, BackendChoice, GpuContext, BACKEND_ENV};
 pub use cpu::CpuOptimizer;
@@ -44,3 +48,4 @@ pub use error::{Error, Result};
 pub use optimizer::{read_views, ArenaInfo, Optimizer, OptimizerOptions, TensorView, SCALAR_RING_STEPS};
 pub use params::{ParamGroup, Parameters, TensorId, TensorSpec};
 pub use rules::UpdateRule;
+pub use schedule::{LearningRates, Scheduler};

@@ -59,6 +59,51 @@ enum Command {
     },
     /// List the GPU adapters this machine offers.
     Adapters,
+    /// Optimizer paths on a 2-D test function (the browser demo's runs, natively): writes the
+    /// positions at every sampled step as JSON, and optionally a PNG plot.
+    Trajectories(TrajectoriesArgs),
+}
+
+#[derive(clap::Args)]
+struct TrajectoriesArgs {
+    /// A spec as JSON (what the web page's "export" gives): {"function", "steps",
+    /// "sample_every", "starts": [[x, y]], "runs": [{"optimizer", "hyperparameters", "lr"}]}.
+    /// Replaces --function, --optimizer, --hyperparameters, --start, --steps, --sample-every.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// rosenbrock, beale, himmelblau, rastrigin, saddle, ill_conditioned or booth.
+    #[arg(long, default_value = "rosenbrock")]
+    function: String,
+    /// A torch.optim class name (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam); repeat to race several.
+    #[arg(long = "optimizer", default_value = "Adam")]
+    optimizers: Vec<String>,
+    /// torch keyword arguments as JSON, e.g. '{"lr": 0.05}'; the n-th applies to the n-th --optimizer.
+    #[arg(long = "hyperparameters")]
+    hyperparameters: Vec<String>,
+    /// A start point x,y; repeat for several (default: the function's own).
+    #[arg(long = "start", allow_hyphen_values = true)]
+    starts: Vec<String>,
+    #[arg(long, default_value_t = 500)]
+    steps: u32,
+    /// Keep every k-th position (and always the last).
+    #[arg(long, default_value_t = 1)]
+    sample_every: u32,
+    /// auto, vulkan, gl, metal, dx12 or cpu (the CPU reference). Default: $WGPU_OPTIM_BACKEND or auto.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Instead of paths: a basin map of the first optimizer from an N x N grid of starts
+    /// over the function's domain (end points, losses, basins).
+    #[arg(long)]
+    basin: Option<u32>,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also draw the paths over a contour map into this PNG file.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Width and height of the PNG, in pixels.
+    #[arg(long, default_value_t = 640)]
+    png_size: u32,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +120,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
     match cli.command {
         Command::Parity { backend, cases, json, markdown } => parity(&backend, &cases, json, markdown),
+        Command::Trajectories(args) => trajectories(args),
         Command::Adapters => {
             let adapters = pollster::block_on(GpuContext::adapters(BackendChoice::Auto));
             if adapters.is_empty() {
@@ -189,4 +235,114 @@ fn parity(
     let failed = results.iter().filter(|r| !r.pass).count();
     println!("{} case runs, {failed} failed", results.len());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn trajectories(args: TrajectoriesArgs) -> Result<ExitCode, wgpu_optim::Error> {
+    use wgpu_optim::trajectories::{blocking, plot_png, BasinSpec, Device, RunSpec, TrajectorySpec};
+    use wgpu_optim::Error;
+    let spec = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+            TrajectorySpec::from_json(&text)?
+        }
+        None => {
+            if args.hyperparameters.len() > args.optimizers.len() {
+                return Err(Error::Config(format!(
+                    "{} --hyperparameters for {} --optimizer",
+                    args.hyperparameters.len(),
+                    args.optimizers.len()
+                )));
+            }
+            let runs = args
+                .optimizers
+                .iter()
+                .enumerate()
+                .map(|(i, optimizer)| {
+                    let hyperparameters = match args.hyperparameters.get(i) {
+                        None => serde_json::Map::new(),
+                        Some(text) => match serde_json::from_str(text) {
+                            Ok(serde_json::Value::Object(map)) => map,
+                            _ => return Err(Error::Config(format!("--hyperparameters {text:?} is not a JSON object"))),
+                        },
+                    };
+                    Ok(RunSpec { optimizer: optimizer.clone(), hyperparameters, schedule: None, lr: None })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let starts = args
+                .starts
+                .iter()
+                .map(|text| {
+                    let xy: Vec<f32> = text.split(',').map(|v| v.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|_| {
+                        Error::Config(format!("--start {text:?}: expected two numbers x,y"))
+                    })?;
+                    match xy[..] {
+                        [x, y] => Ok([x, y]),
+                        _ => Err(Error::Config(format!("--start {text:?}: expected two numbers x,y"))),
+                    }
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let spec = TrajectorySpec {
+                function: args.function.parse()?,
+                steps: args.steps,
+                sample_every: args.sample_every,
+                starts,
+                runs,
+            };
+            spec.check()?;
+            spec
+        }
+    };
+    let device = match args.backend.as_deref().map(str::parse).transpose()? {
+        Some(ReplayBackend::Cpu) => Device::Cpu,
+        Some(ReplayBackend::Gpu(choice)) => Device::Gpu(GpuContext::new(choice)?),
+        None => Device::Gpu(GpuContext::from_env()?),
+    };
+    println!("adapter: {}", device.adapter_name());
+    let write = |path: &PathBuf, bytes: &[u8]| {
+        std::fs::write(path, bytes).map_err(|source| Error::Io { path: path.display().to_string(), source })
+    };
+    if let Some(resolution) = args.basin {
+        let run = &spec.runs[0];
+        let basin = BasinSpec {
+            function: spec.function,
+            optimizer: run.optimizer.clone(),
+            hyperparameters: run.hyperparameters.clone(),
+            schedule: run.schedule.clone(),
+            lr: run.lr.clone(),
+            steps: spec.steps,
+            resolution,
+            domain: None,
+        };
+        let report = blocking::run_basin(&device, &basin)?;
+        let converged = report.basin.iter().filter(|&&b| b >= 0).count();
+        let diverged = report.basin.iter().filter(|&&b| b == -2).count();
+        println!(
+            "basin map: {} starts x {} steps of {} on {}: {:.1} ms; {converged} ended at a named minimum, {diverged} diverged",
+            report.end.len() / 2,
+            report.steps,
+            report.optimizer,
+            report.function,
+            report.elapsed_ms
+        );
+        write(&args.out, serde_json::to_string(&report).expect("plain data").as_bytes())?;
+        println!("wrote {}", args.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = blocking::run_spec(&device, &spec)?;
+    for run in &report.runs {
+        for (path, losses) in run.paths.iter().zip(&run.losses) {
+            let (end, loss) = (path[path.len() - 1], losses[losses.len() - 1]);
+            println!(
+                "{:<8} {} steps: ({}, {}) -> ({}, {}), f = {loss:.6e}  [{:.1} ms, {} dispatches]",
+                run.optimizer, report.steps, path[0][0], path[0][1], end[0], end[1], run.elapsed_ms, run.dispatches
+            );
+        }
+    }
+    write(&args.out, serde_json::to_string(&report).expect("plain data").as_bytes())?;
+    println!("wrote {}", args.out.display());
+    if let Some(png) = &args.png {
+        write(png, &plot_png(&report, args.png_size))?;
+        println!("wrote {}", png.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -191,6 +191,8 @@ impl UpdateRule for Adam {
         }
     }
 
+    beta1_cycled_momentum!();
+
     common_rule_methods!();
 }
 
@@ -218,6 +220,8 @@ impl UpdateRule for AdamW {
     fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
         self.as_adam().cpu_update(scalars, param, grad, state)
     }
+
+    beta1_cycled_momentum!();
 
     common_rule_methods!();
 }

@@ -30,6 +30,21 @@ macro_rules! common_rule_methods {
     };
 }
 
+/// The [`UpdateRule`] momentum methods of rules with `betas`: torch's `CyclicLR` and
+/// `OneCycleLR` cycle `betas[0]` (any value in [0, 1) suits the kernel; `validate` checks it).
+macro_rules! beta1_cycled_momentum {
+    () => {
+        fn cycled_momentum(&self) -> Option<super::CycledMomentum> {
+            Some(super::CycledMomentum { key: "betas[0]", value: self.betas.0 })
+        }
+
+        fn set_cycled_momentum(&mut self, value: f64) -> crate::error::Result<()> {
+            self.betas.0 = value;
+            Ok(())
+        }
+    };
+}
+
 mod adadelta;
 mod adagrad;
 mod adam;
@@ -86,6 +101,15 @@ pub struct StateSlot {
     pub init: f32,
 }
 
+/// The momentum-like hyper-parameter of a rule, as torch's `CyclicLR` and `OneCycleLR` see it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CycledMomentum {
+    /// `"momentum"` (SGD, RMSprop: torch finds `momentum` in the optimizer's defaults) or
+    /// `"betas[0]"` (Adam, AdamW, NAdam: torch's `use_beta1`).
+    pub key: &'static str,
+    pub value: f64,
+}
+
 /// One `torch.optim` update rule with its hyper-parameters, as one parameter group holds it.
 pub trait UpdateRule: fmt::Debug + Send + Sync {
     /// The torch class name, e.g. `"AdamW"`.
@@ -107,6 +131,23 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]);
     fn lr(&self) -> f64;
     fn set_lr(&mut self, lr: f64);
+    /// The hyper-parameter that torch's `CyclicLR` and `OneCycleLR` cycle when
+    /// `cycle_momentum=True`, with its value; `None` for rules that have neither `momentum` nor
+    /// `betas` (Adagrad, Adadelta), which those schedulers reject as torch does. Rules with one
+    /// override this and [`set_cycled_momentum`](Self::set_cycled_momentum).
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        None
+    }
+    /// Sets the hyper-parameter of [`cycled_momentum`](Self::cycled_momentum); the caller
+    /// validates the rule afterwards. Errors for rules without one, and for values the kernel
+    /// variant chosen at construction cannot express.
+    fn set_cycled_momentum(&mut self, _value: f64) -> Result<()> {
+        Err(Error::Config(format!(
+            "{} has neither momentum nor betas, so a scheduler cannot cycle its momentum (torch rejects \
+             cycle_momentum=True for it too); use cycle_momentum = false",
+            self.name()
+        )))
+    }
     /// Hyper-parameters under torch's names.
     fn hyperparameters(&self) -> serde_json::Value;
     fn clone_box(&self) -> Box<dyn UpdateRule>;

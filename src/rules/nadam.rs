@@ -151,5 +151,7 @@ impl UpdateRule for NAdam {
         }
     }
 
+    beta1_cycled_momentum!();
+
     common_rule_methods!();
 }

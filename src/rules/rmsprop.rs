@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{lerp, Check, CycledMomentum, Kernel, StateSlot, StepScalars, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.RMSprop`, with torch's defaults.
@@ -149,6 +149,24 @@ impl UpdateRule for RMSprop {
                 None => param[i] = p + s.neg_lr * g / avg,
             }
         }
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum { key: "momentum", value: self.momentum })
+    }
+
+    fn set_cycled_momentum(&mut self, value: f64) -> Result<()> {
+        // momentum > 0 selects the kernel variant and the momentum_buffer state at construction.
+        Check("RMSprop").require(
+            (value > 0.0) == (self.momentum > 0.0),
+            "momentum",
+            value,
+            "cannot switch between zero and positive once the optimizer is built (it selects the kernel \
+             variant and the momentum_buffer state); build RMSprop with momentum > 0 to cycle it, or use \
+             cycle_momentum = false",
+        )?;
+        self.momentum = value;
+        Ok(())
     }
 
     common_rule_methods!();

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{Check, CycledMomentum, Kernel, StateSlot, StepScalars, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.SGD`, with torch's defaults.
@@ -127,6 +127,24 @@ impl UpdateRule for Sgd {
             }
             param[i] = p + s.neg_lr * g;
         }
+    }
+
+    fn cycled_momentum(&self) -> Option<CycledMomentum> {
+        Some(CycledMomentum { key: "momentum", value: self.momentum })
+    }
+
+    fn set_cycled_momentum(&mut self, value: f64) -> Result<()> {
+        // momentum != 0 selects the kernel variant and the momentum_buffer state at construction.
+        Check("SGD").require(
+            (value != 0.0) == (self.momentum != 0.0),
+            "momentum",
+            value,
+            "cannot switch between zero and non-zero once the optimizer is built (it selects the kernel \
+             variant and the momentum_buffer state); build SGD with momentum > 0 to cycle it, or use \
+             cycle_momentum = false",
+        )?;
+        self.momentum = value;
+        Ok(())
     }
 
     common_rule_methods!();

@@ -11,5 +11,7 @@ mod dispatch;
 mod golden;
 mod large;
 mod rules;
+mod schedules;
 mod shaders;
+mod trajectories;
 mod validation;

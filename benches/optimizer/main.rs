@@ -1,0 +1,1181 @@
+//! `cargo bench --bench optimizer -- [options]`: how close an optimizer step comes to the
+//! adapter's copy bandwidth, how recording and dispatch scale with the number of tensors, the
+//! composed-op and CPU baselines, and the kernel-tuning variants. Prints markdown tables and
+//! writes every sample as JSON. BENCHMARKS.md records the results and explains the method.
+//!
+//! Run without `--bench` (as `cargo test --benches` does) it only checks, on small tensors, that
+//! the baseline and every tuning variant compute what the CPU reference computes.
+
+mod gpu;
+mod layouts;
+mod naive;
+mod variants;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use serde::Serialize;
+use serde_json::json;
+use wgpu_optim::rules::{from_config, AdamW};
+use wgpu_optim::{BackendChoice, CpuOptimizer, Optimizer, OptimizerOptions, UpdateRule};
+
+use gpu::{measure, median, time_recording, Bench, Copy, Plan, Step, Timing, Workload};
+use layouts::{format_count, parse_count, Layout};
+use naive::NaiveAdamW;
+use variants::{AdamBuffers, CopyKernel, Variant, VariantStep};
+
+/// Counts heap allocations, to see whether recording a step allocates.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    pub struct Counting;
+
+    // SAFETY: forwards every call to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            System.alloc(layout)
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            System.alloc_zeroed(layout)
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            System.realloc(ptr, layout, new_size)
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+    }
+
+    /// Allocations (including reallocations) made so far by this process, all threads.
+    pub fn allocations() -> u64 {
+        ALLOCATIONS.load(Ordering::Relaxed)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
+#[derive(Parser, Debug, Serialize)]
+#[command(about = "wgpu-optim benchmarks: bandwidth ratio, tensor-count scaling, baselines, kernel tuning")]
+struct Args {
+    /// Adapter: auto, vulkan, gl, metal, dx12.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Arena sizes of the per-rule bandwidth table (1M = 2^20 elements).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<String>>,
+    /// Rules of the bandwidth table (torch names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "SGD,Adagrad,RMSprop,Adadelta,Adam,AdamW,NAdam"
+    )]
+    rules: Vec<String>,
+    /// Tensor counts of the scaling table.
+    #[arg(long, value_delimiter = ',')]
+    tensor_counts: Option<Vec<usize>>,
+    /// Total elements split into those tensors.
+    #[arg(long)]
+    scaling_elements: Option<String>,
+    /// Sizes of the tuning table (each must fit one storage binding).
+    #[arg(long, value_delimiter = ',')]
+    tuning_sizes: Option<Vec<String>>,
+    /// Sections to run: bandwidth, scaling, tuning, gpt2.
+    #[arg(long, value_delimiter = ',', default_value = "bandwidth,scaling,tuning")]
+    sections: Vec<String>,
+    /// Adds the GPT-2-small layout (148 tensors, 124 M parameters) section.
+    #[arg(long)]
+    gpt2: bool,
+    /// Small sizes and few repetitions: a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Skips the composed-op and CPU baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Timed batches per workload (default 7, 3 with --quick).
+    #[arg(long)]
+    reps: Option<u32>,
+    /// Wall time a batch should last, in seconds.
+    #[arg(long, default_value_t = 0.1)]
+    batch_seconds: f64,
+    /// Most steps per batch.
+    #[arg(long, default_value_t = 32)]
+    max_batch: u32,
+    /// Where to write the JSON (default: <target dir>/bench/optimizer.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Passed by `cargo bench`; without it only the correctness checks run.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// A measured workload summarised: medians in seconds and the samples behind them.
+#[derive(Clone, Debug, Serialize)]
+struct Measured {
+    /// Median GPU time per unit from timestamps, if the device has them for this workload.
+    gpu_s: Option<f64>,
+    /// Median wall time per unit (submit to completion of a batch, divided by its size).
+    wall_s: f64,
+    /// Median CPU time of this process per unit (all threads; on a software adapter, the
+    /// work itself), Linux only.
+    process_cpu_s: Option<f64>,
+    /// Median 1-minute load average of the machine while measuring.
+    load_average: Option<f64>,
+    samples: Timing,
+}
+
+impl Measured {
+    fn new(samples: Timing) -> Self {
+        Measured {
+            gpu_s: samples.gpu_median(),
+            wall_s: samples.wall_median(),
+            process_cpu_s: samples.process_cpu_median(),
+            load_average: (!samples.load_average.is_empty()).then(|| median(&samples.load_average)),
+            samples,
+        }
+    }
+}
+
+/// Seconds per unit of two workloads by the same clock: GPU timestamps when both have them,
+/// else wall time.
+fn same_clock(a: &Measured, b: &Measured) -> (f64, f64, &'static str) {
+    match (a.gpu_s, b.gpu_s) {
+        (Some(x), Some(y)) => (x, y, "timestamps"),
+        _ => (a.wall_s, b.wall_s, "wall"),
+    }
+}
+
+/// A step's bandwidth relative to a copy: (step bytes / step time) / (copy bytes / copy time).
+#[derive(Clone, Debug, Serialize)]
+struct Ratio {
+    /// By GPU timestamps (wall time where either workload has none): the headline figure.
+    value: f64,
+    clock: &'static str,
+    step_gbps: f64,
+    copy_gbps: f64,
+    /// By wall time.
+    wall: f64,
+    /// By this process's CPU time: on a software adapter, bytes per unit of CPU work,
+    /// whatever share of the cores the machine's other load left.
+    process_cpu: Option<f64>,
+}
+
+impl Ratio {
+    fn new(step: &Measured, step_bytes: u64, copy: &Measured, copy_bytes: u64) -> Self {
+        let of = |step_s: f64, copy_s: f64| (step_bytes as f64 / step_s) / (copy_bytes as f64 / copy_s);
+        let (step_s, copy_s, clock) = same_clock(step, copy);
+        Ratio {
+            value: of(step_s, copy_s),
+            clock,
+            step_gbps: step_bytes as f64 / step_s / 1e9,
+            copy_gbps: copy_bytes as f64 / copy_s / 1e9,
+            wall: of(step.wall_s, copy.wall_s),
+            process_cpu: step.process_cpu_s.zip(copy.process_cpu_s).map(|(s, c)| of(s, c)),
+        }
+    }
+}
+
+/// Bytes a step of `rule` moves per element: param, grad and each state tensor read; param and
+/// each state tensor written (a state read twice counts once).
+fn bytes_per_element(rule: &dyn UpdateRule) -> u64 {
+    let states = rule.state_slots().len() as u64;
+    4 * ((2 + states) + (1 + states))
+}
+
+/// `CpuOptimizer::step` (single-threaded scalar Rust), median of a few steps.
+#[derive(Clone, Debug, Serialize)]
+struct CpuBaseline {
+    wall_s: f64,
+    process_cpu_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct RuleRow {
+    rule: String,
+    elements: usize,
+    bytes_per_element: u64,
+    dispatches: usize,
+    step: Measured,
+    copy: Measured,
+    copy_bytes: u64,
+    ratio: Ratio,
+    cpu: Option<CpuBaseline>,
+}
+
+#[derive(Clone, Serialize)]
+struct NaiveRow {
+    layout: String,
+    tensors: usize,
+    elements: usize,
+    dispatches: usize,
+    /// Recording one step (encoder created and finished), where measured.
+    record_s: Option<f64>,
+    step: Measured,
+    /// Its time relative to the fused step's, same clock (> 1: slower).
+    slowdown: f64,
+    /// Copy-bandwidth ratio counting the fused step's bytes (what the update needs).
+    ratio_at_fused_bytes: Ratio,
+}
+
+#[derive(Serialize)]
+struct LayoutRow {
+    layout: String,
+    tensors: usize,
+    elements: usize,
+    arenas: usize,
+    dispatches: usize,
+    /// Creating an encoder, recording one step in a compute pass, finishing the encoder.
+    record_s: f64,
+    /// `Optimizer::step_in_pass` alone.
+    step_in_pass_s: f64,
+    /// Heap allocations while recording one step (encoder included).
+    allocations_per_record: u64,
+    /// Heap allocations inside `Optimizer::step_in_pass`.
+    allocations_in_step_in_pass: u64,
+    step: Measured,
+    copy: Measured,
+    ratio: Ratio,
+    cpu: Option<CpuBaseline>,
+    naive: Option<NaiveRow>,
+}
+
+#[derive(Serialize)]
+struct TuningRow {
+    kernel: String,
+    variant: Option<Variant>,
+    elements: usize,
+    step: Measured,
+    ratio: Ratio,
+    /// Library kernel's time / this kernel's time, same clock (> 1: faster than the library).
+    speedup_vs_library: f64,
+}
+
+#[derive(Serialize)]
+struct CheckRow {
+    kernel: String,
+    max_error: f64,
+    passed: bool,
+}
+
+const CHECK_TOLERANCE: f64 = 2e-6;
+
+fn main() {
+    let args = Args::parse();
+    if let Err(message) = run(&args) {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let choice: BackendChoice = args.backend.parse().map_err(|e: wgpu_optim::Error| e.to_string())?;
+    let counts = |list: &Option<Vec<String>>, default: &[&str]| -> Result<Vec<usize>, String> {
+        match list {
+            Some(list) => list.iter().map(|s| parse_count(s)).collect(),
+            None => default.iter().map(|s| parse_count(s)).collect(),
+        }
+    };
+    let (sizes, scaling_elements, tensor_counts, tuning_sizes) = if args.quick {
+        (
+            counts(&args.sizes, &["256K", "1M"])?,
+            "1M",
+            vec![1, 100, 1000],
+            counts(&args.tuning_sizes, &["1M"])?,
+        )
+    } else {
+        (
+            counts(&args.sizes, &["1M", "16M", "64M"])?,
+            "16M",
+            vec![1, 100, 1000, 10000],
+            counts(&args.tuning_sizes, &["1M", "16M"])?,
+        )
+    };
+    let scaling_elements = parse_count(args.scaling_elements.as_deref().unwrap_or(scaling_elements))?;
+    let tensor_counts = args.tensor_counts.clone().unwrap_or(tensor_counts);
+    let plan = Plan {
+        reps: args.reps.unwrap_or(if args.quick { 3 } else { 7 }),
+        batch_seconds: args.batch_seconds,
+        max_batch: args.max_batch.clamp(1, 256),
+    };
+    let mut sections: Vec<String> = args.sections.iter().map(|s| s.trim().to_ascii_lowercase()).collect();
+    if args.gpt2 {
+        sections.push("gpt2".into());
+    }
+    for section in &sections {
+        if !["bandwidth", "scaling", "tuning", "gpt2"].contains(&section.as_str()) {
+            return Err(format!(
+                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2"
+            ));
+        }
+    }
+    let rules = rule_configs(&args.rules)?;
+
+    let bench = Bench::open(choice, plan.max_batch)?;
+    let limits = bench.limits();
+    println!(
+        "adapter: {} ({:?}, {:?}, driver {} {})",
+        bench.info.name, bench.info.backend, bench.info.device_type, bench.info.driver, bench.info.driver_info
+    );
+    println!(
+        "timestamps: compute passes {}, between encoder commands {}; max storage binding {} MiB; max buffer {} MiB",
+        yes_no(bench.timer.is_some()),
+        yes_no(bench.encoder_timestamps),
+        limits.max_storage_buffer_binding_size >> 20,
+        limits.max_buffer_size >> 20,
+    );
+
+    let checks = run_checks(&bench, args.bench || args.quick)?;
+    if !args.bench {
+        println!("correctness checks passed (run through `cargo bench` to measure)");
+        return Ok(());
+    }
+    println!(
+        "plan: {} timed batches per workload, batches of about {} s (at most {} steps), workloads interleaved\n",
+        plan.reps, plan.batch_seconds, plan.max_batch
+    );
+
+    let software = bench.info.device_type == wgpu::DeviceType::Cpu;
+    let options = OptimizerOptions {
+        steps_in_flight: Some(u64::from(plan.max_batch).max(64)),
+        ..OptimizerOptions::default()
+    };
+    let baselines = !args.no_baselines;
+    let mut report = json!({
+        "adapter": {
+            "name": bench.info.name, "backend": format!("{:?}", bench.info.backend),
+            "device_type": format!("{:?}", bench.info.device_type), "driver": bench.info.driver,
+            "driver_info": bench.info.driver_info, "timestamps": bench.timer.is_some(),
+            "encoder_timestamps": bench.encoder_timestamps,
+            "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
+            "max_buffer_size": limits.max_buffer_size,
+        },
+        "arguments": args,
+        "command_line": std::env::args().collect::<Vec<_>>(),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "plan": plan,
+        "load_average_at_start": gpu::load_average(),
+        "checks": checks,
+    });
+
+    let mut naive_rows = Vec::new();
+    if sections.iter().any(|s| s == "bandwidth") {
+        let (rows, naive) = bandwidth_section(&bench, &plan, &options, &sizes, &rules, baselines)?;
+        print_bandwidth(&rows, software);
+        report["bandwidth"] = serde_json::to_value(&rows).expect("plain data");
+        naive_rows.extend(naive);
+    }
+    if sections.iter().any(|s| s == "scaling") {
+        let layouts: Vec<Layout> = tensor_counts
+            .iter()
+            .map(|&n| Layout::split(scaling_elements, n))
+            .collect();
+        let rows = layout_section(&bench, &plan, &options, &layouts, baselines, false)?;
+        print_layouts(
+            &format!(
+                "Tensor-count scaling: AdamW, {} elements",
+                format_count(scaling_elements)
+            ),
+            &rows,
+            software,
+        );
+        naive_rows.extend(rows.iter().filter_map(|r| r.naive.as_ref()).cloned());
+        report["scaling"] = serde_json::to_value(&rows).expect("plain data");
+    }
+    if sections.iter().any(|s| s == "gpt2") {
+        let rows = layout_section(&bench, &plan, &options, &[Layout::gpt2_small()], baselines, true)?;
+        print_layouts(
+            "GPT-2 small (124,439,808 parameters, 148 tensors): AdamW, 2 parameter groups",
+            &rows,
+            software,
+        );
+        naive_rows.extend(rows.iter().filter_map(|r| r.naive.as_ref()).cloned());
+        report["gpt2"] = serde_json::to_value(&rows).expect("plain data");
+    }
+    if !naive_rows.is_empty() {
+        print_naive(&naive_rows, software);
+        report["composed_op_baseline"] = serde_json::to_value(&naive_rows).expect("plain data");
+    }
+    if sections.iter().any(|s| s == "tuning") {
+        let rows = tuning_section(&bench, &plan, &options, &tuning_sizes)?;
+        print_tuning(&rows, &tuning_sizes, software);
+        report["tuning"] = serde_json::to_value(&rows).expect("plain data");
+    }
+
+    let out = args.out.clone().unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+        target.join("bench").join("optimizer.json")
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    report["load_average_at_end"] = json!(gpu::load_average());
+    std::fs::write(&out, serde_json::to_string_pretty(&report).expect("plain data"))
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The rule configurations of the bandwidth table: torch defaults, SGD with momentum.
+/// A rule of the bandwidth table with its label.
+type RuleConfig = (String, Box<dyn UpdateRule>);
+
+fn rule_configs(names: &[String]) -> Result<Vec<RuleConfig>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let name = name.trim();
+            let (label, hyperparameters) = match name.to_ascii_lowercase().as_str() {
+                "sgd" => ("SGD(momentum=0.9)", json!({"momentum": 0.9})),
+                _ => (name, json!({})),
+            };
+            let canonical = wgpu_optim::rules::OPTIMIZER_NAMES
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    format!(
+                        "unknown rule {name:?}; rules are {}",
+                        wgpu_optim::rules::OPTIMIZER_NAMES.join(", ")
+                    )
+                })?;
+            let rule = from_config(canonical, &hyperparameters).map_err(|e| e.to_string())?;
+            let label = if label == name {
+                canonical.to_string()
+            } else {
+                label.to_string()
+            };
+            Ok((label, rule))
+        })
+        .collect()
+}
+
+fn build_optimizer(
+    bench: &Bench,
+    layout: &Layout,
+    rules: &[Box<dyn UpdateRule>],
+    options: &OptimizerOptions,
+) -> Result<Optimizer, String> {
+    let (params, groups) = layout.build(rules);
+    let opt = Optimizer::with_options(&bench.gpu, params, groups, options.clone()).map_err(|e| e.to_string())?;
+    for (t, id) in opt.tensor_ids().enumerate() {
+        opt.write_grad(id, &layout.grad(t)).map_err(|e| e.to_string())?;
+    }
+    Ok(opt)
+}
+
+/// `CpuOptimizer::step` on the layout: one warm-up step, then the median of `reps` steps.
+fn cpu_baseline(layout: &Layout, rules: &[Box<dyn UpdateRule>], reps: u32) -> Result<CpuBaseline, String> {
+    let (params, groups) = layout.build(rules);
+    let mut cpu = CpuOptimizer::new(params, groups).map_err(|e| e.to_string())?;
+    for (t, (name, _, _)) in layout.tensors.iter().enumerate() {
+        let id = cpu.tensor_id(name).expect("registered by the layout");
+        cpu.write_grad(id, &layout.grad(t)).map_err(|e| e.to_string())?;
+    }
+    cpu.step();
+    let mut wall = Vec::new();
+    let mut process_cpu = Vec::new();
+    for _ in 0..reps.max(1) {
+        let cpu_start = gpu::process_cpu_seconds();
+        let start = Instant::now();
+        cpu.step();
+        wall.push(start.elapsed().as_secs_f64());
+        process_cpu.extend(cpu_start.zip(gpu::process_cpu_seconds()).map(|(a, b)| b - a));
+    }
+    Ok(CpuBaseline {
+        wall_s: median(&wall),
+        process_cpu_s: (!process_cpu.is_empty()).then(|| median(&process_cpu)),
+    })
+}
+
+type BandwidthResult = (Vec<RuleRow>, Vec<NaiveRow>);
+
+fn bandwidth_section(
+    bench: &Bench,
+    plan: &Plan,
+    options: &OptimizerOptions,
+    sizes: &[usize],
+    rules: &[RuleConfig],
+    baselines: bool,
+) -> Result<BandwidthResult, String> {
+    let mut rows = Vec::new();
+    let mut naive_rows = Vec::new();
+    for &elements in sizes {
+        let layout = Layout::single(elements);
+        for (label, rule) in rules {
+            eprintln!(
+                "bandwidth: {label}, {} (load average {:?})",
+                format_count(elements),
+                gpu::load_average()
+            );
+            let rule_set = [rule.clone()];
+            let mut opt = build_optimizer(bench, &layout, &rule_set, options)?;
+            let bytes = elements as u64 * bytes_per_element(rule.as_ref());
+            let mut copy = Copy::new(bench, bytes);
+            let mut naive =
+                (baselines && rule.name() == "AdamW").then(|| NaiveAdamW::new(bench, &opt, u64::from(plan.max_batch)));
+            let dispatches = opt.dispatches_per_step();
+            let timings = {
+                let mut step = Step(&mut opt);
+                let mut workloads: Vec<&mut dyn Workload> = vec![&mut copy, &mut step];
+                if let Some(naive) = naive.as_mut() {
+                    workloads.push(naive);
+                }
+                measure(bench, plan, &mut workloads)
+            };
+            let mut timings = timings.into_iter().map(Measured::new);
+            let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
+            if let (Some(naive_m), Some(naive)) = (timings.next(), naive.as_ref()) {
+                naive_rows.push(naive_row(
+                    &layout,
+                    naive.dispatches_per_step(),
+                    None,
+                    naive_m,
+                    &step_m,
+                    bytes,
+                    &copy_m,
+                    copy.traffic_bytes,
+                ));
+            }
+            let ratio = Ratio::new(&step_m, bytes, &copy_m, copy.traffic_bytes);
+            let copy_bytes = copy.traffic_bytes;
+            drop((naive, opt, copy));
+            let cpu = if baselines {
+                Some(cpu_baseline(&layout, &rule_set, plan.reps.min(5))?)
+            } else {
+                None
+            };
+            rows.push(RuleRow {
+                rule: label.clone(),
+                elements,
+                bytes_per_element: bytes_per_element(rule.as_ref()),
+                dispatches,
+                step: step_m,
+                copy: copy_m,
+                copy_bytes,
+                ratio,
+                cpu,
+            });
+        }
+    }
+    Ok((rows, naive_rows))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn naive_row(
+    layout: &Layout,
+    dispatches: usize,
+    record_s: Option<f64>,
+    naive: Measured,
+    fused: &Measured,
+    fused_bytes: u64,
+    copy: &Measured,
+    copy_bytes: u64,
+) -> NaiveRow {
+    let (naive_s, fused_s, _) = same_clock(&naive, fused);
+    NaiveRow {
+        layout: layout.name.clone(),
+        tensors: layout.tensors.len(),
+        elements: layout.elements(),
+        dispatches,
+        record_s,
+        slowdown: naive_s / fused_s,
+        ratio_at_fused_bytes: Ratio::new(&naive, fused_bytes, copy, copy_bytes),
+        step: naive,
+    }
+}
+
+/// The AdamW rules of a layout: torch's defaults, or nanoGPT's two groups for GPT-2.
+fn layout_rules(gpt2: bool) -> Vec<Box<dyn UpdateRule>> {
+    if gpt2 {
+        let adamw = |weight_decay| -> Box<dyn UpdateRule> {
+            Box::new(AdamW {
+                lr: 6e-4,
+                betas: (0.9, 0.95),
+                weight_decay,
+                ..AdamW::default()
+            })
+        };
+        vec![adamw(0.1), adamw(0.0)]
+    } else {
+        vec![Box::new(AdamW::default())]
+    }
+}
+
+fn layout_section(
+    bench: &Bench,
+    plan: &Plan,
+    options: &OptimizerOptions,
+    layouts: &[Layout],
+    baselines: bool,
+    gpt2: bool,
+) -> Result<Vec<LayoutRow>, String> {
+    let mut rows = Vec::new();
+    for layout in layouts {
+        eprintln!("layout: {} (load average {:?})", layout.name, gpu::load_average());
+        let rules = layout_rules(gpt2);
+        let elements = layout.elements();
+        let bytes = elements as u64 * bytes_per_element(rules[0].as_ref());
+        let mut opt = build_optimizer(bench, layout, &rules, options)?;
+        let mut copy = Copy::new(bench, bytes);
+        let mut naive = baselines.then(|| NaiveAdamW::new(bench, &opt, u64::from(plan.max_batch)));
+
+        // Recording cost, before anything runs: encoders recorded and dropped unsubmitted.
+        let mut in_pass = Vec::new();
+        let mut in_pass_allocations = Vec::new();
+        let (record_s, allocations_per_record) = time_recording(bench, 200, |encoder| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bench record"),
+                timestamp_writes: None,
+            });
+            let allocations = alloc_count::allocations();
+            let start = Instant::now();
+            opt.step_in_pass(&mut pass);
+            in_pass.push(start.elapsed().as_secs_f64());
+            in_pass_allocations.push((alloc_count::allocations() - allocations) as f64);
+        });
+        let naive_record_s = naive.as_mut().map(|naive| {
+            let mut record = |encoder: &mut wgpu::CommandEncoder| {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("bench record"),
+                    timestamp_writes: None,
+                });
+                naive.step_in_pass(&mut pass);
+            };
+            let (once, _) = time_recording(bench, 1, &mut record);
+            let iterations = (0.5 / once).clamp(3.0, 50.0) as u32;
+            time_recording(bench, iterations, &mut record).0
+        });
+        bench.wait();
+
+        let dispatches = opt.dispatches_per_step();
+        let arenas = opt.arenas().len();
+        let timings = {
+            let mut step = Step(&mut opt);
+            let mut workloads: Vec<&mut dyn Workload> = vec![&mut copy, &mut step];
+            if let Some(naive) = naive.as_mut() {
+                workloads.push(naive);
+            }
+            measure(bench, plan, &mut workloads)
+        };
+        let mut timings = timings.into_iter().map(Measured::new);
+        let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
+        let naive_row = match (timings.next(), naive.as_ref()) {
+            (Some(m), Some(naive)) => Some(naive_row(
+                layout,
+                naive.dispatches_per_step(),
+                naive_record_s,
+                m,
+                &step_m,
+                bytes,
+                &copy_m,
+                copy.traffic_bytes,
+            )),
+            _ => None,
+        };
+        let ratio = Ratio::new(&step_m, bytes, &copy_m, copy.traffic_bytes);
+        drop((naive, opt, copy));
+        let cpu = if baselines && (gpt2 || layout.tensors.len() == 1) {
+            Some(cpu_baseline(layout, &rules, plan.reps.min(5))?)
+        } else {
+            None
+        };
+        rows.push(LayoutRow {
+            layout: layout.name.clone(),
+            tensors: layout.tensors.len(),
+            elements,
+            arenas,
+            dispatches,
+            record_s,
+            step_in_pass_s: median(&in_pass),
+            allocations_per_record,
+            allocations_in_step_in_pass: median(&in_pass_allocations) as u64,
+            step: step_m,
+            copy: copy_m,
+            ratio,
+            cpu,
+            naive: naive_row,
+        });
+    }
+    Ok(rows)
+}
+
+fn tuning_section(
+    bench: &Bench,
+    plan: &Plan,
+    options: &OptimizerOptions,
+    sizes: &[usize],
+) -> Result<Vec<TuningRow>, String> {
+    let mut rows = Vec::new();
+    for &elements in sizes {
+        let elements = elements.next_multiple_of(4);
+        if elements > bench.binding_elements() {
+            return Err(format!(
+                "tuning size {} exceeds one storage binding ({} elements) on this adapter",
+                format_count(elements),
+                bench.binding_elements()
+            ));
+        }
+        eprintln!(
+            "tuning: {} (load average {:?})",
+            format_count(elements),
+            gpu::load_average()
+        );
+        let layout = Layout::single(elements);
+        let buffers = AdamBuffers::new(bench, &layouts::values(elements, 0, 0.05), &layout.grad(0));
+        let mut opt = build_optimizer(bench, &layout, &[Box::new(AdamW::default())], options)?;
+        let mut copy = Copy::new(bench, buffers.traffic_bytes());
+        let mut copy_kernel = CopyKernel::new(bench, &copy);
+        let mut steps: Vec<VariantStep> = Variant::all()
+            .into_iter()
+            .map(|v| VariantStep::new(bench, v, &buffers))
+            .collect();
+        let timings = {
+            let mut library = Step(&mut opt);
+            let mut workloads: Vec<&mut dyn Workload> = vec![&mut copy, &mut copy_kernel, &mut library];
+            workloads.extend(steps.iter_mut().map(|s| s as &mut dyn Workload));
+            measure(bench, plan, &mut workloads)
+        };
+        let mut timings = timings.into_iter().map(Measured::new);
+        let copy_m = timings.next().expect("copy");
+        let bytes = buffers.traffic_bytes();
+        let named: Vec<(String, Option<Variant>, Measured)> = [
+            ("copy kernel (vec4, wg 256)".to_string(), None),
+            ("library: Optimizer::step_in_pass".to_string(), None),
+        ]
+        .into_iter()
+        .chain(steps.iter().map(|s| (s.variant.name(), Some(s.variant))))
+        .zip(timings)
+        .map(|((name, variant), m)| (name, variant, m))
+        .collect();
+        let library = &named
+            .iter()
+            .find(|(_, v, _)| *v == Some(Variant::LIBRARY))
+            .expect("the library's variant is measured")
+            .2;
+        let speedup = |m: &Measured| {
+            let (library_s, s, _) = same_clock(library, m);
+            library_s / s
+        };
+        for (kernel, variant, step) in &named {
+            rows.push(TuningRow {
+                kernel: kernel.clone(),
+                variant: *variant,
+                elements,
+                ratio: Ratio::new(step, bytes, &copy_m, copy.traffic_bytes),
+                speedup_vs_library: speedup(step),
+                step: step.clone(),
+            });
+        }
+        rows.push(TuningRow {
+            kernel: "copy_buffer_to_buffer".into(),
+            variant: None,
+            elements,
+            ratio: Ratio::new(&copy_m, copy.traffic_bytes, &copy_m, copy.traffic_bytes),
+            speedup_vs_library: speedup(&copy_m),
+            step: copy_m,
+        });
+    }
+    Ok(rows)
+}
+
+/// Runs one AdamW step through the composed-op baseline and through every tuning variant on
+/// small awkward sizes and compares each with the CPU reference.
+fn run_checks(bench: &Bench, verbose: bool) -> Result<Vec<CheckRow>, String> {
+    let mut rows = Vec::new();
+    let error = |got: &[f32], want: &[f32]| -> f64 {
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE) as f64;
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max)
+            / scale
+    };
+
+    // Composed-op baseline: two groups (with and without weight decay), tensors of 1 to 65,537.
+    let layout = Layout {
+        name: "check".into(),
+        tensors: [1, 3, 17, 1000, 65537, 4096]
+            .iter()
+            .enumerate()
+            .map(|(t, &len)| (format!("t{t}"), vec![len], t % 2))
+            .collect(),
+    };
+    let rules: Vec<Box<dyn UpdateRule>> = vec![
+        Box::new(AdamW::default()),
+        Box::new(AdamW {
+            weight_decay: 0.0,
+            ..AdamW::default()
+        }),
+    ];
+    let opt = build_optimizer(bench, &layout, &rules, &OptimizerOptions::default())?;
+    let mut naive = NaiveAdamW::new(bench, &opt, 1);
+    let mut encoder = bench.device().create_command_encoder(&Default::default());
+    naive.record(&mut encoder, None);
+    bench.queue().submit([encoder.finish()]);
+    let (params, groups) = layout.build(&rules);
+    let mut cpu = CpuOptimizer::new(params, groups).map_err(|e| e.to_string())?;
+    for (t, id) in opt.tensor_ids().enumerate() {
+        cpu.write_grad(id, &layout.grad(t)).map_err(|e| e.to_string())?;
+    }
+    cpu.step();
+    let mut worst: f64 = 0.0;
+    for id in opt.tensor_ids() {
+        worst = worst.max(error(&opt.read_param(id).map_err(|e| e.to_string())?, cpu.param(id)));
+        for key in ["exp_avg", "exp_avg_sq"] {
+            let got = opt.read_state(id, key).map_err(|e| e.to_string())?;
+            worst = worst.max(error(&got, cpu.state(id, key).map_err(|e| e.to_string())?));
+        }
+    }
+    rows.push(CheckRow {
+        kernel: "composed-op AdamW".into(),
+        max_error: worst,
+        passed: worst <= CHECK_TOLERANCE,
+    });
+
+    // Tuning variants: one tensor of 1,000,004 elements (250,001 vec4s: no variant's multiple).
+    let elements = 1_000_004;
+    let layout = Layout::single(elements);
+    let (param, grad) = (layouts::values(elements, 0, 0.05), layout.grad(0));
+    let (params, groups) = layout.build(&[Box::new(AdamW::default())]);
+    let mut cpu = CpuOptimizer::new(params, groups).map_err(|e| e.to_string())?;
+    let id = cpu.tensor_id("t0").expect("the single tensor");
+    cpu.write_grad(id, &grad).map_err(|e| e.to_string())?;
+    cpu.step();
+    let want = [
+        cpu.param(id).to_vec(),
+        cpu.state(id, "exp_avg").map_err(|e| e.to_string())?.to_vec(),
+        cpu.state(id, "exp_avg_sq").map_err(|e| e.to_string())?.to_vec(),
+    ];
+    for variant in Variant::all() {
+        let buffers = AdamBuffers::new(bench, &param, &grad);
+        let mut step = VariantStep::new(bench, variant, &buffers);
+        let mut encoder = bench.device().create_command_encoder(&Default::default());
+        step.record(&mut encoder, None);
+        bench.queue().submit([encoder.finish()]);
+        let got = buffers.read(bench);
+        let worst = got.iter().zip(&want).map(|(g, w)| error(g, w)).fold(0.0, f64::max);
+        rows.push(CheckRow {
+            kernel: variant.name(),
+            max_error: worst,
+            passed: worst <= CHECK_TOLERANCE,
+        });
+    }
+
+    for row in &rows {
+        if verbose || !row.passed {
+            println!(
+                "check {:<36} max error {:.2e} of scale: {}",
+                row.kernel,
+                row.max_error,
+                if row.passed { "ok" } else { "FAILED" }
+            );
+        }
+    }
+    if rows.iter().any(|r| !r.passed) {
+        return Err(format!(
+            "a kernel disagrees with the CPU reference by more than {CHECK_TOLERANCE:e} of a tensor's scale"
+        ));
+    }
+    Ok(rows)
+}
+
+// ---- tables ----
+
+fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    println!("### {title}\n");
+    println!("| {} |", header.join(" | "));
+    let align: Vec<&str> = (0..header.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
+    println!("|{}|", align.join("|"));
+    for row in rows {
+        println!("| {} |", row.join(" | "));
+    }
+    println!();
+}
+
+fn ms(seconds: f64) -> String {
+    let ms = seconds * 1e3;
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else if ms >= 1.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.3}")
+    }
+}
+
+fn us(seconds: f64) -> String {
+    format!("{:.1}", seconds * 1e6)
+}
+
+fn pct(ratio: f64) -> String {
+    format!("{:.0} %", ratio * 100.0)
+}
+
+/// Seconds per unit by the table's clock: GPU timestamps where the device has them.
+fn best(m: &Measured) -> f64 {
+    m.gpu_s.unwrap_or(m.wall_s)
+}
+
+fn opt_ms(seconds: Option<f64>) -> String {
+    seconds.map_or("-".into(), ms)
+}
+
+fn opt_pct(ratio: Option<f64>) -> String {
+    ratio.map_or("-".into(), pct)
+}
+
+/// Column headers and cells, with the CPU-time columns only on a software adapter.
+struct Columns {
+    software: bool,
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Columns {
+    fn new(software: bool, header: &[(&'static str, bool)]) -> Self {
+        let header = header
+            .iter()
+            .filter(|(_, cpu_only)| software || !cpu_only)
+            .map(|(h, _)| *h)
+            .collect();
+        Columns {
+            software,
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<(String, bool)>) {
+        let software = self.software;
+        self.rows.push(
+            cells
+                .into_iter()
+                .filter(|(_, cpu_only)| software || !cpu_only)
+                .map(|(c, _)| c)
+                .collect(),
+        );
+    }
+
+    fn print(&self, title: &str) {
+        table(title, &self.header, &self.rows);
+    }
+}
+
+fn print_bandwidth(rows: &[RuleRow], software: bool) {
+    let mut copies: Vec<(usize, u64, Vec<f64>)> = Vec::new();
+    for row in rows {
+        let samples = if row.copy.samples.gpu.is_empty() {
+            &row.copy.samples.wall
+        } else {
+            &row.copy.samples.gpu
+        };
+        match copies
+            .iter_mut()
+            .find(|(e, b, _)| *e == row.elements && *b == row.bytes_per_element)
+        {
+            Some((_, _, pooled)) => pooled.extend(samples),
+            None => copies.push((row.elements, row.bytes_per_element, samples.clone())),
+        }
+    }
+    let copy_rows: Vec<Vec<String>> = copies
+        .iter()
+        .map(|(elements, b, samples)| {
+            let bytes = *elements as u64 * b;
+            let s = median(samples);
+            vec![
+                format_count(*elements),
+                format!("{b}"),
+                format!("{:.0}", bytes as f64 / 1e6),
+                ms(s),
+                format!("{:.1}", bytes as f64 / s / 1e9),
+            ]
+        })
+        .collect();
+    table(
+        "Copy bandwidth: copy_buffer_to_buffer of the step's bytes (read + written), pooled over the rules' runs",
+        &["elements", "B/element", "MB moved", "ms", "GB/s"],
+        &copy_rows,
+    );
+    let mut columns = Columns::new(
+        software,
+        &[
+            ("rule", false),
+            ("elements", false),
+            ("B/element", false),
+            ("dispatches", false),
+            ("step ms", false),
+            ("GB/s", false),
+            ("copy GB/s", false),
+            ("of copy", false),
+            ("of copy (wall)", false),
+            ("step CPU ms", true),
+            ("of copy (CPU time)", true),
+            ("CPU ref ms", false),
+            ("CPU ref GB/s", false),
+            ("load", true),
+        ],
+    );
+    for r in rows {
+        let cpu_ref_gbps = r.cpu.as_ref().map(|c| {
+            format!(
+                "{:.1}",
+                (r.elements as u64 * r.bytes_per_element) as f64 / c.wall_s / 1e9
+            )
+        });
+        columns.row(vec![
+            (r.rule.clone(), false),
+            (format_count(r.elements), false),
+            (r.bytes_per_element.to_string(), false),
+            (r.dispatches.to_string(), false),
+            (ms(best(&r.step)), false),
+            (format!("{:.1}", r.ratio.step_gbps), false),
+            (format!("{:.1}", r.ratio.copy_gbps), false),
+            (pct(r.ratio.value), false),
+            (pct(r.ratio.wall), false),
+            (opt_ms(r.step.process_cpu_s), true),
+            (opt_pct(r.ratio.process_cpu), true),
+            (opt_ms(r.cpu.as_ref().map(|c| c.wall_s)), false),
+            (cpu_ref_gbps.unwrap_or_else(|| "-".into()), false),
+            (r.step.load_average.map_or("-".into(), |l| format!("{l:.1}")), true),
+        ]);
+    }
+    columns.print("Bandwidth ratio per rule (one tensor per arena size; ratio = step GB/s / copy GB/s of the same bytes, measured alongside)");
+}
+
+fn print_layouts(title: &str, rows: &[LayoutRow], software: bool) {
+    let mut columns = Columns::new(
+        software,
+        &[
+            ("layout", false),
+            ("arenas", false),
+            ("dispatches", false),
+            ("record µs", false),
+            ("step_in_pass µs", false),
+            ("allocs (record / step_in_pass)", false),
+            ("step ms", false),
+            ("of copy", false),
+            ("of copy (CPU time)", true),
+            ("naive dispatches", false),
+            ("naive record ms", false),
+            ("naive step ms", false),
+            ("CPU ref ms", false),
+            ("load", true),
+        ],
+    );
+    for r in rows {
+        columns.row(vec![
+            (r.layout.clone(), false),
+            (r.arenas.to_string(), false),
+            (r.dispatches.to_string(), false),
+            (us(r.record_s), false),
+            (us(r.step_in_pass_s), false),
+            (
+                format!("{} / {}", r.allocations_per_record, r.allocations_in_step_in_pass),
+                false,
+            ),
+            (ms(best(&r.step)), false),
+            (pct(r.ratio.value), false),
+            (opt_pct(r.ratio.process_cpu), true),
+            (r.naive.as_ref().map_or("-".into(), |n| n.dispatches.to_string()), false),
+            (opt_ms(r.naive.as_ref().and_then(|n| n.record_s)), false),
+            (opt_ms(r.naive.as_ref().map(|n| best(&n.step))), false),
+            (opt_ms(r.cpu.as_ref().map(|c| c.wall_s)), false),
+            (r.step.load_average.map_or("-".into(), |l| format!("{l:.1}")), true),
+        ]);
+    }
+    columns.print(title);
+}
+
+fn print_naive(rows: &[NaiveRow], software: bool) {
+    let mut columns = Columns::new(
+        software,
+        &[
+            ("layout", false),
+            ("dispatches", false),
+            ("step ms", false),
+            ("time vs fused", false),
+            ("of copy (at 28 B/element)", false),
+            ("of copy (CPU time)", true),
+        ],
+    );
+    for r in rows {
+        columns.row(vec![
+            (r.layout.clone(), false),
+            (r.dispatches.to_string(), false),
+            (ms(best(&r.step)), false),
+            (format!("{:.2}×", r.slowdown), false),
+            (pct(r.ratio_at_fused_bytes.value), false),
+            (opt_pct(r.ratio_at_fused_bytes.process_cpu), true),
+        ]);
+    }
+    columns.print(&format!(
+        "Composed-op AdamW baseline (one vec4 kernel per op per tensor, {} B/element of traffic with weight decay)",
+        naive::TRAFFIC_BYTES_PER_ELEMENT
+    ));
+}
+
+fn print_tuning(rows: &[TuningRow], sizes: &[usize], software: bool) {
+    let sizes: Vec<usize> = sizes.iter().map(|s| s.next_multiple_of(4)).collect();
+    let mut kernels: Vec<&str> = Vec::new();
+    for row in rows {
+        if !kernels.contains(&row.kernel.as_str()) {
+            kernels.push(&row.kernel);
+        }
+    }
+    let mut header = vec!["kernel".to_string()];
+    for &size in &sizes {
+        let n = format_count(size);
+        header.extend([format!("{n} ms"), format!("{n} of copy"), format!("{n} vs library")]);
+        if software {
+            header.extend([format!("{n} CPU ms"), format!("{n} of copy (CPU time)")]);
+        }
+    }
+    let body: Vec<Vec<String>> = kernels
+        .iter()
+        .map(|kernel| {
+            let mut cells = vec![kernel.to_string()];
+            for &size in &sizes {
+                let row = rows.iter().find(|r| r.kernel == *kernel && r.elements == size);
+                cells.extend([
+                    row.map_or("-".into(), |r| ms(best(&r.step))),
+                    row.map_or("-".into(), |r| pct(r.ratio.value)),
+                    row.map_or("-".into(), |r| format!("{:.2}×", r.speedup_vs_library)),
+                ]);
+                if software {
+                    cells.extend([
+                        opt_ms(row.and_then(|r| r.step.process_cpu_s)),
+                        opt_pct(row.and_then(|r| r.ratio.process_cpu)),
+                    ]);
+                }
+            }
+            cells
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(
+        "Tuning: AdamW kernel variants (vs library: > 1 is faster than the library's kernel)",
+        &header,
+        &body,
+    );
+}

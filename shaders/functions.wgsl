@@ -1,0 +1,87 @@
+// 2-D test functions for optimizer trajectories (src/trajectories.rs): the gradient of
+// f(x, y) at each of N points, written where the optimizer reads its gradients.
+//
+//   0 rosenbrock       (1 - x)^2 + 100 (y - x^2)^2                       min (1, 1)
+//   1 beale            (1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2   min (3, 0.5)
+//   2 himmelblau       (x^2 + y - 11)^2 + (x + y^2 - 7)^2                four minima
+//   3 rastrigin        20 + x^2 - 10 cos(2 pi x) + y^2 - 10 cos(2 pi y)  min (0, 0)
+//   4 saddle           x^2 - y^2                                         no minimum
+//   5 ill_conditioned  0.5 (x^2 + 100 y^2)                               min (0, 0)
+//   6 booth            (x + 2y - 7)^2 + (2x + y - 5)^2                   min (1, 3)
+//
+// The CPU mirror (TestFunction::gradient_f32 in src/trajectories.rs) follows these lines
+// operation by operation.
+
+override function_id: u32 = 0u;
+
+const GRAD_WORKGROUP_SIZE: u32 = 64u;
+const TWO_PI: f32 = 6.283185307179586;
+
+// Positions: the optimizer's parameter tensor, (x, y) pairs. Gradients: its gradient tensor.
+@group(0) @binding(0) var<storage, read> position: array<vec2<f32>>;
+@group(0) @binding(1) var<storage, read_write> gradient: array<vec2<f32>>;
+
+fn rosenbrock(x: f32, y: f32) -> vec2<f32> {
+    let r = y - x * x;
+    return vec2<f32>(-2.0 * (1.0 - x) - 400.0 * x * r, 200.0 * r);
+}
+
+fn beale(x: f32, y: f32) -> vec2<f32> {
+    let y2 = y * y;
+    let y3 = y2 * y;
+    let a = 1.5 - x + x * y;
+    let b = 2.25 - x + x * y2;
+    let c = 2.625 - x + x * y3;
+    let dx = 2.0 * a * (y - 1.0) + 2.0 * b * (y2 - 1.0) + 2.0 * c * (y3 - 1.0);
+    let dy = 2.0 * a * x + 4.0 * b * x * y + 6.0 * c * x * y2;
+    return vec2<f32>(dx, dy);
+}
+
+fn himmelblau(x: f32, y: f32) -> vec2<f32> {
+    let a = x * x + y - 11.0;
+    let b = x + y * y - 7.0;
+    return vec2<f32>(4.0 * x * a + 2.0 * b, 2.0 * a + 4.0 * y * b);
+}
+
+fn rastrigin(x: f32, y: f32) -> vec2<f32> {
+    return vec2<f32>(2.0 * x + 10.0 * TWO_PI * sin(TWO_PI * x), 2.0 * y + 10.0 * TWO_PI * sin(TWO_PI * y));
+}
+
+fn saddle(x: f32, y: f32) -> vec2<f32> {
+    return vec2<f32>(2.0 * x, -2.0 * y);
+}
+
+fn ill_conditioned(x: f32, y: f32) -> vec2<f32> {
+    return vec2<f32>(x, 100.0 * y);
+}
+
+fn booth(x: f32, y: f32) -> vec2<f32> {
+    let a = x + 2.0 * y - 7.0;
+    let b = 2.0 * x + y - 5.0;
+    return vec2<f32>(2.0 * a + 4.0 * b, 4.0 * a + 2.0 * b);
+}
+
+fn grad_at(p: vec2<f32>) -> vec2<f32> {
+    switch function_id {
+        case 0u: { return rosenbrock(p.x, p.y); }
+        case 1u: { return beale(p.x, p.y); }
+        case 2u: { return himmelblau(p.x, p.y); }
+        case 3u: { return rastrigin(p.x, p.y); }
+        case 4u: { return saddle(p.x, p.y); }
+        case 5u: { return ill_conditioned(p.x, p.y); }
+        default: { return booth(p.x, p.y); }
+    }
+}
+
+@compute @workgroup_size(GRAD_WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = (workgroup.y * grid.x + workgroup.x) * GRAD_WORKGROUP_SIZE + local;
+    if (i >= arrayLength(&position)) {
+        return;
+    }
+    gradient[i] = grad_at(position[i]);
+}

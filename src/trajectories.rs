@@ -1,0 +1,1154 @@
+//! Optimizer trajectories on 2-D test functions: what the browser demo (`web/`) and the
+//! `wgpu-optim trajectories` command both run, so that their paths can be compared number for
+//! number.
+//!
+//! N start points of one optimizer are one parameter tensor of 2N elements (`xy`, pairs
+//! `(x, y)`). Every rule is element-wise, so the N runs are independent and a step of all of
+//! them is one gradient dispatch (`shaders/functions.wgsl`, writing into the optimizer's
+//! gradient view) followed by the optimizer's own dispatch, both in one compute pass. Up to
+//! [`MAX_STEPS_PER_SUBMISSION`] steps are recorded into one submission (each keeps its scalars
+//! in its own slot of the optimizer's ring, [`OptimizerOptions::steps_in_flight`]); positions
+//! are copied on the GPU into a history buffer at the sampled steps and read back once.
+//!
+//! A learning-rate schedule reaches a run as the learning rate of every step: before recording
+//! step `t` the runner calls `Optimizer::set_lr(0, lr[t-1])` (the step's scalars are captured
+//! when it is recorded, so this works inside one submission). [`learning_rates`] turns a run's
+//! `schedule` (a [`crate::schedule`] configuration, torch's `lr_scheduler` semantics) into that
+//! list; a run may also give the list itself ([`RunSpec::lr`]).
+//!
+//! [`CpuRunner`] does the same with the CPU reference ([`CpuOptimizer`]) and
+//! [`TestFunction::gradient_f32`], the scalar mirror of the WGSL: the browser's fallback when it
+//! has no WebGPU.
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::{GpuContext, PipelineKey};
+use crate::cpu::CpuOptimizer;
+use crate::error::{Error, Result};
+use crate::optimizer::{read_views, Optimizer, OptimizerOptions, TensorView};
+use crate::params::{ParamGroup, Parameters, TensorId};
+use crate::rules::{self, CycledMomentum, UpdateRule};
+use crate::schedule::{self, LearningRates};
+
+/// The gradient kernel of every test function; `override function_id` picks the function.
+pub const FUNCTIONS_WGSL: &str = include_str!("../shaders/functions.wgsl");
+
+/// Invocations per workgroup of the gradient kernel (`GRAD_WORKGROUP_SIZE` in the WGSL).
+const GRAD_WORKGROUP_SIZE: u32 = 64;
+
+/// Most steps recorded into one submission (the optimizer's scalar ring has this many slots).
+pub const MAX_STEPS_PER_SUBMISSION: u32 = 1000;
+/// Most steps of one run.
+pub const MAX_STEPS: u32 = 100_000;
+/// Most start points of one run (a 1024 × 1024 basin map).
+pub const MAX_STARTS: usize = 1 << 20;
+/// Largest position history kept on the GPU and read back, in bytes.
+pub const MAX_HISTORY_BYTES: u64 = 256 << 20;
+
+/// A 2-D test function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestFunction {
+    Rosenbrock,
+    Beale,
+    Himmelblau,
+    Rastrigin,
+    Saddle,
+    IllConditioned,
+    Booth,
+}
+
+/// A rectangle of the plane: `x` and `y` ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Domain {
+    pub x: [f64; 2],
+    pub y: [f64; 2],
+}
+
+impl Domain {
+    /// `resolution × resolution` cell centres, row by row from the bottom (`y` ascending).
+    pub fn grid(&self, resolution: usize) -> Vec<[f32; 2]> {
+        let r = resolution as f64;
+        let mut points = Vec::with_capacity(resolution * resolution);
+        for j in 0..resolution {
+            let y = self.y[0] + (self.y[1] - self.y[0]) * (j as f64 + 0.5) / r;
+            for i in 0..resolution {
+                let x = self.x[0] + (self.x[1] - self.x[0]) * (i as f64 + 0.5) / r;
+                points.push([x as f32, y as f32]);
+            }
+        }
+        points
+    }
+
+    fn check(&self) -> Result<()> {
+        let ok = |[a, b]: [f64; 2]| a.is_finite() && b.is_finite() && a < b;
+        if ok(self.x) && ok(self.y) {
+            Ok(())
+        } else {
+            Err(Error::Config(format!("invalid domain {self:?}: each range must be finite and increasing")))
+        }
+    }
+}
+
+impl TestFunction {
+    /// Every function, in the order of the kernel's `function_id`.
+    pub const ALL: [TestFunction; 7] = [
+        TestFunction::Rosenbrock,
+        TestFunction::Beale,
+        TestFunction::Himmelblau,
+        TestFunction::Rastrigin,
+        TestFunction::Saddle,
+        TestFunction::IllConditioned,
+        TestFunction::Booth,
+    ];
+
+    /// The name used in specs, URLs and on the command line, e.g. `"ill_conditioned"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TestFunction::Rosenbrock => "rosenbrock",
+            TestFunction::Beale => "beale",
+            TestFunction::Himmelblau => "himmelblau",
+            TestFunction::Rastrigin => "rastrigin",
+            TestFunction::Saddle => "saddle",
+            TestFunction::IllConditioned => "ill_conditioned",
+            TestFunction::Booth => "booth",
+        }
+    }
+
+    /// A human title, e.g. `"Ill-conditioned quadratic"`.
+    pub fn title(self) -> &'static str {
+        match self {
+            TestFunction::Rosenbrock => "Rosenbrock",
+            TestFunction::Beale => "Beale",
+            TestFunction::Himmelblau => "Himmelblau",
+            TestFunction::Rastrigin => "Rastrigin",
+            TestFunction::Saddle => "Saddle",
+            TestFunction::IllConditioned => "Ill-conditioned quadratic",
+            TestFunction::Booth => "Booth",
+        }
+    }
+
+    /// The formula, as text.
+    pub fn formula(self) -> &'static str {
+        match self {
+            TestFunction::Rosenbrock => "(1 − x)² + 100 (y − x²)²",
+            TestFunction::Beale => "(1.5 − x + xy)² + (2.25 − x + xy²)² + (2.625 − x + xy³)²",
+            TestFunction::Himmelblau => "(x² + y − 11)² + (x + y² − 7)²",
+            TestFunction::Rastrigin => "20 + x² − 10 cos 2πx + y² − 10 cos 2πy",
+            TestFunction::Saddle => "x² − y²",
+            TestFunction::IllConditioned => "(x² + 100 y²) / 2",
+            TestFunction::Booth => "(x + 2y − 7)² + (2x + y − 5)²",
+        }
+    }
+
+    fn id(self) -> u32 {
+        Self::ALL.iter().position(|&f| f == self).expect("every function is in ALL") as u32
+    }
+
+    /// f(x, y), in f64 (for losses and contour maps).
+    pub fn value(self, x: f64, y: f64) -> f64 {
+        match self {
+            TestFunction::Rosenbrock => (1.0 - x).powi(2) + 100.0 * (y - x * x).powi(2),
+            TestFunction::Beale => {
+                (1.5 - x + x * y).powi(2) + (2.25 - x + x * y * y).powi(2) + (2.625 - x + x * y * y * y).powi(2)
+            }
+            TestFunction::Himmelblau => (x * x + y - 11.0).powi(2) + (x + y * y - 7.0).powi(2),
+            TestFunction::Rastrigin => {
+                let tau = std::f64::consts::TAU;
+                20.0 + x * x - 10.0 * (tau * x).cos() + y * y - 10.0 * (tau * y).cos()
+            }
+            TestFunction::Saddle => x * x - y * y,
+            TestFunction::IllConditioned => 0.5 * (x * x + 100.0 * y * y),
+            TestFunction::Booth => (x + 2.0 * y - 7.0).powi(2) + (2.0 * x + y - 5.0).powi(2),
+        }
+    }
+
+    /// The gradient in f32, following `shaders/functions.wgsl` operation by operation (the
+    /// CPU reference's gradient).
+    pub fn gradient_f32(self, x: f32, y: f32) -> [f32; 2] {
+        const TWO_PI: f32 = std::f32::consts::TAU;
+        match self {
+            TestFunction::Rosenbrock => {
+                let r = y - x * x;
+                [-2.0 * (1.0 - x) - 400.0 * x * r, 200.0 * r]
+            }
+            TestFunction::Beale => {
+                let y2 = y * y;
+                let y3 = y2 * y;
+                let a = 1.5 - x + x * y;
+                let b = 2.25 - x + x * y2;
+                let c = 2.625 - x + x * y3;
+                let dx = 2.0 * a * (y - 1.0) + 2.0 * b * (y2 - 1.0) + 2.0 * c * (y3 - 1.0);
+                let dy = 2.0 * a * x + 4.0 * b * x * y + 6.0 * c * x * y2;
+                [dx, dy]
+            }
+            TestFunction::Himmelblau => {
+                let a = x * x + y - 11.0;
+                let b = x + y * y - 7.0;
+                [4.0 * x * a + 2.0 * b, 2.0 * a + 4.0 * y * b]
+            }
+            TestFunction::Rastrigin => [
+                2.0 * x + 10.0 * TWO_PI * (TWO_PI * x).sin(),
+                2.0 * y + 10.0 * TWO_PI * (TWO_PI * y).sin(),
+            ],
+            TestFunction::Saddle => [2.0 * x, -2.0 * y],
+            TestFunction::IllConditioned => [x, 100.0 * y],
+            TestFunction::Booth => {
+                let a = x + 2.0 * y - 7.0;
+                let b = 2.0 * x + y - 5.0;
+                [2.0 * a + 4.0 * b, 4.0 * a + 2.0 * b]
+            }
+        }
+    }
+
+    /// The region the demo shows.
+    pub fn domain(self) -> Domain {
+        let square = |h: f64| Domain { x: [-h, h], y: [-h, h] };
+        match self {
+            TestFunction::Rosenbrock => Domain { x: [-2.0, 2.0], y: [-1.0, 3.0] },
+            TestFunction::Beale => square(4.5),
+            TestFunction::Himmelblau => square(5.0),
+            TestFunction::Rastrigin => square(5.12),
+            TestFunction::Saddle => square(2.0),
+            TestFunction::IllConditioned => square(3.0),
+            TestFunction::Booth => square(10.0),
+        }
+    }
+
+    /// A start point that shows the function's character.
+    pub fn default_start(self) -> [f32; 2] {
+        match self {
+            TestFunction::Rosenbrock => [-1.5, 2.0],
+            TestFunction::Beale => [1.0, 1.5],
+            TestFunction::Himmelblau => [0.0, 0.0],
+            TestFunction::Rastrigin => [2.6, -3.3],
+            TestFunction::Saddle => [-1.8, 0.05],
+            TestFunction::IllConditioned => [-2.5, 1.5],
+            TestFunction::Booth => [-8.0, -6.0],
+        }
+    }
+
+    /// The minima a run can end in (global and the local ones worth naming); empty for the
+    /// saddle, which has none, and for Rastrigin, whose local minima lie near every point of
+    /// the integer lattice (see [`basin`](Self::basin)).
+    pub fn minima(self) -> &'static [[f64; 2]] {
+        match self {
+            TestFunction::Rosenbrock => &[[1.0, 1.0]],
+            TestFunction::Beale => &[[3.0, 0.5]],
+            TestFunction::Himmelblau => &[
+                [3.0, 2.0],
+                [-2.805_118, 3.131_312],
+                [-3.779_310, -3.283_186],
+                [3.584_428, -1.848_126],
+            ],
+            TestFunction::Rastrigin | TestFunction::Saddle => &[],
+            TestFunction::IllConditioned => &[[0.0, 0.0]],
+            TestFunction::Booth => &[[1.0, 3.0]],
+        }
+    }
+
+    /// The smallest value of f (`None` for the saddle, unbounded below).
+    pub fn min_value(self) -> Option<f64> {
+        match self {
+            TestFunction::Saddle => None,
+            _ => Some(0.0),
+        }
+    }
+
+    /// Whether contour maps and loss charts should use a log scale (values spanning many
+    /// decades around a minimum of 0).
+    pub fn log_scale(self) -> bool {
+        !matches!(self, TestFunction::Saddle | TestFunction::Rastrigin)
+    }
+
+    /// The value drawn on maps: `log10(f − min + 1e-3)` on log-scaled functions, else f.
+    pub fn display_level(self, value: f64) -> f64 {
+        if self.log_scale() {
+            ((value - self.min_value().unwrap_or(0.0)).max(0.0) + 1e-3).log10()
+        } else {
+            value
+        }
+    }
+
+    /// Where a run that ended at (x, y) went: `-2` diverged (not finite); `-1` nowhere named;
+    /// otherwise the index of the minimum in [`minima`](Self::minima) it is within 2 % of the
+    /// domain's width of. Rastrigin: the lattice point `(i, j)` it is within 0.25 of, as
+    /// `(i + 64) * 128 + (j + 64)`. Saddle: 0 escaped upwards (y > 0.5), 1 downwards, -1 still
+    /// near the saddle line.
+    pub fn basin(self, x: f32, y: f32) -> i32 {
+        if !x.is_finite() || !y.is_finite() {
+            return -2;
+        }
+        let (x, y) = (f64::from(x), f64::from(y));
+        match self {
+            TestFunction::Saddle => {
+                if y > 0.5 {
+                    0
+                } else if y < -0.5 {
+                    1
+                } else {
+                    -1
+                }
+            }
+            TestFunction::Rastrigin => {
+                let (i, j) = (x.round(), y.round());
+                if (x - i).hypot(y - j) < 0.25 && i.abs() < 64.0 && j.abs() < 64.0 {
+                    (i as i32 + 64) * 128 + (j as i32 + 64)
+                } else {
+                    -1
+                }
+            }
+            _ => {
+                let domain = self.domain();
+                let radius = 0.02 * (domain.x[1] - domain.x[0]);
+                self.minima()
+                    .iter()
+                    .position(|m| (x - m[0]).hypot(y - m[1]) < radius)
+                    .map_or(-1, |i| i as i32)
+            }
+        }
+    }
+}
+
+impl fmt::Display for TestFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TestFunction {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        let wanted = name.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+        let wanted = if wanted == "quadratic" { "ill_conditioned".to_string() } else { wanted };
+        Self::ALL.into_iter().find(|f| f.name() == wanted).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown test function {name:?}: expected one of {}",
+                Self::ALL.map(TestFunction::name).join(", ")
+            ))
+        })
+    }
+}
+
+// ---- specs and reports ----
+
+/// One optimizer configuration racing in a [`TrajectorySpec`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// A torch class name: `SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`, `AdamW`, `NAdam`.
+    pub optimizer: String,
+    /// torch keyword arguments; missing ones take torch's defaults.
+    #[serde(default)]
+    pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    /// A learning-rate schedule (see [`learning_rates`]); `null` or absent: constant `lr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<serde_json::Value>,
+    /// Explicit learning rate of every step (`lr[t-1]` for step `t`), instead of a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<Vec<f64>>,
+}
+
+impl RunSpec {
+    /// The rule, validated as torch validates it.
+    pub fn rule(&self) -> Result<Box<dyn UpdateRule>> {
+        rules::from_config(&self.optimizer, &serde_json::Value::Object(self.hyperparameters.clone()))
+    }
+
+    /// The learning rate of each of `steps` steps, or `None` for a constant one.
+    pub fn learning_rates(&self, rule: &dyn UpdateRule, steps: u32) -> Result<Option<Vec<f64>>> {
+        match (&self.lr, &self.schedule) {
+            (Some(_), Some(_)) => Err(Error::Config("a run takes either \"lr\" (one per step) or \"schedule\", not both".into())),
+            (Some(lr), None) => {
+                if lr.len() != steps as usize {
+                    return Err(Error::Config(format!("\"lr\" lists {} learning rates for {steps} steps", lr.len())));
+                }
+                Ok(Some(lr.clone()))
+            }
+            (None, schedule) => learning_rates(schedule.as_ref(), rule, steps),
+        }
+    }
+}
+
+/// The learning rate of every step that a run's `schedule` gives, or `None` for a constant
+/// learning rate (no schedule, or `null`).
+///
+/// `schedule` is a [`crate::schedule::from_config`] configuration (torch's `lr_scheduler`
+/// names and semantics), e.g. `{"name": "CosineAnnealingLR", "T_max": 500}` or a warm-up
+/// `{"name": "SequentialLR", "schedulers": [{"name": "LinearLR", "start_factor": 0.1,
+/// "total_iters": 50}, {"name": "CosineAnnealingLR", "T_max": 450}], "milestones": [50]}`.
+/// As in a torch training loop, step `t` runs with the learning rate the scheduler has set
+/// after `t − 1` calls of `scheduler.step()` (construction sets step 1's). Momentum cycling
+/// (`CyclicLR`, `OneCycleLR` with `cycle_momentum`) is refused, as the GPU optimizer refuses it.
+pub fn learning_rates(schedule: Option<&serde_json::Value>, rule: &dyn UpdateRule, steps: u32) -> Result<Option<Vec<f64>>> {
+    let config = match schedule {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(config) => config,
+    };
+    let mut recorder = LrRecorder { rule: rule.clone_box() };
+    let mut scheduler = schedule::from_config(config, &mut recorder)?;
+    let mut lrs = Vec::with_capacity(steps as usize);
+    for t in 0..steps {
+        if t > 0 {
+            scheduler.step(&mut recorder)?;
+        }
+        lrs.push(recorder.rule.lr());
+    }
+    Ok(Some(lrs))
+}
+
+/// The one-group optimizer a schedule drives while [`learning_rates`] records it.
+struct LrRecorder {
+    rule: Box<dyn UpdateRule>,
+}
+
+impl LearningRates for LrRecorder {
+    fn group_count(&self) -> usize {
+        1
+    }
+
+    fn lr(&self, _group: usize) -> f64 {
+        self.rule.lr()
+    }
+
+    fn set_lr(&mut self, _group: usize, lr: f64) -> Result<()> {
+        let mut rule = self.rule.clone();
+        rule.set_lr(lr);
+        rule.validate()?;
+        self.rule = rule;
+        Ok(())
+    }
+
+    fn cycled_momentum(&self, _group: usize) -> Option<CycledMomentum> {
+        self.rule.cycled_momentum()
+    }
+
+    fn set_cycled_momentum(&mut self, _group: usize, _value: f64) -> Result<()> {
+        Err(Error::Config(
+            "trajectories change only the learning rate from step to step (the GPU optimizer cannot \
+             change momentum or betas once built); give CyclicLR or OneCycleLR cycle_momentum = false"
+                .into(),
+        ))
+    }
+}
+
+fn default_sample_every() -> u32 {
+    1
+}
+
+/// What to run: optimizers racing on one function from the same start points.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrajectorySpec {
+    pub function: TestFunction,
+    pub steps: u32,
+    /// Keep every k-th position (and always the last).
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u32,
+    /// Start points; empty: the function's default start.
+    #[serde(default)]
+    pub starts: Vec<[f32; 2]>,
+    pub runs: Vec<RunSpec>,
+}
+
+impl TrajectorySpec {
+    pub fn from_json(text: &str) -> Result<Self> {
+        let spec: Self = serde_json::from_str(text).map_err(|e| Error::Config(format!("trajectory spec: {e}")))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Start points (the function's default one when none were given).
+    pub fn start_points(&self) -> Vec<[f32; 2]> {
+        if self.starts.is_empty() {
+            vec![self.function.default_start()]
+        } else {
+            self.starts.clone()
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        check_steps(self.steps, self.sample_every)?;
+        if self.runs.is_empty() {
+            return Err(Error::Config("a trajectory spec needs at least one run".into()));
+        }
+        check_starts(&self.start_points())?;
+        for run in &self.runs {
+            let rule = run.rule()?;
+            run.learning_rates(rule.as_ref(), self.steps)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_steps(steps: u32, sample_every: u32) -> Result<()> {
+    if steps == 0 || steps > MAX_STEPS {
+        return Err(Error::Config(format!("steps must be in 1..={MAX_STEPS}, got {steps}")));
+    }
+    if sample_every == 0 {
+        return Err(Error::Config("sample_every must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn check_starts(starts: &[[f32; 2]]) -> Result<()> {
+    if starts.is_empty() || starts.len() > MAX_STARTS {
+        return Err(Error::Config(format!("between 1 and {MAX_STARTS} start points, got {}", starts.len())));
+    }
+    if let Some(p) = starts.iter().find(|p| !p[0].is_finite() || !p[1].is_finite()) {
+        return Err(Error::Config(format!("start point {p:?} is not finite")));
+    }
+    Ok(())
+}
+
+/// The steps at which positions are kept: 0 (the start), every `sample_every`-th, and `steps`.
+pub fn sampled_steps(steps: u32, sample_every: u32) -> Vec<u32> {
+    let mut samples: Vec<u32> = (0..=steps).step_by(sample_every.max(1) as usize).collect();
+    if samples.last() != Some(&steps) {
+        samples.push(steps);
+    }
+    samples
+}
+
+/// Positions of N runs at the sampled steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Paths {
+    pub starts: usize,
+    pub sampled_steps: Vec<u32>,
+    /// `[sample][start][x, y]`, flattened.
+    pub positions: Vec<f32>,
+}
+
+impl Paths {
+    /// Position of run `start` at sample `sample`.
+    pub fn at(&self, sample: usize, start: usize) -> [f32; 2] {
+        let i = (sample * self.starts + start) * 2;
+        [self.positions[i], self.positions[i + 1]]
+    }
+
+    /// Path of one start, sample by sample.
+    pub fn path(&self, start: usize) -> Vec<[f32; 2]> {
+        (0..self.sampled_steps.len()).map(|s| self.at(s, start)).collect()
+    }
+
+    /// The last positions, `[start][x, y]` flattened.
+    pub fn last(&self) -> &[f32] {
+        &self.positions[self.positions.len() - self.starts * 2..]
+    }
+}
+
+/// The result of one run of a [`TrajectorySpec`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunReport {
+    pub optimizer: String,
+    /// Every hyper-parameter, defaults included.
+    pub hyperparameters: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<serde_json::Value>,
+    /// Learning rate of each step, when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<Vec<f64>>,
+    /// `[start][sample] = [x, y]` (non-finite coordinates are written as `null`).
+    pub paths: Vec<Vec<[f32; 2]>>,
+    /// f at each position, `[start][sample]`.
+    pub losses: Vec<Vec<f64>>,
+    /// Wall time of the run on the device: recording, submission, waiting and reading back
+    /// (optimizer and pipeline creation excluded), in milliseconds.
+    pub elapsed_ms: f64,
+    /// Dispatches recorded (gradient + optimizer, per step).
+    pub dispatches: usize,
+}
+
+/// The result of a [`TrajectorySpec`]: the JSON of `wgpu-optim trajectories --out`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrajectoryReport {
+    pub function: TestFunction,
+    /// `cpu` (the CPU reference) or the wgpu backend, e.g. `vulkan`, `browserwebgpu`.
+    pub backend: String,
+    pub adapter: String,
+    pub steps: u32,
+    pub sampled_steps: Vec<u32>,
+    pub starts: Vec<[f32; 2]>,
+    pub runs: Vec<RunReport>,
+}
+
+/// Where the runs execute.
+#[derive(Clone, Debug)]
+pub enum Device {
+    Gpu(GpuContext),
+    /// The CPU reference.
+    Cpu,
+}
+
+impl Device {
+    pub fn backend_name(&self) -> String {
+        match self {
+            Device::Gpu(gpu) => format!("{:?}", gpu.adapter().backend).to_lowercase(),
+            Device::Cpu => "cpu".into(),
+        }
+    }
+
+    pub fn adapter_name(&self) -> String {
+        match self {
+            Device::Gpu(gpu) => gpu.adapter().to_string(),
+            Device::Cpu => "CPU reference (scalar Rust)".into(),
+        }
+    }
+
+    /// Runs `rule` from every start for `steps` steps.
+    pub async fn run(&self, function: TestFunction, run: &RunInput, clock: &dyn Fn() -> f64) -> Result<(Paths, f64, usize)> {
+        match self {
+            Device::Gpu(gpu) => {
+                let runner = GpuRunner::new(gpu, function, run).await?;
+                let dispatches = runner.dispatches();
+                let start = clock();
+                let paths = runner.run().await?;
+                Ok((paths, clock() - start, dispatches))
+            }
+            Device::Cpu => {
+                let runner = CpuRunner::new(function, run)?;
+                let start = clock();
+                let paths = runner.run()?;
+                Ok((paths, clock() - start, 0))
+            }
+        }
+    }
+}
+
+/// One optimizer from N starts: what a runner needs.
+#[derive(Clone, Debug)]
+pub struct RunInput {
+    pub rule: Box<dyn UpdateRule>,
+    pub starts: Vec<[f32; 2]>,
+    pub steps: u32,
+    pub sample_every: u32,
+    /// Learning rate of each step (a schedule), or `None` for the rule's constant `lr`.
+    pub lr: Option<Vec<f64>>,
+}
+
+impl RunInput {
+    fn check(&self) -> Result<()> {
+        check_steps(self.steps, self.sample_every)?;
+        check_starts(&self.starts)?;
+        self.rule.validate()?;
+        if let Some(lr) = &self.lr {
+            if lr.len() != self.steps as usize {
+                return Err(Error::Config(format!("{} learning rates for {} steps", lr.len(), self.steps)));
+            }
+        }
+        let bytes = sampled_steps(self.steps, self.sample_every).len() as u64 * self.starts.len() as u64 * 8;
+        if bytes > MAX_HISTORY_BYTES {
+            return Err(Error::Config(format!(
+                "the position history would take {bytes} bytes (at most {MAX_HISTORY_BYTES}); sample less often"
+            )));
+        }
+        Ok(())
+    }
+
+    fn flat_starts(&self) -> Vec<f32> {
+        self.starts.iter().flatten().copied().collect()
+    }
+}
+
+/// Runs every run of a spec on `device`; `clock` gives milliseconds (`performance.now()` on
+/// the web, an `Instant` natively).
+pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -> f64) -> Result<TrajectoryReport> {
+    spec.check()?;
+    let starts = spec.start_points();
+    let mut runs = Vec::with_capacity(spec.runs.len());
+    for run in &spec.runs {
+        let rule = run.rule()?;
+        let lr = run.learning_rates(rule.as_ref(), spec.steps)?;
+        let hyperparameters = rule.hyperparameters();
+        let input = RunInput { rule, starts: starts.clone(), steps: spec.steps, sample_every: spec.sample_every, lr: lr.clone() };
+        let (paths, elapsed_ms, dispatches) = device.run(spec.function, &input, clock).await?;
+        let paths: Vec<Vec<[f32; 2]>> = (0..starts.len()).map(|s| paths.path(s)).collect();
+        let losses = paths
+            .iter()
+            .map(|path| path.iter().map(|p| spec.function.value(f64::from(p[0]), f64::from(p[1]))).collect())
+            .collect();
+        runs.push(RunReport {
+            optimizer: run.optimizer.clone(),
+            hyperparameters,
+            schedule: run.schedule.clone(),
+            lr,
+            paths,
+            losses,
+            elapsed_ms,
+            dispatches,
+        });
+    }
+    Ok(TrajectoryReport {
+        function: spec.function,
+        backend: device.backend_name(),
+        adapter: device.adapter_name(),
+        steps: spec.steps,
+        sampled_steps: sampled_steps(spec.steps, spec.sample_every),
+        starts,
+        runs,
+    })
+}
+
+/// A basin map: one optimizer launched from a `resolution × resolution` grid of starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasinSpec {
+    pub function: TestFunction,
+    pub optimizer: String,
+    #[serde(default)]
+    pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<Vec<f64>>,
+    pub steps: u32,
+    pub resolution: u32,
+    /// The grid's rectangle; default: the function's domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
+}
+
+impl BasinSpec {
+    /// The optimizer part, as a [`RunSpec`].
+    pub fn run(&self) -> RunSpec {
+        RunSpec {
+            optimizer: self.optimizer.clone(),
+            hyperparameters: self.hyperparameters.clone(),
+            schedule: self.schedule.clone(),
+            lr: self.lr.clone(),
+        }
+    }
+}
+
+/// Where each start of a basin map ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BasinReport {
+    pub function: TestFunction,
+    pub optimizer: String,
+    pub hyperparameters: serde_json::Value,
+    pub steps: u32,
+    pub resolution: u32,
+    pub domain: Domain,
+    pub backend: String,
+    pub adapter: String,
+    /// Final positions, `[start][x, y]` flattened, starts row by row from the bottom.
+    pub end: Vec<f32>,
+    /// f at each final position.
+    pub loss: Vec<f64>,
+    /// [`TestFunction::basin`] of each final position.
+    pub basin: Vec<i32>,
+    pub elapsed_ms: f64,
+}
+
+/// Runs a basin map on `device`.
+pub async fn run_basin(device: &Device, spec: &BasinSpec, clock: &dyn Fn() -> f64) -> Result<BasinReport> {
+    let domain = spec.domain.unwrap_or_else(|| spec.function.domain());
+    domain.check()?;
+    let resolution = spec.resolution as usize;
+    if resolution == 0 || resolution * resolution > MAX_STARTS {
+        return Err(Error::Config(format!("resolution must be in 1..=1024, got {}", spec.resolution)));
+    }
+    check_steps(spec.steps, spec.steps)?;
+    let run = spec.run();
+    let rule = run.rule()?;
+    let lr = run.learning_rates(rule.as_ref(), spec.steps)?;
+    let hyperparameters = rule.hyperparameters();
+    let input = RunInput { rule, starts: domain.grid(resolution), steps: spec.steps, sample_every: spec.steps, lr };
+    let (paths, elapsed_ms, _) = device.run(spec.function, &input, clock).await?;
+    let end = paths.last().to_vec();
+    let loss = end.chunks(2).map(|p| spec.function.value(f64::from(p[0]), f64::from(p[1]))).collect();
+    let basin = end.chunks(2).map(|p| spec.function.basin(p[0], p[1])).collect();
+    Ok(BasinReport {
+        function: spec.function,
+        optimizer: spec.optimizer.clone(),
+        hyperparameters,
+        steps: spec.steps,
+        resolution: spec.resolution,
+        domain,
+        backend: device.backend_name(),
+        adapter: device.adapter_name(),
+        end,
+        loss,
+        basin,
+        elapsed_ms,
+    })
+}
+
+// ---- runners ----
+
+/// N runs of one optimizer on the GPU: gradient kernel and optimizer step recorded together,
+/// many steps per submission, positions sampled into a history buffer on the GPU.
+pub struct GpuRunner {
+    gpu: GpuContext,
+    opt: Optimizer,
+    xy: TensorId,
+    starts: usize,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    grid: (u32, u32),
+    steps: u32,
+    samples: Vec<u32>,
+    lr: Option<Vec<f64>>,
+    history: wgpu::Buffer,
+    steps_per_submission: u32,
+}
+
+impl GpuRunner {
+    /// Builds the optimizer over the start points and the gradient pipeline.
+    pub async fn new(gpu: &GpuContext, function: TestFunction, run: &RunInput) -> Result<Self> {
+        run.check()?;
+        let starts = run.starts.len();
+        let mut params = Parameters::new();
+        let xy = params.add("xy", &[starts, 2], run.flat_starts())?;
+        let steps_per_submission = run.steps.min(MAX_STEPS_PER_SUBMISSION);
+        let options = OptimizerOptions { steps_in_flight: Some(u64::from(steps_per_submission)), ..Default::default() };
+        let opt = Optimizer::new_async(gpu, params, vec![ParamGroup::from_boxed(run.rule.clone(), [xy])], options).await?;
+
+        let device = gpu.device();
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: NonZeroU64::new(8),
+            },
+            count: None,
+        };
+        let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("trajectory gradients"),
+            entries: &[storage(0, true), storage(1, false)],
+        });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("trajectory gradients"),
+            bind_group_layouts: &[Some(&bind_group_layout)],
+            immediate_size: 0,
+        });
+        let key = PipelineKey {
+            label: "trajectory-functions",
+            constants: vec![("function_id", f64::from(function.id()).to_bits())],
+        };
+        let pipeline = gpu.pipeline(key, FUNCTIONS_WGSL, &layout).await?;
+        let samples = sampled_steps(run.steps, run.sample_every);
+        let (bind_group, history) = gpu
+            .checked("allocating the trajectory buffers", || {
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("trajectory gradients"),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &[
+                        wgpu::BindGroupEntry { binding: 0, resource: opt.param(xy).binding() },
+                        wgpu::BindGroupEntry { binding: 1, resource: opt.grad(xy).binding() },
+                    ],
+                });
+                let history = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("trajectory history"),
+                    size: samples.len() as u64 * starts as u64 * 8,
+                    usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (bind_group, history)
+            })
+            .await?;
+        let workgroups = (starts as u32).div_ceil(GRAD_WORKGROUP_SIZE);
+        let max = device.limits().max_compute_workgroups_per_dimension.max(1);
+        let x = workgroups.min(max);
+        let grid = (x, workgroups.div_ceil(x));
+        Ok(GpuRunner {
+            gpu: gpu.clone(),
+            opt,
+            xy,
+            starts,
+            pipeline,
+            bind_group,
+            grid,
+            steps: run.steps,
+            samples,
+            lr: run.lr.clone(),
+            history,
+            steps_per_submission,
+        })
+    }
+
+    /// Dispatches the whole run records: one gradient dispatch and the optimizer's per step.
+    pub fn dispatches(&self) -> usize {
+        self.steps as usize * (1 + self.opt.dispatches_per_step())
+    }
+
+    /// Records every step, submits (at most [`MAX_STEPS_PER_SUBMISSION`] steps per
+    /// submission), and reads the sampled positions back.
+    pub async fn run(mut self) -> Result<Paths> {
+        let param = self.opt.param(self.xy);
+        let row = param.byte_size();
+        let device = self.gpu.device().clone();
+        let new_encoder = || device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("trajectories") });
+        let mut encoder = new_encoder();
+        encoder.copy_buffer_to_buffer(&param.buffer, param.offset, &self.history, 0, row);
+        let mut next_sample = 1;
+        let mut step = 0u32;
+        while step < self.steps {
+            // A segment: steps up to the next sample or the end of this submission.
+            let submission_end = (step / self.steps_per_submission + 1) * self.steps_per_submission;
+            let end = self.samples[next_sample].min(submission_end);
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("trajectory steps"),
+                    timestamp_writes: None,
+                });
+                while step < end {
+                    if let Some(lr) = &self.lr {
+                        self.opt.set_lr(0, lr[step as usize])?;
+                    }
+                    pass.set_pipeline(&self.pipeline);
+                    pass.set_bind_group(0, &self.bind_group, &[]);
+                    pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+                    self.opt.step_in_pass(&mut pass);
+                    step += 1;
+                }
+            }
+            if step == self.samples[next_sample] {
+                let at = next_sample as u64 * row;
+                encoder.copy_buffer_to_buffer(&param.buffer, param.offset, &self.history, at, row);
+                next_sample += 1;
+            }
+            if step % self.steps_per_submission == 0 && step < self.steps {
+                self.gpu.queue().submit([std::mem::replace(&mut encoder, new_encoder()).finish()]);
+            }
+        }
+        self.gpu.queue().submit([encoder.finish()]);
+        let view = TensorView { buffer: self.history.clone(), offset: 0, len: self.samples.len() * self.starts * 2 };
+        let positions = read_views(&self.gpu, &[view]).await?.remove(0);
+        Ok(Paths { starts: self.starts, sampled_steps: self.samples, positions })
+    }
+}
+
+/// N runs of one optimizer on the CPU reference, with the f32 gradient mirror of the WGSL.
+pub struct CpuRunner {
+    function: TestFunction,
+    opt: CpuOptimizer,
+    xy: TensorId,
+    starts: usize,
+    steps: u32,
+    samples: Vec<u32>,
+    lr: Option<Vec<f64>>,
+}
+
+impl CpuRunner {
+    pub fn new(function: TestFunction, run: &RunInput) -> Result<Self> {
+        run.check()?;
+        let mut params = Parameters::new();
+        let xy = params.add("xy", &[run.starts.len(), 2], run.flat_starts())?;
+        let opt = CpuOptimizer::new(params, vec![ParamGroup::from_boxed(run.rule.clone(), [xy])])?;
+        Ok(CpuRunner {
+            function,
+            opt,
+            xy,
+            starts: run.starts.len(),
+            steps: run.steps,
+            samples: sampled_steps(run.steps, run.sample_every),
+            lr: run.lr.clone(),
+        })
+    }
+
+    pub fn run(mut self) -> Result<Paths> {
+        let mut positions = Vec::with_capacity(self.samples.len() * self.starts * 2);
+        positions.extend_from_slice(self.opt.param(self.xy));
+        let mut grad = vec![0.0f32; self.starts * 2];
+        let mut next_sample = 1;
+        for step in 1..=self.steps {
+            if let Some(lr) = &self.lr {
+                self.opt.set_lr(0, lr[step as usize - 1])?;
+            }
+            for (g, p) in grad.chunks_mut(2).zip(self.opt.param(self.xy).chunks(2)) {
+                g.copy_from_slice(&self.function.gradient_f32(p[0], p[1]));
+            }
+            self.opt.write_grad(self.xy, &grad)?;
+            self.opt.step();
+            if step == self.samples[next_sample] {
+                positions.extend_from_slice(self.opt.param(self.xy));
+                next_sample += 1;
+            }
+        }
+        Ok(Paths { starts: self.starts, sampled_steps: self.samples, positions })
+    }
+}
+
+/// Blocking forms of [`run_spec`] and [`run_basin`] (native only), timed with `Instant`.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod blocking {
+    use super::*;
+
+    fn clock() -> impl Fn() -> f64 {
+        let origin = std::time::Instant::now();
+        move || origin.elapsed().as_secs_f64() * 1e3
+    }
+
+    pub fn run_spec(device: &Device, spec: &TrajectorySpec) -> Result<TrajectoryReport> {
+        pollster::block_on(super::run_spec(device, spec, &clock()))
+    }
+
+    pub fn run_basin(device: &Device, spec: &BasinSpec) -> Result<BasinReport> {
+        pollster::block_on(super::run_basin(device, spec, &clock()))
+    }
+}
+
+// ---- the PNG plot of `wgpu-optim trajectories --png` ----
+
+/// Colours of the runs, in order (the page uses the same).
+pub const RUN_COLOURS: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// A contour map of the function with every run's paths drawn over it, as a PNG file.
+pub fn plot_png(report: &TrajectoryReport, size: u32) -> Vec<u8> {
+    let size = size.clamp(64, 4096) as usize;
+    let function = report.function;
+    let domain = function.domain();
+    let to_x = |px: f64| domain.x[0] + (domain.x[1] - domain.x[0]) * (px + 0.5) / size as f64;
+    let to_y = |py: f64| domain.y[1] - (domain.y[1] - domain.y[0]) * (py + 0.5) / size as f64;
+    let levels: Vec<f64> = (0..size * size)
+        .map(|i| function.display_level(function.value(to_x((i % size) as f64), to_y((i / size) as f64))))
+        .collect();
+    let (lo, hi) = levels.iter().filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let span = (hi - lo).max(1e-12);
+    const BANDS: f64 = 24.0;
+    let band = |v: f64| ((v - lo) / span * BANDS).floor();
+    let mut rgb = vec![0u8; size * size * 3];
+    for py in 0..size {
+        for px in 0..size {
+            let i = py * size + px;
+            let t = ((levels[i] - lo) / span).clamp(0.0, 1.0);
+            let mut colour = colour_map(t);
+            let edge = (px + 1 < size && band(levels[i + 1]) != band(levels[i]))
+                || (py + 1 < size && band(levels[i + size]) != band(levels[i]));
+            if edge {
+                colour = colour.map(|c| (f64::from(c) * 0.6) as u8);
+            }
+            rgb[i * 3..i * 3 + 3].copy_from_slice(&colour);
+        }
+    }
+    let to_px = |p: [f32; 2]| {
+        (
+            (f64::from(p[0]) - domain.x[0]) / (domain.x[1] - domain.x[0]) * size as f64 - 0.5,
+            (domain.y[1] - f64::from(p[1])) / (domain.y[1] - domain.y[0]) * size as f64 - 0.5,
+        )
+    };
+    let mut put = |x: f64, y: f64, colour: [u8; 3]| {
+        let (x, y) = (x.round(), y.round());
+        if x >= 0.0 && y >= 0.0 && (x as usize) < size && (y as usize) < size {
+            let i = (y as usize * size + x as usize) * 3;
+            rgb[i..i + 3].copy_from_slice(&colour);
+        }
+    };
+    for (r, run) in report.runs.iter().enumerate() {
+        let colour = RUN_COLOURS[r % RUN_COLOURS.len()];
+        for path in &run.paths {
+            let points: Vec<(f64, f64)> = path
+                .iter()
+                .take_while(|p| p[0].is_finite() && p[1].is_finite())
+                .map(|&p| to_px(p))
+                .filter(|(x, y)| x.abs() < 1e6 && y.abs() < 1e6)
+                .collect();
+            for pair in points.windows(2) {
+                let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+                let n = (x1 - x0).abs().max((y1 - y0).abs()).ceil().clamp(1.0, 4.0 * size as f64) as usize;
+                for k in 0..=n {
+                    let t = k as f64 / n as f64;
+                    let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+                    put(x, y, colour);
+                    put(x + 1.0, y, colour);
+                    put(x, y + 1.0, colour);
+                }
+            }
+            if let (Some(&(x, y)), Some(&(ex, ey))) = (points.first(), points.last()) {
+                for dy in -3..=3 {
+                    for dx in -3..=3 {
+                        put(x + f64::from(dx), y + f64::from(dy), [255, 255, 255]);
+                        if dx * dx + dy * dy <= 9 {
+                            put(ex + f64::from(dx), ey + f64::from(dy), colour);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    encode_png(size as u32, size as u32, &rgb)
+}
+
+/// A perceptually ordered dark-blue → teal → yellow ramp (viridis-like), `t` in [0, 1].
+pub fn colour_map(t: f64) -> [u8; 3] {
+    const STOPS: [[f64; 3]; 5] = [
+        [68.0, 1.0, 84.0],
+        [59.0, 82.0, 139.0],
+        [33.0, 145.0, 140.0],
+        [94.0, 201.0, 98.0],
+        [253.0, 231.0, 37.0],
+    ];
+    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let f = x - i as f64;
+    [0, 1, 2].map(|c| (STOPS[i][c] + (STOPS[i + 1][c] - STOPS[i][c]) * f).round() as u8)
+}
+
+/// An 8-bit RGB PNG with stored (uncompressed) deflate blocks: valid everywhere, no
+/// dependency.
+pub fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { 0xedb8_8320 ^ (crc >> 1) } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let row = width as usize * 3;
+    let mut raw = Vec::with_capacity((row + 1) * height as usize);
+    for y in 0..height as usize {
+        raw.push(0); // filter: none
+        raw.extend_from_slice(&rgb[y * row..(y + 1) * row]);
+    }
+    let mut zlib = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        zlib.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        zlib.extend_from_slice(&len.to_le_bytes());
+        zlib.extend_from_slice(&(!len).to_le_bytes());
+        zlib.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &raw {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut header = Vec::with_capacity(13);
+    header.extend_from_slice(&width.to_be_bytes());
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, adaptive filters, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &header);
+    chunk(&mut png, b"IDAT", &zlib);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
