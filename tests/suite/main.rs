@@ -7,6 +7,7 @@
 mod common;
 
 mod cli;
+mod conditioning;
 mod dispatch;
 mod golden;
 mod large;
