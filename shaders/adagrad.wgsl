@@ -3,12 +3,20 @@
 //   g = -g                                       if maximize
 //   g = g + wd*p                                 if wd != 0
 //   sum = sum + g*g
-//   p = p + (-lr / (1 + (t - 1)*lr_decay)) * g / (sqrt(sum) + eps)
+//   p = p + (-(lr / (1 + (t - 1)*lr_decay))) * g / (sqrt(sum) + eps)
 
 override maximize: bool = false;
 
+struct AdagradTerms {
+    step: u32,
+    lr_decay_denominator: f32,  // 1 + (t - 1)*lr_decay
+    _padding0: f32,
+    _padding1: f32,
+}
+
 struct AdagradScalars {
-    neg_clr: f32,               // -lr / (1 + (t - 1)*lr_decay)
+    terms: AdagradTerms,
+    lr: f32,
     weight_decay: f32,
     eps: f32,
 }
@@ -17,6 +25,7 @@ struct AdagradScalars {
 @group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> sum: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> step_terms: array<AdagradTerms>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -25,11 +34,19 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
+    var t = s.terms;
+    if (conditioned) {
+        // The step count lives on the GPU: this step's terms come from the ring.
+        t = step_terms[control.step % arrayLength(&step_terms)];
+        if (t.step != control.step) {
+            return;
+        }
+    }
     let p = param[i];
-    var g = grad[i];
+    var g = conditioned_gradient(grad[i]);
     if (maximize) {
         g = -g;
     }
@@ -39,5 +56,6 @@ fn main(
     let acc = sum[i] + g * g;
     sum[i] = acc;
     let std_dev = sqrt(acc) + s.eps;
-    param[i] = p + s.neg_clr * g / std_dev;
+    let neg_clr = -(s.lr / t.lr_decay_denominator);
+    param[i] = p + neg_clr * g / std_dev;
 }

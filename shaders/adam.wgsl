@@ -6,21 +6,30 @@
 //   m = lerp(m, g, 1 - beta1)
 //   v = v*beta2 + (1 - beta2)*g*g
 //   v_max = max(v_max, v); v_hat = v_max         if amsgrad, else v_hat = v
-//   p = p + (-lr / (1 - beta1^t)) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+//   p = p + (-(lr / (1 - beta1^t))) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+// The gradient is first conditioned (unscaled, clipped) when the optimizer does so.
 
 override maximize: bool = false;
 override amsgrad: bool = false;
 override decoupled_weight_decay: bool = false;
 
+// What depends on the step number t.
+struct AdamTerms {
+    step: u32,
+    bias_correction1: f32,      // 1 - beta1^t
+    bias_correction2_sqrt: f32, // sqrt(1 - beta2^t)
+    _padding: f32,
+}
+
 struct AdamScalars {
+    terms: AdamTerms,
+    lr: f32,
     weight_decay: f32,
     decay_factor: f32,          // 1 - lr*wd
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction2_sqrt: f32, // sqrt(1 - beta2^t)
     eps: f32,
-    neg_step_size: f32,         // -lr / (1 - beta1^t)
 }
 
 @group(0) @binding(0) var<uniform> s: AdamScalars;
@@ -29,6 +38,7 @@ struct AdamScalars {
 @group(0) @binding(3) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> step_terms: array<AdamTerms>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -37,11 +47,19 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
+    var t = s.terms;
+    if (conditioned) {
+        // The step count lives on the GPU: this step's terms come from the ring.
+        t = step_terms[control.step % arrayLength(&step_terms)];
+        if (t.step != control.step) {
+            return;
+        }
+    }
     var p = param[i];
-    var g = grad[i];
+    var g = conditioned_gradient(grad[i]);
     if (maximize) {
         g = -g;
     }
@@ -61,6 +79,7 @@ fn main(
         v_hat = max(max_exp_avg_sq[i], v);
         max_exp_avg_sq[i] = v_hat;
     }
-    let denom = sqrt(v_hat) / s.bias_correction2_sqrt + s.eps;
-    param[i] = p + s.neg_step_size * m / denom;
+    let denom = sqrt(v_hat) / t.bias_correction2_sqrt + s.eps;
+    let neg_step_size = -(s.lr / t.bias_correction1);
+    param[i] = p + neg_step_size * m / denom;
 }

@@ -7,22 +7,28 @@
 //   m = lerp(m, g, 1 - beta1)
 //   v = v*beta2 + (1 - beta2)*g*g
 //   denom = sqrt(v / (1 - beta2^t)) + eps
-//   p = p + (-lr*(1 - mu_t)/(1 - mu_prod_t)) * g / denom
-//   p = p + (-lr*mu_{t+1}/(1 - mu_prod_t*mu_{t+1})) * m / denom
+//   p = p + (-(lr * ((1 - mu_t)/(1 - mu_prod_t)))) * g / denom
+//   p = p + (-(lr * (mu_{t+1}/(1 - mu_prod_t*mu_{t+1})))) * m / denom
 
 override maximize: bool = false;
 override decoupled_weight_decay: bool = false;
 
+struct NadamTerms {
+    step: u32,
+    bias_correction2: f32,      // 1 - beta2^t
+    grad_ratio: f32,            // (1 - mu_t)/(1 - mu_prod_t)
+    exp_avg_ratio: f32,         // mu_{t+1}/(1 - mu_prod_t*mu_{t+1})
+}
+
 struct NadamScalars {
+    terms: NadamTerms,
+    lr: f32,
     weight_decay: f32,
     decay_factor: f32,          // 1 - lr*wd
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction2: f32,      // 1 - beta2^t
     eps: f32,
-    grad_coefficient: f32,      // -lr*(1 - mu_t)/(1 - mu_prod_t)
-    exp_avg_coefficient: f32,   // -lr*mu_{t+1}/(1 - mu_prod_{t+1})
 }
 
 @group(0) @binding(0) var<uniform> s: NadamScalars;
@@ -30,6 +36,7 @@ struct NadamScalars {
 @group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> step_terms: array<NadamTerms>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -38,11 +45,19 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
+    var t = s.terms;
+    if (conditioned) {
+        // The step count lives on the GPU: this step's terms come from the ring.
+        t = step_terms[control.step % arrayLength(&step_terms)];
+        if (t.step != control.step) {
+            return;
+        }
+    }
     var p = param[i];
-    var g = grad[i];
+    var g = conditioned_gradient(grad[i]);
     if (maximize) {
         g = -g;
     }
@@ -57,7 +72,9 @@ fn main(
     let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
-    let denom = sqrt(v / s.bias_correction2) + s.eps;
-    p = p + s.grad_coefficient * g / denom;
-    param[i] = p + s.exp_avg_coefficient * m / denom;
+    let denom = sqrt(v / t.bias_correction2) + s.eps;
+    let grad_coefficient = -(s.lr * t.grad_ratio);
+    let exp_avg_coefficient = -(s.lr * t.exp_avg_ratio);
+    p = p + grad_coefficient * g / denom;
+    param[i] = p + exp_avg_coefficient * m / denom;
 }

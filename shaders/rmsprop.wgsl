@@ -12,7 +12,16 @@ override maximize: bool = false;
 override centered: bool = false;
 override has_momentum: bool = false;
 
+// These rules do not use t; the step tag only checks the ring.
+struct RmspropTerms {
+    step: u32,
+    _padding0: f32,
+    _padding1: f32,
+    _padding2: f32,
+}
+
 struct RmspropScalars {
+    terms: RmspropTerms,
     neg_lr: f32,
     alpha: f32,
     one_minus_alpha: f32,
@@ -27,6 +36,7 @@ struct RmspropScalars {
 @group(0) @binding(3) var<storage, read_write> square_avg: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> grad_avg: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> step_terms: array<RmspropTerms>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -35,11 +45,19 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
+    var t = s.terms;
+    if (conditioned) {
+        // The step count lives on the GPU: this step's terms come from the ring.
+        t = step_terms[control.step % arrayLength(&step_terms)];
+        if (t.step != control.step) {
+            return;
+        }
+    }
     let p = param[i];
-    var g = grad[i];
+    var g = conditioned_gradient(grad[i]);
     if (maximize) {
         g = -g;
     }

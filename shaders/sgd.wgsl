@@ -12,18 +12,26 @@ override maximize: bool = false;
 override has_momentum: bool = false;
 override nesterov: bool = false;
 
+struct SgdTerms {
+    step: u32,                  // the buffer is initialised to g at step 1
+    _padding0: f32,
+    _padding1: f32,
+    _padding2: f32,
+}
+
 struct SgdScalars {
+    terms: SgdTerms,
     neg_lr: f32,
     weight_decay: f32,
     momentum: f32,
     one_minus_dampening: f32,
-    first_step: f32,            // 1 at step 1, when the buffer is initialised to g
 }
 
 @group(0) @binding(0) var<uniform> s: SgdScalars;
 @group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> step_terms: array<SgdTerms>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -32,11 +40,19 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param)) {
+    if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
+    var t = s.terms;
+    if (conditioned) {
+        // The step count lives on the GPU: this step's terms come from the ring.
+        t = step_terms[control.step % arrayLength(&step_terms)];
+        if (t.step != control.step) {
+            return;
+        }
+    }
     let p = param[i];
-    var g = grad[i];
+    var g = conditioned_gradient(grad[i]);
     if (maximize) {
         g = -g;
     }
@@ -45,7 +61,7 @@ fn main(
     }
     if (has_momentum) {
         var b = g;
-        if (s.first_step == 0.0) {
+        if (t.step != 1u) {
             b = momentum_buffer[i] * s.momentum + s.one_minus_dampening * g;
         }
         momentum_buffer[i] = b;

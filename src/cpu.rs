@@ -4,9 +4,11 @@
 //!
 //! [`Optimizer`]: crate::Optimizer
 
+use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::error::{Error, Result};
+use crate::gradients::{Control, GradientOptions, StepCounters};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
-use crate::rules::{StateSlot, UpdateRule};
+use crate::rules::{StateSlot, TermsMemo, UpdateRule};
 
 struct CpuTensor {
     name: String,
@@ -21,9 +23,7 @@ struct CpuGroup {
     rule: Box<dyn UpdateRule>,
     slots: Vec<StateSlot>,
     tensors: Vec<TensorId>,
-    step: u64,
-    scalar_keys: Vec<&'static str>,
-    scalar_values: Vec<f32>,
+    memo: TermsMemo,
 }
 
 /// An optimizer that runs on the CPU, one element at a time.
@@ -41,11 +41,20 @@ struct CpuGroup {
 pub struct CpuOptimizer {
     tensors: Vec<CpuTensor>,
     groups: Vec<CpuGroup>,
+    gradients: GradientOptions,
+    control: Control,
 }
 
 impl CpuOptimizer {
     pub fn new(params: Parameters, groups: Vec<ParamGroup>) -> Result<Self> {
+        Self::with_gradients(params, groups, GradientOptions::default())
+    }
+
+    /// With gradient conditioning (clipping, loss scaling, skipping non-finite steps), computed
+    /// as `shaders/gradients.wgsl` does.
+    pub fn with_gradients(params: Parameters, groups: Vec<ParamGroup>, gradients: GradientOptions) -> Result<Self> {
         check_groups(&params, &groups)?;
+        gradients.validate()?;
         let mut owner = vec![0; params.len()];
         for (g, group) in groups.iter().enumerate() {
             for id in &group.tensors {
@@ -54,16 +63,11 @@ impl CpuOptimizer {
         }
         let groups: Vec<CpuGroup> = groups
             .into_iter()
-            .map(|group| {
-                let (scalar_keys, scalar_values) = group.rule.scalar_state().into_iter().unzip();
-                CpuGroup {
-                    slots: group.rule.state_slots(),
-                    rule: group.rule,
-                    tensors: group.tensors,
-                    step: 0,
-                    scalar_keys,
-                    scalar_values,
-                }
+            .map(|group| CpuGroup {
+                slots: group.rule.state_slots(),
+                rule: group.rule,
+                tensors: group.tensors,
+                memo: TermsMemo::default(),
             })
             .collect();
         let tensors = params
@@ -79,20 +83,40 @@ impl CpuOptimizer {
                 param: spec.data,
             })
             .collect();
-        Ok(CpuOptimizer { tensors, groups })
+        let control = Control::new(&gradients);
+        Ok(CpuOptimizer { tensors, groups, gradients, control })
     }
 
-    /// One step of every group.
+    /// One step of every group (skipped, with gradient conditioning, when a gradient is not
+    /// finite). The gradients are left as written.
     pub fn step(&mut self) {
+        let mut conditioned: Vec<Vec<f32>> = Vec::new();
+        if self.gradients.is_active() {
+            conditioned = self.tensors.iter().map(|t| t.grad.clone()).collect();
+            let mut views: Vec<&mut [f32]> = conditioned.iter_mut().map(Vec::as_mut_slice).collect();
+            if self.control.condition(&self.gradients, &mut views) {
+                return;
+            }
+        } else {
+            self.control.step += 1;
+        }
+        let step = u64::from(self.control.step);
         for group in &mut self.groups {
-            group.step += 1;
-            let scalars = group.rule.step_scalars(group.step, &mut group.scalar_values);
+            let scalars = group.rule.step_scalars(group.rule.step_terms(step, &mut group.memo));
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
+                let grad = if conditioned.is_empty() { &tensor.grad } else { &conditioned[id.0] };
                 let mut state: Vec<&mut [f32]> = tensor.state.iter_mut().map(Vec::as_mut_slice).collect();
-                group.rule.cpu_update(&scalars, &mut tensor.param, &tensor.grad, &mut state);
+                group.rule.cpu_update(&scalars, &mut tensor.param, grad, &mut state);
             }
         }
+    }
+
+    /// Applied and skipped steps, loss scale, last gradient norm; reports the error torch
+    /// would have raised (a non-finite norm with `error_if_nonfinite`) once.
+    pub fn counters(&mut self) -> Result<StepCounters> {
+        self.control.take_error()?;
+        Ok(self.control.counters())
     }
 
     pub fn tensor_id(&self, name: &str) -> Option<TensorId> {
@@ -115,9 +139,6 @@ impl CpuOptimizer {
         self.groups.len()
     }
 
-    pub fn step_count(&self, group: usize) -> u64 {
-        self.groups[group].step
-    }
 
     pub fn state_keys(&self, id: TensorId) -> Vec<&'static str> {
         self.groups[self.tensors[id.0].group].slots.iter().map(|s| s.key).collect()
@@ -144,9 +165,9 @@ impl CpuOptimizer {
         }
     }
 
+    /// A group's state that is a function of the applied step count (NAdam's `mu_product`).
     pub fn scalar_state(&self, group: usize) -> Vec<(&'static str, f32)> {
-        let g = &self.groups[group];
-        g.scalar_keys.iter().copied().zip(g.scalar_values.iter().copied()).collect()
+        self.groups[group].rule.scalar_state(u64::from(self.control.step))
     }
 
     /// A group's update rule and hyper-parameters.
@@ -170,6 +191,61 @@ impl CpuOptimizer {
         rule.validate()?;
         self.groups[group].rule = rule;
         Ok(())
+    }
+
+    /// Everything needed to resume exactly (see [`crate::checkpoint`]).
+    pub fn checkpoint(&self, schedule: Option<serde_json::Value>) -> Checkpoint {
+        let applied = u64::from(self.control.step);
+        let mut tensors = Vec::new();
+        let mut groups = Vec::new();
+        for group in &self.groups {
+            for id in &group.tensors {
+                let t = &self.tensors[id.0];
+                let values = std::iter::once(t.param.clone()).chain(t.state.iter().cloned()).collect();
+                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, values));
+            }
+            groups.push(GroupRecord {
+                params: group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect(),
+                hyperparameters: group.rule.hyperparameters(),
+            });
+        }
+        Checkpoint {
+            optimizer: self.groups[0].rule.name().to_string(),
+            groups,
+            counters: CounterRecord::of(&self.control),
+            gradients: self.gradients.clone(),
+            schedule,
+            tensors,
+        }
+    }
+
+    /// Restores a checkpoint; returns the saved schedule state. One that does not fit
+    /// changes nothing.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
+        let target = checkpoint::Target {
+            optimizer: self.groups[0].rule.name(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    let tensors = g.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
+                    (tensors, g.rule.as_ref())
+                })
+                .collect(),
+            gradients: &self.gradients,
+        };
+        let mut restore = checkpoint::check(checkpoint, &target)?;
+        self.control = checkpoint.counters.control(&self.gradients)?;
+        for (group, rule) in self.groups.iter_mut().zip(restore.rules) {
+            group.rule = rule;
+            group.memo = TermsMemo::default();
+        }
+        for tensor in &mut self.tensors {
+            let mut values = restore.values.remove(&tensor.name).expect("checked").into_iter();
+            tensor.param = values.next().expect("the parameter");
+            tensor.state = values.collect();
+        }
+        Ok(checkpoint.schedule.clone())
     }
 
     pub fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {

@@ -43,6 +43,17 @@ pub enum Error {
     /// A wgpu validation or out-of-memory error caught in an error scope.
     #[error("GPU error while {context}: {message}")]
     Gpu { context: String, message: String },
+    /// `clip_grad_norm` with `error_if_nonfinite`: a step's total gradient norm was NaN or
+    /// infinite. The step was skipped, so nothing changed.
+    #[error("the total norm of the gradients is non-finite, so it cannot be clipped (error_if_nonfinite); the step was skipped")]
+    NonFiniteGradNorm,
+    /// More steps were skipped on the GPU between two reads of the counters than the ring of
+    /// step terms covers.
+    #[error("{0}")]
+    StepTermsLost(String),
+    /// A checkpoint that cannot be read or does not fit the optimizer.
+    #[error("{0}")]
+    Checkpoint(String),
     /// Reading a buffer back from the GPU failed.
     #[error("GPU read-back failed: {0}")]
     ReadBack(String),

@@ -29,10 +29,12 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 
+pub mod checkpoint;
 pub mod compare;
 pub mod context;
 pub mod cpu;
 pub mod error;
+pub mod gradients;
 pub mod optimizer;
 pub mod parity;
 pub mod params;
@@ -45,7 +47,8 @@ pub mod trajectories;
 pub use context::{AdapterReport, BackendChoice, GpuContext, BACKEND_ENV};
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
-pub use optimizer::{read_views, ArenaInfo, Optimizer, OptimizerOptions, TensorView, SCALAR_RING_STEPS};
+pub use gradients::{ClipGradNorm, GradientOptions, LossScale, StepCounters};
+pub use optimizer::{read_views, ArenaInfo, Optimizer, OptimizerOptions, TensorView, SCALAR_RING_STEPS, STEP_TERMS_RING};
 pub use params::{ParamGroup, Parameters, TensorId, TensorSpec};
 pub use rules::UpdateRule;
 pub use schedule::{LearningRates, Scheduler};

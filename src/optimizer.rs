@@ -16,10 +16,12 @@
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 
+use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
+use crate::gradients::{Control, GradientOptions, GradientPass, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
-use crate::rules::{StateSlot, StepScalars, UpdateRule, ELEMENTS_PER_INVOCATION, WORKGROUP_SIZE};
+use crate::rules::{StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule, ELEMENTS_PER_INVOCATION, WORKGROUP_SIZE};
 
 /// Default number of steps that can be recorded into not-yet-submitted encoders, each with its
 /// own scalars ([`OptimizerOptions::steps_in_flight`]).
@@ -29,6 +31,11 @@ pub const SCALAR_RING_STEPS: u64 = 64;
 const TENSOR_ALIGN_BYTES: u64 = 256;
 
 const SCALARS_SIZE: u64 = std::mem::size_of::<StepScalars>() as u64;
+const TERMS_SIZE: u64 = std::mem::size_of::<StepTerms>() as u64;
+
+/// Entries of each group's ring of step terms (used when the step count lives on the GPU):
+/// at most this many steps may be skipped between two reads of [`Optimizer::counters`].
+pub const STEP_TERMS_RING: u64 = 4096;
 
 /// Tuning knobs; the defaults follow the device's limits.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +49,9 @@ pub struct OptimizerOptions {
     /// its own scalars in a ring of uniform slots). Default: [`SCALAR_RING_STEPS`]. Recording
     /// many steps into one submission (e.g. 1,000 steps of a small problem) needs as many.
     pub steps_in_flight: Option<u64>,
+    /// Loss-scale unscaling, value and norm clipping, skipping non-finite steps: done on the
+    /// GPU before each step (see [`crate::gradients`]).
+    pub gradients: GradientOptions,
 }
 
 /// Where a tensor lives on the GPU: a range of a storage buffer.
@@ -97,6 +107,9 @@ struct TensorEntry {
 struct Window {
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
+    /// Element range in the arena.
+    start: usize,
+    len: usize,
 }
 
 struct Arena {
@@ -111,11 +124,12 @@ struct Arena {
 
 struct Group {
     rule: Box<dyn UpdateRule>,
+    tensors: Vec<TensorId>,
     slots: Vec<StateSlot>,
     pipeline: wgpu::ComputePipeline,
-    step: u64,
-    scalar_keys: Vec<&'static str>,
-    scalar_values: Vec<f32>,
+    memo: TermsMemo,
+    /// Step terms by step number, when the step count lives on the GPU.
+    terms_ring: Option<wgpu::Buffer>,
 }
 
 /// A GPU optimizer over a set of parameter groups.
@@ -150,6 +164,11 @@ pub struct Optimizer {
     scalar_stride: u64,
     steps_in_flight: u64,
     steps_recorded: u64,
+    gradients: GradientOptions,
+    control: wgpu::Buffer,
+    conditioning: Option<GradientPass>,
+    /// The GPU's counters as last read (the step count, when it lives on the GPU).
+    known: Control,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -191,6 +210,8 @@ impl Optimizer {
         options: OptimizerOptions,
     ) -> Result<Self> {
         check_groups(&params, &groups)?;
+        options.gradients.validate()?;
+        let conditioned = options.gradients.is_active();
         let device = gpu.device();
         let limits = device.limits();
         let align = (TENSOR_ALIGN_BYTES.max(u64::from(limits.min_storage_buffer_offset_alignment)) / 4) as usize;
@@ -255,23 +276,42 @@ impl Optimizer {
             mapped_at_creation: false,
         });
 
+        let control_values = Control::new(&options.gradients);
+        let control = {
+            use wgpu::util::DeviceExt;
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu-optim gradient control"),
+                contents: bytemuck::bytes_of(&control_values),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            })
+        };
+
         let mut built_groups = Vec::with_capacity(groups.len());
         for group in groups {
             let kernel = group.rule.kernel();
+            let mut flags = kernel.flags.clone();
+            flags.push(("conditioned", conditioned));
             let key = PipelineKey {
                 label: kernel.label,
-                constants: kernel.flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
+                constants: flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
             };
             let layout = kernel_layout(device, kernel.label, kernel.state_bindings.len());
             let pipeline = gpu.pipeline(key, &kernel.wgsl(), &layout).await?;
-            let (scalar_keys, scalar_values) = group.rule.scalar_state().into_iter().unzip();
+            let terms_ring = conditioned.then(|| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-optim step terms"),
+                    size: STEP_TERMS_RING * TERMS_SIZE,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
             built_groups.push(Group {
+                tensors: group.tensors,
                 slots: group.rule.state_slots(),
                 rule: group.rule,
                 pipeline,
-                step: 0,
-                scalar_keys,
-                scalar_values,
+                memo: TermsMemo::default(),
+                terms_ring,
             });
         }
 
@@ -287,6 +327,7 @@ impl Optimizer {
                 };
                 let max_bindings = built_groups.iter().map(|g| g.rule.kernel().state_bindings.len()).max().unwrap_or(0);
                 let unused: Vec<wgpu::Buffer> = (0..max_bindings).map(unused_slot).collect();
+                let unused_terms = unused_slot(6);
                 plans
                     .into_iter()
                     .map(|(g, ids, len)| {
@@ -339,12 +380,15 @@ impl Optimizer {
                                     };
                                     entries.push(wgpu::BindGroupEntry { binding: 3 + k as u32, resource });
                                 }
+                                let terms = group.terms_ring.as_ref().unwrap_or(&unused_terms);
+                                entries.push(wgpu::BindGroupEntry { binding: 6, resource: terms.as_entire_binding() });
+                                entries.push(wgpu::BindGroupEntry { binding: 7, resource: control.as_entire_binding() });
                                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                                     label: Some(kernel.label),
                                     layout: &layout,
                                     entries: &entries,
                                 });
-                                Window { bind_group, grid: grid(window_len, max_grid) }
+                                Window { bind_group, grid: grid(window_len, max_grid), start, len: window_len }
                             })
                             .collect();
                         Arena { group: g, len, tensors: ids, param, grad, state, windows }
@@ -353,8 +397,20 @@ impl Optimizer {
             })
             .await?;
 
+        let conditioning = if conditioned {
+            let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32))> = arenas
+                .iter()
+                .flat_map(|arena: &Arena| {
+                    arena.windows.iter().map(move |w| (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid))
+                })
+                .collect();
+            Some(GradientPass::new(gpu, &options.gradients, &control, &windows).await?)
+        } else {
+            None
+        };
+
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i))).collect();
-        Ok(Optimizer {
+        let mut optimizer = Optimizer {
             gpu: gpu.clone(),
             tensors,
             by_name,
@@ -364,7 +420,13 @@ impl Optimizer {
             scalar_stride,
             steps_in_flight,
             steps_recorded: 0,
-        })
+            gradients: options.gradients,
+            control,
+            conditioning,
+            known: control_values,
+        };
+        optimizer.fill_terms_rings();
+        Ok(optimizer)
     }
 
     /// Records one optimizer step (every group) into `encoder`, in a compute pass of its own;
@@ -384,16 +446,25 @@ impl Optimizer {
     pub fn step_in_pass(&mut self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         let ring_base = (self.steps_recorded % self.steps_in_flight) * self.scalar_stride * self.groups.len() as u64;
         self.steps_recorded += 1;
+        // Without conditioning every recorded step is applied: t is known here. With it, the
+        // GPU decides; this is the largest t the step can have (no further skips).
+        let step = self.steps_recorded - u64::from(self.known.skipped);
         let mut bytes = vec![0u8; (self.scalar_stride * self.groups.len() as u64) as usize];
         for (g, group) in self.groups.iter_mut().enumerate() {
-            group.step += 1;
-            let scalars = group.rule.step_scalars(group.step, &mut group.scalar_values);
+            let terms = group.rule.step_terms(step, &mut group.memo);
+            if let Some(ring) = &group.terms_ring {
+                self.gpu.queue().write_buffer(ring, (step % STEP_TERMS_RING) * TERMS_SIZE, bytemuck::bytes_of(&terms));
+            }
+            let scalars = group.rule.step_scalars(terms);
             let at = g * self.scalar_stride as usize;
             bytes[at..at + SCALARS_SIZE as usize].copy_from_slice(bytemuck::bytes_of(&scalars));
         }
         self.gpu.queue().write_buffer(&self.scalars, ring_base, &bytes);
 
         let mut dispatches = 0;
+        if let Some(conditioning) = &self.conditioning {
+            dispatches += conditioning.record(pass);
+        }
         for arena in &self.arenas {
             pass.set_pipeline(&self.groups[arena.group].pipeline);
             let offset = (ring_base + arena.group as u64 * self.scalar_stride) as u32;
@@ -404,6 +475,167 @@ impl Optimizer {
             }
         }
         dispatches
+    }
+
+    /// Writes every group's ring of step terms for the steps the GPU may reach next, given
+    /// the skips known so far.
+    fn fill_terms_rings(&mut self) {
+        let newest = self.steps_recorded + 1 - u64::from(self.known.skipped);
+        let oldest = newest.saturating_sub(STEP_TERMS_RING - 1).max(1);
+        for group in &mut self.groups {
+            let Some(ring) = &group.terms_ring else { continue };
+            let mut entries = vec![StepTerms::default(); STEP_TERMS_RING as usize];
+            for step in oldest..=newest {
+                entries[(step % STEP_TERMS_RING) as usize] = group.rule.step_terms(step, &mut group.memo);
+            }
+            self.gpu.queue().write_buffer(ring, 0, bytemuck::cast_slice(&entries));
+        }
+    }
+
+    /// What the GPU counted: applied and skipped steps, loss scale, last gradient norm
+    /// (blocking read; native only). Without gradient conditioning nothing is skipped and
+    /// this needs no read. Reports the error torch would have raised (a non-finite norm with
+    /// `error_if_nonfinite`) once.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn counters(&mut self) -> Result<StepCounters> {
+        pollster::block_on(self.counters_async())
+    }
+
+    /// [`Optimizer::counters`], async.
+    pub async fn counters_async(&mut self) -> Result<StepCounters> {
+        if self.conditioning.is_none() {
+            let mut counters = self.known.counters();
+            counters.applied_steps = self.steps_recorded;
+            return Ok(counters);
+        }
+        let view = TensorView { buffer: self.control.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
+        let words = read_views(&self.gpu, std::slice::from_ref(&view)).await?.remove(0);
+        let mut control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
+        let newly_skipped = u64::from(control.skipped - self.known.skipped);
+        let error = control.take_error();
+        if control.error != self.known.error || error.is_err() {
+            self.gpu.queue().write_buffer(&self.control, CONTROL_ERROR_OFFSET, &0u32.to_le_bytes());
+        }
+        let rebase = newly_skipped > 0;
+        self.known = control;
+        if rebase {
+            self.fill_terms_rings();
+        }
+        error?;
+        if newly_skipped >= STEP_TERMS_RING {
+            return Err(Error::StepTermsLost(format!(
+                "{newly_skipped} steps were skipped since the counters were last read; the GPU keeps the terms of \
+                 {STEP_TERMS_RING} steps, so some updates may have been dropped. Read counters() more often."
+            )));
+        }
+        Ok(control.counters())
+    }
+
+    /// Everything needed to resume exactly: parameters, state, counters, hyper-parameters,
+    /// and the caller's schedule state (blocking read; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {
+        let counters = self.counters()?;
+        let mut control = self.known;
+        if self.conditioning.is_none() {
+            control.step = u32::try_from(self.steps_recorded).map_err(|_| Error::Checkpoint("more than 2^32 steps".into()))?;
+        }
+        let mut views = Vec::new();
+        for group in &self.groups {
+            for &id in &group.tensors {
+                views.push(self.param(id));
+                for slot in &group.slots {
+                    views.push(self.state(id, slot.key)?);
+                }
+            }
+        }
+        let mut values = self.read_many(&views)?.into_iter();
+        let mut tensors = Vec::new();
+        let mut groups = Vec::new();
+        for group in &self.groups {
+            for &id in &group.tensors {
+                let entry = &self.tensors[id.0];
+                let param_and_state = (0..=group.slots.len()).map(|_| values.next().expect("one read per view")).collect();
+                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, group.rule.as_ref(), counters.applied_steps, param_and_state));
+            }
+            groups.push(GroupRecord {
+                params: group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect(),
+                hyperparameters: group.rule.hyperparameters(),
+            });
+        }
+        Ok(Checkpoint {
+            optimizer: self.groups[0].rule.name().to_string(),
+            groups,
+            counters: CounterRecord::of(&control),
+            gradients: self.gradients.clone(),
+            schedule,
+            tensors,
+        })
+    }
+
+    /// Writes [`Optimizer::checkpoint`] to a file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint(&mut self, path: &std::path::Path, schedule: Option<serde_json::Value>) -> Result<()> {
+        self.checkpoint(schedule)?.save(path)
+    }
+
+    /// Restores a checkpoint into this optimizer (same optimizer, tensors, groups, flags and
+    /// gradient conditioning; hyper-parameters such as lr are taken from the checkpoint).
+    /// Returns the saved schedule state. A checkpoint that does not fit changes nothing.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
+        let target = checkpoint::Target {
+            optimizer: self.groups[0].rule.name(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    let tensors = g.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
+                    (tensors, g.rule.as_ref())
+                })
+                .collect(),
+            gradients: &self.gradients,
+        };
+        let restore = checkpoint::check(checkpoint, &target)?;
+        let control = checkpoint.counters.control(&self.gradients)?;
+        for (group, rule) in self.groups.iter_mut().zip(restore.rules) {
+            group.rule = rule;
+            group.memo = TermsMemo::default();
+        }
+        for group in &self.groups {
+            for &id in &group.tensors {
+                let values = &restore.values[&self.tensors[id.0].name];
+                self.write_param(id, &values[0])?;
+                for (slot, data) in group.slots.iter().zip(&values[1..]) {
+                    self.write_state(id, slot.key, data)?;
+                }
+            }
+        }
+        self.gpu.queue().write_buffer(&self.control, 0, bytemuck::bytes_of(&control));
+        self.known = control;
+        self.steps_recorded = checkpoint.counters.steps_recorded;
+        self.fill_terms_rings();
+        Ok(checkpoint.schedule.clone())
+    }
+
+    /// Reads a checkpoint file and restores it; returns the saved schedule state.
+    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<Option<serde_json::Value>> {
+        self.restore(&Checkpoint::load(path)?)
+    }
+
+    /// The dynamic loss scale on the GPU, for the user's backward pass to multiply the loss by
+    /// (a 4-byte view at offset 0 of the control block; 1.0 without loss scaling).
+    pub fn loss_scale_view(&self) -> TensorView {
+        TensorView { buffer: self.control.clone(), offset: 0, len: 1 }
+    }
+
+    /// The gradient conditioning this optimizer applies.
+    pub fn gradient_options(&self) -> &GradientOptions {
+        &self.gradients
+    }
+
+    /// Steps recorded so far (applied or, with gradient conditioning, possibly skipped).
+    pub fn steps_recorded(&self) -> u64 {
+        self.steps_recorded
     }
 
     /// Records one step and submits it.
@@ -509,15 +741,10 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Steps taken by a group.
-    pub fn step_count(&self, group: usize) -> u64 {
-        self.groups[group].step
-    }
-
-    /// A group's scalar state, e.g. NAdam's `[("mu_product", ..)]`.
-    pub fn scalar_state(&self, group: usize) -> Vec<(&'static str, f32)> {
-        let g = &self.groups[group];
-        g.scalar_keys.iter().copied().zip(g.scalar_values.iter().copied()).collect()
+    /// A group's state that is a function of the applied step count (NAdam's `mu_product`),
+    /// given that count (see [`Optimizer::counters`]).
+    pub fn scalar_state(&self, group: usize, applied_steps: u64) -> Vec<(&'static str, f32)> {
+        self.groups[group].rule.scalar_state(applied_steps)
     }
 
     // ---- CPU access ----
@@ -646,6 +873,12 @@ fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> w
         storage(2, true),
     ];
     entries.extend((0..state_bindings as u32).map(|k| storage(3 + k, false)));
+    entries.push(storage(6, true));
+    let mut control = storage(7, true);
+    if let wgpu::BindingType::Buffer { min_binding_size, .. } = &mut control.ty {
+        *min_binding_size = NonZeroU64::new(CONTROL_SIZE);
+    }
+    entries.push(control);
     let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &entries,

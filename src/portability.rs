@@ -14,6 +14,7 @@ pub const WEBGPU_MAX_INVOCATIONS_PER_WORKGROUP: u32 = 256;
 #[derive(Clone, Debug)]
 pub struct Translation {
     pub label: &'static str,
+    pub entry_point: String,
     pub flags: Vec<(String, bool)>,
     pub spirv_words: usize,
     pub msl: String,
@@ -21,38 +22,48 @@ pub struct Translation {
     pub glsl: String,
 }
 
-fn fail(kernel: &Kernel, stage: &str, error: impl std::fmt::Display) -> Error {
-    Error::Gpu { context: format!("{stage} of the {} kernel", kernel.label), message: error.to_string() }
+fn fail(label: &str, stage: &str, error: impl std::fmt::Display) -> Error {
+    Error::Gpu { context: format!("{stage} of the {label} kernel"), message: error.to_string() }
 }
 
-/// Translates every flag combination of `kernel`.
+/// Translates every flag combination of an update rule's kernel.
 pub fn translate_all(kernel: &Kernel) -> Result<Vec<Translation>> {
-    let source = kernel.wgsl();
-    let module = naga::front::wgsl::parse_str(&source).map_err(|e| fail(kernel, "parsing", e.emit_to_string(&source)))?;
+    translate(kernel.label, &kernel.wgsl(), &["main"])
+}
+
+/// Translates the gradient-conditioning kernels (norm pass and finalize).
+pub fn translate_gradients() -> Result<Vec<Translation>> {
+    translate("gradients", &crate::gradients::gradients_wgsl(), &["norm_partials", "finalize"])
+}
+
+/// Translates every flag combination of `source`, for each entry point.
+fn translate(label: &'static str, source: &str, entry_points: &[&str]) -> Result<Vec<Translation>> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| fail(label, "parsing", e.emit_to_string(source)))?;
     let flag_names: Vec<String> = module.overrides.iter().filter_map(|(_, o)| o.name.clone()).collect();
     let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
-    let info = validator.validate(&module).map_err(|e| fail(kernel, "validation", e.emit_to_string(&source)))?;
-    check_webgpu_limits(kernel, &module)?;
+    let info = validator.validate(&module).map_err(|e| fail(label, "validation", e.emit_to_string(source)))?;
+    check_webgpu_limits(label, &module)?;
 
-    (0..1u32 << flag_names.len())
-        .map(|bits| {
+    let combinations = (0..1u32 << flag_names.len()).flat_map(|bits| entry_points.iter().map(move |&entry| (bits, entry)));
+    combinations
+        .map(|(bits, entry_point)| {
             let flags: Vec<(String, bool)> =
                 flag_names.iter().enumerate().map(|(k, name)| (name.clone(), bits & (1 << k) != 0)).collect();
             let constants: naga::back::PipelineConstants =
                 flags.iter().map(|(name, on)| (name.clone(), f64::from(u8::from(*on)))).collect();
-            let entry = (naga::ShaderStage::Compute, "main");
+            let entry = (naga::ShaderStage::Compute, entry_point);
             let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some(entry), &constants)
-                .map_err(|e| fail(kernel, "applying flags", e))?;
+                .map_err(|e| fail(label, "applying flags", e))?;
 
             let spirv = naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
-                .map_err(|e| fail(kernel, "SPIR-V translation", e))?;
+                .map_err(|e| fail(label, "SPIR-V translation", e))?;
 
             let msl_pipeline = naga::back::msl::PipelineOptions {
                 entry_point: Some((entry.0, entry.1.to_string())),
                 ..Default::default()
             };
             let (msl, _) = naga::back::msl::write_string(&module, &info, &naga::back::msl::Options::default(), &msl_pipeline)
-                .map_err(|e| fail(kernel, "MSL translation", e))?;
+                .map_err(|e| fail(label, "MSL translation", e))?;
 
             let hlsl_options = naga::back::hlsl::Options {
                 // num_workgroups comes from a constant buffer on DX12, as wgpu binds it.
@@ -63,7 +74,7 @@ pub fn translate_all(kernel: &Kernel) -> Result<Vec<Translation>> {
             let mut hlsl = String::new();
             naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
                 .write(&module, &info, None)
-                .map_err(|e| fail(kernel, "HLSL translation", e))?;
+                .map_err(|e| fail(label, "HLSL translation", e))?;
 
             let glsl_options = naga::back::glsl::Options {
                 version: naga::back::glsl::Version::Embedded { version: 310, is_webgl: false },
@@ -77,14 +88,14 @@ pub fn translate_all(kernel: &Kernel) -> Result<Vec<Translation>> {
             let mut glsl = String::new();
             naga::back::glsl::Writer::new(&mut glsl, &module, &info, &glsl_options, &glsl_pipeline, Default::default())
                 .and_then(|mut w| w.write())
-                .map_err(|e| fail(kernel, "GLSL translation", e))?;
+                .map_err(|e| fail(label, "GLSL translation", e))?;
 
-            Ok(Translation { label: kernel.label, flags, spirv_words: spirv.len(), msl, hlsl, glsl })
+            Ok(Translation { label, entry_point: entry_point.to_string(), flags, spirv_words: spirv.len(), msl, hlsl, glsl })
         })
         .collect()
 }
 
-fn check_webgpu_limits(kernel: &Kernel, module: &naga::Module) -> Result<()> {
+fn check_webgpu_limits(label: &str, module: &naga::Module) -> Result<()> {
     let storage = module
         .global_variables
         .iter()
@@ -92,7 +103,7 @@ fn check_webgpu_limits(kernel: &Kernel, module: &naga::Module) -> Result<()> {
         .count();
     if storage > WEBGPU_MAX_STORAGE_BUFFERS_PER_STAGE {
         return Err(fail(
-            kernel,
+            label,
             "the WebGPU limit check",
             format!("{storage} storage buffers; WebGPU allows {WEBGPU_MAX_STORAGE_BUFFERS_PER_STAGE} per stage"),
         ));
@@ -101,7 +112,7 @@ fn check_webgpu_limits(kernel: &Kernel, module: &naga::Module) -> Result<()> {
         let invocations: u32 = entry.workgroup_size.iter().product();
         if invocations > WEBGPU_MAX_INVOCATIONS_PER_WORKGROUP {
             return Err(fail(
-                kernel,
+                label,
                 "the WebGPU limit check",
                 format!("{invocations} invocations per workgroup; WebGPU allows {WEBGPU_MAX_INVOCATIONS_PER_WORKGROUP}"),
             ));

@@ -1050,6 +1050,31 @@ pub fn plot_png(report: &TrajectoryReport, size: u32) -> Vec<u8> {
             rgb[i..i + 3].copy_from_slice(&colour);
         }
     };
+    let mut stroke = |points: &[(f64, f64)], colour: [u8; 3], radius: i32| {
+        for pair in points.windows(2) {
+            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+            let n = (x1 - x0).abs().max((y1 - y0).abs()).ceil().clamp(1.0, 4.0 * size as f64) as usize;
+            for k in 0..=n {
+                let t = k as f64 / n as f64;
+                let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+                for dy in -radius..=radius {
+                    for dx in -radius..=radius {
+                        put(x + f64::from(dx), y + f64::from(dy), colour);
+                    }
+                }
+            }
+        }
+        if let Some(&(x, y)) = points.last() {
+            for dy in -(radius + 3)..=(radius + 3) {
+                for dx in -(radius + 3)..=(radius + 3) {
+                    if dx * dx + dy * dy <= (radius + 3) * (radius + 3) {
+                        put(x + f64::from(dx), y + f64::from(dy), colour);
+                    }
+                }
+            }
+        }
+    };
+    let mut starts = Vec::new();
     for (r, run) in report.runs.iter().enumerate() {
         let colour = RUN_COLOURS[r % RUN_COLOURS.len()];
         for path in &run.paths {
@@ -1057,30 +1082,15 @@ pub fn plot_png(report: &TrajectoryReport, size: u32) -> Vec<u8> {
                 .iter()
                 .take_while(|p| p[0].is_finite() && p[1].is_finite())
                 .map(|&p| to_px(p))
-                .filter(|(x, y)| x.abs() < 1e6 && y.abs() < 1e6)
+                .take_while(|(x, y)| x.abs() < 1e6 && y.abs() < 1e6)
                 .collect();
-            for pair in points.windows(2) {
-                let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
-                let n = (x1 - x0).abs().max((y1 - y0).abs()).ceil().clamp(1.0, 4.0 * size as f64) as usize;
-                for k in 0..=n {
-                    let t = k as f64 / n as f64;
-                    let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-                    put(x, y, colour);
-                    put(x + 1.0, y, colour);
-                    put(x, y + 1.0, colour);
-                }
-            }
-            if let (Some(&(x, y)), Some(&(ex, ey))) = (points.first(), points.last()) {
-                for dy in -3..=3 {
-                    for dx in -3..=3 {
-                        put(x + f64::from(dx), y + f64::from(dy), [255, 255, 255]);
-                        if dx * dx + dy * dy <= 9 {
-                            put(ex + f64::from(dx), ey + f64::from(dy), colour);
-                        }
-                    }
-                }
-            }
+            stroke(&points, [0, 0, 0], 2); // an outline, so that every colour shows on the map
+            stroke(&points, colour, 1);
+            starts.extend(points.first().copied());
         }
+    }
+    for (x, y) in starts {
+        stroke(&[(x, y)], [255, 255, 255], 0);
     }
     encode_png(size as u32, size as u32, &rgb)
 }

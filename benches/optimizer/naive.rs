@@ -22,6 +22,7 @@ use std::num::NonZeroU64;
 use wgpu_optim::Optimizer;
 
 use crate::gpu::{Bench, Stamp, Workload};
+use crate::variants::AdamScalars;
 
 /// Bytes one element costs across the composed operations (weight decay on).
 pub const TRAFFIC_BYTES_PER_ELEMENT: u64 = 80;
@@ -36,9 +37,9 @@ enum Operand {
 }
 
 /// One element-wise operation: the tensors it binds (the first is written) and its expression,
-/// with `x`, `y`, `z` the bound arrays and `s(k)` the k-th scalar of the rule's step scalars
-/// (AdamScalars: 1 decay_factor, 2 one_minus_beta1, 3 beta2, 4 one_minus_beta2,
-/// 5 bias_correction2_sqrt, 6 eps, 7 neg_step_size).
+/// with `x`, `y`, `z` the bound arrays and `s(k)` the k-th field of [`AdamScalars`]
+/// (2 decay_factor, 3 one_minus_beta1, 4 beta2, 5 one_minus_beta2, 6 eps,
+/// 8 bias_correction2_sqrt, 9 neg_step_size).
 struct Op {
     name: &'static str,
     operands: &'static [Operand],
@@ -48,24 +49,24 @@ struct Op {
 const WEIGHT_DECAY: Op = Op {
     name: "param.mul_",
     operands: &[Operand::Param],
-    expression: "x[i] * s(1u)",
+    expression: "x[i] * s(2u)",
 };
 
 const OPS: [Op; 7] = [
     Op {
         name: "exp_avg.lerp_",
         operands: &[Operand::ExpAvg, Operand::Grad],
-        expression: "torch_lerp(x[i], y[i], s(2u))",
+        expression: "torch_lerp(x[i], y[i], s(3u))",
     },
     Op {
         name: "exp_avg_sq.mul_",
         operands: &[Operand::ExpAvgSq],
-        expression: "x[i] * s(3u)",
+        expression: "x[i] * s(4u)",
     },
     Op {
         name: "exp_avg_sq.addcmul_",
         operands: &[Operand::ExpAvgSq, Operand::Grad, Operand::Grad],
-        expression: "x[i] + s(4u) * y[i] * z[i]",
+        expression: "x[i] + s(5u) * y[i] * z[i]",
     },
     Op {
         name: "exp_avg_sq.sqrt",
@@ -75,7 +76,7 @@ const OPS: [Op; 7] = [
     Op {
         name: "denom.div_",
         operands: &[Operand::Denom],
-        expression: "x[i] / s(5u)",
+        expression: "x[i] / s(8u)",
     },
     Op {
         name: "denom.add_",
@@ -85,7 +86,7 @@ const OPS: [Op; 7] = [
     Op {
         name: "param.addcdiv_",
         operands: &[Operand::Param, Operand::ExpAvg, Operand::Denom],
-        expression: "x[i] + s(7u) * y[i] / z[i]",
+        expression: "x[i] + s(9u) * y[i] / z[i]",
     },
 ];
 
@@ -293,7 +294,7 @@ impl<'a> NaiveAdamW<'a> {
         self.step += 1;
         let slot = (self.step - 1) % self.ring;
         for (g, rule) in self.rules.iter().enumerate() {
-            let scalars = rule.step_scalars(self.step, &mut []);
+            let scalars = AdamScalars::new(rule.as_ref(), self.step);
             let offset = (slot * self.rules.len() as u64 + g as u64) * SCALAR_SLOT;
             self.bench
                 .queue()

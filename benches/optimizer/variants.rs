@@ -1,11 +1,60 @@
-//! Tuning: the AdamW kernel of `shaders/adam.wgsl` (the same update, flags and scalars) under
-//! other ways of mapping elements to invocations, to choose the library's by measurement.
-//! The library itself uses `Strided { per_invocation: 1 }` with 256 invocations per workgroup.
+//! Tuning: the AdamW update of `shaders/adam.wgsl` (its unconditioned path: same arithmetic, in
+//! the same order, with the same flags) under other ways of mapping elements to invocations, to
+//! choose the library's by measurement. The library uses `Strided { per_invocation: 1 }` with
+//! 256 invocations per workgroup. The kernels here take their scalars from [`AdamScalars`],
+//! computed in this file, so that they do not depend on the library's internal layout.
 
 use std::num::NonZeroU64;
 
 use wgpu_optim::rules::AdamW;
 use wgpu_optim::{TensorView, UpdateRule};
+
+/// AdamW's scalars for one step, as the kernels of this benchmark read them (16 `f32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamScalars {
+    pub lr: f32,
+    pub weight_decay: f32,
+    /// 1 - lr*wd
+    pub decay_factor: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub eps: f32,
+    /// 1 - beta1^t
+    pub bias_correction1: f32,
+    /// sqrt(1 - beta2^t)
+    pub bias_correction2_sqrt: f32,
+    /// -(lr / bias_correction1), in f32 as the library's kernel computes it
+    pub neg_step_size: f32,
+    _padding: [f32; 6],
+}
+
+impl AdamScalars {
+    /// Step `step` (1-based) of an Adam or AdamW rule, from its torch hyper-parameters
+    /// (`lr`, `betas`, `eps`, `weight_decay`); step terms in f64 like torch's Python floats.
+    pub fn new(rule: &dyn UpdateRule, step: u64) -> Self {
+        let h = rule.hyperparameters();
+        let number = |v: &serde_json::Value| v.as_f64().expect("Adam hyper-parameters are numbers");
+        let (lr, eps, weight_decay) = (number(&h["lr"]), number(&h["eps"]), number(&h["weight_decay"]));
+        let (beta1, beta2) = (number(&h["betas"][0]), number(&h["betas"][1]));
+        let t = step as f64;
+        let bias_correction1 = (1.0 - beta1.powf(t)) as f32;
+        AdamScalars {
+            lr: lr as f32,
+            weight_decay: weight_decay as f32,
+            decay_factor: (1.0 - lr * weight_decay) as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            eps: eps as f32,
+            bias_correction1,
+            bias_correction2_sqrt: (1.0 - beta2.powf(t)).sqrt() as f32,
+            neg_step_size: -(lr as f32 / bias_correction1),
+            _padding: [0.0; 6],
+        }
+    }
+}
 
 use crate::gpu::{Bench, Stamp, Workload};
 
@@ -138,14 +187,15 @@ override amsgrad: bool = false;
 override decoupled_weight_decay: bool = false;
 
 struct AdamScalars {{
+    lr: f32,
     weight_decay: f32,
     decay_factor: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
     eps: f32,
-    neg_step_size: f32,
+    bias_correction1: f32,
+    bias_correction2_sqrt: f32,
 }}
 
 @group(0) @binding(0) var<uniform> s: AdamScalars;
@@ -162,7 +212,7 @@ fn torch_lerp(start: T, end: T, weight: f32) -> T {{
     return end - (end - start) * (1.0 - weight);
 }}
 
-// The body of shaders/adam.wgsl's main, for element (or vec4) i.
+// shaders/adam.wgsl's update (without gradient conditioning), for element (or vec4) i.
 fn update(i: u32) {{
     var p = param[i];
     var g = grad[i];
@@ -186,7 +236,8 @@ fn update(i: u32) {{
         max_exp_avg_sq[i] = v_hat;
     }}
     let denom = sqrt(v_hat) / s.bias_correction2_sqrt + s.eps;
-    param[i] = p + s.neg_step_size * m / denom;
+    let neg_step_size = -(s.lr / s.bias_correction1);
+    param[i] = p + neg_step_size * m / denom;
 }}
 
 @compute @workgroup_size(WG)
@@ -254,7 +305,7 @@ impl AdamBuffers {
         bench.queue().write_buffer(
             &scalars,
             0,
-            bytemuck::bytes_of(&AdamW::default().step_scalars(1, &mut [])),
+            bytemuck::bytes_of(&AdamScalars::new(&AdamW::default(), 1)),
         );
 
         let entry = |binding, ty| wgpu::BindGroupLayoutEntry {

@@ -43,12 +43,6 @@ impl Split {
         self.y.len()
     }
 
-    /// The first `n` samples.
-    pub fn head(&self, n: usize) -> Split {
-        let n = n.min(self.len());
-        Split { features: self.features, x: self.x[..n * self.features].to_vec(), y: self.y[..n].to_vec() }
-    }
-
     /// Rows of `features + 1` floats, the label last (exact in f32): what the gather kernel reads.
     pub fn packed_rows(&self) -> Vec<f32> {
         let mut rows = Vec::with_capacity(self.len() * (self.features + 1));
@@ -115,14 +109,14 @@ pub fn digits(path: &Path) -> Result<Dataset, DataError> {
 /// MNIST from its four idx files in `dir` (optionally gzipped): the standard 60,000/10,000
 /// split, inputs = pixel / 255.
 pub fn mnist(dir: &Path) -> Result<Dataset, DataError> {
-    let split = |images: &str, labels: &str| -> Result<Split, DataError> {
-        let (image_dims, pixels) = read_idx(&find_idx(dir, images)?, 3)?;
-        let (label_dims, labels) = read_idx(&find_idx(dir, labels)?, 1)?;
+    let split = |images_file: &str, labels_file: &str| -> Result<Split, DataError> {
+        let (image_dims, pixels) = read_idx(&find_idx(dir, images_file)?, 3)?;
+        let (label_dims, labels) = read_idx(&find_idx(dir, labels_file)?, 1)?;
         if image_dims[0] != label_dims[0] {
-            return fail(format!("{images} holds {} images but {labels} {} labels", image_dims[0], label_dims[0]));
+            return fail(format!("{images_file} holds {} images but {labels_file} {} labels", image_dims[0], label_dims[0]));
         }
         if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-            return fail(format!("{labels}: label {bad} is not a digit"));
+            return fail(format!("{labels_file}: label {bad} is not a digit"));
         }
         Ok(Split {
             features: image_dims[1] * image_dims[2],

@@ -282,6 +282,20 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
         Ok(())
     };
     record_eval(&mut run, 0)?;
+    if let Ok(mode) = std::env::var("PROFILE_MODE") {
+        let t = Instant::now();
+        let mut encoder = setup.gpu.device().create_command_encoder(&Default::default());
+        for s in 0..200 {
+            if mode.contains('f') { mlp.record_forward_backward(&mut encoder, s)?; }
+            if mode.contains('o') { opt.step(&mut encoder); }
+            if mode.contains('m') { mlp.record_metrics(&mut encoder, s)?; }
+            if s % 32 == 31 { setup.gpu.queue().submit([std::mem::replace(&mut encoder, setup.gpu.device().create_command_encoder(&Default::default())).finish()]); }
+        }
+        setup.gpu.queue().submit([encoder.finish()]);
+        mlp.read_history(0, 1)?;
+        eprintln!("PROFILE {mode}: {:.3} s for 200 steps", t.elapsed().as_secs_f64());
+        std::process::exit(0);
+    }
 
     let device = setup.gpu.device();
     let start = Instant::now();

@@ -422,11 +422,6 @@ impl Mlp {
         })
     }
 
-    /// Steps the batch order covers.
-    pub fn steps(&self) -> usize {
-        self.steps
-    }
-
     /// Records step `step`'s forward and backward passes: afterwards the optimizer's gradient
     /// arenas hold the gradient of the minibatch's mean loss.
     pub fn record_forward_backward(&self, encoder: &mut wgpu::CommandEncoder, step: usize) -> Result<(), ModelError> {
@@ -436,8 +431,9 @@ impl Mlp {
         let bytes = (self.batch * 4) as u64;
         encoder.copy_buffer_to_buffer(&self.order, step as u64 * bytes, &self.batch_index, 0, bytes);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward+backward"), timestamp_writes: None });
-        for dispatch in &self.train_pass {
-            dispatch.record(&mut pass);
+        let only: Option<usize> = std::env::var("PROFILE_ONLY").ok().and_then(|v| v.parse().ok());
+        for (i, dispatch) in self.train_pass.iter().enumerate() {
+            if only.is_none_or(|o| o == i) { dispatch.record(&mut pass); }
         }
         Ok(())
     }

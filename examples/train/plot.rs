@@ -127,8 +127,8 @@ fn panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, title: &str, y_desc: &str
     }
 }
 
-fn draw<X, Y>(
-    chart: &mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<X, Y>>,
+fn draw<'a, X, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
     curves: &[Curve],
     legend: bool,
     visible: impl Fn(f64) -> bool,

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.Adadelta`, with torch's defaults.
@@ -41,16 +41,17 @@ impl Default for Adadelta {
     }
 }
 
-/// Mirrors `struct AdadeltaScalars` in `shaders/adadelta.wgsl`.
+/// Mirrors `struct AdadeltaScalars` in `shaders/adadelta.wgsl` (the terms carry only t).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct AdadeltaScalars {
+    terms: StepTerms,
     neg_lr: f32,
     rho: f32,
     one_minus_rho: f32,
     eps: f32,
     weight_decay: f32,
-    _padding: [f32; 11],
+    _padding: [f32; 7],
 }
 
 impl UpdateRule for Adadelta {
@@ -79,14 +80,19 @@ impl UpdateRule for Adadelta {
         vec![StateSlot { key: "square_avg", init: 0.0 }, StateSlot { key: "acc_delta", init: 0.0 }]
     }
 
-    fn step_scalars(&self, _step: u64, _: &mut [f32]) -> StepScalars {
+    fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
+        StepTerms([step_tag(step), 0, 0, 0])
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         bytemuck::cast(AdadeltaScalars {
+            terms,
             neg_lr: (-self.lr) as f32,
             rho: self.rho as f32,
             one_minus_rho: (1.0 - self.rho) as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
-            _padding: [0.0; 11],
+            _padding: [0.0; 7],
         })
     }
 

@@ -10,10 +10,11 @@
 //!     sum = sum + g*g
 //!     p = p + (-clr) * g / (sqrt(sum) + eps)
 //! ```
+//! `1 + (t - 1)*lr_decay` is computed in f64 and rounded; the quotient is formed in f32.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.Adagrad`, with torch's defaults.
@@ -41,14 +42,24 @@ impl Default for Adagrad {
     }
 }
 
+/// Mirrors `struct AdagradTerms` in `shaders/adagrad.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdagradTerms {
+    step: u32,
+    lr_decay_denominator: f32,
+    _padding: [f32; 2],
+}
+
 /// Mirrors `struct AdagradScalars` in `shaders/adagrad.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct AdagradScalars {
-    neg_clr: f32,
+    terms: AdagradTerms,
+    lr: f32,
     weight_decay: f32,
     eps: f32,
-    _padding: [f32; 13],
+    _padding: [f32; 9],
 }
 
 impl UpdateRule for Adagrad {
@@ -78,13 +89,21 @@ impl UpdateRule for Adagrad {
         vec![StateSlot { key: "sum", init: self.initial_accumulator_value as f32 }]
     }
 
-    fn step_scalars(&self, step: u64, _: &mut [f32]) -> StepScalars {
-        let clr = self.lr / (1.0 + (step as f64 - 1.0) * self.lr_decay);
+    fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
+        bytemuck::cast(AdagradTerms {
+            step: step_tag(step),
+            lr_decay_denominator: (1.0 + (step as f64 - 1.0) * self.lr_decay) as f32,
+            _padding: [0.0; 2],
+        })
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         bytemuck::cast(AdagradScalars {
-            neg_clr: (-clr) as f32,
+            terms: bytemuck::cast(terms),
+            lr: self.lr as f32,
             weight_decay: self.weight_decay as f32,
             eps: self.eps as f32,
-            _padding: [0.0; 13],
+            _padding: [0.0; 9],
         })
     }
 
@@ -103,7 +122,8 @@ impl UpdateRule for Adagrad {
             let acc = sum[i] + g * g;
             sum[i] = acc;
             let std_dev = acc.sqrt() + s.eps;
-            param[i] = p + s.neg_clr * g / std_dev;
+            let neg_clr = -(s.lr / s.terms.lr_decay_denominator);
+            param[i] = p + neg_clr * g / std_dev;
         }
     }
 

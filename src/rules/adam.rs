@@ -10,13 +10,15 @@
 //!     m = lerp(m, g, 1 - beta1)                       # exp_avg
 //!     v = v*beta2 + (1 - beta2)*g*g                   # exp_avg_sq
 //!     v_max = max(v_max, v); v_hat = v_max            if amsgrad (max_exp_avg_sq); else v_hat = v
-//!     p = p + (-lr/(1 - beta1^t)) * m / (sqrt(v_hat)/sqrt(1 - beta2^t) + eps)
+//!     p = p + (-(lr/(1 - beta1^t))) * m / (sqrt(v_hat)/sqrt(1 - beta2^t) + eps)
 //! ```
-//! Bias corrections are computed on the CPU in f64, as torch computes them in Python floats.
+//! The bias corrections are computed on the CPU in f64, as torch computes them in Python
+//! floats, and rounded to f32; `lr / (1 - beta1^t)` is then formed in f32 (within an ulp of
+//! torch's f64 quotient), so that the step number and the learning rate can change apart.
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{lerp, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.Adam`, with torch's defaults.
@@ -85,19 +87,29 @@ impl AdamW {
     }
 }
 
+/// Mirrors `struct AdamTerms` in `shaders/adam.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdamTerms {
+    step: u32,
+    bias_correction1: f32,
+    bias_correction2_sqrt: f32,
+    _padding: f32,
+}
+
 /// Mirrors `struct AdamScalars` in `shaders/adam.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct AdamScalars {
+    terms: AdamTerms,
+    lr: f32,
     weight_decay: f32,
     decay_factor: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
     eps: f32,
-    neg_step_size: f32,
-    _padding: [f32; 8],
+    _padding: [f32; 5],
 }
 
 impl Adam {
@@ -141,22 +153,29 @@ impl UpdateRule for Adam {
         slots
     }
 
-    fn step_scalars(&self, step: u64, _: &mut [f32]) -> StepScalars {
+    fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
         let t = step as f64;
         let (beta1, beta2) = self.betas;
-        let bias_correction1 = 1.0 - beta1.powf(t);
-        let bias_correction2 = 1.0 - beta2.powf(t);
-        let step_size = self.lr / bias_correction1;
+        bytemuck::cast(AdamTerms {
+            step: step_tag(step),
+            bias_correction1: (1.0 - beta1.powf(t)) as f32,
+            bias_correction2_sqrt: (1.0 - beta2.powf(t)).powf(0.5) as f32,
+            _padding: 0.0,
+        })
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
+        let (beta1, beta2) = self.betas;
         bytemuck::cast(AdamScalars {
+            terms: bytemuck::cast(terms),
+            lr: self.lr as f32,
             weight_decay: self.weight_decay as f32,
             decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             beta2: beta2 as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
             eps: self.eps as f32,
-            neg_step_size: (-step_size) as f32,
-            _padding: [0.0; 8],
+            _padding: [0.0; 5],
         })
     }
 
@@ -186,8 +205,9 @@ impl UpdateRule for Adam {
                 v_hat = rest[0][i].max(v);
                 rest[0][i] = v_hat;
             }
-            let denom = v_hat.sqrt() / s.bias_correction2_sqrt + s.eps;
-            param[i] = p + s.neg_step_size * m / denom;
+            let denom = v_hat.sqrt() / s.terms.bias_correction2_sqrt + s.eps;
+            let neg_step_size = -(s.lr / s.terms.bias_correction1);
+            param[i] = p + neg_step_size * m / denom;
         }
     }
 
@@ -213,8 +233,12 @@ impl UpdateRule for AdamW {
         self.as_adam().state_slots()
     }
 
-    fn step_scalars(&self, step: u64, scalar_state: &mut [f32]) -> StepScalars {
-        self.as_adam().step_scalars(step, scalar_state)
+    fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms {
+        self.as_adam().step_terms(step, memo)
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
+        self.as_adam().step_scalars(terms)
     }
 
     fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {

@@ -45,6 +45,11 @@ macro_rules! beta1_cycled_momentum {
     };
 }
 
+/// The step tag of a [`StepTerms`]: kernels compare it with the GPU's step count.
+pub(crate) fn step_tag(step: u64) -> u32 {
+    u32::try_from(step).expect("fewer than 2^32 steps")
+}
+
 mod adadelta;
 mod adagrad;
 mod adam;
@@ -67,11 +72,28 @@ pub const ELEMENTS_PER_INVOCATION: u32 = 4;
 /// Invocations per workgroup; must equal `WORKGROUP_SIZE` in `shaders/common.wgsl`.
 pub const WORKGROUP_SIZE: u32 = 256;
 
-/// The per-step scalars of one parameter group, as the kernel's uniform block sees them.
-/// Each rule casts it to and from its own `#[repr(C)]` struct of 16 `f32`.
+/// The per-step scalars of one parameter group, as the kernel's uniform block sees them: the
+/// step's [`StepTerms`] first, then what depends on the learning rate and hyper-parameters.
+/// Each rule casts it to and from its own `#[repr(C)]` struct of 64 bytes.
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct StepScalars(pub [f32; 16]);
+pub struct StepScalars(pub [u32; 16]);
+
+/// What depends on the step number t alone (bias corrections, NAdam's momentum products,
+/// Adagrad's decay), 16 bytes: t as a `u32`, then three rule-specific values. When the step
+/// count lives on the GPU (gradient conditioning with skipped steps), kernels look these up
+/// by t in a ring the CPU fills ahead, and check the tag.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepTerms(pub [u32; 4]);
+
+/// A running value carried from step t to t+1 so that [`UpdateRule::step_terms`] costs O(1)
+/// per step (NAdam's float32 `mu_product`). `step == 0` means nothing is cached yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TermsMemo {
+    pub step: u64,
+    pub value: f32,
+}
 
 /// The kernel of a rule configuration.
 #[derive(Clone, Debug)]
@@ -120,14 +142,17 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn kernel(&self) -> Kernel;
     /// The per-element state this configuration keeps, in the order `cpu_update` takes it.
     fn state_slots(&self) -> Vec<StateSlot>;
-    /// Per-group scalar state (torch keeps it per tensor, but it is the same for every tensor
-    /// of a group), with initial values: NAdam's `mu_product`.
-    fn scalar_state(&self) -> Vec<(&'static str, f32)> {
+    /// State torch keeps per tensor that is a function of the step count alone, after
+    /// `step` steps: NAdam's `mu_product`.
+    fn scalar_state(&self, _step: u64) -> Vec<(&'static str, f32)> {
         Vec::new()
     }
-    /// Scalars of step `step` (1-based); advances the group's scalar state.
-    fn step_scalars(&self, step: u64, scalar_state: &mut [f32]) -> StepScalars;
+    /// The terms of step `step` (1-based).
+    fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms;
+    /// The scalars of a step: its terms and the current hyper-parameters.
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars;
     /// The CPU reference: one step on one tensor, `state` ordered as [`state_slots`](Self::state_slots).
+    /// The gradient is already conditioned (unscaled, clipped) when the optimizer does so.
     fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]);
     fn lr(&self) -> f64;
     fn set_lr(&mut self, lr: f64);

@@ -13,14 +13,16 @@
 //!     m = lerp(m, g, 1 - beta1)                       # exp_avg
 //!     v = v*beta2 + (1 - beta2)*g*g                   # exp_avg_sq
 //!     denom = sqrt(v/(1 - beta2^t)) + eps
-//!     p = p + (-lr*(1 - mu_t)/(1 - mu_product)) * g / denom
-//!     p = p + (-lr*mu_next/(1 - mu_product*mu_next)) * m / denom
+//!     p = p + (-(lr*((1 - mu_t)/(1 - mu_product)))) * g / denom
+//!     p = p + (-(lr*(mu_next/(1 - mu_product*mu_next)))) * m / denom
 //! ```
+//! The ratios are computed in f64 from the float32 `mu_product`, as torch does, rounded to
+//! f32, and multiplied by lr in f32 (within an ulp of torch's f64 product).
 //! Dozat's NAdam without momentum decay (psi = 0) is the textbook form of the seed articles.
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, Check, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{lerp, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.NAdam`, with torch's defaults.
@@ -50,20 +52,48 @@ impl Default for NAdam {
     }
 }
 
+/// Mirrors `struct NadamTerms` in `shaders/nadam.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NadamTerms {
+    step: u32,
+    bias_correction2: f32,
+    grad_ratio: f32,
+    exp_avg_ratio: f32,
+}
+
 /// Mirrors `struct NadamScalars` in `shaders/nadam.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct NadamScalars {
+    terms: NadamTerms,
+    lr: f32,
     weight_decay: f32,
     decay_factor: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction2: f32,
     eps: f32,
-    grad_coefficient: f32,
-    exp_avg_coefficient: f32,
-    _padding: [f32; 7],
+    _padding: [f32; 5],
+}
+
+impl NAdam {
+    /// mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+    fn mu(&self, t: f64) -> f64 {
+        self.betas.0 * (1.0 - 0.5 * 0.96f64.powf(t * self.momentum_decay))
+    }
+
+    /// torch's float32 `mu_product` after `step` steps, continuing from `memo` when it can.
+    fn mu_product(&self, step: u64, memo: &mut TermsMemo) -> f32 {
+        if memo.step == 0 || memo.step > step {
+            *memo = TermsMemo { step: 0, value: 1.0 };
+        }
+        while memo.step < step {
+            memo.step += 1;
+            memo.value *= self.mu(memo.step as f64) as f32;
+        }
+        memo.value
+    }
 }
 
 impl UpdateRule for NAdam {
@@ -97,31 +127,35 @@ impl UpdateRule for NAdam {
         vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }]
     }
 
-    fn scalar_state(&self) -> Vec<(&'static str, f32)> {
-        vec![("mu_product", 1.0)]
+    fn scalar_state(&self, step: u64) -> Vec<(&'static str, f32)> {
+        vec![("mu_product", self.mu_product(step, &mut TermsMemo::default()))]
     }
 
-    fn step_scalars(&self, step: u64, scalar_state: &mut [f32]) -> StepScalars {
+    fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms {
         let t = step as f64;
+        let mu = self.mu(t);
+        let mu_next = self.mu(t + 1.0);
+        let mu_product = f64::from(self.mu_product(step, memo));
+        bytemuck::cast(NadamTerms {
+            step: step_tag(step),
+            bias_correction2: (1.0 - self.betas.1.powf(t)) as f32,
+            grad_ratio: ((1.0 - mu) / (1.0 - mu_product)) as f32,
+            exp_avg_ratio: (mu_next / (1.0 - mu_product * mu_next)) as f32,
+        })
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         let (beta1, beta2) = self.betas;
-        let bias_correction2 = 1.0 - beta2.powf(t);
-        let mu = beta1 * (1.0 - 0.5 * 0.96f64.powf(t * self.momentum_decay));
-        let mu_next = beta1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * self.momentum_decay));
-        let mu_product = &mut scalar_state[0];
-        *mu_product *= mu as f32;
-        let mu_product = f64::from(*mu_product);
-        let mu_product_next = mu_product * mu_next;
         bytemuck::cast(NadamScalars {
+            terms: bytemuck::cast(terms),
+            lr: self.lr as f32,
             weight_decay: self.weight_decay as f32,
             decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             beta2: beta2 as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction2: bias_correction2 as f32,
             eps: self.eps as f32,
-            grad_coefficient: (-self.lr * (1.0 - mu) / (1.0 - mu_product)) as f32,
-            exp_avg_coefficient: ((-self.lr * mu_next) / (1.0 - mu_product_next)) as f32,
-            _padding: [0.0; 7],
+            _padding: [0.0; 5],
         })
     }
 
@@ -145,9 +179,11 @@ impl UpdateRule for NAdam {
             let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
             exp_avg[i] = m;
             exp_avg_sq[i] = v;
-            let denom = (v / s.bias_correction2).sqrt() + s.eps;
-            p += s.grad_coefficient * g / denom;
-            param[i] = p + s.exp_avg_coefficient * m / denom;
+            let denom = (v / s.terms.bias_correction2).sqrt() + s.eps;
+            let grad_coefficient = -(s.lr * s.terms.grad_ratio);
+            let exp_avg_coefficient = -(s.lr * s.terms.exp_avg_ratio);
+            p += grad_coefficient * g / denom;
+            param[i] = p + exp_avg_coefficient * m / denom;
         }
     }
 

@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, Check, CycledMomentum, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{lerp, step_tag, Check, CycledMomentum, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.RMSprop`, with torch's defaults.
@@ -51,17 +51,18 @@ impl Default for RMSprop {
     }
 }
 
-/// Mirrors `struct RmspropScalars` in `shaders/rmsprop.wgsl`.
+/// Mirrors `struct RmspropScalars` in `shaders/rmsprop.wgsl` (the terms carry only t).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct RmspropScalars {
+    terms: StepTerms,
     neg_lr: f32,
     alpha: f32,
     one_minus_alpha: f32,
     eps: f32,
     weight_decay: f32,
     momentum: f32,
-    _padding: [f32; 10],
+    _padding: [f32; 6],
 }
 
 impl UpdateRule for RMSprop {
@@ -102,15 +103,20 @@ impl UpdateRule for RMSprop {
         slots
     }
 
-    fn step_scalars(&self, _step: u64, _: &mut [f32]) -> StepScalars {
+    fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
+        StepTerms([step_tag(step), 0, 0, 0])
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         bytemuck::cast(RmspropScalars {
+            terms,
             neg_lr: (-self.lr) as f32,
             alpha: self.alpha as f32,
             one_minus_alpha: (1.0 - self.alpha) as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             momentum: self.momentum as f32,
-            _padding: [0.0; 10],
+            _padding: [0.0; 6],
         })
     }
 

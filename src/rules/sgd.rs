@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, CycledMomentum, Kernel, StateSlot, StepScalars, UpdateRule};
+use super::{step_tag, Check, CycledMomentum, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.SGD`, with torch's defaults.
@@ -45,16 +45,24 @@ impl Default for Sgd {
     }
 }
 
+/// Mirrors `struct SgdTerms` in `shaders/sgd.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SgdTerms {
+    step: u32,
+    _padding: [f32; 3],
+}
+
 /// Mirrors `struct SgdScalars` in `shaders/sgd.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct SgdScalars {
+    terms: SgdTerms,
     neg_lr: f32,
     weight_decay: f32,
     momentum: f32,
     one_minus_dampening: f32,
-    first_step: f32,
-    _padding: [f32; 11],
+    _padding: [f32; 8],
 }
 
 impl UpdateRule for Sgd {
@@ -97,14 +105,18 @@ impl UpdateRule for Sgd {
         }
     }
 
-    fn step_scalars(&self, step: u64, _: &mut [f32]) -> StepScalars {
+    fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
+        bytemuck::cast(SgdTerms { step: step_tag(step), _padding: [0.0; 3] })
+    }
+
+    fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         bytemuck::cast(SgdScalars {
+            terms: bytemuck::cast(terms),
             neg_lr: (-self.lr) as f32,
             weight_decay: self.weight_decay as f32,
             momentum: self.momentum as f32,
             one_minus_dampening: (1.0 - self.dampening) as f32,
-            first_step: if step == 1 { 1.0 } else { 0.0 },
-            _padding: [0.0; 11],
+            _padding: [0.0; 8],
         })
     }
 
@@ -121,7 +133,7 @@ impl UpdateRule for Sgd {
             }
             if self.momentum != 0.0 {
                 let buffer = &mut state[0][i];
-                let b = if s.first_step != 0.0 { g } else { *buffer * s.momentum + s.one_minus_dampening * g };
+                let b = if s.terms.step == 1 { g } else { *buffer * s.momentum + s.one_minus_dampening * g };
                 *buffer = b;
                 g = if self.nesterov { g + s.momentum * b } else { b };
             }

@@ -1,12 +1,67 @@
 //! Shared test helpers: the machine's adapters, a deterministic RNG, and runners that apply
 //! the same steps on a GPU and on the CPU reference.
 
-use std::sync::OnceLock;
+use std::cell::Cell;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use wgpu_optim::{BackendChoice, CpuOptimizer, GpuContext, Optimizer, OptimizerOptions, ParamGroup, Parameters, TensorId};
 
-/// Every adapter of the machine (one per backend), opened once for the whole test binary.
-pub fn gpus() -> &'static [GpuContext] {
+/// Every adapter of the machine (one per backend), opened once for the whole test binary,
+/// held exclusively by the calling test while the returned guard lives.
+///
+/// Tests run on several threads, but the adapters are shared: wgpu's GL backend lets one
+/// thread hold the GL context at a time and gives up after 6 s, which a long llvmpipe dispatch
+/// on a loaded machine exceeds. So GPU tests take turns; CPU-only tests still run in parallel.
+pub fn gpus() -> Gpus {
+    thread_local!(static HELD: Cell<u32> = const { Cell::new(0) });
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = (HELD.get() == 0).then(|| TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    HELD.set(HELD.get() + 1);
+    Gpus { contexts: adapters(), _turn: turn, release: || HELD.set(HELD.get() - 1) }
+}
+
+/// The adapters, with this test's turn on them (see [`gpus`]).
+pub struct Gpus {
+    contexts: &'static [GpuContext],
+    _turn: Option<MutexGuard<'static, ()>>,
+    release: fn(),
+}
+
+impl Drop for Gpus {
+    fn drop(&mut self) {
+        (self.release)();
+    }
+}
+
+impl std::ops::Deref for Gpus {
+    type Target = [GpuContext];
+    fn deref(&self) -> &[GpuContext] {
+        self.contexts
+    }
+}
+
+/// `for gpu in gpus() { ... }` holds the turn for the whole loop.
+impl IntoIterator for Gpus {
+    type Item = &'static GpuContext;
+    type IntoIter = GpusIter;
+    fn into_iter(self) -> GpusIter {
+        GpusIter { iter: self.contexts.iter(), _gpus: self }
+    }
+}
+
+pub struct GpusIter {
+    iter: std::slice::Iter<'static, GpuContext>,
+    _gpus: Gpus,
+}
+
+impl Iterator for GpusIter {
+    type Item = &'static GpuContext;
+    fn next(&mut self) -> Option<&'static GpuContext> {
+        self.iter.next()
+    }
+}
+
+fn adapters() -> &'static [GpuContext] {
     static GPUS: OnceLock<Vec<GpuContext>> = OnceLock::new();
     GPUS.get_or_init(|| {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));

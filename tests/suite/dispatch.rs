@@ -158,7 +158,8 @@ fn steps_recorded_into_one_encoder_each_get_their_scalars() {
             separate.step_and_submit();
         }
         assert_eq!(batched.read_param(w).unwrap(), separate.read_param(w2).unwrap());
-        assert_eq!(batched.step_count(0), 10);
+        assert_eq!(batched.steps_recorded(), 10);
+        assert_eq!(batched.counters().unwrap().applied_steps, 10);
         assert!(SCALAR_RING_STEPS >= 10);
     }
 }

@@ -6,7 +6,9 @@
 
 mod common;
 
+mod checkpoints;
 mod cli;
+mod conditioning;
 mod dispatch;
 mod golden;
 mod large;

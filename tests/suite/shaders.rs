@@ -1,7 +1,7 @@
 //! naga parses and validates every shader and translates every flag combination to SPIR-V,
 //! MSL, HLSL and GLSL; the kernels stay within WebGPU's default limits.
 
-use wgpu_optim::portability::translate_all;
+use wgpu_optim::portability::{translate_all, translate_gradients};
 use wgpu_optim::rules::kernels;
 
 #[test]
@@ -10,13 +10,24 @@ fn every_kernel_translates_to_every_backend_language() {
     assert_eq!(kernels.len(), 6, "one shader per rule (AdamW shares Adam's)");
     for kernel in &kernels {
         let variants = translate_all(kernel).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(variants.len(), 1 << kernel.flags.len(), "{}: one translation per flag combination", kernel.label);
+        // The rule's flags, plus `conditioned` (gradient conditioning on the GPU) from common.wgsl.
+        assert_eq!(variants.len(), 1 << (kernel.flags.len() + 1), "{}: one translation per flag combination", kernel.label);
         for v in &variants {
             assert!(v.spirv_words > 100, "{}: SPIR-V", v.label);
             assert!(v.msl.contains("kernel void"), "{}: MSL has a kernel entry point", v.label);
             assert!(v.hlsl.contains("[numthreads(256, 1, 1)]"), "{}: HLSL entry point", v.label);
             assert!(v.glsl.contains("layout(local_size_x = 256"), "{}: GLSL workgroup size", v.label);
         }
+    }
+}
+
+#[test]
+fn the_gradient_kernels_translate_to_every_backend_language() {
+    let variants = translate_gradients().unwrap_or_else(|e| panic!("{e}"));
+    let entry_points: Vec<&str> = variants.iter().map(|v| v.entry_point.as_str()).collect();
+    assert!(entry_points.contains(&"norm_partials") && entry_points.contains(&"finalize"), "{entry_points:?}");
+    for v in &variants {
+        assert!(v.spirv_words > 100 && v.msl.contains("kernel void") && v.hlsl.contains("numthreads") && v.glsl.contains("local_size_x"));
     }
 }
 

@@ -1,0 +1,147 @@
+// Gradient conditioning before an optimizer step, on the GPU (no CPU read-back):
+//   norm_partials: per workgroup, the sum of squares (or max |g|) of the unscaled,
+//                  value-clipped gradients, and whether any unscaled gradient is not finite;
+//   finalize:      one workgroup reduces the partials to the total norm, decides whether the
+//                  step is skipped, counts the step, sets the clip coefficient and updates the
+//                  dynamic loss scale (torch's clip_grad_norm_ and GradScaler semantics).
+// `Control`, `WORKGROUP_SIZE` and `vec4_index` come from common.wgsl.
+
+struct Settings {
+    partial_count: u32,     // norm-pass workgroups over all windows
+    infinity_norm: u32,     // 1: norm_type inf (max |g|), 0: norm_type 2
+    clip_norm: u32,         // 1: scale gradients to max_norm
+    max_norm: f32,
+    skip_nonfinite: u32,    // 1: skip steps whose gradients are not all finite
+    error_if_nonfinite: u32,
+    dynamic_scale: u32,     // 1: update the loss scale (GradScaler.update)
+    growth_interval: u32,
+    growth_factor: f32,
+    backoff_factor: f32,
+}
+
+struct Window {
+    first_partial: u32,     // index of this window's first workgroup in `partials`
+}
+
+@group(0) @binding(0) var<uniform> settings: Settings;
+@group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;  // (sum or max, not finite)
+@group(0) @binding(2) var<storage, read_write> control_rw: Control;
+@group(1) @binding(0) var<uniform> window: Window;
+@group(1) @binding(1) var<storage, read> grad: array<vec4<f32>>;
+
+var<workgroup> reduce_value: array<f32, WORKGROUP_SIZE>;
+var<workgroup> reduce_flag: array<f32, WORKGROUP_SIZE>;
+
+fn not_finite(x: vec4<f32>) -> bool {
+    let exponent = bitcast<vec4<u32>>(x) & vec4<u32>(0x7f800000u);
+    return any(exponent == vec4<u32>(0x7f800000u));
+}
+
+fn combine(a: f32, b: f32) -> f32 {
+    if (settings.infinity_norm != 0u) {
+        return max(a, b);
+    }
+    return a + b;
+}
+
+// Tree reduction of the workgroup's values into element 0.
+fn reduce(local: u32) {
+    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (local < stride) {
+            reduce_value[local] = combine(reduce_value[local], reduce_value[local + stride]);
+            reduce_flag[local] = max(reduce_flag[local], reduce_flag[local + stride]);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn norm_partials(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = vec4_index(workgroup, grid, local);
+    var value = 0.0;
+    var flag = 0.0;
+    if (i < arrayLength(&grad)) {
+        let unscaled = grad[i] * control_rw.inv_scale;
+        if (not_finite(unscaled)) {
+            flag = 1.0;
+        }
+        let g = clamp(unscaled, vec4<f32>(-control_rw.clip_value), vec4<f32>(control_rw.clip_value));
+        if (settings.infinity_norm != 0u) {
+            let a = abs(g);
+            value = max(max(a.x, a.y), max(a.z, a.w));
+        } else {
+            value = dot(g, g);
+        }
+    }
+    reduce_value[local] = value;
+    reduce_flag[local] = flag;
+    reduce(local);
+    if (local == 0u) {
+        partials[window.first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(reduce_value[0], reduce_flag[0]);
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn finalize(@builtin(local_invocation_index) local: u32) {
+    var value = 0.0;
+    var flag = 0.0;
+    for (var k = local; k < settings.partial_count; k += WORKGROUP_SIZE) {
+        value = combine(value, partials[k].x);
+        flag = max(flag, partials[k].y);
+    }
+    reduce_value[local] = value;
+    reduce_flag[local] = flag;
+    reduce(local);
+    if (local != 0u) {
+        return;
+    }
+    var norm = reduce_value[0];
+    if (settings.infinity_norm == 0u) {
+        norm = sqrt(norm);
+    }
+    let found_inf = reduce_flag[0] != 0.0;
+    let norm_not_finite = not_finite(vec4<f32>(norm));
+    var skip = settings.skip_nonfinite != 0u && found_inf;
+    if (settings.error_if_nonfinite != 0u && norm_not_finite) {
+        // torch raises before touching anything: skip, and report on the next read.
+        skip = true;
+        control_rw.error = control_rw.error | 1u;
+    }
+    control_rw.grad_norm = norm;
+    control_rw.skip = select(0u, 1u, skip);
+    control_rw.step_inv_scale = control_rw.inv_scale;
+    if (skip) {
+        control_rw.skipped = control_rw.skipped + 1u;
+    } else {
+        control_rw.step = control_rw.step + 1u;
+    }
+    var coefficient = 1.0;
+    if (settings.clip_norm != 0u) {
+        coefficient = min(settings.max_norm / (norm + 1e-6), 1.0);
+    }
+    control_rw.clip_coefficient = coefficient;
+    if (settings.dynamic_scale != 0u) {
+        // torch._amp_update_scale_
+        if (found_inf) {
+            control_rw.loss_scale = control_rw.loss_scale * settings.backoff_factor;
+            control_rw.growth_tracker = 0u;
+        } else {
+            let successful = control_rw.growth_tracker + 1u;
+            if (successful == settings.growth_interval) {
+                let grown = control_rw.loss_scale * settings.growth_factor;
+                if (!not_finite(vec4<f32>(grown))) {
+                    control_rw.loss_scale = grown;
+                }
+                control_rw.growth_tracker = 0u;
+            } else {
+                control_rw.growth_tracker = successful;
+            }
+        }
+        control_rw.inv_scale = 1.0 / control_rw.loss_scale;
+    }
+}

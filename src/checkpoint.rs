@@ -1,0 +1,264 @@
+//! Checkpoints: the whole optimizer as one safetensors file, with PyTorch's state key names.
+//!
+//! Tensors: each parameter under its name, its state as `<name>.<key>` (`exp_avg`, `sum`, ...),
+//! and, as 0-d float32 tensors like torch's, `<name>.step` and NAdam's `<name>.mu_product`.
+//! Metadata (JSON strings in the safetensors header): `format` = "wgpu-optim-checkpoint",
+//! `version`, `optimizer`, `param_groups` (tensor names and hyper-parameters of each group),
+//! `counters` (steps recorded, applied, skipped; loss-scale state), `gradients` (the gradient
+//! conditioning) and `schedule` (whatever state the caller's schedule saved, or null).
+//!
+//! Loading checks everything before changing anything: a checkpoint of another optimizer,
+//! other tensor names, shapes or groups, other kernel flags (e.g. amsgrad), a corrupt or
+//! truncated file or a newer format version is rejected with an error that says what differs.
+//! Resuming is bit-exact: N steps straight equal k steps, save, load, N − k steps.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gradients::GradientOptions;
+use crate::replay::{read_safetensors_bytes, write_safetensors_with_metadata, NamedTensor};
+use crate::rules::{self, UpdateRule};
+
+pub const CHECKPOINT_FORMAT: &str = "wgpu-optim-checkpoint";
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// One parameter group as saved: its tensors and hyper-parameters (torch names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRecord {
+    pub params: Vec<String>,
+    pub hyperparameters: serde_json::Value,
+}
+
+/// The optimizer's counters as saved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterRecord {
+    pub steps_recorded: u64,
+    pub applied_steps: u64,
+    pub skipped_steps: u64,
+    pub loss_scale: f32,
+    /// Saved rather than recomputed so a restored run unscales exactly as the GPU did.
+    pub inv_scale: f32,
+    pub growth_tracker: u32,
+}
+
+/// Everything needed to resume an optimizer exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub optimizer: String,
+    pub groups: Vec<GroupRecord>,
+    pub counters: CounterRecord,
+    pub gradients: GradientOptions,
+    /// The caller's schedule state (e.g. `Scheduler::state()`), restored by the caller.
+    pub schedule: Option<serde_json::Value>,
+    /// Parameters, state, `step` and scalar state, by torch's names.
+    pub tensors: Vec<NamedTensor>,
+}
+
+fn corrupt(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!("{}: {message}", path.display()))
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint (through a temporary file: a failure leaves no partial file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let metadata: HashMap<String, String> = [
+            ("format", CHECKPOINT_FORMAT.to_string()),
+            ("version", CHECKPOINT_VERSION.to_string()),
+            ("optimizer", self.optimizer.clone()),
+            ("param_groups", to_json(&self.groups)),
+            ("counters", to_json(&self.counters)),
+            ("gradients", to_json(&self.gradients)),
+            ("schedule", to_json(&self.schedule)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        write_safetensors_with_metadata(path, &self.tensors, metadata)
+    }
+
+    /// Reads and checks a checkpoint file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let (tensors, metadata) = read_safetensors_bytes(&bytes).map_err(|e| corrupt(path, e))?;
+        let field = |name: &str| {
+            metadata
+                .get(name)
+                .ok_or_else(|| corrupt(path, format!("not a wgpu-optim checkpoint (no {name:?} in its metadata)")))
+        };
+        if field("format")? != CHECKPOINT_FORMAT {
+            return Err(corrupt(path, format!("format {:?} is not {CHECKPOINT_FORMAT:?}", field("format")?)));
+        }
+        let version: u32 = field("version")?.parse().map_err(|_| corrupt(path, "unreadable format version"))?;
+        if version > CHECKPOINT_VERSION {
+            return Err(corrupt(
+                path,
+                format!("format version {version} is newer than this build reads ({CHECKPOINT_VERSION}); upgrade wgpu-optim"),
+            ));
+        }
+        let parse = |name: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(field(name)?).map_err(|e| corrupt(path, format!("metadata {name:?}: {e}")))
+        };
+        fn typed<T: serde::de::DeserializeOwned>(path: &Path, name: &str, value: serde_json::Value) -> Result<T> {
+            serde_json::from_value(value).map_err(|e| corrupt(path, format!("metadata {name:?}: {e}")))
+        }
+        Ok(Checkpoint {
+            optimizer: field("optimizer")?.clone(),
+            groups: typed(path, "param_groups", parse("param_groups")?)?,
+            counters: typed(path, "counters", parse("counters")?)?,
+            gradients: typed(path, "gradients", parse("gradients")?)?,
+            schedule: typed(path, "schedule", parse("schedule")?)?,
+            tensors,
+        })
+    }
+
+    /// A tensor by name.
+    pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("checkpoint metadata is plain data")
+}
+
+/// What an optimizer looks like, for checking that a checkpoint fits it.
+pub(crate) struct Target<'a> {
+    pub optimizer: &'a str,
+    /// Per group: (tensor name, shape) in group order, and the group's rule.
+    pub groups: Vec<(Vec<(&'a str, &'a [usize])>, &'a dyn UpdateRule)>,
+    pub gradients: &'a GradientOptions,
+}
+
+/// A checkpoint checked against a target: the rules to install and, per tensor name, the
+/// values to write (parameter first, then state in the rule's slot order).
+pub(crate) struct Restore {
+    pub rules: Vec<Box<dyn UpdateRule>>,
+    pub values: HashMap<String, Vec<Vec<f32>>>,
+}
+
+/// Checks everything a restore needs; changes nothing.
+pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore> {
+    let mismatch = |message: String| Err(Error::Checkpoint(format!("checkpoint does not fit this optimizer: {message}")));
+    if checkpoint.optimizer != target.optimizer {
+        return mismatch(format!("it holds {} state, this optimizer is {}", checkpoint.optimizer, target.optimizer));
+    }
+    if checkpoint.groups.len() != target.groups.len() {
+        return mismatch(format!("{} parameter groups, this optimizer has {}", checkpoint.groups.len(), target.groups.len()));
+    }
+    if &checkpoint.gradients != target.gradients {
+        return mismatch(format!(
+            "gradient conditioning {} differs from this optimizer's {}",
+            serde_json::to_string(&checkpoint.gradients).unwrap_or_default(),
+            serde_json::to_string(target.gradients).unwrap_or_default()
+        ));
+    }
+    let mut rules = Vec::new();
+    let mut values = HashMap::new();
+    let mut expected = std::collections::HashSet::new();
+    for (g, (saved, (tensors, rule))) in checkpoint.groups.iter().zip(&target.groups).enumerate() {
+        let names: Vec<&str> = tensors.iter().map(|(name, _)| *name).collect();
+        if saved.params != names {
+            return mismatch(format!("group {g} holds {:?}, this optimizer's holds {names:?}", saved.params));
+        }
+        let restored = rules::from_config(target.optimizer, &saved.hyperparameters)?;
+        let (saved_flags, flags) = (restored.kernel().flags, rule.kernel().flags);
+        if saved_flags != flags {
+            let differing: Vec<String> = saved_flags
+                .iter()
+                .zip(&flags)
+                .filter(|(a, b)| a != b)
+                .map(|((name, saved), (_, now))| format!("{name}: checkpoint {saved}, optimizer {now}"))
+                .collect();
+            return mismatch(format!("group {g} was saved with other flags ({})", differing.join(", ")));
+        }
+        for (name, shape) in tensors {
+            let len: usize = shape.iter().product();
+            let mut tensor_values = Vec::new();
+            let keys: Vec<String> =
+                std::iter::once(String::new()).chain(restored.state_slots().iter().map(|s| format!(".{}", s.key))).collect();
+            for suffix in keys {
+                let key = format!("{name}{suffix}");
+                let Some(saved) = checkpoint.tensor(&key) else {
+                    return mismatch(format!("it has no tensor {key:?}"));
+                };
+                if saved.shape != *shape || saved.data.len() != len {
+                    return mismatch(format!("{key:?} has shape {:?}, this optimizer's {name:?} has {shape:?}", saved.shape));
+                }
+                tensor_values.push(saved.data.clone());
+                expected.insert(key);
+            }
+            expected.insert(format!("{name}.step"));
+            expected.extend(restored.scalar_state(0).into_iter().map(|(key, _)| format!("{name}.{key}")));
+            values.insert(name.to_string(), tensor_values);
+        }
+        rules.push(restored);
+    }
+    if let Some(extra) = checkpoint.tensors.iter().find(|t| !expected.contains(&t.name)) {
+        return mismatch(format!("it has tensor {:?}, which this optimizer does not", extra.name));
+    }
+    let c = &checkpoint.counters;
+    if c.applied_steps + c.skipped_steps != c.steps_recorded {
+        return Err(Error::Checkpoint(format!(
+            "corrupt counters: {} applied + {} skipped != {} recorded",
+            c.applied_steps, c.skipped_steps, c.steps_recorded
+        )));
+    }
+    Ok(Restore { rules, values })
+}
+
+impl CounterRecord {
+    pub(crate) fn of(control: &crate::gradients::Control) -> Self {
+        CounterRecord {
+            steps_recorded: u64::from(control.step) + u64::from(control.skipped),
+            applied_steps: u64::from(control.step),
+            skipped_steps: u64::from(control.skipped),
+            loss_scale: control.loss_scale,
+            inv_scale: control.inv_scale,
+            growth_tracker: control.growth_tracker,
+        }
+    }
+
+    /// The control block these counters describe.
+    pub(crate) fn control(&self, gradients: &GradientOptions) -> Result<crate::gradients::Control> {
+        let narrow = |what: &str, value: u64| {
+            u32::try_from(value).map_err(|_| Error::Checkpoint(format!("corrupt counters: {what} = {value}")))
+        };
+        let mut control = crate::gradients::Control::new(gradients);
+        control.step = narrow("applied_steps", self.applied_steps)?;
+        control.skipped = narrow("skipped_steps", self.skipped_steps)?;
+        control.loss_scale = self.loss_scale;
+        control.inv_scale = self.inv_scale;
+        control.step_inv_scale = self.inv_scale;
+        control.growth_tracker = self.growth_tracker;
+        Ok(control)
+    }
+}
+
+/// The tensors of a checkpoint: per tensor, its parameter, state, `step` and scalar state.
+pub(crate) fn tensors_of(
+    name: &str,
+    shape: &[usize],
+    rule: &dyn UpdateRule,
+    applied_steps: u64,
+    param_and_state: Vec<Vec<f32>>,
+) -> Vec<NamedTensor> {
+    let mut values = param_and_state.into_iter();
+    let mut out = vec![NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: values.next().expect("the parameter") }];
+    for slot in rule.state_slots() {
+        out.push(NamedTensor {
+            name: format!("{name}.{}", slot.key),
+            shape: shape.to_vec(),
+            data: values.next().expect("one value per state slot"),
+        });
+    }
+    out.push(NamedTensor { name: format!("{name}.step"), shape: Vec::new(), data: vec![applied_steps as f32] });
+    for (key, value) in rule.scalar_state(applied_steps) {
+        out.push(NamedTensor { name: format!("{name}.{key}"), shape: Vec::new(), data: vec![value] });
+    }
+    out
+}

@@ -1,0 +1,462 @@
+//! Gradient conditioning fused into the step: loss-scale unscaling and the non-finite check of
+//! torch's AMP `GradScaler`, `clip_grad_value_`, `clip_grad_norm_` (norm types 2 and inf) and
+//! the dynamic loss-scale update, decided on the GPU without a CPU read-back per step
+//! (`shaders/gradients.wgsl`). The order is torch's:
+//!
+//! ```text
+//! g = g / loss_scale                      # scaler.unscale_(optimizer); non-finite -> found_inf
+//! g = clamp(g, -clip_value, clip_value)   # clip_grad_value_
+//! norm = ||g||_2 or max|g|                # clip_grad_norm_
+//! g = g * min(max_norm / (norm + 1e-6), 1)
+//! skip the step if found_inf (skip_nonfinite or loss scaling); otherwise t += 1 and step
+//! loss_scale *= backoff_factor if found_inf, *= growth_factor after growth_interval good steps
+//! ```
+//! A skipped step leaves parameters, state and the step count exactly as they were, as
+//! `GradScaler.step` does by not calling `optimizer.step()`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `torch.nn.utils.clip_grad_norm_` settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipGradNorm {
+    pub max_norm: f64,
+    /// 2.0 or `f64::INFINITY` (JSON: 2, or the string "inf").
+    #[serde(default = "two", with = "norm_type")]
+    pub norm_type: f64,
+    /// A non-finite total norm is an error (reported by the next counters read); the step
+    /// is skipped so nothing changes, as torch raises before touching anything.
+    #[serde(default)]
+    pub error_if_nonfinite: bool,
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+/// JSON has no infinity: `norm_type` accepts a number or the strings "inf"/"infinity".
+mod norm_type {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.is_infinite() {
+            serializer.serialize_str("inf")
+        } else {
+            serializer.serialize_f64(*value)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum NumberOrName {
+            Number(f64),
+            Name(String),
+        }
+        match NumberOrName::deserialize(deserializer)? {
+            NumberOrName::Number(n) => Ok(n),
+            NumberOrName::Name(name) if matches!(name.as_str(), "inf" | "infinity" | "Infinity") => Ok(f64::INFINITY),
+            NumberOrName::Name(name) => Err(serde::de::Error::custom(format!("norm_type {name:?}: expected 2 or \"inf\""))),
+        }
+    }
+}
+
+/// Dynamic loss scaling, `torch.amp.GradScaler`'s arguments and defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossScale {
+    pub init_scale: f64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        LossScale { init_scale: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 }
+    }
+}
+
+/// What is done to the gradients before each step. All off by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GradientOptions {
+    pub clip_grad_norm: Option<ClipGradNorm>,
+    /// `clip_grad_value_`: clamp every gradient element to [-v, v].
+    pub clip_grad_value: Option<f64>,
+    /// Skip the step (parameters, state and step count untouched) when a gradient holds NaN or
+    /// infinity, and count it. Implied by `loss_scale`.
+    pub skip_nonfinite: bool,
+    /// Gradients arrive multiplied by a dynamic loss scale (read it with
+    /// `Optimizer::loss_scale_view` in the backward pass); they are unscaled, and the scale is
+    /// updated after each step as `GradScaler.update()` does.
+    pub loss_scale: Option<LossScale>,
+}
+
+impl GradientOptions {
+    /// Whether anything is done to the gradients (then the step count lives on the GPU).
+    pub fn is_active(&self) -> bool {
+        self.clip_grad_norm.is_some() || self.clip_grad_value.is_some() || self.skip_nonfinite || self.loss_scale.is_some()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: &str, value: f64, requirement: &str| {
+            Err(Error::Config(format!("{what} = {value}: {requirement}")))
+        };
+        if let Some(clip) = &self.clip_grad_norm {
+            if !(clip.max_norm >= 0.0 && clip.max_norm.is_finite()) {
+                return invalid("clip_grad_norm.max_norm", clip.max_norm, "must be finite and >= 0");
+            }
+            if clip.norm_type != 2.0 && clip.norm_type != f64::INFINITY {
+                return invalid("clip_grad_norm.norm_type", clip.norm_type, "only 2 and inf are supported");
+            }
+        }
+        if let Some(value) = self.clip_grad_value {
+            if !(value >= 0.0 && value.is_finite()) {
+                return invalid("clip_grad_value", value, "must be finite and >= 0");
+            }
+        }
+        if let Some(scale) = &self.loss_scale {
+            if !(scale.init_scale > 0.0 && scale.init_scale.is_finite()) {
+                return invalid("loss_scale.init_scale", scale.init_scale, "must be finite and > 0");
+            }
+            if !(scale.growth_factor > 1.0 && scale.growth_factor.is_finite()) {
+                return invalid("loss_scale.growth_factor", scale.growth_factor, "must be finite and > 1");
+            }
+            if !(scale.backoff_factor > 0.0 && scale.backoff_factor < 1.0) {
+                return invalid("loss_scale.backoff_factor", scale.backoff_factor, "must be in (0, 1)");
+            }
+            if scale.growth_interval == 0 {
+                return invalid("loss_scale.growth_interval", 0.0, "must be >= 1");
+            }
+        }
+        Ok(())
+    }
+
+    fn skips(&self) -> bool {
+        self.skip_nonfinite || self.loss_scale.is_some()
+    }
+}
+
+/// What the GPU (or the CPU reference) counted: read with `Optimizer::counters`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCounters {
+    /// Updates applied: torch's `state["step"]`.
+    pub applied_steps: u64,
+    /// Steps skipped because a gradient was not finite.
+    pub skipped_steps: u64,
+    /// The scale the next backward pass multiplies the loss by (1 without loss scaling).
+    pub loss_scale: f32,
+    /// Good steps since the loss scale last changed.
+    pub growth_tracker: u32,
+    /// Total norm of the last step's unscaled, value-clipped gradients (0 before any step;
+    /// computed only when gradients are conditioned).
+    pub last_grad_norm: f32,
+}
+
+/// Mirrors `struct Control` in `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Control {
+    pub loss_scale: f32,
+    pub inv_scale: f32,
+    pub step_inv_scale: f32,
+    pub growth_tracker: u32,
+    pub step: u32,
+    pub skipped: u32,
+    pub skip: u32,
+    pub error: u32,
+    pub grad_norm: f32,
+    pub clip_coefficient: f32,
+    pub clip_value: f32,
+    pub _padding: u32,
+}
+
+/// Byte offset of `Control.error`, cleared after it is reported.
+pub(crate) const CONTROL_ERROR_OFFSET: u64 = 28;
+pub(crate) const CONTROL_SIZE: u64 = std::mem::size_of::<Control>() as u64;
+
+/// `Control.error` bits.
+pub(crate) const ERROR_NONFINITE_NORM: u32 = 1;
+
+impl Control {
+    pub fn new(options: &GradientOptions) -> Self {
+        let scale = options.loss_scale.as_ref().map_or(1.0, |s| s.init_scale);
+        // torch: inv_scale = scale.double().reciprocal().float()
+        let inv_scale = (1.0 / scale) as f32;
+        Control {
+            loss_scale: scale as f32,
+            inv_scale,
+            step_inv_scale: inv_scale,
+            growth_tracker: 0,
+            step: 0,
+            skipped: 0,
+            skip: 0,
+            error: 0,
+            grad_norm: 0.0,
+            clip_coefficient: 1.0,
+            clip_value: options.clip_grad_value.map_or(f32::INFINITY, |v| v as f32),
+            _padding: 0,
+        }
+    }
+
+    pub fn counters(&self) -> StepCounters {
+        StepCounters {
+            applied_steps: u64::from(self.step),
+            skipped_steps: u64::from(self.skipped),
+            loss_scale: self.loss_scale,
+            growth_tracker: self.growth_tracker,
+            last_grad_norm: self.grad_norm,
+        }
+    }
+
+    /// The CPU reference of `shaders/gradients.wgsl`: conditions `grads` in place and updates
+    /// the counters; returns whether the step is skipped (then `grads` are unusable).
+    pub fn condition(&mut self, options: &GradientOptions, grads: &mut [&mut [f32]]) -> bool {
+        let infinity_norm = options.clip_grad_norm.as_ref().is_some_and(|c| c.norm_type.is_infinite());
+        let mut found_inf = false;
+        let mut total = 0.0f64;
+        for g in grads.iter_mut() {
+            for x in g.iter_mut() {
+                let unscaled = *x * self.inv_scale;
+                found_inf |= !unscaled.is_finite();
+                let clamped = unscaled.clamp(-self.clip_value, self.clip_value);
+                *x = clamped;
+                if infinity_norm {
+                    total = total.max(f64::from(clamped.abs()));
+                } else {
+                    total += f64::from(clamped) * f64::from(clamped);
+                }
+            }
+        }
+        let norm = if infinity_norm { total as f32 } else { total.sqrt() as f32 };
+        let mut skip = options.skips() && found_inf;
+        if options.clip_grad_norm.as_ref().is_some_and(|c| c.error_if_nonfinite) && !norm.is_finite() {
+            skip = true;
+            self.error |= ERROR_NONFINITE_NORM;
+        }
+        self.grad_norm = norm;
+        self.skip = u32::from(skip);
+        self.step_inv_scale = self.inv_scale;
+        if skip {
+            self.skipped += 1;
+        } else {
+            self.step += 1;
+        }
+        self.clip_coefficient = match &options.clip_grad_norm {
+            Some(clip) => (clip.max_norm as f32 / (norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        if !skip {
+            for g in grads.iter_mut() {
+                for x in g.iter_mut() {
+                    *x *= self.clip_coefficient;
+                }
+            }
+        }
+        if let Some(scale) = &options.loss_scale {
+            if found_inf {
+                self.loss_scale *= scale.backoff_factor as f32;
+                self.growth_tracker = 0;
+            } else if self.growth_tracker + 1 == scale.growth_interval {
+                let grown = self.loss_scale * scale.growth_factor as f32;
+                if grown.is_finite() {
+                    self.loss_scale = grown;
+                }
+                self.growth_tracker = 0;
+            } else {
+                self.growth_tracker += 1;
+            }
+            self.inv_scale = 1.0 / self.loss_scale;
+        }
+        skip
+    }
+
+    /// Takes the error bits, turning them into the error torch would have raised.
+    pub fn take_error(&mut self) -> Result<()> {
+        let error = std::mem::take(&mut self.error);
+        if error & ERROR_NONFINITE_NORM != 0 {
+            return Err(Error::NonFiniteGradNorm);
+        }
+        Ok(())
+    }
+}
+
+/// Mirrors `struct Settings` in `shaders/gradients.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Settings {
+    pub partial_count: u32,
+    pub infinity_norm: u32,
+    pub clip_norm: u32,
+    pub max_norm: f32,
+    pub skip_nonfinite: u32,
+    pub error_if_nonfinite: u32,
+    pub dynamic_scale: u32,
+    pub growth_interval: u32,
+    pub growth_factor: f32,
+    pub backoff_factor: f32,
+    pub _padding: [u32; 2],
+}
+
+impl Settings {
+    pub fn new(options: &GradientOptions, partial_count: u32) -> Self {
+        let clip = options.clip_grad_norm.as_ref();
+        let scale = options.loss_scale.clone().unwrap_or_default();
+        Settings {
+            partial_count,
+            infinity_norm: u32::from(clip.is_some_and(|c| c.norm_type.is_infinite())),
+            clip_norm: u32::from(clip.is_some()),
+            max_norm: clip.map_or(0.0, |c| c.max_norm as f32),
+            skip_nonfinite: u32::from(options.skips()),
+            error_if_nonfinite: u32::from(clip.is_some_and(|c| c.error_if_nonfinite)),
+            dynamic_scale: u32::from(options.loss_scale.is_some()),
+            growth_interval: scale.growth_interval,
+            growth_factor: scale.growth_factor as f32,
+            backoff_factor: scale.backoff_factor as f32,
+            _padding: [0; 2],
+        }
+    }
+}
+
+/// WGSL of the gradient-conditioning kernels (with the shared definitions).
+pub(crate) fn gradients_wgsl() -> String {
+    format!("{}\n{}", crate::rules::COMMON_WGSL, include_str!("../shaders/gradients.wgsl"))
+}
+
+/// The GPU side: the norm pass over every gradient window and the finalize dispatch.
+pub(crate) struct GradientPass {
+    norm: wgpu::ComputePipeline,
+    finalize: wgpu::ComputePipeline,
+    shared: wgpu::BindGroup,
+    /// Per gradient window: its bind group and workgroup grid.
+    windows: Vec<(wgpu::BindGroup, (u32, u32))>,
+}
+
+impl GradientPass {
+    /// `windows`: each gradient window's buffer range and grid, in dispatch order.
+    pub async fn new(
+        gpu: &crate::GpuContext,
+        options: &GradientOptions,
+        control: &wgpu::Buffer,
+        windows: &[(wgpu::Buffer, u64, u64, (u32, u32))],
+    ) -> Result<Self> {
+        use wgpu::util::DeviceExt;
+        let device = gpu.device();
+        let partial_count: u32 = windows.iter().map(|w| w.3 .0 * w.3 .1).sum();
+        let storage = |binding, read_only, min: u64| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: std::num::NonZeroU64::new(min),
+            },
+            count: None,
+        };
+        let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: std::num::NonZeroU64::new(min),
+            },
+            count: None,
+        };
+        gpu.checked("building the gradient-conditioning passes", || {
+            let shared_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wgpu-optim gradients"),
+                entries: &[uniform(0, std::mem::size_of::<Settings>() as u64), storage(1, false, 8), storage(2, false, CONTROL_SIZE)],
+            });
+            let window_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wgpu-optim gradient window"),
+                entries: &[uniform(0, 16), storage(1, true, 16)],
+            });
+            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("wgpu-optim gradients"),
+                bind_group_layouts: &[Some(&shared_layout), Some(&window_layout)],
+                immediate_size: 0,
+            });
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("gradients"),
+                source: wgpu::ShaderSource::Wgsl(gradients_wgsl().into()),
+            });
+            let pipeline = |entry: &str| {
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            };
+            let settings = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu-optim gradient settings"),
+                contents: bytemuck::bytes_of(&Settings::new(options, partial_count)),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let partials = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim gradient partials"),
+                size: u64::from(partial_count.max(1)) * 8,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            let shared = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-optim gradients"),
+                layout: &shared_layout,
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: settings.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: partials.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: control.as_entire_binding() },
+                ],
+            });
+            let mut first_partial = 0u32;
+            let windows = windows
+                .iter()
+                .map(|(grad, offset, size, grid)| {
+                    let window = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("wgpu-optim gradient window"),
+                        contents: bytemuck::bytes_of(&[first_partial, 0, 0, 0]),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                    first_partial += grid.0 * grid.1;
+                    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("wgpu-optim gradient window"),
+                        layout: &window_layout,
+                        entries: &[
+                            wgpu::BindGroupEntry { binding: 0, resource: window.as_entire_binding() },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: grad,
+                                    offset: *offset,
+                                    size: std::num::NonZeroU64::new(*size),
+                                }),
+                            },
+                        ],
+                    });
+                    (bind_group, *grid)
+                })
+                .collect();
+            GradientPass { norm: pipeline("norm_partials"), finalize: pipeline("finalize"), shared, windows }
+        })
+        .await
+    }
+
+    /// Records the norm pass and the finalize dispatch; returns the dispatches recorded.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+        pass.set_pipeline(&self.norm);
+        pass.set_bind_group(0, &self.shared, &[]);
+        for (bind_group, grid) in &self.windows {
+            pass.set_bind_group(1, bind_group, &[]);
+            pass.dispatch_workgroups(grid.0, grid.1, 1);
+        }
+        pass.set_pipeline(&self.finalize);
+        pass.dispatch_workgroups(1, 1, 1);
+        self.windows.len() + 1
+    }
+}
