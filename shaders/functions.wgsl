@@ -14,7 +14,7 @@
 
 override function_id: u32 = 0u;
 
-const GRAD_WORKGROUP_SIZE: u32 = 64u;
+const GRAD_WORKGROUP_SIZE: u32 = 256u;
 const TWO_PI: f32 = 6.283185307179586;
 
 // Positions: the optimizer's parameter tensor, (x, y) pairs. Gradients: its gradient tensor.

@@ -741,6 +741,17 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Sets a group's `momentum` or `betas[0]`, the hyper-parameter torch's `CyclicLR` and
+    /// `OneCycleLR` cycle (see [`UpdateRule::cycled_momentum`]); like lr, it travels in each
+    /// step's scalars, so it takes effect at the next step recorded.
+    pub fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
+        let mut rule = self.groups[group].rule.clone();
+        rule.set_cycled_momentum(value)?;
+        rule.validate()?;
+        self.groups[group].rule = rule;
+        Ok(())
+    }
+
     /// A group's state that is a function of the applied step count (NAdam's `mu_product`),
     /// given that count (see [`Optimizer::counters`]).
     pub fn scalar_state(&self, group: usize, applied_steps: u64) -> Vec<(&'static str, f32)> {

@@ -16,12 +16,15 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
+use crate::checkpoint::Checkpoint;
 use crate::context::{BackendChoice, GpuContext};
 use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
-use crate::optimizer::Optimizer;
+use crate::gradients::{ClipGradNorm, GradientOptions, LossScale};
+use crate::optimizer::{Optimizer, OptimizerOptions};
 use crate::params::{ParamGroup, Parameters, TensorId};
 use crate::rules;
+use crate::schedule::{self, LearningRates};
 
 /// The contents of `run.json`.
 #[derive(Clone, Debug, Deserialize)]
@@ -32,11 +35,39 @@ pub struct RunConfig {
     pub hyperparameters: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub param_groups: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// `{"name": "<torch scheduler>", ...arguments}`, stepped after every optimizer step.
+    #[serde(default)]
+    pub scheduler: Option<serde_json::Value>,
+    /// `{"max_norm": ..., "norm_type": 2 | "inf", "error_if_nonfinite": false}`, applied to
+    /// all gradients together before each step.
+    #[serde(default)]
+    pub clip_grad_norm: Option<ClipGradNorm>,
+    /// `clip_grad_value_` before each step (before norm clipping).
+    #[serde(default)]
+    pub clip_grad_value: Option<f64>,
+    /// Skip steps whose gradients are not all finite.
+    #[serde(default)]
+    pub skip_nonfinite: bool,
+    /// Dynamic loss scaling: the recorded gradients are scaled.
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 impl RunConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Config(format!("run.json: {e}")))
+        let config: RunConfig = serde_json::from_str(text).map_err(|e| Error::Config(format!("run.json: {e}")))?;
+        config.gradient_options().validate()?;
+        Ok(config)
+    }
+
+    /// The gradient conditioning the config asks for.
+    pub fn gradient_options(&self) -> GradientOptions {
+        GradientOptions {
+            clip_grad_norm: self.clip_grad_norm.clone(),
+            clip_grad_value: self.clip_grad_value,
+            skip_nonfinite: self.skip_nonfinite,
+            loss_scale: self.loss_scale.clone(),
+        }
     }
 
     /// Torch-style parameter groups over `params`: each group's overrides merged over the
@@ -212,86 +243,144 @@ impl ReplayCase {
 
     /// Runs every step on the CPU reference; returns parameters and state.
     pub fn run_cpu(&self) -> Result<Vec<NamedTensor>> {
-        let params = self.parameters()?;
-        let groups = self.config.groups(&params)?;
-        let mut opt = CpuOptimizer::new(params, groups)?;
-        for step in 0..self.steps {
-            for (k, p) in self.params.iter().enumerate() {
-                let id = opt.tensor_id(&p.name).expect("registered above");
-                let len = p.data.len();
-                opt.write_grad(id, &self.grads[k][step * len..(step + 1) * len])?;
-            }
-            opt.step();
-        }
-        self.collect(
-            |id| Ok(opt.param(id).to_vec()),
-            |id, key| Ok(opt.state(id, key)?.to_vec()),
-            |id| opt.state_keys(id),
-            |id| opt.scalar_state(opt.group_of(id)),
-            |name| opt.tensor_id(name),
-        )
+        self.run_cpu_with(&ReplayOptions::default())
     }
 
     /// Runs every step on a GPU; returns parameters and state.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn run_gpu(&self, gpu: &GpuContext) -> Result<Vec<NamedTensor>> {
+        self.run_gpu_with(gpu, &ReplayOptions::default())
+    }
+
+    /// [`ReplayCase::run_cpu`] with checkpointing options.
+    pub fn run_cpu_with(&self, options: &ReplayOptions) -> Result<Vec<NamedTensor>> {
         let params = self.parameters()?;
         let groups = self.config.groups(&params)?;
-        let mut opt = Optimizer::new(gpu, params, groups)?;
-        let ids: Vec<TensorId> = self.params.iter().map(|p| opt.tensor_id(&p.name).expect("registered above")).collect();
-        for step in 0..self.steps {
+        let mut opt = CpuOptimizer::with_gradients(params, groups, self.config.gradient_options())?;
+        self.run(&mut opt, options)
+    }
+
+    /// [`ReplayCase::run_gpu`] with checkpointing options.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_gpu_with(&self, gpu: &GpuContext, options: &ReplayOptions) -> Result<Vec<NamedTensor>> {
+        let params = self.parameters()?;
+        let groups = self.config.groups(&params)?;
+        let optimizer_options = OptimizerOptions { gradients: self.config.gradient_options(), ..Default::default() };
+        let mut opt = Optimizer::with_options(gpu, params, groups, optimizer_options)?;
+        self.run(&mut opt, options)
+    }
+
+    /// The replay loop, as a torch training loop runs it: gradients, (clipping,) optimizer
+    /// step, scheduler step; checkpoints every `save_every` steps; resumes from a checkpoint.
+    fn run(&self, opt: &mut dyn ReplayTarget, options: &ReplayOptions) -> Result<Vec<NamedTensor>> {
+        let mut scheduler = match &self.config.scheduler {
+            Some(config) => Some(schedule::from_config(config, opt.learning_rates())?),
+            None => None,
+        };
+        let mut first = 0;
+        if let Some(path) = &options.resume {
+            let checkpoint = Checkpoint::load(path)?;
+            if checkpoint.counters.steps_recorded > self.steps as u64 {
+                return Err(Error::Checkpoint(format!(
+                    "{} was saved after {} steps; the gradients hold only {}",
+                    path.display(),
+                    checkpoint.counters.steps_recorded,
+                    self.steps
+                )));
+            }
+            match (&mut scheduler, &checkpoint.schedule) {
+                (Some(scheduler), Some(state)) => scheduler.load_state(state)?,
+                (None, None) => {}
+                (Some(_), None) => return Err(Error::Checkpoint(format!("{} holds no scheduler state", path.display()))),
+                (None, Some(_)) => return Err(Error::Checkpoint(format!("{} holds scheduler state but run.json has no scheduler", path.display()))),
+            }
+            opt.restore(&checkpoint)?;
+            first = checkpoint.counters.steps_recorded as usize;
+        }
+        let ids: Vec<TensorId> = self.params.iter().map(|p| opt.id(&p.name)).collect();
+        for step in first..self.steps {
             for (k, p) in self.params.iter().enumerate() {
                 let len = p.data.len();
                 opt.write_grad(ids[k], &self.grads[k][step * len..(step + 1) * len])?;
             }
-            opt.step_and_submit();
-        }
-        let mut views = Vec::new();
-        for &id in &ids {
-            views.push(opt.param(id));
-            for key in opt.state_keys(id) {
-                views.push(opt.state(id, key)?);
+            opt.step()?;
+            if let Some(scheduler) = &mut scheduler {
+                scheduler.step(opt.learning_rates())?;
+            }
+            if let (Some(every), Some(dir)) = (options.save_every, &options.checkpoint_dir) {
+                if (step + 1) % every == 0 {
+                    let path = dir.join(format!("step-{:06}.safetensors", step + 1));
+                    opt.checkpoint(scheduler.as_ref().map(|s| s.state()))?.save(&path)?;
+                }
             }
         }
-        let applied = opt.counters()?.applied_steps;
-        let mut read = opt.read_many(&views)?.into_iter();
-        let mut values: BTreeMap<(TensorId, &str), Vec<f32>> = BTreeMap::new();
-        for &id in &ids {
-            values.insert((id, ""), read.next().expect("one read per view"));
-            for key in opt.state_keys(id) {
-                values.insert((id, key), read.next().expect("one read per view"));
-            }
-        }
-        self.collect(
-            |id| Ok(values[&(id, "")].clone()),
-            |id, key| Ok(values[&(id, key)].clone()),
-            |id| opt.state_keys(id),
-            |id| opt.scalar_state(opt.group_of(id), applied),
-            |name| opt.tensor_id(name),
-        )
+        // The output holds torch's state keys without `step`.
+        let steps: std::collections::HashSet<String> = self.params.iter().map(|p| format!("{}.step", p.name)).collect();
+        Ok(opt.checkpoint(None)?.tensors.into_iter().filter(|t| !steps.contains(&t.name)).collect())
     }
+}
 
-    /// Gathers the output tensors in torch's naming from either backend.
-    fn collect(
-        &self,
-        param: impl Fn(TensorId) -> Result<Vec<f32>>,
-        state: impl Fn(TensorId, &str) -> Result<Vec<f32>>,
-        state_keys: impl Fn(TensorId) -> Vec<&'static str>,
-        scalar_state: impl Fn(TensorId) -> Vec<(&'static str, f32)>,
-        id_of: impl Fn(&str) -> Option<TensorId>,
-    ) -> Result<Vec<NamedTensor>> {
-        let mut out = Vec::new();
-        for p in &self.params {
-            let id = id_of(&p.name).expect("registered above");
-            out.push(NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: param(id)? });
-            for key in state_keys(id) {
-                out.push(NamedTensor { name: format!("{}.{key}", p.name), shape: p.shape.clone(), data: state(id, key)? });
-            }
-            for (key, value) in scalar_state(id) {
-                out.push(NamedTensor { name: format!("{}.{key}", p.name), shape: Vec::new(), data: vec![value] });
-            }
-        }
-        Ok(out)
+/// Checkpointing during a replay (`--save-every K --checkpoint-dir D`, `--resume FILE`).
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    pub save_every: Option<usize>,
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    pub resume: Option<std::path::PathBuf>,
+}
+
+/// What the replay loop needs of an optimizer, GPU or CPU.
+trait ReplayTarget {
+    fn learning_rates(&mut self) -> &mut dyn LearningRates;
+    fn id(&self, name: &str) -> TensorId;
+    fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()>;
+    fn step(&mut self) -> Result<()>;
+    fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint>;
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+}
+
+impl ReplayTarget for CpuOptimizer {
+    fn learning_rates(&mut self) -> &mut dyn LearningRates {
+        self
+    }
+    fn id(&self, name: &str) -> TensorId {
+        self.tensor_id(name).expect("registered from the same params")
+    }
+    fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
+        CpuOptimizer::write_grad(self, id, data)
+    }
+    fn step(&mut self) -> Result<()> {
+        CpuOptimizer::step(self);
+        Ok(())
+    }
+    fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {
+        self.counters()?;
+        Ok(CpuOptimizer::checkpoint(self, schedule))
+    }
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        CpuOptimizer::restore(self, checkpoint).map(drop)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ReplayTarget for Optimizer {
+    fn learning_rates(&mut self) -> &mut dyn LearningRates {
+        self
+    }
+    fn id(&self, name: &str) -> TensorId {
+        self.tensor_id(name).expect("registered from the same params")
+    }
+    fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
+        Optimizer::write_grad(self, id, data)
+    }
+    fn step(&mut self) -> Result<()> {
+        self.step_and_submit();
+        Ok(())
+    }
+    fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {
+        Optimizer::checkpoint(self, schedule)
+    }
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        Optimizer::restore(self, checkpoint).map(drop)
     }
 }
 

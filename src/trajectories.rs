@@ -38,7 +38,7 @@ use crate::schedule::{self, LearningRates};
 pub const FUNCTIONS_WGSL: &str = include_str!("../shaders/functions.wgsl");
 
 /// Invocations per workgroup of the gradient kernel (`GRAD_WORKGROUP_SIZE` in the WGSL).
-const GRAD_WORKGROUP_SIZE: u32 = 64;
+const GRAD_WORKGROUP_SIZE: u32 = 256;
 
 /// Most steps recorded into one submission (the optimizer's scalar ring has this many slots).
 pub const MAX_STEPS_PER_SUBMISSION: u32 = 1000;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wgpu_optim::compare::compare;
-use wgpu_optim::replay::{read_safetensors, write_safetensors, ReplayBackend, ReplayCase};
+use wgpu_optim::replay::{read_safetensors, write_safetensors, ReplayBackend, ReplayCase, ReplayOptions};
 use wgpu_optim::{BackendChoice, GpuContext};
 
 #[derive(Parser)]
@@ -41,6 +41,15 @@ enum Command {
         /// Relative tolerance for --expected.
         #[arg(long, default_value_t = 1e-6)]
         tolerance: f64,
+        /// Save a checkpoint every K steps (with --checkpoint-dir).
+        #[arg(long, value_name = "K", requires = "checkpoint_dir")]
+        save_every: Option<usize>,
+        /// Where --save-every writes step-NNNNNN.safetensors.
+        #[arg(long, value_name = "D", requires = "save_every")]
+        checkpoint_dir: Option<PathBuf>,
+        /// Continue from a checkpoint, replaying the steps after it.
+        #[arg(long, value_name = "FILE")]
+        resume: Option<PathBuf>,
     },
     /// Replay every golden case (recorded from torch.optim) and report the error per rule and backend.
     Parity {
@@ -132,22 +141,29 @@ fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { config, params, grads, out, backend, expected, tolerance } => {
+        Command::Replay { config, params, grads, out, backend, expected, tolerance, save_every, checkpoint_dir, resume } => {
             let backend = match backend {
                 Some(name) => name.parse()?,
                 None => ReplayBackend::Gpu(BackendChoice::from_env()?.unwrap_or(BackendChoice::Auto)),
             };
             let case = ReplayCase::load(&config, &params, &grads)?;
             let expected = expected.map(|path| read_safetensors(&path)).transpose()?;
+            if save_every == Some(0) {
+                return Err(wgpu_optim::Error::Config("--save-every must be at least 1".into()));
+            }
+            if let Some(dir) = &checkpoint_dir {
+                std::fs::create_dir_all(dir).map_err(|source| wgpu_optim::Error::Io { path: dir.display().to_string(), source })?;
+            }
+            let options = ReplayOptions { save_every, checkpoint_dir, resume };
             let output = match backend {
                 ReplayBackend::Cpu => {
                     println!("adapter: CPU reference");
-                    case.run_cpu()?
+                    case.run_cpu_with(&options)?
                 }
                 ReplayBackend::Gpu(choice) => {
                     let gpu = GpuContext::new(choice)?;
                     println!("adapter: {}", gpu.adapter());
-                    case.run_gpu(&gpu)?
+                    case.run_gpu_with(&gpu, &options)?
                 }
             };
             write_safetensors(&out, &output)?;

@@ -122,6 +122,9 @@ impl SequentialLR {
     /// order, a composite or already stepped child, a child of another optimizer.
     pub fn new(opt: &mut dyn LearningRates, mut schedulers: Vec<Box<dyn Scheduler>>, milestones: Vec<u64>) -> Result<Self> {
         const NAME: &str = "SequentialLR";
+        if schedulers.is_empty() {
+            return Err(Error::Config(format!("{NAME} expects at least one scheduler, but got none")));
+        }
         if milestones.len() + 1 != schedulers.len() {
             return Err(Error::Config(format!(
                 "{NAME} expects one more scheduler than milestones, but got {} schedulers and {} milestones",
@@ -360,13 +363,21 @@ impl std::fmt::Debug for ChainedScheduler {
 
 /// The children of a composite configuration, built in list order.
 fn build_children(composite: &str, configs: Vec<Value>, opt: &mut dyn LearningRates) -> Result<Vec<Box<dyn Scheduler>>> {
+    let build = |config: &Value, opt: &mut dyn LearningRates| {
+        let (name, args) = split_config(config)?;
+        single_from_config(&name, args, opt)
+    };
     configs
         .iter()
         .enumerate()
         .map(|(index, config)| {
-            let (name, args) = split_config(config)
-                .map_err(|e| Error::Config(format!("{composite} schedulers[{index}]: {e}")))?;
-            single_from_config(&name, args, opt).map_err(|e| Error::Config(format!("{composite} schedulers[{index}]: {e}")))
+            build(config, opt).map_err(|error| {
+                let message = match error {
+                    Error::Config(message) => message,
+                    other => other.to_string(),
+                };
+                Error::Config(format!("{composite} schedulers[{index}]: {message}"))
+            })
         })
         .collect()
 }

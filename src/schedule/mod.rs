@@ -162,14 +162,8 @@ impl LearningRates for Optimizer {
         self.rule(group).cycled_momentum()
     }
 
-    /// Always an error: the GPU optimizer offers no way to change a rule's momentum or betas
-    /// after construction.
-    fn set_cycled_momentum(&mut self, _group: usize, _value: f64) -> Result<()> {
-        Err(Error::Config(
-            "the GPU Optimizer cannot change momentum or betas once built, so CyclicLR and OneCycleLR \
-             cannot cycle them on it; pass cycle_momentum = false"
-                .into(),
-        ))
+    fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
+        Optimizer::set_cycled_momentum(self, group, value)
     }
 }
 

@@ -519,6 +519,7 @@ def build_specs():
             "problem": "long",
             "explicit_single_group": oi % 2 == 0,
         })
+    specs.extend(training_specs())
     names = [s["name"] for s in specs]
     assert len(names) == len(set(names)), "duplicate case names"
     for s in specs:
@@ -526,16 +527,72 @@ def build_specs():
     return sorted(specs, key=lambda s: s["name"])
 
 
+def training_specs():
+    """Cases of a torch training loop: clip_grad_norm_ before, scheduler.step() after each
+    optimizer.step(). run.json carries "scheduler" and "clip_grad_norm" as the replay
+    command reads them."""
+    warmup_cosine = {"name": "SequentialLR", "milestones": [20], "schedulers": [
+        {"name": "LinearLR", "start_factor": 0.1, "total_iters": 20},
+        {"name": "CosineAnnealingLR", "T_max": 130}]}
+    cases = [
+        ("adamw-warmup-cosine-clip2", "AdamW", {"lr": 0.01}, "groups", warmup_cosine,
+         {"max_norm": 1.0, "norm_type": 2.0}),
+        ("sgd-step-clipinf", "SGD", {"lr": 0.05, "momentum": 0.9}, "zeros",
+         {"name": "StepLR", "step_size": 30, "gamma": 0.5}, {"max_norm": 0.5, "norm_type": "inf"}),
+        ("adam-onecycle-clip2", "Adam", {"lr": 0.01}, "awkward",
+         {"name": "OneCycleLR", "max_lr": 0.05, "total_steps": 100}, {"max_norm": 5.0, "norm_type": 2.0}),
+        ("rmsprop-exponential", "RMSprop", {"lr": 0.01, "momentum": 0.9}, "magnitudes",
+         {"name": "ExponentialLR", "gamma": 0.98}, None),
+        ("nadam-cyclic-clip2", "NAdam", {"lr": 0.01}, "sparse_rows",
+         {"name": "CyclicLR", "base_lr": 0.001, "max_lr": 0.01, "step_size_up": 10, "cycle_momentum": False},
+         {"max_norm": 2.0, "norm_type": 2.0}),
+        ("adagrad-chained-clip2", "Adagrad", {"lr": 0.05}, "groups",
+         {"name": "ChainedScheduler", "schedulers": [
+             {"name": "ConstantLR", "factor": 0.5, "total_iters": 10},
+             {"name": "ExponentialLR", "gamma": 0.99}]},
+         {"max_norm": 3.0, "norm_type": 2.0}),
+        ("adadelta-polynomial-clipinf", "Adadelta", {"lr": 1.0}, "awkward",
+         {"name": "PolynomialLR", "total_iters": 80, "power": 2.0}, {"max_norm": 0.2, "norm_type": "inf"}),
+        ("sgd-nesterov-warm-restarts", "SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, "groups",
+         {"name": "CosineAnnealingWarmRestarts", "T_0": 10, "T_mult": 2}, {"max_norm": 2.0, "norm_type": 2.0}),
+        ("adam-multistep-amsgrad", "Adam", {"lr": 0.01, "amsgrad": True}, "long",
+         {"name": "MultiStepLR", "milestones": [100, 400, 700], "gamma": 0.3}, {"max_norm": 1.0, "norm_type": 2.0}),
+    ]
+    return [{
+        "name": f"train-{name}",
+        "optimizer": opt,
+        "hyperparameters": hp,
+        "problem": problem,
+        "explicit_single_group": False,
+        "training": {"scheduler": scheduler, "clip_grad_norm": clip},
+    } for name, opt, hp, problem, scheduler, clip in cases]
+
+
 # --------------------------------------------------------------------------
 # Running torch
 # --------------------------------------------------------------------------
+
+
+def make_scheduler(cfg, opt):
+    """A torch scheduler from the replay config form {"name": ..., **arguments}."""
+    cfg = dict(cfg)
+    cls = getattr(torch.optim.lr_scheduler, cfg.pop("name"))
+    if cls is torch.optim.lr_scheduler.SequentialLR:
+        return cls(opt, [make_scheduler(c, opt) for c in cfg.pop("schedulers")], **cfg)
+    if cls is torch.optim.lr_scheduler.ChainedScheduler:
+        return cls([make_scheduler(c, opt) for c in cfg.pop("schedulers")], optimizer=opt)
+    return cls(opt, **cfg)
+
+
+def norm_type(v):
+    return float("inf") if v == "inf" else float(v)
 
 
 def torch_kwargs(d):
     return {k: (tuple(v) if k == "betas" else v) for k, v in d.items()}
 
 
-def run_torch(optimizer, hp, param_groups, init, steps, grad_at):
+def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None):
     """Run torch.optim. param_groups: list of {"params": [names], **overrides}.
     grad_at(step, {name: current param tensor}) -> {name: float32 tensor}.
     Returns (final params, final state) as {name: tensor}."""
@@ -545,12 +602,21 @@ def run_torch(optimizer, hp, param_groups, init, steps, grad_at):
         ov = torch_kwargs({k: v for k, v in g.items() if k != "params"})
         groups.append({"params": [params[n] for n in g["params"]], **ov})
     opt = getattr(torch.optim, optimizer)(groups, **torch_kwargs(hp))
+    training = training or {}
+    scheduler = make_scheduler(training["scheduler"], opt) if training.get("scheduler") else None
+    clip = training.get("clip_grad_norm")
     with torch.no_grad():
         for t in range(steps):
             grads = grad_at(t, params)
             for n, p in params.items():
                 p.grad = grads[n].clone()
+            if clip:
+                # In name order: the total norm's rounding depends on the order of the tensors.
+                ordered_params = [params[n] for n in sorted(params)]
+                torch.nn.utils.clip_grad_norm_(ordered_params, clip["max_norm"], norm_type(clip["norm_type"]))
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
     final = {n: p.detach().clone() for n, p in params.items()}
     state = {}
     for n, p in params.items():
@@ -599,7 +665,7 @@ def run_case(spec, out_dir):
             out[n] = torch.from_numpy(np.array(g[n], dtype=np.float32))
         return out
 
-    final, state = run_torch(opt, hp, param_groups, prob.init, steps, grad_at)
+    final, state = run_torch(opt, hp, param_groups, prob.init, steps, grad_at, spec.get("training"))
 
     for k, v in {**final, **state}.items():
         if not torch.isfinite(v).all():
@@ -612,6 +678,9 @@ def run_case(spec, out_dir):
     run = {"optimizer": opt, "hyperparameters": hp}
     if write_groups:
         run["param_groups"] = param_groups
+    for key, value in (spec.get("training") or {}).items():
+        if value is not None:
+            run[key] = value
     (case_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     save_file({n: torch.from_numpy(prob.init[n].copy()) for n in prob.names},
               str(case_dir / "params.safetensors"))
@@ -626,6 +695,7 @@ def manifest_entry(spec, prob):
         "name": spec["name"],
         "optimizer": spec["optimizer"],
         "flags": spec["hyperparameters"],
+        **{k: v for k, v in (spec.get("training") or {}).items() if v is not None},
         "problem": spec["problem"],
         "steps": prob.steps,
         "elements": prob.elements,
@@ -654,6 +724,7 @@ def check_case(case_dir):
         run["optimizer"], run["hyperparameters"], groups,
         {n: params[n].numpy() for n in names}, steps,
         lambda t, _p: {n: grads[n][t] for n in names},
+        {k: run[k] for k in ("scheduler", "clip_grad_norm") if k in run},
     )
     got = {**final, **state}
     assert set(got) == set(expected), (sorted(got), sorted(expected))

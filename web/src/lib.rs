@@ -7,7 +7,7 @@
 //! Specs and reports cross the boundary as JSON text (the same JSON as
 //! `wgpu-optim trajectories --config/--out`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use wasm_bindgen::prelude::*;
 use wgpu_optim::rules::{self, OPTIMIZER_NAMES};
@@ -16,6 +16,29 @@ use wgpu_optim::GpuContext;
 
 thread_local! {
     static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+    /// Set while a run is in flight: wgpu's error scopes (which the library uses to turn GPU
+    /// errors into `Error`s) must be popped in the order they were pushed, so two runs must
+    /// not interleave on one device. `www/app.js` queues its runs; this turns a second
+    /// concurrent call from elsewhere into an error instead of a panic inside wgpu.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Holds [`BUSY`] for one run.
+struct Exclusive;
+
+impl Exclusive {
+    fn take() -> Result<Self, JsError> {
+        if BUSY.with(|b| b.replace(true)) {
+            return Err(JsError::new("another run is in progress on this device; await it first"));
+        }
+        Ok(Exclusive)
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(false));
+    }
 }
 
 fn js_error(error: impl std::fmt::Display) -> JsError {
@@ -50,16 +73,17 @@ pub fn start() {
 }
 
 /// Opens the browser's WebGPU adapter, or, when `use_gpu` is false or the browser has none,
-/// selects the CPU reference. Returns JSON: `{"backend": "browserwebgpu" | "cpu", "adapter":
-/// ..., "fallback_reason": ...}`.
+/// selects the CPU reference. `adapter_label` names the adapter in reports when the browser's
+/// `GPUAdapterInfo.description` is empty (wgpu reports only that), e.g. "google swiftshader".
+/// Returns JSON: `{"backend": "browserwebgpu" | "cpu", "adapter": ..., "fallback_reason": ...}`.
 #[wasm_bindgen]
-pub async fn init(use_gpu: bool) -> Result<String, JsError> {
+pub async fn init(use_gpu: bool, adapter_label: &str) -> Result<String, JsError> {
     let mut reason = None;
     let device = if !use_gpu {
         reason = Some("WebGPU was turned off for this page (?cpu)".to_string());
         Device::Cpu
     } else {
-        match open_webgpu().await {
+        match open_webgpu(adapter_label).await {
             Ok(gpu) => Device::Gpu(gpu),
             Err(why) => {
                 reason = Some(why);
@@ -76,7 +100,7 @@ pub async fn init(use_gpu: bool) -> Result<String, JsError> {
     Ok(info.to_string())
 }
 
-async fn open_webgpu() -> Result<GpuContext, String> {
+async fn open_webgpu(adapter_label: &str) -> Result<GpuContext, String> {
     let has_gpu = js_sys::Reflect::get(&js_sys::global(), &"navigator".into())
         .ok()
         .filter(|n| !n.is_undefined())
@@ -96,7 +120,24 @@ async fn open_webgpu() -> Result<GpuContext, String> {
         .request_adapter(&options)
         .await
         .map_err(|e| format!("the browser offers no WebGPU adapter ({e})"))?;
-    GpuContext::from_adapter(adapter).await.map_err(|e| e.to_string())
+    let mut info = adapter.get_info();
+    if info.name.is_empty() {
+        info.name = adapter_label.to_string();
+    }
+    // GpuContext::from_adapter's device request, with the adapter info completed.
+    let descriptor = wgpu::DeviceDescriptor {
+        label: Some("wgpu-optim"),
+        required_features: wgpu::Features::empty(),
+        required_limits: adapter.limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    };
+    let (device, queue) = adapter
+        .request_device(&descriptor)
+        .await
+        .map_err(|e| format!("could not open the WebGPU device: {e}"))?;
+    Ok(GpuContext::from_device(device, queue, &info))
 }
 
 /// The test functions as JSON: name, title, formula, domain, default start, minima, log scale.
@@ -175,6 +216,7 @@ pub fn contour_levels(function: &str, width: u32, height: u32) -> Result<Vec<f32
 pub async fn run_trajectories(spec_json: &str) -> Result<String, JsError> {
     let spec = TrajectorySpec::from_json(spec_json).map_err(js_error)?;
     let device = device()?;
+    let _exclusive = Exclusive::take()?;
     let report = trajectories::run_spec(&device, &spec, &now).await.map_err(js_error)?;
     serde_json::to_string(&report).map_err(js_error)
 }
@@ -184,6 +226,7 @@ pub async fn run_trajectories(spec_json: &str) -> Result<String, JsError> {
 pub async fn run_basin(spec_json: &str) -> Result<String, JsError> {
     let spec: BasinSpec = serde_json::from_str(spec_json).map_err(|e| js_error(format!("basin spec: {e}")))?;
     let device = device()?;
+    let _exclusive = Exclusive::take()?;
     let report = trajectories::run_basin(&device, &spec, &now).await.map_err(js_error)?;
     serde_json::to_string(&report).map_err(js_error)
 }

@@ -115,7 +115,13 @@ const CASES = [
   { function: 'rastrigin', runs: [{ optimizer: 'SGD', hyperparameters: { lr: 0.002 } }] },
   { function: 'saddle', runs: [{ optimizer: 'Adam', hyperparameters: { lr: 0.01 } }] },
   { function: 'ill_conditioned', runs: [{ optimizer: 'SGD', hyperparameters: { lr: 0.015, momentum: 0.5 } }] },
-  { function: 'booth', runs: [{ optimizer: 'RMSprop', hyperparameters: { lr: 0.05 } }] },
+  { function: 'booth', runs: [
+    { optimizer: 'RMSprop', hyperparameters: { lr: 0.05 } },
+    { optimizer: 'Adam', hyperparameters: { lr: 0.5 }, schedule: { name: 'SequentialLR', milestones: [30], schedulers: [
+      { name: 'LinearLR', start_factor: 0.1, total_iters: 30 }, { name: 'CosineAnnealingLR', T_max: 270 }] } },
+    { optimizer: 'SGD', hyperparameters: { lr: 0.02 }, schedule: { name: 'StepLR', step_size: 100, gamma: 0.5 } },
+    { optimizer: 'NAdam', hyperparameters: { lr: 0.5 }, schedule: { name: 'ExponentialLR', gamma: 0.99 } },
+    { optimizer: 'Adagrad', hyperparameters: { lr: 2 }, schedule: { name: 'InverseTimeLR', decay_rate: 0.05 } }] },
 ];
 
 before(async () => {
@@ -229,10 +235,21 @@ test('controls change the result, and the URL carries the settings', async () =>
   const start = clicked.starts[0];
   assert.ok(Math.abs(start[0] - 2.5) < 0.05 && Math.abs(start[1] - 2.5) < 0.05, `start ${start}`);
   assert.notDeepEqual(clicked.runs[1].paths, before.report.runs[1].paths);
+  // A learning-rate schedule (run 1: cosine annealing, run by the library's schedule module).
+  n = await page.evaluate(() => window.demo.computations);
+  await page.locator('#runs .run').nth(0).locator('select[data-schedule]').selectOption('cosine');
+  await page.waitForFunction((m) => window.demo.computations > m, n);
+  const scheduled = await page.evaluate(() => window.demo.lastReport.runs[0]);
+  assert.equal(scheduled.schedule.name, 'CosineAnnealingLR');
+  assert.ok(scheduled.lr[0] > scheduled.lr[250] && scheduled.lr[250] > scheduled.lr[499], 'the learning rate anneals');
+  assert.notDeepEqual(scheduled.paths, clicked.runs[0].paths);
+  const withSchedule = await page.evaluate(() => ({ spec: window.demo.lastSpec, report: window.demo.lastReport }));
+  assert.ok(pathDifference(withSchedule.report, native(withSchedule.spec)) <= TOLERANCE, 'the scheduled page run matches native');
   // Step and reset.
   await page.click('#play'); // pause
   await page.click('#reset');
   assert.equal(await page.textContent('#cursor'), `step 0 of ${clicked.steps}`);
+  assert.equal(await page.textContent('#play'), 'Play');
   await page.click('#step');
   await page.click('#step');
   assert.equal(await page.textContent('#cursor'), `step 2 of ${clicked.steps}`);
@@ -243,9 +260,10 @@ test('controls change the result, and the URL carries the settings', async () =>
   await copy.waitForFunction(() => window.demo && window.demo.ready);
   await copy.evaluate(() => window.demo.ready);
   const shared = await copy.evaluate(() => window.demo.lastReport);
-  assert.deepEqual(shared.starts, clicked.starts);
-  assert.deepEqual(shared.runs.map((r) => r.hyperparameters), clicked.runs.map((r) => r.hyperparameters));
-  assert.deepEqual(shared.runs.map((r) => r.paths), clicked.runs.map((r) => r.paths));
+  const latest = withSchedule.report;
+  assert.deepEqual(shared.starts, latest.starts);
+  assert.deepEqual(shared.runs.map((r) => [r.hyperparameters, r.schedule ?? null]), latest.runs.map((r) => [r.hyperparameters, r.schedule ?? null]));
+  assert.deepEqual(shared.runs.map((r) => r.paths), latest.runs.map((r) => r.paths));
   await copy.close();
   // An invalid value is reported, not run.
   n = await page.evaluate(() => window.demo.computations);
@@ -253,6 +271,11 @@ test('controls change the result, and the URL carries the settings', async () =>
   await lr.dispatchEvent('change');
   await page.waitForFunction(() => document.querySelector('#runs .run:nth-child(2) .error'));
   assert.match(await page.textContent('#runs .run:nth-child(2) .error'), /lr/);
+  n = await page.evaluate(() => window.demo.computations);
+  await lr.fill('0.05');
+  await lr.dispatchEvent('change');
+  await page.waitForFunction((m) => window.demo.computations > m, n);
+  assert.equal(await page.locator('#runs .run:nth-child(2) .error').count(), 0);
 });
 
 test('basin map: 10,000 starts x 1,000 steps of Adam on Rosenbrock', async () => {
@@ -286,8 +309,10 @@ test('basin map: 10,000 starts x 1,000 steps of Adam on Rosenbrock', async () =>
   await page.dispatchEvent('#basin-resolution', 'change');
   await page.fill('#basin-steps', '300');
   await page.dispatchEvent('#basin-steps', 'change');
+  await page.selectOption('#basin-run', '1');
   await page.click('#basin-go');
-  await page.waitForFunction(() => /ms on the GPU/.test(document.getElementById('basin-info').textContent), null, { timeout: 60_000 });
+  await page.waitForFunction(() => /ms on the|error|choose/.test(document.getElementById('basin-info').textContent), null, { timeout: 60_000 });
+  assert.match(await page.textContent('#basin-info'), /ms on the GPU/);
   const colours = await page.evaluate(() => {
     const c = document.getElementById('basin');
     const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

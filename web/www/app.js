@@ -77,8 +77,15 @@ function runSpec(run, steps) {
 
 // ---- computing (all in wasm) ----
 
-demo.runTrajectories = async (spec) => JSON.parse(await wasm.run_trajectories(JSON.stringify(spec)));
-demo.runBasin = async (spec) => JSON.parse(await wasm.run_basin(JSON.stringify(spec)));
+// One run at a time on the device (the library's GPU error scopes must not interleave).
+let queue = Promise.resolve();
+function exclusive(task) {
+  const result = queue.then(task, task);
+  queue = result.catch(() => {});
+  return result;
+}
+demo.runTrajectories = (spec) => exclusive(async () => JSON.parse(await wasm.run_trajectories(JSON.stringify(spec))));
+demo.runBasin = (spec) => exclusive(async () => JSON.parse(await wasm.run_basin(JSON.stringify(spec))));
 
 async function compute() {
   const serial = ++computeSerial;
@@ -550,7 +557,7 @@ function wire() {
 /// What the browser says about its WebGPU adapter (GPUAdapterInfo).
 async function webgpuAdapterInfo() {
   if (!navigator.gpu) return null;
-  const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
   if (!adapter) return null;
   const info = adapter.info ?? {};
   return {
@@ -564,8 +571,10 @@ async function main() {
   FUNCTIONS = JSON.parse(wasm.functions());
   OPTIMIZERS = Object.fromEntries(JSON.parse(wasm.optimizers()).map((o) => [o.name, o.defaults]));
   const wantGpu = !new URLSearchParams(location.search).has('cpu');
-  demo.info = JSON.parse(await wasm.init(wantGpu));
-  demo.gpuInfo = demo.info.backend === 'cpu' ? null : await webgpuAdapterInfo();
+  demo.gpuInfo = wantGpu ? await webgpuAdapterInfo() : null;
+  const label = demo.gpuInfo ? [demo.gpuInfo.vendor, demo.gpuInfo.architecture, demo.gpuInfo.device].filter(Boolean).join(' ') : '';
+  demo.info = JSON.parse(await wasm.init(wantGpu, label || 'WebGPU adapter'));
+  if (demo.info.backend === 'cpu') demo.gpuInfo = null;
   if (demo.info.backend === 'cpu') {
     showStatus(`No WebGPU here: ${demo.info.fallback_reason}. Falling back to the library's CPU reference compiled to wasm: ` +
       'these runs are NOT on the GPU.', 'cpu');
