@@ -134,6 +134,18 @@ pub(crate) struct Target<'a> {
     pub gradients: &'a GradientOptions,
 }
 
+impl<'a> Target<'a> {
+    /// From each group's tensors and rule, and each tensor's name and shape.
+    pub fn new(
+        groups: impl Iterator<Item = (&'a [crate::params::TensorId], &'a dyn UpdateRule)>,
+        tensor: impl Fn(crate::params::TensorId) -> (&'a str, &'a [usize]),
+        gradients: &'a GradientOptions,
+    ) -> Self {
+        let groups: Vec<_> = groups.map(|(ids, rule)| (ids.iter().map(|&id| tensor(id)).collect(), rule)).collect();
+        Target { optimizer: groups.first().map_or("", |(_, rule): &(Vec<_>, &dyn UpdateRule)| rule.name()), groups, gradients }
+    }
+}
+
 /// A checkpoint checked against a target: the rules to install and, per tensor name, the
 /// values to write (parameter first, then state in the rule's slot order).
 pub(crate) struct Restore {

@@ -222,18 +222,11 @@ impl CpuOptimizer {
     /// Restores a checkpoint; returns the saved schedule state. One that does not fit
     /// changes nothing.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
-        let target = checkpoint::Target {
-            optimizer: self.groups[0].rule.name(),
-            groups: self
-                .groups
-                .iter()
-                .map(|g| {
-                    let tensors = g.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
-                    (tensors, g.rule.as_ref())
-                })
-                .collect(),
-            gradients: &self.gradients,
-        };
+        let target = checkpoint::Target::new(
+            self.groups.iter().map(|g| (g.tensors.as_slice(), g.rule.as_ref())),
+            |id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice()),
+            &self.gradients,
+        );
         let mut restore = checkpoint::check(checkpoint, &target)?;
         self.control = checkpoint.counters.control(&self.gradients)?;
         for (group, rule) in self.groups.iter_mut().zip(restore.rules) {

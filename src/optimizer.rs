@@ -583,18 +583,11 @@ impl Optimizer {
     /// gradient conditioning; hyper-parameters such as lr are taken from the checkpoint).
     /// Returns the saved schedule state. A checkpoint that does not fit changes nothing.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
-        let target = checkpoint::Target {
-            optimizer: self.groups[0].rule.name(),
-            groups: self
-                .groups
-                .iter()
-                .map(|g| {
-                    let tensors = g.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
-                    (tensors, g.rule.as_ref())
-                })
-                .collect(),
-            gradients: &self.gradients,
-        };
+        let target = checkpoint::Target::new(
+            self.groups.iter().map(|g| (g.tensors.as_slice(), g.rule.as_ref())),
+            |id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice()),
+            &self.gradients,
+        );
         let restore = checkpoint::check(checkpoint, &target)?;
         let control = checkpoint.counters.control(&self.gradients)?;
         for (group, rule) in self.groups.iter_mut().zip(restore.rules) {
