@@ -337,8 +337,8 @@ leaf_scheduler!(CyclicLR);
 
 impl CyclicLR {
     /// Errors: per-group lists of the wrong length, `step_size_up = 0`, negative or non-finite
-    /// bounds, and with `cycle_momentum` an optimizer without momentum or betas (or one that
-    /// cannot change them, like the GPU [`Optimizer`](crate::Optimizer)).
+    /// bounds, and with `cycle_momentum` an optimizer without momentum or betas, or whose
+    /// momentum cannot take the bounds (see [`LearningRates::set_cycled_momentum`]).
     pub fn new(opt: &mut dyn LearningRates, args: CyclicLRArgs) -> Result<Self> {
         let law = CyclicLaw::new(args, None, opt.group_count())?;
         Ok(CyclicLR(Leaf::new(opt, law)?))
@@ -664,6 +664,17 @@ impl Law for OneCycleLaw {
                 start_step = end_step;
             }
         }
+        if step_num == s.total_steps as i64 {
+            if let Some((group, lr)) = lrs.iter().enumerate().find(|(_, lr)| **lr < 0.0) {
+                return Err(Error::Config(format!(
+                    "{}: step {step_num} (= total_steps) extrapolates past the end of the schedule, to a negative \
+                     learning rate {lr} for parameter group {group}, which torch applies and these optimizers \
+                     refuse; a loop of total_steps optimizer steps never uses this step's rate, so step the \
+                     scheduler at most total_steps - 1 times",
+                    Self::NAME
+                )));
+            }
+        }
         Ok(Update { lrs, momenta: s.cycle_momentum.then_some(momenta) })
     }
 
@@ -682,7 +693,10 @@ impl Law for OneCycleLaw {
 /// steps, then falls to `initial_lr / final_div_factor` (with `three_phase`, first back to
 /// `initial_lr`); momentum (`momentum` or `betas[0]`) moves inversely between `max_momentum`
 /// and `base_momentum` when `cycle_momentum` (torch's default). Stepping more than
-/// `total_steps` times is an error, as in torch.
+/// `total_steps` times is an error, as in torch. torch allows the `total_steps`-th step, which
+/// extrapolates past the last phase; with linear annealing that gives a negative learning rate,
+/// which torch applies and this scheduler refuses (an error, nothing changed): a training loop
+/// of `total_steps` optimizer steps never uses that step's rate.
 ///
 /// Its state, like torch's, does not hold the per-group bounds (torch keeps them in the
 /// optimizer's `param_groups`): load it into a scheduler built with the same arguments.
@@ -709,8 +723,8 @@ impl OneCycleLR {
     /// Errors: neither `total_steps` nor `epochs` and `steps_per_epoch`, zero counts,
     /// `pct_start` outside [0, 1], non-positive division factors, per-group lists of the wrong
     /// length, a first step that falls in an empty phase, and with `cycle_momentum` an
-    /// optimizer without momentum or betas (or one that cannot change them, like the GPU
-    /// [`Optimizer`](crate::Optimizer)).
+    /// optimizer without momentum or betas, or whose momentum cannot take the bounds (see
+    /// [`LearningRates::set_cycled_momentum`]).
     pub fn new(opt: &mut dyn LearningRates, args: OneCycleLRArgs) -> Result<Self> {
         let law = OneCycleLaw::new(args, opt.group_count())?;
         Ok(OneCycleLR(Leaf::new(opt, law)?))

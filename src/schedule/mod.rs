@@ -66,7 +66,10 @@
 //!   them. One difference: an SGD or RMSprop built with momentum 0 cannot be cycled (its kernel
 //!   variant and state have no momentum buffer), where torch would switch momentum on; build it
 //!   with momentum > 0 or pass `cycle_momentum = false`.
-//! - `OneCycleLR` fails when stepped more than `total_steps` times, as torch does.
+//! - `OneCycleLR` fails when stepped more than `total_steps` times, as torch does. Its
+//!   `total_steps`-th step extrapolates past the schedule; with linear annealing that is a
+//!   negative learning rate, which torch applies and these optimizers refuse: that step is an
+//!   error here (a loop of `total_steps` optimizer steps never uses its rate).
 //! - `ReduceLROnPlateau` is fed a metric ([`ReduceLROnPlateau::step`]); it is not a
 //!   [`Scheduler`] because its step needs that metric (torch's composites reject it too).
 //!

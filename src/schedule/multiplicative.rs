@@ -187,7 +187,7 @@ impl Law for StepLaw {
 
     fn get_lr(&self, epochs: &Epochs, _is_initial: bool, lrs: &[f64]) -> Result<Update> {
         let epoch = epochs.epoch();
-        Ok(if epoch == 0 || epoch % self.step_size != 0 { unchanged(lrs) } else { scaled(lrs, self.gamma) })
+        Ok(if epoch == 0 || !epoch.is_multiple_of(self.step_size) { unchanged(lrs) } else { scaled(lrs, self.gamma) })
     }
 
     fn closed_form(&self, epochs: &Epochs) -> Option<Result<Vec<f64>>> {
