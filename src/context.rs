@@ -248,8 +248,11 @@ impl GpuContext {
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let value = create();
-        let memory_error = memory.pop().await;
-        let validation_error = validation.pop().await;
+        // Pop both scopes before awaiting: another task using the device (e.g. a second run
+        // on a web page) must not push or pop between them.
+        let memory_error = memory.pop();
+        let validation_error = validation.pop();
+        let (memory_error, validation_error) = (memory_error.await, validation_error.await);
         match memory_error.or(validation_error) {
             None => Ok(value),
             Some(error) => Err(Error::Gpu {

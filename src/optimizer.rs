@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 
-use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
+use crate::checkpoint::{self, Checkpoint};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::checkpoint::{CounterRecord, GroupRecord};
 use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, GradientPass, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
@@ -164,6 +166,8 @@ pub struct Optimizer {
     scalar_stride: u64,
     steps_in_flight: u64,
     steps_recorded: u64,
+    /// The scalars of one recorded step, reused (no allocation per step).
+    scalar_bytes: Vec<u8>,
     gradients: GradientOptions,
     control: wgpu::Buffer,
     conditioning: Option<GradientPass>,
@@ -410,6 +414,7 @@ impl Optimizer {
         };
 
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i))).collect();
+        let built_groups_len = built_groups.len() as u64;
         let mut optimizer = Optimizer {
             gpu: gpu.clone(),
             tensors,
@@ -420,6 +425,7 @@ impl Optimizer {
             scalar_stride,
             steps_in_flight,
             steps_recorded: 0,
+            scalar_bytes: vec![0; (scalar_stride * built_groups_len) as usize],
             gradients: options.gradients,
             control,
             conditioning,
@@ -449,7 +455,7 @@ impl Optimizer {
         // Without conditioning every recorded step is applied: t is known here. With it, the
         // GPU decides; this is the largest t the step can have (no further skips).
         let step = self.steps_recorded - u64::from(self.known.skipped);
-        let mut bytes = vec![0u8; (self.scalar_stride * self.groups.len() as u64) as usize];
+        let bytes = &mut self.scalar_bytes;
         for (g, group) in self.groups.iter_mut().enumerate() {
             let terms = group.rule.step_terms(step, &mut group.memo);
             if let Some(ring) = &group.terms_ring {
@@ -459,7 +465,7 @@ impl Optimizer {
             let at = g * self.scalar_stride as usize;
             bytes[at..at + SCALARS_SIZE as usize].copy_from_slice(bytemuck::bytes_of(&scalars));
         }
-        self.gpu.queue().write_buffer(&self.scalars, ring_base, &bytes);
+        self.gpu.queue().write_buffer(&self.scalars, ring_base, bytes);
 
         let mut dispatches = 0;
         if let Some(conditioning) = &self.conditioning {

@@ -17,10 +17,13 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::checkpoint::Checkpoint;
-use crate::context::{BackendChoice, GpuContext};
+use crate::context::BackendChoice;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::context::GpuContext;
 use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
 use crate::gradients::{ClipGradNorm, GradientOptions, LossScale};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::optimizer::{Optimizer, OptimizerOptions};
 use crate::params::{ParamGroup, Parameters, TensorId};
 use crate::rules;

@@ -914,7 +914,7 @@ impl GpuRunner {
                 encoder.copy_buffer_to_buffer(&param.buffer, param.offset, &self.history, at, row);
                 next_sample += 1;
             }
-            if step % self.steps_per_submission == 0 && step < self.steps {
+            if step.is_multiple_of(self.steps_per_submission) && step < self.steps {
                 self.gpu.queue().submit([std::mem::replace(&mut encoder, new_encoder()).finish()]);
             }
         }

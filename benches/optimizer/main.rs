@@ -9,6 +9,7 @@
 mod gpu;
 mod layouts;
 mod naive;
+mod report;
 mod variants;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use wgpu_optim::{BackendChoice, CpuOptimizer, Optimizer, OptimizerOptions, Updat
 use gpu::{measure, median, time_recording, Bench, Copy, Plan, Step, Timing, Workload};
 use layouts::{format_count, parse_count, Layout};
 use naive::NaiveAdamW;
+use report::{print_bandwidth, print_layouts, print_naive, print_tuning};
 use variants::{AdamBuffers, CopyKernel, Variant, VariantStep};
 
 /// Counts heap allocations, to see whether recording a step allocates.
@@ -214,6 +216,8 @@ struct RuleRow {
 
 #[derive(Clone, Serialize)]
 struct NaiveRow {
+    /// The table it was measured for: bandwidth, scaling or gpt2.
+    section: &'static str,
     layout: String,
     tensors: usize,
     elements: usize,
@@ -545,6 +549,7 @@ fn bandwidth_section(
             let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
             if let (Some(naive_m), Some(naive)) = (timings.next(), naive.as_ref()) {
                 naive_rows.push(naive_row(
+                    "bandwidth",
                     &layout,
                     naive.dispatches_per_step(),
                     None,
@@ -581,6 +586,7 @@ fn bandwidth_section(
 
 #[allow(clippy::too_many_arguments)]
 fn naive_row(
+    section: &'static str,
     layout: &Layout,
     dispatches: usize,
     record_s: Option<f64>,
@@ -592,6 +598,7 @@ fn naive_row(
 ) -> NaiveRow {
     let (naive_s, fused_s, _) = same_clock(&naive, fused);
     NaiveRow {
+        section,
         layout: layout.name.clone(),
         tensors: layout.tensors.len(),
         elements: layout.elements(),
@@ -680,6 +687,7 @@ fn layout_section(
         let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
         let naive_row = match (timings.next(), naive.as_ref()) {
             (Some(m), Some(naive)) => Some(naive_row(
+                if gpt2 { "gpt2" } else { "scaling" },
                 layout,
                 naive.dispatches_per_step(),
                 naive_record_s,
@@ -896,286 +904,4 @@ fn run_checks(bench: &Bench, verbose: bool) -> Result<Vec<CheckRow>, String> {
         ));
     }
     Ok(rows)
-}
-
-// ---- tables ----
-
-fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
-    println!("### {title}\n");
-    println!("| {} |", header.join(" | "));
-    let align: Vec<&str> = (0..header.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
-    println!("|{}|", align.join("|"));
-    for row in rows {
-        println!("| {} |", row.join(" | "));
-    }
-    println!();
-}
-
-fn ms(seconds: f64) -> String {
-    let ms = seconds * 1e3;
-    if ms >= 100.0 {
-        format!("{ms:.0}")
-    } else if ms >= 10.0 {
-        format!("{ms:.1}")
-    } else if ms >= 1.0 {
-        format!("{ms:.2}")
-    } else {
-        format!("{ms:.3}")
-    }
-}
-
-fn us(seconds: f64) -> String {
-    format!("{:.1}", seconds * 1e6)
-}
-
-fn pct(ratio: f64) -> String {
-    format!("{:.0} %", ratio * 100.0)
-}
-
-/// Seconds per unit by the table's clock: GPU timestamps where the device has them.
-fn best(m: &Measured) -> f64 {
-    m.gpu_s.unwrap_or(m.wall_s)
-}
-
-fn opt_ms(seconds: Option<f64>) -> String {
-    seconds.map_or("-".into(), ms)
-}
-
-fn opt_pct(ratio: Option<f64>) -> String {
-    ratio.map_or("-".into(), pct)
-}
-
-/// Column headers and cells, with the CPU-time columns only on a software adapter.
-struct Columns {
-    software: bool,
-    header: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Columns {
-    fn new(software: bool, header: &[(&'static str, bool)]) -> Self {
-        let header = header
-            .iter()
-            .filter(|(_, cpu_only)| software || !cpu_only)
-            .map(|(h, _)| *h)
-            .collect();
-        Columns {
-            software,
-            header,
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<(String, bool)>) {
-        let software = self.software;
-        self.rows.push(
-            cells
-                .into_iter()
-                .filter(|(_, cpu_only)| software || !cpu_only)
-                .map(|(c, _)| c)
-                .collect(),
-        );
-    }
-
-    fn print(&self, title: &str) {
-        table(title, &self.header, &self.rows);
-    }
-}
-
-fn print_bandwidth(rows: &[RuleRow], software: bool) {
-    let mut copies: Vec<(usize, u64, Vec<f64>)> = Vec::new();
-    for row in rows {
-        let samples = if row.copy.samples.gpu.is_empty() {
-            &row.copy.samples.wall
-        } else {
-            &row.copy.samples.gpu
-        };
-        match copies
-            .iter_mut()
-            .find(|(e, b, _)| *e == row.elements && *b == row.bytes_per_element)
-        {
-            Some((_, _, pooled)) => pooled.extend(samples),
-            None => copies.push((row.elements, row.bytes_per_element, samples.clone())),
-        }
-    }
-    let copy_rows: Vec<Vec<String>> = copies
-        .iter()
-        .map(|(elements, b, samples)| {
-            let bytes = *elements as u64 * b;
-            let s = median(samples);
-            vec![
-                format_count(*elements),
-                format!("{b}"),
-                format!("{:.0}", bytes as f64 / 1e6),
-                ms(s),
-                format!("{:.1}", bytes as f64 / s / 1e9),
-            ]
-        })
-        .collect();
-    table(
-        "Copy bandwidth: copy_buffer_to_buffer of the step's bytes (read + written), pooled over the rules' runs",
-        &["elements", "B/element", "MB moved", "ms", "GB/s"],
-        &copy_rows,
-    );
-    let mut columns = Columns::new(
-        software,
-        &[
-            ("rule", false),
-            ("elements", false),
-            ("B/element", false),
-            ("dispatches", false),
-            ("step ms", false),
-            ("GB/s", false),
-            ("copy GB/s", false),
-            ("of copy", false),
-            ("of copy (wall)", false),
-            ("step CPU ms", true),
-            ("of copy (CPU time)", true),
-            ("CPU ref ms", false),
-            ("CPU ref GB/s", false),
-            ("load", true),
-        ],
-    );
-    for r in rows {
-        let cpu_ref_gbps = r.cpu.as_ref().map(|c| {
-            format!(
-                "{:.1}",
-                (r.elements as u64 * r.bytes_per_element) as f64 / c.wall_s / 1e9
-            )
-        });
-        columns.row(vec![
-            (r.rule.clone(), false),
-            (format_count(r.elements), false),
-            (r.bytes_per_element.to_string(), false),
-            (r.dispatches.to_string(), false),
-            (ms(best(&r.step)), false),
-            (format!("{:.1}", r.ratio.step_gbps), false),
-            (format!("{:.1}", r.ratio.copy_gbps), false),
-            (pct(r.ratio.value), false),
-            (pct(r.ratio.wall), false),
-            (opt_ms(r.step.process_cpu_s), true),
-            (opt_pct(r.ratio.process_cpu), true),
-            (opt_ms(r.cpu.as_ref().map(|c| c.wall_s)), false),
-            (cpu_ref_gbps.unwrap_or_else(|| "-".into()), false),
-            (r.step.load_average.map_or("-".into(), |l| format!("{l:.1}")), true),
-        ]);
-    }
-    columns.print("Bandwidth ratio per rule (one tensor per arena size; ratio = step GB/s / copy GB/s of the same bytes, measured alongside)");
-}
-
-fn print_layouts(title: &str, rows: &[LayoutRow], software: bool) {
-    let mut columns = Columns::new(
-        software,
-        &[
-            ("layout", false),
-            ("arenas", false),
-            ("dispatches", false),
-            ("record µs", false),
-            ("step_in_pass µs", false),
-            ("allocs (record / step_in_pass)", false),
-            ("step ms", false),
-            ("of copy", false),
-            ("of copy (CPU time)", true),
-            ("naive dispatches", false),
-            ("naive record ms", false),
-            ("naive step ms", false),
-            ("CPU ref ms", false),
-            ("load", true),
-        ],
-    );
-    for r in rows {
-        columns.row(vec![
-            (r.layout.clone(), false),
-            (r.arenas.to_string(), false),
-            (r.dispatches.to_string(), false),
-            (us(r.record_s), false),
-            (us(r.step_in_pass_s), false),
-            (
-                format!("{} / {}", r.allocations_per_record, r.allocations_in_step_in_pass),
-                false,
-            ),
-            (ms(best(&r.step)), false),
-            (pct(r.ratio.value), false),
-            (opt_pct(r.ratio.process_cpu), true),
-            (r.naive.as_ref().map_or("-".into(), |n| n.dispatches.to_string()), false),
-            (opt_ms(r.naive.as_ref().and_then(|n| n.record_s)), false),
-            (opt_ms(r.naive.as_ref().map(|n| best(&n.step))), false),
-            (opt_ms(r.cpu.as_ref().map(|c| c.wall_s)), false),
-            (r.step.load_average.map_or("-".into(), |l| format!("{l:.1}")), true),
-        ]);
-    }
-    columns.print(title);
-}
-
-fn print_naive(rows: &[NaiveRow], software: bool) {
-    let mut columns = Columns::new(
-        software,
-        &[
-            ("layout", false),
-            ("dispatches", false),
-            ("step ms", false),
-            ("time vs fused", false),
-            ("of copy (at 28 B/element)", false),
-            ("of copy (CPU time)", true),
-        ],
-    );
-    for r in rows {
-        columns.row(vec![
-            (r.layout.clone(), false),
-            (r.dispatches.to_string(), false),
-            (ms(best(&r.step)), false),
-            (format!("{:.2}×", r.slowdown), false),
-            (pct(r.ratio_at_fused_bytes.value), false),
-            (opt_pct(r.ratio_at_fused_bytes.process_cpu), true),
-        ]);
-    }
-    columns.print(&format!(
-        "Composed-op AdamW baseline (one vec4 kernel per op per tensor, {} B/element of traffic with weight decay)",
-        naive::TRAFFIC_BYTES_PER_ELEMENT
-    ));
-}
-
-fn print_tuning(rows: &[TuningRow], sizes: &[usize], software: bool) {
-    let sizes: Vec<usize> = sizes.iter().map(|s| s.next_multiple_of(4)).collect();
-    let mut kernels: Vec<&str> = Vec::new();
-    for row in rows {
-        if !kernels.contains(&row.kernel.as_str()) {
-            kernels.push(&row.kernel);
-        }
-    }
-    let mut header = vec!["kernel".to_string()];
-    for &size in &sizes {
-        let n = format_count(size);
-        header.extend([format!("{n} ms"), format!("{n} of copy"), format!("{n} vs library")]);
-        if software {
-            header.extend([format!("{n} CPU ms"), format!("{n} of copy (CPU time)")]);
-        }
-    }
-    let body: Vec<Vec<String>> = kernels
-        .iter()
-        .map(|kernel| {
-            let mut cells = vec![kernel.to_string()];
-            for &size in &sizes {
-                let row = rows.iter().find(|r| r.kernel == *kernel && r.elements == size);
-                cells.extend([
-                    row.map_or("-".into(), |r| ms(best(&r.step))),
-                    row.map_or("-".into(), |r| pct(r.ratio.value)),
-                    row.map_or("-".into(), |r| format!("{:.2}×", r.speedup_vs_library)),
-                ]);
-                if software {
-                    cells.extend([
-                        opt_ms(row.and_then(|r| r.step.process_cpu_s)),
-                        opt_pct(row.and_then(|r| r.ratio.process_cpu)),
-                    ]);
-                }
-            }
-            cells
-        })
-        .collect();
-    let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    table(
-        "Tuning: AdamW kernel variants (vs library: > 1 is faster than the library's kernel)",
-        &header,
-        &body,
-    );
 }

@@ -302,11 +302,9 @@ impl AdamBuffers {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        bench.queue().write_buffer(
-            &scalars,
-            0,
-            bytemuck::bytes_of(&AdamScalars::new(&AdamW::default(), 1)),
-        );
+        bench
+            .queue()
+            .write_buffer(&scalars, 0, bytemuck::bytes_of(&AdamScalars::new(&AdamW::default(), 1)));
 
         let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
             binding,

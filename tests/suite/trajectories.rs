@@ -128,7 +128,7 @@ fn sampling_keeps_the_positions_of_the_sampled_steps() {
 fn runs_longer_than_one_submission_continue_exactly() {
     // 2,345 steps: three submissions of at most MAX_STEPS_PER_SUBMISSION steps, each step's
     // scalars in its own ring slot.
-    assert!(2345 > 2 * MAX_STEPS_PER_SUBMISSION);
+    const { assert!(2345 > 2 * MAX_STEPS_PER_SUBMISSION) };
     let function = TestFunction::Rosenbrock;
     let input = RunInput { rule: rule("NAdam", serde_json::json!({"lr": 0.01})), starts: starts(function), steps: 2345, sample_every: 100, lr: None };
     let cpu = CpuRunner::new(function, &input).unwrap().run().unwrap();
@@ -364,5 +364,42 @@ fn the_trajectories_command_writes_paths_and_a_plot() {
         assert!(!output.status.success(), "{args:?} should fail");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
         assert!(!bad_out.exists());
+    }
+}
+
+#[test]
+fn the_gradient_kernel_translates_for_every_backend_and_function() {
+    // As src/portability.rs does for the update rules, for each value of `function_id`.
+    let source = wgpu_optim::trajectories::FUNCTIONS_WGSL;
+    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
+    let info = validator.validate(&module).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+    let storage = module.global_variables.iter().filter(|(_, v)| matches!(v.space, naga::AddressSpace::Storage { .. })).count();
+    assert!(storage <= 8, "WebGPU's storage buffers per stage");
+    assert!(module.entry_points.iter().all(|e| e.workgroup_size.iter().product::<u32>() <= 256), "WebGPU's invocations per workgroup");
+    for (id, function) in TestFunction::ALL.iter().enumerate() {
+        let constants: naga::back::PipelineConstants = [("function_id".to_string(), id as f64)].into_iter().collect();
+        let entry = (naga::ShaderStage::Compute, "main");
+        let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some(entry), &constants).unwrap();
+        let spirv = naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None).unwrap();
+        assert!(!spirv.is_empty(), "{function}: SPIR-V");
+        let msl_pipeline = naga::back::msl::PipelineOptions { entry_point: Some((entry.0, entry.1.to_string())), ..Default::default() };
+        naga::back::msl::write_string(&module, &info, &naga::back::msl::Options::default(), &msl_pipeline).unwrap();
+        let hlsl_options = naga::back::hlsl::Options {
+            special_constants_binding: Some(naga::back::hlsl::BindTarget { space: 1, register: 0, ..Default::default() }),
+            ..Default::default()
+        };
+        let hlsl_pipeline = naga::back::hlsl::PipelineOptions { entry_point: Some((entry.0, entry.1.to_string())) };
+        let mut hlsl = String::new();
+        naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline).write(&module, &info, None).unwrap();
+        let glsl_options = naga::back::glsl::Options {
+            version: naga::back::glsl::Version::Embedded { version: 310, is_webgl: false },
+            ..Default::default()
+        };
+        let glsl_pipeline = naga::back::glsl::PipelineOptions { shader_stage: entry.0, entry_point: entry.1.to_string(), multiview: None };
+        let mut glsl = String::new();
+        naga::back::glsl::Writer::new(&mut glsl, &module, &info, &glsl_options, &glsl_pipeline, Default::default())
+            .and_then(|mut w| w.write())
+            .unwrap();
     }
 }

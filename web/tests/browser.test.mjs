@@ -134,7 +134,7 @@ before(async () => {
   context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), 'wgpu-optim-chromium-')), {
     executablePath: CHROMIUM,
     headless: true,
-    viewport: { width: 1300, height: 1000 },
+    viewport: { width: 1520, height: 1000 },
     args: [
       '--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
@@ -208,9 +208,7 @@ test('the page draws: the map, the paths and the loss chart are not blank', asyn
   assert.ok(stats.map.matching > 50, 'a path drawn in its colour');
   assert.ok(stats.loss.matching > 50, 'a loss curve drawn');
   const shot = await page.screenshot({ fullPage: true });
-  const file = process.env.SCREENSHOT ?? path.join(SCRATCH, 'screenshot.png');
-  fs.writeFileSync(file, shot);
-  console.log(`screenshot: ${file} (${shot.length} bytes)`);
+  fs.writeFileSync(path.join(SCRATCH, 'screenshot.png'), shot);
   assert.ok(shot.length > 30_000, 'a screenshot with content');
 });
 
@@ -321,9 +319,39 @@ test('basin map: 10,000 starts x 1,000 steps of Adam on Rosenbrock', async () =>
     return set.size;
   });
   assert.ok(colours > 20, `basin map drawn (${colours} colours)`);
+  // The page with everything drawn: paths, loss chart and basin map.
+  await page.click('#reset');
+  await page.click('#play');
+  await page.waitForFunction(() => /step (\d+) of \1$/.test(document.getElementById('cursor').textContent), null, { timeout: 60_000 });
+  const shot = await page.screenshot({ fullPage: true });
+  const file = process.env.SCREENSHOT ?? path.join(SCRATCH, 'page.png');
+  fs.writeFileSync(file, shot);
+  console.log(`screenshot: ${file} (${shot.length} bytes)`);
+  assert.ok(shot.length > 30_000);
 });
 
 test('without WebGPU the page says so and runs the CPU reference, labelled', async () => {
+  // A browser without WebGPU: Chromium without --enable-unsafe-webgpu has no adapter here.
+  const plain = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), 'wgpu-optim-chromium-')), {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  try {
+    const p = await plain.newPage();
+    await p.goto(`${baseUrl}/`);
+    await p.waitForFunction(() => window.demo && window.demo.ready);
+    await p.evaluate(() => window.demo.ready);
+    const seen = await p.evaluate(() => ({ info: window.demo.info, status: document.getElementById('status').textContent, report: window.demo.lastReport }));
+    console.log(`no WebGPU: ${seen.status}`);
+    assert.equal(seen.info.backend, 'cpu');
+    assert.match(seen.status, /No WebGPU here/);
+    assert.match(seen.status, /CPU reference/);
+    assert.equal(seen.report.backend, 'cpu');
+  } finally {
+    await plain.close();
+  }
+  // The same fallback on demand (?cpu), compared with WebGPU.
   const cpu = await openPage('?cpu');
   const { info, status, report } = await cpu.evaluate(() => ({
     info: window.demo.info, status: document.getElementById('status').textContent, report: window.demo.lastReport,

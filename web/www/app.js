@@ -338,7 +338,6 @@ function draw() {
     report.runs.forEach((run, i) => {
       const colour = COLOURS[i % COLOURS.length];
       for (const path of run.paths) {
-        ctx.strokeStyle = colour;
         ctx.beginPath();
         let last = null;
         for (let s = 0; s <= shown && s < path.length; s++) {
@@ -348,10 +347,18 @@ function draw() {
           if (last) ctx.lineTo(x, y); else ctx.moveTo(x, y);
           last = [x, y];
         }
+        ctx.strokeStyle = 'rgba(0, 0, 0, 0.7)'; // an outline, so that every colour shows on the map
+        ctx.lineWidth = 4;
+        ctx.stroke();
+        ctx.strokeStyle = colour;
+        ctx.lineWidth = 2;
         ctx.stroke();
         if (last) {
           ctx.fillStyle = colour;
           ctx.beginPath(); ctx.arc(last[0], last[1], 5, 0, 2 * Math.PI); ctx.fill();
+          ctx.strokeStyle = '#000';
+          ctx.lineWidth = 1;
+          ctx.stroke();
         }
       }
     });
