@@ -8,16 +8,18 @@
 //! cargo run --release --example train                          # AdamW on the UCI digits, plots in target/train/
 //! cargo run --release --example train -- --optimizer sgd:momentum=0.9:nesterov=true --lr 0.05
 //! cargo run --release --example train -- --compare adamw,adam:weight_decay=0.1,sgd
+//! cargo run --release --example train -- --save ckpt.safetensors --stop-after 10   # then --resume ckpt.safetensors
 //! cargo run --release --example train -- --mnist ~/data/mnist --hidden 256,128 --epochs 5
 //! python3 examples/train_torch.py && cargo run --release --example train -- --reference target/train/torch.json
 //! ```
 //!
 //! Model: inputs → hidden (ReLU) → ... → 10 logits, softmax cross-entropy. Default: 64 → 128 →
 //! 64 → 10 on the 8×8 digits, AdamW (weight decay on the weights only: biases are a second
-//! parameter group), linear warmup then cosine decay, minibatches of 64 for 30 epochs.
+//! parameter group), linear warmup then cosine decay (the library's LinearLR → CosineAnnealingLR
+//! in a SequentialLR), global gradient-norm clipping at 1 (on the GPU, inside the optimizer's
+//! step), minibatches of 64 for 30 epochs.
 
 mod data;
-mod lr;
 mod model;
 mod plot;
 
@@ -31,7 +33,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use wgpu_optim::rules::{self, UpdateRule};
-use wgpu_optim::{BackendChoice, GpuContext, Optimizer, ParamGroup};
+use wgpu_optim::schedule::{CosineAnnealingLR, LinearLR, SequentialLR};
+use wgpu_optim::{BackendChoice, ClipGradNorm, GpuContext, GradientOptions, Optimizer, OptimizerOptions, ParamGroup, Scheduler};
 
 use data::Dataset;
 use model::{Kernels, Layer, Mlp};
@@ -91,9 +94,22 @@ struct Args {
     /// Learning-rate factor at the first warmup step (LinearLR's start_factor)
     #[arg(long, default_value_t = 0.01)]
     warmup_start: f64,
+    /// Clip the gradients' global L2 norm to this (torch's clip_grad_norm_); 0: no clipping
+    #[arg(long, default_value_t = 1.0)]
+    clip_grad_norm: f64,
     /// Seed of the initial weights; the minibatch order uses seed + 1
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write a checkpoint (parameters, optimizer state, schedule, curves) here after every epoch
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (same command-line settings), exactly as if
+    /// it had not stopped
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many epochs (the schedule still spans --epochs), e.g. to --resume later
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Train on MNIST instead: the directory of its four idx files (optionally .gz)
     #[arg(long)]
     mnist: Option<PathBuf>,
@@ -122,8 +138,11 @@ pub struct Run {
     pub hidden: Vec<usize>,
     pub batch: usize,
     pub epochs: usize,
+    pub steps_per_epoch: usize,
     pub warmup_steps: usize,
     pub warmup_start: f64,
+    #[serde(default)]
+    pub clip_grad_norm: f64,
     pub seed: u64,
     pub seconds: f64,
     pub steps: StepCurves,
@@ -233,47 +252,54 @@ impl Setup {
     }
 }
 
+/// The setup of a run with `spec`, its curves still empty.
+fn plan(setup: &Setup, spec: &RuleSpec) -> Result<Run, Box<dyn Error>> {
+    let args = &setup.args;
+    let [weight_rule, _] = spec.rules(args.lr, args.weight_decay)?;
+    Ok(Run {
+        label: spec.text.clone(),
+        trainer: format!("wgpu-optim on {}", setup.gpu.adapter().name),
+        data: setup.data.name.clone(),
+        optimizer: spec.name.to_string(),
+        hyperparameters: weight_rule.hyperparameters(),
+        hidden: setup.sizes[1..setup.sizes.len() - 1].to_vec(),
+        batch: args.batch,
+        epochs: args.epochs,
+        steps_per_epoch: setup.steps_per_epoch,
+        warmup_steps: args.warmup_steps,
+        warmup_start: args.warmup_start,
+        clip_grad_norm: args.clip_grad_norm,
+        seed: args.seed,
+        seconds: 0.0,
+        steps: StepCurves::default(),
+        evals: EvalCurves::default(),
+    })
+}
+
 /// Trains one model from the fixed initial weights with `spec`; `bar` shows progress.
 fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<dyn Error>> {
     let args = &setup.args;
     let (params, layers) = model::init_parameters(&setup.sizes, args.seed)?;
     let [weight_rule, bias_rule] = spec.rules(args.lr, args.weight_decay)?;
-    let hyperparameters = weight_rule.hyperparameters();
-    let mut opt = Optimizer::new(
+    let clip = (args.clip_grad_norm > 0.0).then_some(ClipGradNorm {
+        max_norm: args.clip_grad_norm,
+        norm_type: 2.0,
+        error_if_nonfinite: false,
+    });
+    let options = OptimizerOptions { gradients: GradientOptions { clip_grad_norm: clip, ..Default::default() }, ..Default::default() };
+    let mut opt = Optimizer::with_options(
         &setup.gpu,
         params,
         vec![
             ParamGroup::from_boxed(weight_rule, layers.iter().map(|l: &Layer| l.w)),
             ParamGroup::from_boxed(bias_rule, layers.iter().map(|l: &Layer| l.b)),
         ],
+        options,
     )?;
     let mlp = Mlp::new(&opt, &setup.kernels, &layers, args.batch, &setup.data.train, &setup.data.test, &setup.order)?;
+    let mut schedule = warmup_cosine(&mut opt, args.warmup_steps, setup.total_steps(), args.warmup_start)?;
 
-    // PLUG-IN (schedule): replace with the library's warmup + cosine schedule (src/schedule.rs)
-    // once it lands; this one computes torch's SequentialLR values in the example.
-    let base_lrs = (0..opt.group_count()).map(|g| opt.rule(g).lr()).collect();
-    let mut schedule = lr::WarmupCosine::new(base_lrs, args.warmup_steps, setup.total_steps(), args.warmup_start)?;
-
-    // PLUG-IN (checkpoint, --resume): restore parameters, optimizer state, schedule and step
-    // counter from the library's checkpoint here. The batch order depends only on the seed, so
-    // a resumed run sees the same minibatches from the restored step on.
-
-    let mut run = Run {
-        label: spec.text.clone(),
-        trainer: format!("wgpu-optim on {}", setup.gpu.adapter().name),
-        data: setup.data.name.clone(),
-        optimizer: spec.name.to_string(),
-        hyperparameters,
-        hidden: setup.sizes[1..setup.sizes.len() - 1].to_vec(),
-        batch: args.batch,
-        epochs: args.epochs,
-        warmup_steps: args.warmup_steps,
-        warmup_start: args.warmup_start,
-        seed: args.seed,
-        seconds: 0.0,
-        steps: StepCurves::default(),
-        evals: EvalCurves::default(),
-    };
+    let mut run = plan(setup, spec)?;
     let record_eval = |run: &mut Run, step: usize| -> Result<(), Box<dyn Error>> {
         let (loss, accuracy) = mlp.evaluate()?;
         run.evals.step.push(step);
@@ -281,41 +307,55 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
         run.evals.test_accuracy.push(accuracy);
         Ok(())
     };
-    record_eval(&mut run, 0)?;
-    if let Ok(mode) = std::env::var("PROFILE_MODE") {
-        let t = Instant::now();
-        let mut encoder = setup.gpu.device().create_command_encoder(&Default::default());
-        for s in 0..200 {
-            if mode.contains('f') { mlp.record_forward_backward(&mut encoder, s)?; }
-            if mode.contains('o') { opt.step(&mut encoder); }
-            if mode.contains('m') { mlp.record_metrics(&mut encoder, s)?; }
-            if s % 32 == 31 { setup.gpu.queue().submit([std::mem::replace(&mut encoder, setup.gpu.device().create_command_encoder(&Default::default())).finish()]); }
+    let mut step = 0;
+    match &args.resume {
+        // Parameters, optimizer state and step counts from the checkpoint; the schedule and the
+        // curves so far from its saved state. The batch order depends only on the seed, so the
+        // resumed run sees the same minibatches from the saved step on.
+        Some(path) => {
+            let saved = opt
+                .load_checkpoint(path)?
+                .ok_or_else(|| format!("{}: the checkpoint holds no training state", path.display()))?;
+            let saved: Saved = serde_json::from_value(saved).map_err(|e| format!("{}: not a checkpoint of this example: {e}", path.display()))?;
+            let differences = setup_differences(&run, &saved.run);
+            if !differences.is_empty() {
+                return Err(format!("{} was saved by a different setup: {}", path.display(), differences.join(", ")).into());
+            }
+            if !saved.step.is_multiple_of(setup.steps_per_epoch) || saved.step > setup.total_steps() {
+                return Err(format!("{}: step {} is not the end of an epoch of this run", path.display(), saved.step).into());
+            }
+            schedule.load_state(&saved.scheduler)?;
+            step = saved.step;
+            run.steps = saved.run.steps;
+            run.evals = saved.run.evals;
+            run.seconds = saved.run.seconds;
+            bar.set_position(step as u64);
+            let note = format!("resumed {} at step {step} (epoch {})", path.display(), step / setup.steps_per_epoch);
+            if bar.is_hidden() {
+                eprintln!("{note}");
+            } else {
+                bar.println(note);
+            }
         }
-        setup.gpu.queue().submit([encoder.finish()]);
-        mlp.read_history(0, 1)?;
-        eprintln!("PROFILE {mode}: {:.3} s for 200 steps", t.elapsed().as_secs_f64());
-        std::process::exit(0);
+        None => record_eval(&mut run, 0)?,
     }
+    let stop_epoch = args.stop_after.unwrap_or(args.epochs).min(args.epochs);
 
     let device = setup.gpu.device();
     let start = Instant::now();
-    let mut step = 0;
-    for epoch in 0..args.epochs {
+    let first_step = step;
+    for epoch in step / setup.steps_per_epoch..stop_epoch {
         let epoch_end = (epoch + 1) * setup.steps_per_epoch;
         while step < epoch_end {
             let chunk_end = (step + STEPS_PER_SUBMIT).min(epoch_end);
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("train") });
             for s in step..chunk_end {
-                for (group, &lr) in schedule.lrs().iter().enumerate() {
-                    opt.set_lr(group, lr)?;
-                }
-                run.steps.lr.push(schedule.lrs()[0]);
+                run.steps.lr.push(opt.rule(0).lr());
                 mlp.record_forward_backward(&mut encoder, s)?;
-                // PLUG-IN (clipping): global-norm gradient clipping goes here, between the
-                // backward pass and the optimizer step, once the library clips on the GPU.
+                // Clips the gradients (on the GPU) and steps the parameters in place.
                 opt.step(&mut encoder);
                 mlp.record_metrics(&mut encoder, s)?;
-                schedule.step();
+                schedule.step(&mut opt)?;
             }
             setup.gpu.queue().submit([encoder.finish()]);
             let history = mlp.read_history(step, chunk_end)?;
@@ -328,7 +368,7 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
             }
             step = chunk_end;
             let recent = &run.steps.loss[run.steps.loss.len().saturating_sub(setup.steps_per_epoch)..];
-            let samples_per_second = (step * args.batch) as f64 / start.elapsed().as_secs_f64();
+            let samples_per_second = ((step - first_step) * args.batch) as f64 / start.elapsed().as_secs_f64();
             bar.set_position(step as u64);
             bar.set_message(format!(
                 "loss {:.4} · test {:.2} % · {:.0} samples/s",
@@ -338,28 +378,64 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
             ));
         }
         record_eval(&mut run, step)?;
-        // PLUG-IN (checkpoint, --save): write the library's checkpoint (parameters, optimizer
-        // state, schedule, step) here, at the end of the epoch.
+        if let Some(path) = &args.save {
+            let seconds = run.seconds + start.elapsed().as_secs_f64();
+            let saved = Saved { step, scheduler: schedule.state(), run: Run { seconds, ..run.clone() } };
+            opt.save_checkpoint(path, Some(serde_json::to_value(&saved)?))?;
+        }
         if bar.is_hidden() && ((epoch + 1) % 5 == 0 || epoch + 1 == args.epochs) {
             eprintln!(
                 "{}: epoch {}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2} %",
                 spec.text,
                 epoch + 1,
                 args.epochs,
-                epoch_mean(&run, epoch, setup.steps_per_epoch),
+                epoch_mean(&run, epoch),
                 run.evals.test_loss.last().copied().unwrap_or_default(),
                 run.evals.test_accuracy.last().copied().unwrap_or_default() * 100.0
             );
         }
     }
-    run.seconds = start.elapsed().as_secs_f64();
+    run.seconds += start.elapsed().as_secs_f64();
     bar.finish();
     Ok(run)
 }
 
-fn epoch_mean(run: &Run, epoch: usize, steps_per_epoch: usize) -> f64 {
-    let losses = &run.steps.loss[epoch * steps_per_epoch..(epoch + 1) * steps_per_epoch];
+/// What a checkpoint's schedule slot holds besides the optimizer's own state.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    /// Steps done (always the end of an epoch).
+    step: usize,
+    scheduler: Value,
+    /// The setup and the curves so far.
+    run: Run,
+}
+
+/// Linear warmup then cosine decay to 0 at `total`: torch's `SequentialLR([LinearLR(
+/// start_factor, total_iters=warmup), CosineAnnealingLR(T_max=total - warmup)], [warmup])`.
+fn warmup_cosine(opt: &mut Optimizer, warmup: usize, total: usize, start_factor: f64) -> Result<Box<dyn Scheduler>, Box<dyn Error>> {
+    if warmup >= total {
+        return Err(format!("--warmup-steps ({warmup}) must be fewer than the run's {total} steps").into());
+    }
+    let cosine = CosineAnnealingLR::new(opt, (total - warmup) as u64, 0.0)?;
+    if warmup == 0 {
+        return Ok(Box::new(cosine));
+    }
+    let linear = LinearLR::new(opt, start_factor, 1.0, warmup as u64)?;
+    Ok(Box::new(SequentialLR::new(opt, vec![Box::new(linear), Box::new(cosine)], vec![warmup as u64])?))
+}
+
+/// Mean minibatch loss of epoch `epoch` (0-based; it must be complete).
+fn epoch_mean(run: &Run, epoch: usize) -> f64 {
+    let losses = &run.steps.loss[epoch * run.steps_per_epoch..(epoch + 1) * run.steps_per_epoch];
     losses.iter().sum::<f64>() / losses.len() as f64
+}
+
+/// Mean minibatch loss of the last complete epoch.
+fn last_epoch_mean(run: &Run) -> f64 {
+    match run.steps.loss.len() / run.steps_per_epoch.max(1) {
+        0 => f64::NAN,
+        epochs => epoch_mean(run, epochs - 1),
+    }
 }
 
 fn progress_bar(steps: usize, label: &str) -> ProgressBar {
@@ -381,7 +457,7 @@ fn summary(run: &Run, setup: &Setup) -> String {
         accuracy * 100.0,
         (accuracy * test_len as f64).round(),
         run.evals.test_loss.last().copied().unwrap_or_default(),
-        epoch_mean(run, run.epochs - 1, setup.steps_per_epoch),
+        last_epoch_mean(run),
         run.seconds,
         (steps * run.batch) as f64 / run.seconds
     )
@@ -402,8 +478,8 @@ fn plot_or_skip(font: bool, path: &Path, draw: impl FnOnce() -> Result<(), Box<d
     Ok(())
 }
 
-/// How closely two runs of the same model agree, per step and per evaluation.
-fn agreement(ours: &Run, other: &Run, steps_per_epoch: usize) -> Result<String, Box<dyn Error>> {
+/// What differs between the setups of two runs (hyper-parameters, model, data, schedule).
+fn setup_differences(ours: &Run, other: &Run) -> Vec<String> {
     let mut mismatches = Vec::new();
     let same = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x == y,
@@ -428,10 +504,11 @@ fn agreement(ours: &Run, other: &Run, steps_per_epoch: usize) -> Result<String, 
         ("hidden", format!("{:?}", ours.hidden), format!("{:?}", other.hidden)),
         ("batch", ours.batch.to_string(), other.batch.to_string()),
         ("epochs", ours.epochs.to_string(), other.epochs.to_string()),
+        ("steps per epoch", ours.steps_per_epoch.to_string(), other.steps_per_epoch.to_string()),
         ("warmup steps", ours.warmup_steps.to_string(), other.warmup_steps.to_string()),
         ("warmup start", ours.warmup_start.to_string(), other.warmup_start.to_string()),
+        ("clip grad norm", ours.clip_grad_norm.to_string(), other.clip_grad_norm.to_string()),
         ("seed", ours.seed.to_string(), other.seed.to_string()),
-        ("steps", ours.steps.loss.len().to_string(), other.steps.loss.len().to_string()),
     ];
     for (what, a, b) in pairs {
         if a != b {
@@ -441,10 +518,18 @@ fn agreement(ours: &Run, other: &Run, steps_per_epoch: usize) -> Result<String, 
     if !other.data.is_empty() && other.data != ours.data {
         mismatches.push(format!("data {:?} vs {:?}", ours.data, other.data));
     }
+    mismatches
+}
+
+/// How closely two runs of the same model agree, per step and per evaluation.
+fn agreement(ours: &Run, other: &Run, steps_per_epoch: usize) -> Result<String, Box<dyn Error>> {
+    let mut mismatches = setup_differences(ours, other);
+    if ours.steps.loss.len() != other.steps.loss.len() {
+        mismatches.push(format!("{} vs {} steps", ours.steps.loss.len(), other.steps.loss.len()));
+    }
     if !mismatches.is_empty() {
         return Err(format!("{} trained a different setup: {}", other.trainer, mismatches.join(", ")).into());
     }
-
     let max_abs = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     let rel = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-30)).collect() };
     let (a, b) = (&ours.steps.loss, &other.steps.loss);
@@ -494,8 +579,11 @@ fn run() -> Result<(), Box<dyn Error>> {
     if specs.is_empty() {
         return Err("--compare needs at least one rule".into());
     }
-    if args.compare.is_some() && !args.reference.is_empty() {
-        return Err("--reference compares one run; it cannot be combined with --compare".into());
+    if args.compare.is_some() && (!args.reference.is_empty() || args.save.is_some() || args.resume.is_some()) {
+        return Err("--reference, --save and --resume are for one run; they cannot be combined with --compare".into());
+    }
+    if args.stop_after == Some(0) {
+        return Err("--stop-after must be at least 1 epoch".into());
     }
     let hidden: Vec<usize> = split_list(&args.hidden)
         .iter()
@@ -533,6 +621,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     if args.batch == 0 || steps_per_epoch == 0 {
         return Err(format!("--batch must be between 1 and the {} training samples", data.train.len()).into());
     }
+    if args.warmup_steps >= steps_per_epoch * args.epochs {
+        let total = steps_per_epoch * args.epochs;
+        return Err(format!("--warmup-steps ({}) must be fewer than the run's {total} steps", args.warmup_steps).into());
+    }
     let sizes: Vec<usize> = std::iter::once(data.train.features).chain(hidden).chain([data::CLASSES]).collect();
     let order = data::batch_order(data.train.len(), args.batch, args.epochs, args.seed.wrapping_add(1));
 
@@ -558,6 +650,14 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     if args.compare.is_none() {
         let spec = &specs[0];
+        // A reference of another setup is refused before training, not after.
+        let planned = plan(&setup, spec)?;
+        for reference in &references {
+            let differences = setup_differences(&planned, reference);
+            if !differences.is_empty() {
+                return Err(format!("{} trained a different setup: {}", reference.trainer, differences.join(", ")).into());
+            }
+        }
         let bar = progress_bar(setup.total_steps(), &spec.text);
         let run = train(&setup, spec, &bar)?;
         println!("{}: {}", spec.text, summary(&run, &setup));
@@ -601,14 +701,16 @@ fn run() -> Result<(), Box<dyn Error>> {
     if runs.is_empty() {
         return Err("no run finished".into());
     }
-    println!("\n| rule | hyper-parameters | train loss (last epoch) | test loss | test accuracy | seconds |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("\n| rule | lr | weight decay | train loss (last epoch) | test loss | test accuracy | seconds |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for run in &runs {
+        let hyper = |key: &str| run.hyperparameters.get(key).and_then(Value::as_f64).map_or("-".into(), |v| v.to_string());
         println!(
-            "| {} | {} | {:.4} | {:.4} | {:.2} % | {:.1} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.2} % | {:.1} |",
             run.label,
-            run.hyperparameters,
-            epoch_mean(run, run.epochs - 1, setup.steps_per_epoch),
+            hyper("lr"),
+            hyper("weight_decay"),
+            last_epoch_mean(run),
             run.evals.test_loss.last().copied().unwrap_or_default(),
             run.evals.test_accuracy.last().copied().unwrap_or_default() * 100.0,
             run.seconds

@@ -67,6 +67,13 @@ pub fn init_parameters(sizes: &[usize], seed: u64) -> Result<(Parameters, Vec<La
     Ok((params, layers))
 }
 
+/// Outputs per side of the tile one layer-kernel invocation computes (TILE in layers.wgsl).
+const TILE: usize = 4;
+
+fn tiles(n: usize) -> usize {
+    n.div_ceil(TILE)
+}
+
 /// The shape uniform of one dispatch (`Dims` in common.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -256,7 +263,7 @@ impl Mlp {
         if test.len() == 0 {
             return Err(ModelError("the test set is empty".into()));
         }
-        if batch == 0 || order.is_empty() || order.len() % batch != 0 {
+        if batch == 0 || order.is_empty() || !order.len().is_multiple_of(batch) {
             return Err(ModelError(format!("{} batch indices do not make whole batches of {batch}", order.len())));
         }
         if let Some(bad) = order.iter().find(|&&i| i as usize >= train.len()) {
@@ -265,7 +272,7 @@ impl Mlp {
         let samples = train.packed_rows();
         let limits = device.limits();
         let largest = (samples.len() * 4) as u64;
-        let binding_limit = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let binding_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         if largest > binding_limit {
             return Err(ModelError(format!(
                 "the training set takes {largest} bytes but this adapter binds at most {binding_limit}"
@@ -320,7 +327,7 @@ impl Mlp {
                         (3, params[k].1.binding()),
                         (4, acts[k + 1].as_entire_binding()),
                     ],
-                    Some(batch * layer.outputs),
+                    Some(tiles(batch) * tiles(layer.outputs)),
                 ));
             }
             train_pass.push(build.dispatch(
@@ -345,7 +352,7 @@ impl Mlp {
                         (6, grads[k].0.binding()),
                         (7, grads[k].1.binding()),
                     ],
-                    Some(layer.outputs * (layer.inputs + 1)),
+                    Some(tiles(layer.outputs) * tiles(layer.inputs)),
                 ));
                 if k > 0 {
                     train_pass.push(build.dispatch(
@@ -357,7 +364,7 @@ impl Mlp {
                             (5, deltas[k + 1].as_entire_binding()),
                             (8, deltas[k].as_entire_binding()),
                         ],
-                        Some(batch * layer.inputs),
+                        Some(tiles(batch) * tiles(layer.inputs)),
                     ));
                 }
             }
@@ -391,7 +398,7 @@ impl Mlp {
                         (3, params[k].1.binding()),
                         (4, eval_acts[k].as_entire_binding()),
                     ],
-                    Some(test.len() * layer.outputs),
+                    Some(tiles(test.len()) * tiles(layer.outputs)),
                 ));
             }
             eval_pass.push(build.dispatch(
@@ -431,9 +438,8 @@ impl Mlp {
         let bytes = (self.batch * 4) as u64;
         encoder.copy_buffer_to_buffer(&self.order, step as u64 * bytes, &self.batch_index, 0, bytes);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward+backward"), timestamp_writes: None });
-        let only: Option<usize> = std::env::var("PROFILE_ONLY").ok().and_then(|v| v.parse().ok());
-        for (i, dispatch) in self.train_pass.iter().enumerate() {
-            if only.is_none_or(|o| o == i) { dispatch.record(&mut pass); }
+        for dispatch in &self.train_pass {
+            dispatch.record(&mut pass);
         }
         Ok(())
     }

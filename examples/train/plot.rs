@@ -63,6 +63,7 @@ fn lighten(c: RGBColor, amount: f64) -> RGBColor {
 }
 
 /// One curve of a panel.
+#[derive(Clone)]
 struct Curve {
     label: String,
     points: Vec<(f64, f64)>,
@@ -84,12 +85,26 @@ impl Curve {
 enum Scale {
     Linear,
     Log,
-    /// Linear, from the smallest value after the first `skip` points of each curve (the others
-    /// are left out): test accuracy without its near-chance start.
+    /// Linear, without the first `n` points of each curve: test accuracy and loss without their
+    /// near-chance start.
     ZoomAfter(usize),
 }
 
-fn panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, title: &str, y_desc: &str, scale: Scale, curves: &[Curve]) -> PlotResult {
+/// Where a panel's legend goes: away from where its curves usually run.
+#[derive(Clone, Copy)]
+enum Legend {
+    Top,
+    Bottom,
+}
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    y_desc: &str,
+    scale: Scale,
+    legend_at: Legend,
+    curves: &[Curve],
+) -> PlotResult {
     let all = || curves.iter().flat_map(|c| c.points.iter().copied()).filter(|p| p.1.is_finite());
     let x_max = all().map(|p| p.0).fold(1.0, f64::max);
     let legend = curves.len() > 1 || curves.iter().any(|c| !c.label.is_empty());
@@ -102,27 +117,41 @@ fn panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, title: &str, y_desc: &str
             let hi = positive().fold(0.0, f64::max);
             let (lo, hi) = if lo.is_finite() && hi > 0.0 { (lo * 0.8, hi * 1.25) } else { (1e-3, 1.0) };
             let mut chart = chart.build_cartesian_2d(0.0..x_max, (lo..hi).log_scale())?;
-            chart.configure_mesh().x_desc("step").y_desc(y_desc).y_label_formatter(&|y| format!("{y:.0e}")).draw()?;
-            draw(&mut chart, curves, legend, |_| true)
+            chart
+                .configure_mesh()
+                .light_line_style(TRANSPARENT) // fewer lines: easier to read, much smaller PNG
+                .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_desc(y_desc)
+                .y_label_formatter(&|y| format!("{y:.0e}"))
+                .draw()?;
+            draw(&mut chart, curves, legend.then_some(legend_at))
         }
         Scale::Linear | Scale::ZoomAfter(_) => {
             let skip = if let Scale::ZoomAfter(n) = scale { n } else { 0 };
-            let keep = |c: &Curve| c.points.iter().skip(skip).map(|p| p.1).filter(|y| y.is_finite()).collect::<Vec<_>>();
-            let ys: Vec<f64> = curves.iter().flat_map(keep).collect();
-            let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let shown: Vec<Curve> = curves
+                .iter()
+                .map(|c| Curve { points: c.points.iter().skip(skip).copied().collect(), label: c.label.clone(), ..*c })
+                .collect();
+            let ys = || shown.iter().flat_map(|c| c.points.iter().map(|p| p.1)).filter(|y| y.is_finite());
+            let lo = ys().fold(f64::INFINITY, f64::min);
+            let hi = ys().fold(f64::NEG_INFINITY, f64::max);
+            let pad = ((hi - lo) * 0.08).max(hi.abs() * 1e-3).max(1e-12);
             let (lo, hi) = match (lo.is_finite(), skip) {
                 (false, _) => (0.0, 1.0),
-                (true, 0) => {
-                    let pad = ((hi - lo) * 0.05).max(hi.abs() * 1e-3).max(1e-12);
-                    ((lo - pad).min(if lo >= 0.0 { 0.0 } else { lo - pad }), hi + pad)
-                }
-                (true, _) => (lo - (hi - lo).max(1.0) * 0.1, hi + (hi - lo).max(1.0) * 0.1),
+                // From zero, so that the size of a change reads right (learning rate, norm).
+                (true, 0) => (if lo >= 0.0 { 0.0 } else { lo - pad }, hi + pad),
+                (true, _) => (lo - pad, hi + pad),
             };
             let mut chart = chart.build_cartesian_2d(0.0..x_max, lo..hi)?;
-            chart.configure_mesh().x_desc("step").y_desc(y_desc).draw()?;
-            let range = lo..hi;
-            draw(&mut chart, curves, legend, move |y| range.contains(&y))
+            chart
+                .configure_mesh()
+                .light_line_style(TRANSPARENT)
+                .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_desc(y_desc)
+                .draw()?;
+            draw(&mut chart, &shown, legend.then_some(legend_at))
         }
     }
 }
@@ -130,8 +159,7 @@ fn panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, title: &str, y_desc: &str
 fn draw<'a, X, Y>(
     chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
     curves: &[Curve],
-    legend: bool,
-    visible: impl Fn(f64) -> bool,
+    legend: Option<Legend>,
 ) -> PlotResult
 where
     X: Ranged<ValueType = f64>,
@@ -139,17 +167,20 @@ where
 {
     for curve in curves {
         let style = ShapeStyle::from(curve.color).stroke_width(curve.width);
-        let points: Vec<(f64, f64)> = curve.points.iter().copied().filter(|p| p.1.is_finite() && visible(p.1)).collect();
+        let points: Vec<(f64, f64)> = curve.points.iter().copied().filter(|p| p.1.is_finite()).collect();
         let series = chart.draw_series(LineSeries::new(points, style))?;
-        if legend && !curve.label.is_empty() {
+        if legend.is_some() && !curve.label.is_empty() {
             let color = curve.color;
             series.label(curve.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
         }
     }
-    if legend {
+    if let Some(at) = legend {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match at {
+                Legend::Top => SeriesLabelPosition::UpperRight,
+                Legend::Bottom => SeriesLabelPosition::LowerRight,
+            })
             .label_font(("sans-serif", 15))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
@@ -168,7 +199,7 @@ fn evals(run: &Run, values: &[f64], scale: f64) -> Vec<(f64, f64)> {
 
 /// Mean training loss of each epoch, at the epoch's last step.
 fn epoch_means(run: &Run) -> Vec<(f64, f64)> {
-    let per_epoch = run.steps.loss.len() / run.epochs.max(1);
+    let per_epoch = run.steps_per_epoch;
     if per_epoch == 0 {
         return Vec::new();
     }
@@ -196,6 +227,7 @@ pub fn training(path: &Path, run: &Run, title: &str) -> PlotResult {
         "Loss",
         "cross-entropy",
         Scale::Log,
+        Legend::Top,
         &[
             Curve::new("train (minibatch)", steps(&run.steps.loss), lighten(color(0), 0.6)).thin(),
             Curve::new("train (epoch mean)", epoch_means(run), color(0)),
@@ -208,10 +240,11 @@ pub fn training(path: &Path, run: &Run, title: &str) -> PlotResult {
         &format!("Test accuracy (final {final_accuracy:.2} %)"),
         "%",
         Scale::ZoomAfter(1),
+        Legend::Bottom,
         &[Curve::new("", evals(run, &run.evals.test_accuracy, 100.0), color(2))],
     )?;
-    panel(&areas[2], "Learning rate", "lr", Scale::Linear, &[Curve::new("", steps(&run.steps.lr), color(3))])?;
-    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, &[Curve::new("", steps(&run.steps.param_norm), color(4))])?;
+    panel(&areas[2], "Learning rate", "lr", Scale::Linear, Legend::Top, &[Curve::new("", steps(&run.steps.lr), color(3))])?;
+    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, Legend::Bottom, &[Curve::new("", steps(&run.steps.param_norm), color(4))])?;
     root.present()?;
     Ok(())
 }
@@ -224,37 +257,55 @@ pub fn comparison(path: &Path, runs: &[Run], title: &str) -> PlotResult {
     let each = |f: &dyn Fn(&Run) -> Vec<(f64, f64)>| -> Vec<Curve> {
         runs.iter().enumerate().map(|(i, r)| Curve::new(r.label.clone(), f(r), color(i))).collect()
     };
-    panel(&areas[0], "Training loss (epoch mean)", "cross-entropy", Scale::Log, &each(&epoch_means))?;
-    panel(&areas[1], "Test accuracy", "%", Scale::ZoomAfter(2), &each(&|r| evals(r, &r.evals.test_accuracy, 100.0)))?;
-    panel(&areas[2], "Test loss", "cross-entropy", Scale::Log, &each(&|r| evals(r, &r.evals.test_loss, 1.0)))?;
-    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, &each(&|r| steps(&r.steps.param_norm)))?;
+    panel(&areas[0], "Training loss (epoch mean)", "cross-entropy", Scale::Log, Legend::Top, &each(&epoch_means))?;
+    // Accuracy and test loss from the fifth epoch on, where the rules differ by a point or less.
+    let accuracy = each(&|r| evals(r, &r.evals.test_accuracy, 100.0));
+    panel(&areas[1], "Test accuracy (from epoch 5)", "%", Scale::ZoomAfter(5), Legend::Bottom, &accuracy)?;
+    let test_loss = each(&|r| evals(r, &r.evals.test_loss, 1.0));
+    panel(&areas[2], "Test loss (from epoch 5)", "cross-entropy", Scale::ZoomAfter(5), Legend::Top, &test_loss)?;
+    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, Legend::Bottom, &each(&|r| steps(&r.steps.param_norm)))?;
     root.present()?;
     Ok(())
 }
 
-/// This library's run against reference runs of the same model (PyTorch): both loss curves,
-/// their difference per step, test accuracy and parameter norm.
+/// A short name for a run in a legend: "wgpu-optim", or "torch float32" from train_torch.py's
+/// "torch 2.15.0 (float32, CPU)".
+fn short_name(run: &Run) -> String {
+    match run.trainer.strip_prefix("torch ") {
+        Some(rest) => {
+            let dtype = rest.split_once('(').and_then(|(_, d)| d.split([',', ')']).next()).unwrap_or(rest);
+            format!("torch {dtype}")
+        }
+        None => "wgpu-optim".to_string(),
+    }
+}
+
+/// This library's run against reference runs of the same model (PyTorch): both loss curves
+/// (ours drawn last, on top), their difference per step, test accuracy and parameter norm.
 pub fn reference(path: &Path, ours: &Run, references: &[Run], title: &str) -> PlotResult {
     let root = canvas(path, (1400, 1000))?;
     let root = root.titled(title, ("sans-serif", 24))?;
     let areas = root.split_evenly((2, 2));
-    let all: Vec<&Run> = std::iter::once(ours).chain(references).collect();
+    let all: Vec<&Run> = references.iter().chain(std::iter::once(ours)).collect();
+    // References in the colours of their difference curves; ours in the first colour.
+    let colour = |i: usize| if i < references.len() { color(i + 1) } else { color(0) };
     let each = |f: &dyn Fn(&Run) -> Vec<(f64, f64)>| -> Vec<Curve> {
-        all.iter().enumerate().map(|(i, r)| Curve::new(r.trainer.clone(), f(r), color(i)).thin()).collect()
+        all.iter().enumerate().map(|(i, r)| Curve::new(short_name(r), f(r), colour(i)).thin()).collect()
     };
-    panel(&areas[0], "Training loss per step", "cross-entropy", Scale::Log, &each(&|r| steps(&r.steps.loss)))?;
+    panel(&areas[0], "Training loss per step", "cross-entropy", Scale::Log, Legend::Top, &each(&|r| steps(&r.steps.loss)))?;
     let differences: Vec<Curve> = references
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let points = ours.steps.loss.iter().zip(&r.steps.loss).enumerate();
             let points = points.map(|(s, (a, b))| ((s + 1) as f64, (a - b).abs())).collect();
-            Curve::new(format!("vs {}", r.trainer), points, color(i + 1)).thin()
+            Curve::new(format!("wgpu-optim vs {}", short_name(r)), points, color(i + 1)).thin()
         })
         .collect();
-    panel(&areas[1], &format!("|loss difference| ({})", ours.trainer), "absolute", Scale::Log, &differences)?;
-    panel(&areas[2], "Test accuracy", "%", Scale::ZoomAfter(1), &each(&|r| evals(r, &r.evals.test_accuracy, 100.0)))?;
-    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, &each(&|r| steps(&r.steps.param_norm)))?;
+    panel(&areas[1], "|loss difference| per step", "absolute", Scale::Log, Legend::Bottom, &differences)?;
+    let accuracy = each(&|r| evals(r, &r.evals.test_accuracy, 100.0));
+    panel(&areas[2], "Test accuracy", "%", Scale::ZoomAfter(1), Legend::Bottom, &accuracy)?;
+    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, Legend::Bottom, &each(&|r| steps(&r.steps.param_norm)))?;
     root.present()?;
     Ok(())
 }

@@ -15,5 +15,6 @@ mod large;
 mod rules;
 mod schedules;
 mod shaders;
+mod training;
 mod trajectories;
 mod validation;
