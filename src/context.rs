@@ -203,19 +203,24 @@ impl GpuContext {
     /// Opens a device on the given adapter with every limit the adapter offers (the kernels
     /// themselves stay inside WebGPU's default limits).
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
-        let descriptor = wgpu::DeviceDescriptor {
+        let (device, queue) = adapter
+            .request_device(&Self::device_descriptor(&adapter))
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue, &adapter.get_info()))
+    }
+
+    /// The device [`GpuContext::from_adapter`] requests: no extra features, every limit the
+    /// adapter offers. For hosts that open the device themselves.
+    pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+        wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),
             required_features: wgpu::Features::empty(),
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
-        };
-        let (device, queue) = adapter
-            .request_device(&descriptor)
-            .await
-            .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device(device, queue, &adapter.get_info()))
+        }
     }
 
     /// Shares a host application's device and queue, so the optimizer steps the same buffers
@@ -298,6 +303,20 @@ impl GpuContext {
             .expect("pipeline cache poisoned")
             .insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+}
+
+/// A compute-stage storage-buffer binding of a bind group layout.
+pub(crate) fn storage_binding(binding: u32, read_only: bool, min_binding_size: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: std::num::NonZeroU64::new(min_binding_size),
+        },
+        count: None,
     }
 }
 

@@ -346,16 +346,7 @@ impl GradientPass {
         use wgpu::util::DeviceExt;
         let device = gpu.device();
         let partial_count: u32 = windows.iter().map(|w| w.3 .0 * w.3 .1).sum();
-        let storage = |binding, read_only, min: u64| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: std::num::NonZeroU64::new(min),
-            },
-            count: None,
-        };
+        let storage = crate::context::storage_binding;
         let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,

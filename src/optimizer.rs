@@ -858,16 +858,7 @@ pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Ve
 
 /// Bind group layout of every kernel: scalars, param, grad, then `state_bindings` arrays.
 fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> wgpu::PipelineLayout {
-    let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: NonZeroU64::new(16),
-        },
-        count: None,
-    };
+    let storage = |binding, read_only| crate::context::storage_binding(binding, read_only, 16);
     let mut entries = vec![
         wgpu::BindGroupLayoutEntry {
             binding: 0,

@@ -21,7 +21,6 @@
 //! has no WebGPU.
 
 use std::fmt;
-use std::num::NonZeroU64;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -809,16 +808,7 @@ impl GpuRunner {
         let opt = Optimizer::new_async(gpu, params, vec![ParamGroup::from_boxed(run.rule.clone(), [xy])], options).await?;
 
         let device = gpu.device();
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: NonZeroU64::new(8),
-            },
-            count: None,
-        };
+        let storage = |binding, read_only| crate::context::storage_binding(binding, read_only, 8);
         let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("trajectory gradients"),
             entries: &[storage(0, true), storage(1, false)],

@@ -125,16 +125,8 @@ async fn open_webgpu(adapter_label: &str) -> Result<GpuContext, String> {
         info.name = adapter_label.to_string();
     }
     // GpuContext::from_adapter's device request, with the adapter info completed.
-    let descriptor = wgpu::DeviceDescriptor {
-        label: Some("wgpu-optim"),
-        required_features: wgpu::Features::empty(),
-        required_limits: adapter.limits(),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::Performance,
-        trace: wgpu::Trace::Off,
-    };
     let (device, queue) = adapter
-        .request_device(&descriptor)
+        .request_device(&GpuContext::device_descriptor(&adapter))
         .await
         .map_err(|e| format!("could not open the WebGPU device: {e}"))?;
     Ok(GpuContext::from_device(device, queue, &info))
