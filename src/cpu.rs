@@ -139,7 +139,6 @@ impl CpuOptimizer {
         self.groups.len()
     }
 
-
     pub fn state_keys(&self, id: TensorId) -> Vec<&'static str> {
         self.groups[self.tensors[id.0].group].slots.iter().map(|s| s.key).collect()
     }
@@ -163,11 +162,6 @@ impl CpuOptimizer {
                 self.state_keys(id)
             ))),
         }
-    }
-
-    /// A group's state that is a function of the applied step count (NAdam's `mu_product`).
-    pub fn scalar_state(&self, group: usize) -> Vec<(&'static str, f32)> {
-        self.groups[group].rule.scalar_state(u64::from(self.control.step))
     }
 
     /// A group's update rule and hyper-parameters.

@@ -751,12 +751,6 @@ impl Optimizer {
         Ok(())
     }
 
-    /// A group's state that is a function of the applied step count (NAdam's `mu_product`),
-    /// given that count (see [`Optimizer::counters`]).
-    pub fn scalar_state(&self, group: usize, applied_steps: u64) -> Vec<(&'static str, f32)> {
-        self.groups[group].rule.scalar_state(applied_steps)
-    }
-
     // ---- CPU access ----
 
     pub fn write_param(&self, id: TensorId, data: &[f32]) -> Result<()> {
