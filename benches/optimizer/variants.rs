@@ -70,57 +70,69 @@ pub enum Mapping {
     Consecutive { per_invocation: u32 },
     /// A fixed grid of `workgroups` workgroups; each invocation loops with the grid's stride.
     GridStride { workgroups: u32 },
+    /// One invocation per workgroup looping over `per_workgroup` consecutive vec4s: every
+    /// address depends on the workgroup id alone, so a SIMD-on-CPU driver can keep it scalar.
+    Uniform { per_workgroup: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Variant {
     pub mapping: Mapping,
     pub workgroup_size: u32,
+    /// Whether naga adds its own bounds checks (wgpu's default). Without them only the
+    /// driver's robust buffer access guards the accesses; every variant checks `i < n` itself.
+    pub naga_bounds_checks: bool,
 }
 
 impl Variant {
     /// The library's current kernel.
-    pub const LIBRARY: Variant = Variant {
-        mapping: Mapping::Strided { per_invocation: 1 },
-        workgroup_size: 256,
-    };
+    pub const LIBRARY: Variant = Variant::new(Mapping::Strided { per_invocation: 1 }, 256);
+
+    const fn new(mapping: Mapping, workgroup_size: u32) -> Variant {
+        Variant {
+            mapping,
+            workgroup_size,
+            naga_bounds_checks: true,
+        }
+    }
 
     /// The variants measured by default.
     pub fn all() -> Vec<Variant> {
-        let mut variants = vec![Variant {
-            mapping: Mapping::Scalar,
-            workgroup_size: 256,
-        }];
+        let mut variants = vec![Variant::new(Mapping::Scalar, 256)];
         for workgroup_size in [64, 128, 256] {
             for per_invocation in [1, 2, 4] {
-                variants.push(Variant {
-                    mapping: Mapping::Strided { per_invocation },
-                    workgroup_size,
-                });
+                variants.push(Variant::new(Mapping::Strided { per_invocation }, workgroup_size));
             }
         }
         for per_invocation in [2, 4] {
-            variants.push(Variant {
-                mapping: Mapping::Consecutive { per_invocation },
-                workgroup_size: 256,
-            });
+            variants.push(Variant::new(Mapping::Consecutive { per_invocation }, 256));
         }
         for workgroups in [256, 1024, 4096] {
-            variants.push(Variant {
-                mapping: Mapping::GridStride { workgroups },
-                workgroup_size: 256,
-            });
+            variants.push(Variant::new(Mapping::GridStride { workgroups }, 256));
         }
+        for per_workgroup in [16, 64, 256] {
+            variants.push(Variant::new(Mapping::Uniform { per_workgroup }, 1));
+        }
+        variants.push(Variant {
+            naga_bounds_checks: false,
+            ..Variant::LIBRARY
+        });
         variants
     }
 
     pub fn name(&self) -> String {
         let wg = self.workgroup_size;
-        match self.mapping {
+        let mapping = match self.mapping {
             Mapping::Scalar => format!("scalar f32, wg {wg}"),
             Mapping::Strided { per_invocation } => format!("{per_invocation} vec4/inv strided, wg {wg}"),
             Mapping::Consecutive { per_invocation } => format!("{per_invocation} vec4/inv consecutive, wg {wg}"),
             Mapping::GridStride { workgroups } => format!("grid-stride {workgroups} wgs, wg {wg}"),
+            Mapping::Uniform { per_workgroup } => format!("{per_workgroup} vec4/wg uniform, wg {wg}"),
+        };
+        if self.naga_bounds_checks {
+            mapping
+        } else {
+            format!("{mapping}, no naga bounds checks")
         }
     }
 
@@ -134,6 +146,7 @@ impl Variant {
                 vec4s.div_ceil(wg * per_invocation as usize)
             }
             Mapping::GridStride { workgroups } => (workgroups as usize).min(vec4s.div_ceil(wg)),
+            Mapping::Uniform { per_workgroup } => vec4s.div_ceil(per_workgroup as usize),
         }
     }
 
@@ -176,6 +189,13 @@ impl Variant {
         update(i);
     }"
             .to_string(),
+            Mapping::Uniform { per_workgroup } => format!(
+                "    let base = workgroup_index * {per_workgroup}u;
+    let end = min(base + {per_workgroup}u, arrayLength(&param));
+    for (var i = base; i < end; i++) {{
+        update(i);
+    }}"
+            ),
         };
         format!(
             r#"// Tuning variant of shaders/adam.wgsl: {name}
@@ -381,10 +401,18 @@ pub struct VariantStep<'a> {
 impl<'a> VariantStep<'a> {
     pub fn new(bench: &Bench, variant: Variant, buffers: &'a AdamBuffers) -> Self {
         let device = bench.device();
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let descriptor = wgpu::ShaderModuleDescriptor {
             label: Some("adam variant"),
             source: wgpu::ShaderSource::Wgsl(variant.wgsl().into()),
-        });
+        };
+        let module = if variant.naga_bounds_checks {
+            device.create_shader_module(descriptor)
+        } else {
+            // SAFETY: every access is guarded by `i < arrayLength(&param)`; `AdamBuffers`
+            // gives grad and both states param's length, and the amsgrad-only binding is never
+            // read (the variants run with `amsgrad` off).
+            unsafe { device.create_shader_module_trusted(descriptor, wgpu::ShaderRuntimeChecks::unchecked()) }
+        };
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("adam variant"),
             layout: Some(&buffers.layout),
