@@ -14,6 +14,8 @@ pub struct Bench {
     /// Timestamps between encoder commands, needed to time a buffer copy on the GPU
     /// (`Features::TIMESTAMP_QUERY_INSIDE_ENCODERS`).
     pub encoder_timestamps: bool,
+    /// Subgroup builtins in shaders (`Features::SUBGROUP`), for the tuning variant that uses them.
+    pub subgroups: bool,
 }
 
 impl Bench {
@@ -23,7 +25,7 @@ impl Bench {
             .next()
             .ok_or_else(|| format!("no {choice} adapter; `wgpu-optim adapters` lists what this machine has"))?;
         let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-        let features = adapter.features() & wanted;
+        let features = adapter.features() & (wanted | wgpu::Features::SUBGROUP);
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("wgpu-optim bench"),
             required_features: features,
@@ -42,6 +44,7 @@ impl Bench {
             info,
             timer,
             encoder_timestamps: features.contains(wanted),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
         })
     }
 

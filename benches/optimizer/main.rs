@@ -752,7 +752,7 @@ fn tuning_section(
         let mut opt = build_optimizer(bench, &layout, &[Box::new(AdamW::default())], options)?;
         let mut copy = Copy::new(bench, buffers.traffic_bytes());
         let mut copy_kernel = CopyKernel::new(bench, &copy);
-        let mut steps: Vec<VariantStep> = Variant::all()
+        let mut steps: Vec<VariantStep> = Variant::all(bench.subgroups)
             .into_iter()
             .map(|v| VariantStep::new(bench, v, &buffers))
             .collect();
@@ -873,7 +873,7 @@ fn run_checks(bench: &Bench, verbose: bool) -> Result<Vec<CheckRow>, String> {
         cpu.state(id, "exp_avg").map_err(|e| e.to_string())?.to_vec(),
         cpu.state(id, "exp_avg_sq").map_err(|e| e.to_string())?.to_vec(),
     ];
-    for variant in Variant::all() {
+    for variant in Variant::all(bench.subgroups) {
         let buffers = AdamBuffers::new(bench, &param, &grad);
         let mut step = VariantStep::new(bench, variant, &buffers);
         let mut encoder = bench.device().create_command_encoder(&Default::default());

@@ -73,6 +73,11 @@ pub enum Mapping {
     /// One invocation per workgroup looping over `per_workgroup` consecutive vec4s: every
     /// address depends on the workgroup id alone, so a SIMD-on-CPU driver can keep it scalar.
     Uniform { per_workgroup: u32 },
+    /// One vec4 per invocation at `subgroup_id * subgroup_size + subgroup_invocation_id` instead
+    /// of the local invocation index (llvmpipe derives that index from the local id by integer
+    /// division, per lane). Needs `Features::SUBGROUP`, and full subgroups to cover the workgroup
+    /// (the checks catch a device where they do not).
+    Subgroup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -96,8 +101,8 @@ impl Variant {
         }
     }
 
-    /// The variants measured by default.
-    pub fn all() -> Vec<Variant> {
+    /// The variants measured by default; the subgroup-indexed one only where `subgroups`.
+    pub fn all(subgroups: bool) -> Vec<Variant> {
         let mut variants = vec![Variant::new(Mapping::Scalar, 256)];
         for workgroup_size in [64, 128, 256] {
             for per_invocation in [1, 2, 4] {
@@ -112,6 +117,9 @@ impl Variant {
         }
         for per_workgroup in [16, 64, 256] {
             variants.push(Variant::new(Mapping::Uniform { per_workgroup }, 1));
+        }
+        if subgroups {
+            variants.push(Variant::new(Mapping::Subgroup, 256));
         }
         variants.push(Variant {
             naga_bounds_checks: false,
@@ -128,6 +136,7 @@ impl Variant {
             Mapping::Consecutive { per_invocation } => format!("{per_invocation} vec4/inv consecutive, wg {wg}"),
             Mapping::GridStride { workgroups } => format!("grid-stride {workgroups} wgs, wg {wg}"),
             Mapping::Uniform { per_workgroup } => format!("{per_workgroup} vec4/wg uniform, wg {wg}"),
+            Mapping::Subgroup => format!("1 vec4/inv by subgroup ids, wg {wg}"),
         };
         if self.naga_bounds_checks {
             mapping
@@ -147,6 +156,7 @@ impl Variant {
             }
             Mapping::GridStride { workgroups } => (workgroups as usize).min(vec4s.div_ceil(wg)),
             Mapping::Uniform { per_workgroup } => vec4s.div_ceil(per_workgroup as usize),
+            Mapping::Subgroup => vec4s.div_ceil(wg),
         }
     }
 
@@ -186,6 +196,11 @@ impl Variant {
             Mapping::GridStride { .. } => "    let stride = grid.x * grid.y * WG;
     let n = arrayLength(&param);
     for (var i = workgroup_index * WG + local; i < n; i += stride) {
+        update(i);
+    }"
+            .to_string(),
+            Mapping::Subgroup => "    let i = workgroup_index * WG + subgroup * lanes + lane;
+    if (i < arrayLength(&param)) {
         update(i);
     }"
             .to_string(),
@@ -264,13 +279,18 @@ fn update(i: u32) {{
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) grid: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
+    @builtin(local_invocation_index) local: u32,{subgroup_builtins}
 ) {{
     let workgroup_index = workgroup.y * grid.x + workgroup.x;
 {entry}
 }}
 "#,
-            name = self.name()
+            name = self.name(),
+            subgroup_builtins = if self.mapping == Mapping::Subgroup {
+                "\n    @builtin(subgroup_id) subgroup: u32,\n    @builtin(subgroup_size) lanes: u32,\n    @builtin(subgroup_invocation_id) lane: u32,"
+            } else {
+                ""
+            },
         )
     }
 }
