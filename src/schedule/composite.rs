@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::leaf::LeafHooks;
 use super::{
-    bisect_right, check_state_keys, current_lrs, parse_args, parse_state, single_from_config, split_config,
+    bisect_right, check_group_count, check_state_keys, current_lrs, parse_args, parse_state, single_from_config, split_config,
     take_last_epoch, LearningRates, Scheduler,
 };
 use crate::error::{Error, Result};
@@ -207,13 +207,7 @@ impl Scheduler for SequentialLR {
                 own.milestones
             )));
         }
-        if own.last_lr.len() != self.last_lr.len() {
-            return Err(Error::Config(format!(
-                "SequentialLR state holds {} learning rates for {} parameter groups",
-                own.last_lr.len(),
-                self.last_lr.len()
-            )));
-        }
+        check_group_count("SequentialLR", own.last_lr.len(), self.last_lr.len())?;
         load_children("SequentialLR", &mut self.schedulers, &own.schedulers)?;
         self.milestones = own.milestones;
         self.last_epoch = own.last_epoch;
@@ -334,13 +328,7 @@ impl Scheduler for ChainedScheduler {
         }
         let map = check_state_keys(self.name(), state, &self.state())?;
         let own: Own = parse_state(self.name(), map)?;
-        if own.last_lr.len() != self.last_lr.len() {
-            return Err(Error::Config(format!(
-                "ChainedScheduler state holds {} learning rates for {} parameter groups",
-                own.last_lr.len(),
-                self.last_lr.len()
-            )));
-        }
+        check_group_count("ChainedScheduler", own.last_lr.len(), self.last_lr.len())?;
         load_children("ChainedScheduler", &mut self.schedulers, &own.schedulers)?;
         self.last_lr = own.last_lr;
         Ok(())

@@ -410,6 +410,16 @@ pub(crate) fn check_state_keys<'a>(scheduler: &str, state: &'a Value, expected: 
     Ok(map)
 }
 
+/// A loaded state's `_last_lr` must hold one learning rate per parameter group of the scheduler.
+pub(crate) fn check_group_count(scheduler: &str, loaded: usize, groups: usize) -> Result<()> {
+    if loaded != groups {
+        return Err(Error::Config(format!(
+            "{scheduler} state holds {loaded} learning rates for {groups} parameter groups"
+        )));
+    }
+    Ok(())
+}
+
 /// Python's `bisect_right` on a sorted list: how many milestones are `<= epoch`.
 pub(crate) fn bisect_right(milestones: &[u64], epoch: i64) -> usize {
     milestones.partition_point(|&m| i128::from(m) <= i128::from(epoch))

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{check_state_keys, current_lrs, parse_args, parse_state, split_config, state_fields, LearningRates, PerGroup};
+use super::{check_group_count, check_state_keys, current_lrs, parse_args, parse_state, split_config, state_fields, LearningRates, PerGroup};
 use crate::error::{Error, Result};
 use crate::rules::Check;
 
@@ -287,13 +287,7 @@ impl ReduceLROnPlateau {
         // torch's load_state_dict re-runs _init_is_better, which recomputes mode_worse.
         loaded.mode_worse = mode_worse(loaded.mode);
         loaded.validate()?;
-        if loaded.last_lr.len() != self.state.last_lr.len() {
-            return Err(Error::Config(format!(
-                "{NAME} state holds {} learning rates for {} parameter groups",
-                loaded.last_lr.len(),
-                self.state.last_lr.len()
-            )));
-        }
+        check_group_count(NAME, loaded.last_lr.len(), self.state.last_lr.len())?;
         self.state = loaded;
         Ok(())
     }
