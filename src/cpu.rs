@@ -8,7 +8,7 @@ use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, StepCounters};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
-use crate::rules::{StateSlot, TermsMemo, UpdateRule};
+use crate::rules::{self, StateSlot, TermsMemo, UpdateRule};
 
 struct CpuTensor {
     name: String,
@@ -172,18 +172,17 @@ impl CpuOptimizer {
     /// Sets a group's `momentum` or `betas[0]`, the hyper-parameter that torch's `CyclicLR` and
     /// `OneCycleLR` cycle (see [`UpdateRule::cycled_momentum`]); takes effect at the next step.
     pub fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
-        let mut rule = self.groups[group].rule.clone();
-        rule.set_cycled_momentum(value)?;
-        rule.validate()?;
-        self.groups[group].rule = rule;
+        let group = &mut self.groups[group];
+        group.rule = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
         Ok(())
     }
 
     pub fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        let mut rule = self.groups[group].rule.clone();
-        rule.set_lr(lr);
-        rule.validate()?;
-        self.groups[group].rule = rule;
+        let group = &mut self.groups[group];
+        group.rule = rules::changed(group.rule.as_ref(), |rule| {
+            rule.set_lr(lr);
+            Ok(())
+        })?;
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, GradientPass, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
-use crate::rules::{StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule, ELEMENTS_PER_INVOCATION, WORKGROUP_SIZE};
+use crate::rules::{self, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule, ELEMENTS_PER_INVOCATION, WORKGROUP_SIZE};
 
 /// Default number of steps that can be recorded into not-yet-submitted encoders, each with its
 /// own scalars ([`OptimizerOptions::steps_in_flight`]).
@@ -733,10 +733,11 @@ impl Optimizer {
 
     /// Sets a group's learning rate (what a schedule does); takes effect at the next step.
     pub fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        let mut rule = self.groups[group].rule.clone();
-        rule.set_lr(lr);
-        rule.validate()?;
-        self.groups[group].rule = rule;
+        let group = &mut self.groups[group];
+        group.rule = rules::changed(group.rule.as_ref(), |rule| {
+            rule.set_lr(lr);
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -744,10 +745,8 @@ impl Optimizer {
     /// `OneCycleLR` cycle (see [`UpdateRule::cycled_momentum`]); like lr, it travels in each
     /// step's scalars, so it takes effect at the next step recorded.
     pub fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
-        let mut rule = self.groups[group].rule.clone();
-        rule.set_cycled_momentum(value)?;
-        rule.validate()?;
-        self.groups[group].rule = rule;
+        let group = &mut self.groups[group];
+        group.rule = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
         Ok(())
     }
 

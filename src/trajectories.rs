@@ -415,10 +415,10 @@ impl LearningRates for LrRecorder {
     }
 
     fn set_lr(&mut self, _group: usize, lr: f64) -> Result<()> {
-        let mut rule = self.rule.clone();
-        rule.set_lr(lr);
-        rule.validate()?;
-        self.rule = rule;
+        self.rule = rules::changed(self.rule.as_ref(), |rule| {
+            rule.set_lr(lr);
+            Ok(())
+        })?;
         Ok(())
     }
 

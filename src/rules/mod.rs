@@ -184,6 +184,18 @@ impl Clone for Box<dyn UpdateRule> {
     }
 }
 
+/// A copy of `rule` with `change` applied and validated as torch validates it. `rule` itself is
+/// untouched, so a rejected change leaves the caller's rule as it was.
+pub(crate) fn changed(
+    rule: &dyn UpdateRule,
+    change: impl FnOnce(&mut dyn UpdateRule) -> Result<()>,
+) -> Result<Box<dyn UpdateRule>> {
+    let mut rule = rule.clone_box();
+    change(rule.as_mut())?;
+    rule.validate()?;
+    Ok(rule)
+}
+
 /// The kernel of every rule (flags at their defaults), one per shader.
 pub fn kernels() -> Vec<Kernel> {
     vec![
