@@ -181,9 +181,14 @@ pub fn run_gpu(
         }
         opt.step_and_submit();
     }
+    snapshot_gpu(&opt, &all)
+}
+
+/// Every parameter and state tensor of `ids`, read back from the GPU, by name (`w`, `w.exp_avg`).
+pub fn snapshot_gpu(opt: &Optimizer, ids: &[TensorId]) -> Snapshot {
     let mut views = Vec::new();
     let mut names = Vec::new();
-    for &id in &all {
+    for &id in ids {
         views.push(opt.param(id));
         names.push(opt.tensor_name(id).to_string());
         for key in opt.state_keys(id) {

@@ -9,7 +9,7 @@ use wgpu_optim::{
     Parameters, StepCounters, TensorId, UpdateRule,
 };
 
-use crate::common::{gpus, max_normwise_difference, Rng, Snapshot};
+use crate::common::{gpus, max_normwise_difference, snapshot_gpu, Rng, Snapshot};
 use crate::rules::GPU_VS_CPU_TOLERANCE;
 
 const SIZES: [usize; 3] = [1, 1000, 4099];
@@ -76,20 +76,6 @@ fn snapshot_cpu(opt: &CpuOptimizer, ids: &[TensorId]) -> Snapshot {
         }
     }
     out
-}
-
-fn snapshot_gpu(opt: &Optimizer, ids: &[TensorId]) -> Snapshot {
-    let mut views = Vec::new();
-    let mut names = Vec::new();
-    for &id in ids {
-        views.push(opt.param(id));
-        names.push(opt.tensor_name(id).to_string());
-        for key in opt.state_keys(id) {
-            views.push(opt.state(id, key).unwrap());
-            names.push(format!("{}.{key}", opt.tensor_name(id)));
-        }
-    }
-    names.into_iter().zip(opt.read_many(&views).unwrap()).collect()
 }
 
 /// The normwise difference of each kind of tensor (parameters, `exp_avg`, ...) over the
