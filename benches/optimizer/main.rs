@@ -136,6 +136,24 @@ struct Measured {
     samples: Timing,
 }
 
+/// The copy, the library's step and (if given) the composed-op baseline, measured side by side.
+fn measure_step(
+    bench: &Bench,
+    plan: &Plan,
+    copy: &mut Copy,
+    opt: &mut Optimizer,
+    naive: Option<&mut NaiveAdamW<'_>>,
+) -> (Measured, Measured, Option<Measured>) {
+    let mut step = Step(opt);
+    let mut workloads: Vec<&mut dyn Workload> = vec![copy, &mut step];
+    if let Some(naive) = naive {
+        workloads.push(naive);
+    }
+    let mut timings = measure(bench, plan, &mut workloads).into_iter().map(Measured::new);
+    let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
+    (copy_m, step_m, timings.next())
+}
+
 impl Measured {
     fn new(samples: Timing) -> Self {
         Measured {
@@ -537,17 +555,8 @@ fn bandwidth_section(
             let mut naive =
                 (baselines && rule.name() == "AdamW").then(|| NaiveAdamW::new(bench, &opt, u64::from(plan.max_batch)));
             let dispatches = opt.dispatches_per_step();
-            let timings = {
-                let mut step = Step(&mut opt);
-                let mut workloads: Vec<&mut dyn Workload> = vec![&mut copy, &mut step];
-                if let Some(naive) = naive.as_mut() {
-                    workloads.push(naive);
-                }
-                measure(bench, plan, &mut workloads)
-            };
-            let mut timings = timings.into_iter().map(Measured::new);
-            let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
-            if let (Some(naive_m), Some(naive)) = (timings.next(), naive.as_ref()) {
+            let (copy_m, step_m, naive_m) = measure_step(bench, plan, &mut copy, &mut opt, naive.as_mut());
+            if let (Some(naive_m), Some(naive)) = (naive_m, naive.as_ref()) {
                 naive_rows.push(naive_row(
                     "bandwidth",
                     &layout,
@@ -675,17 +684,8 @@ fn layout_section(
 
         let dispatches = opt.dispatches_per_step();
         let arenas = opt.arenas().len();
-        let timings = {
-            let mut step = Step(&mut opt);
-            let mut workloads: Vec<&mut dyn Workload> = vec![&mut copy, &mut step];
-            if let Some(naive) = naive.as_mut() {
-                workloads.push(naive);
-            }
-            measure(bench, plan, &mut workloads)
-        };
-        let mut timings = timings.into_iter().map(Measured::new);
-        let (copy_m, step_m) = (timings.next().expect("copy"), timings.next().expect("step"));
-        let naive_row = match (timings.next(), naive.as_ref()) {
+        let (copy_m, step_m, naive_m) = measure_step(bench, plan, &mut copy, &mut opt, naive.as_mut());
+        let naive_row = match (naive_m, naive.as_ref()) {
             (Some(m), Some(naive)) => Some(naive_row(
                 if gpt2 { "gpt2" } else { "scaling" },
                 layout,
