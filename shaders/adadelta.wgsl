@@ -17,6 +17,11 @@ struct AdadeltaTerms {
     _padding2: f32,
 }
 
+// AdadeltaTerms from its four words in the ring.
+fn adadelta_terms(w: vec4<u32>) -> AdadeltaTerms {
+    return AdadeltaTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
 struct AdadeltaScalars {
     terms: AdadeltaTerms,
     neg_lr: f32,
@@ -27,11 +32,8 @@ struct AdadeltaScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: AdadeltaScalars;
-@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> square_avg: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> acc_delta: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> step_terms: array<AdadeltaTerms>;
+@group(0) @binding(6) var<storage, read_write> square_avg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> acc_delta: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -46,8 +48,8 @@ fn main(
     var t = s.terms;
     if (conditioned) {
         // The step count lives on the GPU: this step's terms come from the ring.
-        t = step_terms[control.step % arrayLength(&step_terms)];
-        if (t.step != control.step) {
+        t = adadelta_terms(ring_terms());
+        if (t.step != tables.control.step) {
             return;
         }
     }

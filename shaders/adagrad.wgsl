@@ -14,6 +14,11 @@ struct AdagradTerms {
     _padding1: f32,
 }
 
+// AdagradTerms from its four words in the ring.
+fn adagrad_terms(w: vec4<u32>) -> AdagradTerms {
+    return AdagradTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
 struct AdagradScalars {
     terms: AdagradTerms,
     lr: f32,
@@ -22,10 +27,7 @@ struct AdagradScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: AdagradScalars;
-@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> sum: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> step_terms: array<AdagradTerms>;
+@group(0) @binding(6) var<storage, read_write> sum: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -40,8 +42,8 @@ fn main(
     var t = s.terms;
     if (conditioned) {
         // The step count lives on the GPU: this step's terms come from the ring.
-        t = step_terms[control.step % arrayLength(&step_terms)];
-        if (t.step != control.step) {
+        t = adagrad_terms(ring_terms());
+        if (t.step != tables.control.step) {
             return;
         }
     }

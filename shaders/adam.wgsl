@@ -21,6 +21,11 @@ struct AdamTerms {
     _padding: f32,
 }
 
+// AdamTerms from its four words in the ring.
+fn adam_terms(w: vec4<u32>) -> AdamTerms {
+    return AdamTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
 struct AdamScalars {
     terms: AdamTerms,
     lr: f32,
@@ -33,12 +38,9 @@ struct AdamScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: AdamScalars;
-@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> step_terms: array<AdamTerms>;
+@group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -53,8 +55,8 @@ fn main(
     var t = s.terms;
     if (conditioned) {
         // The step count lives on the GPU: this step's terms come from the ring.
-        t = step_terms[control.step % arrayLength(&step_terms)];
-        if (t.step != control.step) {
+        t = adam_terms(ring_terms());
+        if (t.step != tables.control.step) {
             return;
         }
     }

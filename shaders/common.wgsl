@@ -1,43 +1,65 @@
-// Shared by every update rule; prepended to each rule's kernel.
+// Shared by every update rule; prepended (after shaders/control.wgsl) to each rule's kernel.
 //
-// Binding layout of every kernel:
+// Binding layout of every rule's passes:
 //   0: the group's scalars for this step (uniform; one slot per recorded step and group)
-//   1: param (read_write)    2: grad (read)    3..5: the rule's state tensors (read_write)
-//   6: the group's step terms by step number (read; used when the step count lives on the GPU)
-//   7: the optimizer's gradient control block (read; written by shaders/gradients.wgsl)
-// Bindings 1..5 cover one window of an arena: a run of whole tensors, at most
-// max_storage_buffer_binding_size bytes. One invocation updates one vec4 (4 elements); the
-// arena is padded to a multiple of 64 elements.
-
-const WORKGROUP_SIZE: u32 = 256u;
+//   1: this dispatch's record (uniform; one per dispatch): its window, tensors and pass words
+//   2: tables (read): the gradient control block, then the groups' step-terms rings, the tensor
+//      table, the chunk map and the dispatches' tensor lists (u32 words)
+//   3: param (read_write)    4: grad (read)
+//   5: aux (read_write): reduction partials, then per tensor four scalars and the rule's
+//      per-tensor state (Adafactor's row_var, col_var), then scratch (Muon's matrices)
+//   6..: the rule's per-element state arrays (read_write), e.g. exp_avg, exp_avg_sq
+// Bindings 3, 4 and 6.. cover one window of an arena: a run of whole tensors, at most
+// max_storage_buffer_binding_size bytes. In an element pass one invocation updates one vec4
+// (4 elements) and one workgroup one chunk (1,024 elements); tensors of rules that work per
+// tensor start at chunk boundaries, so a workgroup never straddles two tensors.
 
 // Set when the optimizer conditions gradients on the GPU before the step (loss-scale
-// unscaling, value and norm clipping, skipping non-finite steps): the step count then lives
-// on the GPU too, and the step's terms come from the ring at binding 6.
+// unscaling, value and norm clipping, skipping non-finite steps, a rule reading the global
+// norm): the step count then lives on the GPU too, and the step's terms come from the ring.
 override conditioned: bool = false;
 
-// Mirrors `Control` in src/gradients.rs; written by shaders/gradients.wgsl.
-struct Control {
-    loss_scale: f32,        // the scale the next backward pass multiplies the loss by (offset 0: bindable)
-    inv_scale: f32,         // 1 / loss_scale, what the norm pass unscales by
-    step_inv_scale: f32,    // the 1 / scale of this step's gradients
-    growth_tracker: u32,    // successful steps since the scale last changed
-    step: u32,              // updates applied, this step's included: the t of the update
-    skipped: u32,           // steps skipped because a gradient was not finite
-    skip: u32,              // 1 when this step is skipped
-    error: u32,             // bit 0: non-finite norm with error_if_nonfinite
-    grad_norm: f32,         // total norm of this step's unscaled, value-clipped gradients
-    clip_coefficient: f32,  // min(max_norm / (norm + 1e-6), 1), or 1 without norm clipping
-    clip_value: f32,        // |g| is clamped to this (infinity without value clipping)
-    _padding: u32,
+struct Tables {
+    control: Control,
+    words: array<u32>,
 }
 
-@group(0) @binding(7) var<storage, read> control: Control;
+// Mirrors `DispatchRecord` in src/optimizer.rs.
+struct Dispatch {
+    first_chunk: u32,       // element passes: the global index of the window's first chunk
+    tensors: u32,           // tables word of this dispatch's tensor list (per-tensor and matrix passes)
+    tensor_count: u32,
+    terms: u32,             // tables word of the group's step-terms ring
+    table: u32,             // tables word of the tensor table
+    chunk_map: u32,         // tables word of the chunk map (global chunk -> tensor)
+    chunks: u32,            // element passes: the window's chunks (workgroups beyond them return)
+    _padding: u32,
+    args: array<vec4<u32>, 2>,  // the pass's own words
+}
 
-// Index of this invocation's vec4. Windows needing more than the device's workgroups per
-// dimension are swept by a 2-D grid of workgroups, row by row.
-fn vec4_index(workgroup: vec3<u32>, grid: vec3<u32>, local: u32) -> u32 {
-    return (workgroup.y * grid.x + workgroup.x) * WORKGROUP_SIZE + local;
+// One tensor: mirrors `TableEntry` in src/optimizer.rs (10 words, the last unused).
+struct Tensor {
+    offset: u32,            // first element in its arena
+    len: u32,
+    rows: u32,              // the last two dimensions (a vector is 1 x n)
+    cols: u32,
+    matrices: u32,          // the product of the leading dimensions
+    dims: u32,              // the number of dimensions
+    aux: u32,               // first element of its aux region: 4 scalars, then its state
+    scratch: u32,           // first element of its scratch
+    first_chunk: u32,       // global index of its first chunk
+}
+
+@group(0) @binding(1) var<uniform> dispatch: Dispatch;
+@group(0) @binding(2) var<storage, read> tables: Tables;
+@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> aux: array<f32>;
+
+// The words of this step's terms in the group's ring, by the GPU's step count.
+fn ring_terms() -> vec4<u32> {
+    let at = dispatch.terms + (tables.control.step % STEP_TERMS_RING) * 4u;
+    return vec4<u32>(tables.words[at], tables.words[at + 1u], tables.words[at + 2u], tables.words[at + 3u]);
 }
 
 // The gradient as torch's GradScaler.unscale_, clip_grad_value_ and clip_grad_norm_ leave it.
@@ -45,14 +67,21 @@ fn conditioned_gradient(g: vec4<f32>) -> vec4<f32> {
     if (!conditioned) {
         return g;
     }
-    let unscaled = g * control.step_inv_scale;
-    let clamped = clamp(unscaled, vec4<f32>(-control.clip_value), vec4<f32>(control.clip_value));
-    return clamped * control.clip_coefficient;
+    let c = tables.control;
+    let unscaled = g * c.step_inv_scale;
+    let clamped = clamp(unscaled, vec4<f32>(-c.clip_value), vec4<f32>(c.clip_value));
+    return clamped * c.clip_coefficient;
 }
 
 // True when the GPU decided to skip this step.
 fn step_skipped() -> bool {
-    return conditioned && control.skip != 0u;
+    return conditioned && tables.control.skip != 0u;
+}
+
+// Whether this step updates anything: it is not skipped, and the terms tagged `step` are the
+// GPU's step's (always, without conditioning). Workgroup-uniform.
+fn step_applies(step: u32) -> bool {
+    return !step_skipped() && (!conditioned || step == tables.control.step);
 }
 
 // torch.lerp(start, end, weight), computed from the nearer end as ATen does.
@@ -61,4 +90,47 @@ fn torch_lerp(start: vec4<f32>, end: vec4<f32>, weight: f32) -> vec4<f32> {
         return start + weight * (end - start);
     }
     return end - (end - start) * (1.0 - weight);
+}
+
+// ---- tensors (rules that work per tensor) ----
+
+fn tensor_at(t: u32) -> Tensor {
+    let at = dispatch.table + t * 10u;
+    let w = &tables.words;
+    return Tensor(
+        (*w)[at], (*w)[at + 1u], (*w)[at + 2u], (*w)[at + 3u], (*w)[at + 4u],
+        (*w)[at + 5u], (*w)[at + 6u], (*w)[at + 7u], (*w)[at + 8u],
+    );
+}
+
+// The tensor an element pass's workgroup lies in.
+fn chunk_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    return tables.words[dispatch.chunk_map + dispatch.first_chunk + workgroup.y * grid.x + workgroup.x];
+}
+
+// The global chunk index of an element pass's workgroup.
+fn chunk_index(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    return dispatch.first_chunk + workgroup.y * grid.x + workgroup.x;
+}
+
+// The k-th tensor of this dispatch (per-tensor passes: workgroup k; matrix passes: grid z).
+fn dispatch_tensor(k: u32) -> u32 {
+    return tables.words[dispatch.tensors + k];
+}
+
+// The index of a vec4's first element inside its tensor, given the tensor and the global chunk.
+fn element_in_tensor(tensor: Tensor, chunk: u32, local: u32) -> u32 {
+    return (chunk - tensor.first_chunk) * CHUNK_ELEMENTS + local * 4u;
+}
+
+// A chunk's reduction partials (aux starts with one vec4 per chunk).
+fn write_partials(chunk: u32, value: vec4<f32>) {
+    aux[chunk * 4u] = value.x;
+    aux[chunk * 4u + 1u] = value.y;
+    aux[chunk * 4u + 2u] = value.z;
+    aux[chunk * 4u + 3u] = value.w;
+}
+
+fn read_partials(chunk: u32) -> vec4<f32> {
+    return vec4<f32>(aux[chunk * 4u], aux[chunk * 4u + 1u], aux[chunk * 4u + 2u], aux[chunk * 4u + 3u]);
 }

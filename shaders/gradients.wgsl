@@ -4,7 +4,7 @@
 //   finalize:      one workgroup reduces the partials to the total norm, decides whether the
 //                  step is skipped, counts the step, sets the clip coefficient and updates the
 //                  dynamic loss scale (torch's clip_grad_norm_ and GradScaler semantics).
-// `Control`, `WORKGROUP_SIZE` and `vec4_index` come from common.wgsl.
+// `Control`, `WORKGROUP_SIZE` and `vec4_index` come from control.wgsl.
 
 struct Settings {
     partial_count: u32,     // norm-pass workgroups over all windows

@@ -20,6 +20,11 @@ struct NadamTerms {
     exp_avg_ratio: f32,         // mu_{t+1}/(1 - mu_prod_t*mu_{t+1})
 }
 
+// NadamTerms from its four words in the ring.
+fn nadam_terms(w: vec4<u32>) -> NadamTerms {
+    return NadamTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
 struct NadamScalars {
     terms: NadamTerms,
     lr: f32,
@@ -32,11 +37,8 @@ struct NadamScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: NadamScalars;
-@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> step_terms: array<NadamTerms>;
+@group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -51,8 +53,8 @@ fn main(
     var t = s.terms;
     if (conditioned) {
         // The step count lives on the GPU: this step's terms come from the ring.
-        t = step_terms[control.step % arrayLength(&step_terms)];
-        if (t.step != control.step) {
+        t = nadam_terms(ring_terms());
+        if (t.step != tables.control.step) {
             return;
         }
     }

@@ -20,6 +20,11 @@ struct RmspropTerms {
     _padding2: f32,
 }
 
+// RmspropTerms from its four words in the ring.
+fn rmsprop_terms(w: vec4<u32>) -> RmspropTerms {
+    return RmspropTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
 struct RmspropScalars {
     terms: RmspropTerms,
     neg_lr: f32,
@@ -31,12 +36,9 @@ struct RmspropScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: RmspropScalars;
-@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> square_avg: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> grad_avg: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> step_terms: array<RmspropTerms>;
+@group(0) @binding(6) var<storage, read_write> square_avg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> grad_avg: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -51,8 +53,8 @@ fn main(
     var t = s.terms;
     if (conditioned) {
         // The step count lives on the GPU: this step's terms come from the ring.
-        t = step_terms[control.step % arrayLength(&step_terms)];
-        if (t.step != control.step) {
+        t = rmsprop_terms(ring_terms());
+        if (t.step != tables.control.step) {
             return;
         }
     }

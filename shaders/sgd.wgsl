@@ -19,6 +19,11 @@ struct SgdTerms {
     _padding2: f32,
 }
 
+// SgdTerms from its four words in the ring.
+fn sgd_terms(w: vec4<u32>) -> SgdTerms {
+    return SgdTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
 struct SgdScalars {
     terms: SgdTerms,
     neg_lr: f32,
@@ -28,10 +33,7 @@ struct SgdScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: SgdScalars;
-@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> step_terms: array<SgdTerms>;
+@group(0) @binding(6) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -46,8 +48,8 @@ fn main(
     var t = s.terms;
     if (conditioned) {
         // The step count lives on the GPU: this step's terms come from the ring.
-        t = step_terms[control.step % arrayLength(&step_terms)];
-        if (t.step != control.step) {
+        t = sgd_terms(ring_terms());
+        if (t.step != tables.control.step) {
             return;
         }
     }

@@ -23,14 +23,25 @@ use crate::replay::{read_safetensors_bytes, write_safetensors_with_metadata, Nam
 use crate::rules::{self, UpdateRule};
 
 pub const CHECKPOINT_FORMAT: &str = "wgpu-optim-checkpoint";
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// 2: each group records its own rule (`optimizer`); version-1 files (one rule) still load.
+pub const CHECKPOINT_VERSION: u32 = 2;
 
-/// One parameter group as saved: its tensors and hyper-parameters (torch names).
+/// One parameter group as saved: its rule, tensors and hyper-parameters (torch names).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupRecord {
+    /// The group's rule (its torch class name); absent in version-1 files, whose groups all
+    /// use the checkpoint's `optimizer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<String>,
     pub params: Vec<String>,
     pub hyperparameters: serde_json::Value,
+}
+
+impl GroupRecord {
+    pub(crate) fn of(rule: &dyn UpdateRule, params: Vec<String>) -> Self {
+        GroupRecord { optimizer: Some(rule.name().to_string()), params, hyperparameters: rule.hyperparameters() }
+    }
 }
 
 /// The optimizer's counters as saved.
@@ -177,7 +188,11 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
         if saved.params != names {
             return mismatch(format!("group {g} holds {:?}, this optimizer's holds {names:?}", saved.params));
         }
-        let restored = rules::from_config(target.optimizer, &saved.hyperparameters)?;
+        let saved_rule = saved.optimizer.as_deref().unwrap_or(&checkpoint.optimizer);
+        if saved_rule != rule.name() {
+            return mismatch(format!("group {g} holds {saved_rule} state, this optimizer's group {g} is {}", rule.name()));
+        }
+        let restored = rules::from_config(saved_rule, &saved.hyperparameters)?;
         let (saved_flags, flags) = (restored.kernel().flags, rule.kernel().flags);
         if saved_flags != flags {
             let differing: Vec<String> = saved_flags
@@ -188,18 +203,26 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
                 .collect();
             return mismatch(format!("group {g} was saved with other flags ({})", differing.join(", ")));
         }
+        let pass_list = |kernel: crate::rules::Kernel| kernel.passes.into_iter().map(|p| (p.entry, p.args)).collect::<Vec<_>>();
+        if pass_list(restored.kernel()) != pass_list(rule.kernel()) {
+            return mismatch(format!("group {g} was saved with another pass list (e.g. Muon's ns_steps)"));
+        }
         for (name, shape) in tensors {
-            let len: usize = shape.iter().product();
             let mut tensor_values = Vec::new();
-            let keys: Vec<String> =
-                std::iter::once(String::new()).chain(restored.state_slots().iter().map(|s| format!(".{}", s.key))).collect();
-            for suffix in keys {
+            let element = restored.state_slots().into_iter().map(|s| (format!(".{}", s.key), shape.to_vec()));
+            let per_tensor = restored.tensor_state(shape).into_iter().map(|s| (format!(".{}", s.key), s.shape));
+            let keys: Vec<(String, Vec<usize>)> = std::iter::once((String::new(), shape.to_vec())).chain(element).chain(per_tensor).collect();
+            for (suffix, expected_shape) in keys {
                 let key = format!("{name}{suffix}");
                 let Some(saved) = checkpoint.tensor(&key) else {
                     return mismatch(format!("it has no tensor {key:?}"));
                 };
-                if saved.shape != *shape || saved.data.len() != len {
-                    return mismatch(format!("{key:?} has shape {:?}, this optimizer's {name:?} has {shape:?}", saved.shape));
+                let expected_len: usize = expected_shape.iter().product();
+                if saved.shape != expected_shape || saved.data.len() != expected_len {
+                    return mismatch(format!(
+                        "{key:?} has shape {:?}, this optimizer's has {expected_shape:?} (tensor {name:?} of shape {shape:?})",
+                        saved.shape
+                    ));
                 }
                 tensor_values.push(saved.data.clone());
                 expected.insert(key);
@@ -251,22 +274,19 @@ impl CounterRecord {
     }
 }
 
-/// The tensors of a checkpoint: per tensor, its parameter, state, `step` and scalar state.
+/// The tensors of a checkpoint: per tensor, its parameter, state (key, shape, values: the
+/// per-element state, then the per-tensor state), `step` and scalar state.
 pub(crate) fn tensors_of(
     name: &str,
     shape: &[usize],
     rule: &dyn UpdateRule,
     applied_steps: u64,
-    param_and_state: Vec<Vec<f32>>,
+    param: Vec<f32>,
+    state: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 ) -> Vec<NamedTensor> {
-    let mut values = param_and_state.into_iter();
-    let mut out = vec![NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: values.next().expect("the parameter") }];
-    for slot in rule.state_slots() {
-        out.push(NamedTensor {
-            name: format!("{name}.{}", slot.key),
-            shape: shape.to_vec(),
-            data: values.next().expect("one value per state slot"),
-        });
+    let mut out = vec![NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: param }];
+    for (key, shape, data) in state {
+        out.push(NamedTensor { name: format!("{name}.{key}"), shape, data });
     }
     out.push(NamedTensor { name: format!("{name}.step"), shape: Vec::new(), data: vec![applied_steps as f32] });
     for (key, value) in rule.scalar_state(applied_steps) {

@@ -120,6 +120,8 @@ impl fmt::Display for AdapterReport {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PipelineKey {
     pub label: &'static str,
+    /// The WGSL entry point (a rule's pass).
+    pub entry: &'static str,
     pub constants: Vec<(&'static str, u64)>,
 }
 
@@ -280,7 +282,7 @@ impl GpuContext {
         let constants: Vec<(&str, f64)> =
             key.constants.iter().map(|&(name, bits)| (name, f64::from_bits(bits))).collect();
         let pipeline = self
-            .checked(&format!("compiling the {} kernel", key.label), || {
+            .checked(&format!("compiling the {} kernel ({})", key.label, key.entry), || {
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(key.label),
                     source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -289,7 +291,7 @@ impl GpuContext {
                     label: Some(key.label),
                     layout: Some(layout),
                     module: &module,
-                    entry_point: Some("main"),
+                    entry_point: Some(key.entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
                         constants: &constants,
                         zero_initialize_workgroup_memory: false,

@@ -8,15 +8,17 @@ use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, StepCounters};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
-use crate::rules::{self, StateSlot, TermsMemo, UpdateRule};
+use crate::rules::{self, CpuTensor, StateSlot, TermsMemo, UpdateRule};
 
-struct CpuTensor {
+struct Tensor {
     name: String,
     shape: Vec<usize>,
     group: usize,
     param: Vec<f32>,
     grad: Vec<f32>,
     state: Vec<Vec<f32>>,
+    /// Per-tensor state ([`UpdateRule::tensor_state`]), with its keys and shapes.
+    tensor_state: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 }
 
 struct CpuGroup {
@@ -39,10 +41,12 @@ struct CpuGroup {
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
 pub struct CpuOptimizer {
-    tensors: Vec<CpuTensor>,
+    tensors: Vec<Tensor>,
     groups: Vec<CpuGroup>,
     gradients: GradientOptions,
     control: Control,
+    /// Gradients are conditioned (and the norm computed) before each step.
+    conditioned: bool,
 }
 
 impl CpuOptimizer {
@@ -74,9 +78,15 @@ impl CpuOptimizer {
             .into_specs()
             .into_iter()
             .zip(owner)
-            .map(|(spec, g)| CpuTensor {
+            .map(|(spec, g)| Tensor {
                 grad: vec![0.0; spec.data.len()],
                 state: groups[g].slots.iter().map(|slot| vec![slot.init; spec.data.len()]).collect(),
+                tensor_state: groups[g]
+                    .rule
+                    .tensor_state(&spec.shape)
+                    .into_iter()
+                    .map(|slot| (slot.key, slot.shape.clone(), vec![slot.init; slot.len()]))
+                    .collect(),
                 name: spec.name,
                 shape: spec.shape,
                 group: g,
@@ -84,14 +94,15 @@ impl CpuOptimizer {
             })
             .collect();
         let control = Control::new(&gradients);
-        Ok(CpuOptimizer { tensors, groups, gradients, control })
+        let conditioned = gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
+        Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned })
     }
 
     /// One step of every group (skipped, with gradient conditioning, when a gradient is not
     /// finite). The gradients are left as written.
     pub fn step(&mut self) {
         let mut conditioned: Vec<Vec<f32>> = Vec::new();
-        if self.gradients.is_active() {
+        if self.conditioned {
             conditioned = self.tensors.iter().map(|t| t.grad.clone()).collect();
             let mut views: Vec<&mut [f32]> = conditioned.iter_mut().map(Vec::as_mut_slice).collect();
             if self.control.condition(&self.gradients, &mut views) {
@@ -106,8 +117,15 @@ impl CpuOptimizer {
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
                 let grad = if conditioned.is_empty() { &tensor.grad } else { &conditioned[id.0] };
-                let mut state: Vec<&mut [f32]> = tensor.state.iter_mut().map(Vec::as_mut_slice).collect();
-                group.rule.cpu_update(&scalars, &mut tensor.param, grad, &mut state);
+                let cpu_tensor = CpuTensor {
+                    shape: &tensor.shape,
+                    param: &mut tensor.param,
+                    grad,
+                    state: tensor.state.iter_mut().map(Vec::as_mut_slice).collect(),
+                    tensor_state: tensor.tensor_state.iter_mut().map(|(_, _, values)| values.as_mut_slice()).collect(),
+                    grad_norm: self.control.grad_norm * self.control.clip_coefficient,
+                };
+                group.rule.cpu_update(&scalars, cpu_tensor);
             }
         }
     }
@@ -139,8 +157,11 @@ impl CpuOptimizer {
         self.groups.len()
     }
 
+    /// State keys kept for a tensor: per-element state, then per-tensor state.
     pub fn state_keys(&self, id: TensorId) -> Vec<&'static str> {
-        self.groups[self.tensors[id.0].group].slots.iter().map(|s| s.key).collect()
+        let tensor = &self.tensors[id.0];
+        let element = self.groups[tensor.group].slots.iter().map(|s| s.key);
+        element.chain(tensor.tensor_state.iter().map(|(key, _, _)| *key)).collect()
     }
 
     pub fn param(&self, id: TensorId) -> &[f32] {
@@ -154,8 +175,10 @@ impl CpuOptimizer {
     pub fn state(&self, id: TensorId, key: &str) -> Result<&[f32]> {
         let tensor = &self.tensors[id.0];
         let slots = &self.groups[tensor.group].slots;
+        let per_tensor = tensor.tensor_state.iter().find(|(name, _, _)| *name == key);
         match slots.iter().position(|s| s.key == key) {
             Some(k) => Ok(&tensor.state[k]),
+            None if per_tensor.is_some() => Ok(&per_tensor.expect("checked").2),
             None => Err(Error::Tensor(format!(
                 "tensor {:?} has no state {key:?}; it has {:?}",
                 tensor.name,
@@ -194,13 +217,11 @@ impl CpuOptimizer {
         for group in &self.groups {
             for id in &group.tensors {
                 let t = &self.tensors[id.0];
-                let values = std::iter::once(t.param.clone()).chain(t.state.iter().cloned()).collect();
-                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, values));
+                let element = group.slots.iter().zip(&t.state).map(|(slot, values)| (slot.key, t.shape.clone(), values.clone()));
+                let state = element.chain(t.tensor_state.iter().cloned()).collect();
+                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, t.param.clone(), state));
             }
-            groups.push(GroupRecord {
-                params: group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect(),
-                hyperparameters: group.rule.hyperparameters(),
-            });
+            groups.push(GroupRecord::of(group.rule.as_ref(), group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect()));
         }
         Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -229,7 +250,12 @@ impl CpuOptimizer {
         for tensor in &mut self.tensors {
             let mut values = restore.values.remove(&tensor.name).expect("checked").into_iter();
             tensor.param = values.next().expect("the parameter");
-            tensor.state = values.collect();
+            for state in &mut tensor.state {
+                *state = values.next().expect("checked: one value per state slot");
+            }
+            for (_, _, state) in &mut tensor.tensor_state {
+                *state = values.next().expect("checked: one value per per-tensor state slot");
+            }
         }
         Ok(checkpoint.schedule.clone())
     }

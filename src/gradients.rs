@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rules::{Pass, Scope};
 
 /// `torch.nn.utils.clip_grad_norm_` settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -323,10 +324,17 @@ impl Settings {
 
 /// WGSL of the gradient-conditioning kernels (with the shared definitions).
 pub(crate) fn gradients_wgsl() -> String {
-    format!("{}\n{}", crate::rules::COMMON_WGSL, include_str!("../shaders/gradients.wgsl"))
+    concat!(include_str!("../shaders/control.wgsl"), "\n", include_str!("../shaders/gradients.wgsl")).to_string()
 }
 
-/// The GPU side: the norm pass over every gradient window and the finalize dispatch.
+/// The built-in passes that run before every rule's: the norm pass over every gradient
+/// window, then the finalize pass that decides the step (`shaders/gradients.wgsl`).
+pub(crate) fn conditioning_passes() -> [Pass; 2] {
+    [Pass::new("norm_partials", Scope::Elements), Pass::new("finalize", Scope::Once)]
+}
+
+/// The GPU side of [`conditioning_passes`]: its pipelines and bind groups. It has bindings of
+/// its own (it writes the control block, which the rules only read).
 pub(crate) struct GradientPass {
     norm: wgpu::ComputePipeline,
     finalize: wgpu::ComputePipeline,
@@ -433,21 +441,33 @@ impl GradientPass {
                     (bind_group, *grid)
                 })
                 .collect();
-            GradientPass { norm: pipeline("norm_partials"), finalize: pipeline("finalize"), shared, windows }
+            let [norm, finalize] = conditioning_passes();
+            GradientPass { norm: pipeline(norm.entry), finalize: pipeline(finalize.entry), shared, windows }
         })
         .await
     }
 
-    /// Records the norm pass and the finalize dispatch; returns the dispatches recorded.
+    /// Records the passes; returns the dispatches recorded.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
-        pass.set_pipeline(&self.norm);
         pass.set_bind_group(0, &self.shared, &[]);
-        for (bind_group, grid) in &self.windows {
-            pass.set_bind_group(1, bind_group, &[]);
-            pass.dispatch_workgroups(grid.0, grid.1, 1);
+        for (pipeline, declared) in [&self.norm, &self.finalize].into_iter().zip(conditioning_passes()) {
+            pass.set_pipeline(pipeline);
+            match declared.scope {
+                Scope::Elements => {
+                    for (bind_group, grid) in &self.windows {
+                        pass.set_bind_group(1, bind_group, &[]);
+                        pass.dispatch_workgroups(grid.0, grid.1, 1);
+                    }
+                }
+                Scope::Once => pass.dispatch_workgroups(1, 1, 1),
+                Scope::Tensors | Scope::Matrices { .. } => unreachable!("the conditioning passes are element and once passes"),
+            }
         }
-        pass.set_pipeline(&self.finalize);
-        pass.dispatch_workgroups(1, 1, 1);
+        self.dispatches()
+    }
+
+    /// Dispatches [`record`](Self::record) records: one per gradient window, then one.
+    pub fn dispatches(&self) -> usize {
         self.windows.len() + 1
     }
 }

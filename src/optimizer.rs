@@ -1,12 +1,25 @@
-//! The dispatcher: parameters, gradients and optimizer state in flat arenas, bind groups built
-//! once, and a step that records one dispatch per arena window into the caller's encoder.
+//! The dispatcher: parameters, gradients and optimizer state in flat arenas, a GPU table of
+//! the tensors, bind groups built once, and a step that records each rule's passes.
 //!
 //! Layout. Each parameter group's tensors are packed, in order, into arenas: one buffer for
-//! params, one for grads and one per state key (`exp_avg`, ...), every tensor starting at a
-//! 256-byte boundary so the user's kernels can bind it directly. An arena holds at most one
-//! storage binding's worth of elements (`max_storage_buffer_binding_size`); a tensor larger
-//! than that gets an arena of its own, swept in several binding-sized windows. All rules are
-//! element-wise, so one dispatch sweeps a whole window whatever the number of tensors in it.
+//! params, one for grads and one per per-element state key (`exp_avg`, ...). Every tensor
+//! starts at a 256-byte boundary so the user's kernels can bind it directly, or at a chunk
+//! boundary (1,024 elements, one workgroup of an element pass) when its rule works per tensor,
+//! so that no workgroup straddles two tensors. An arena holds at most one storage binding's
+//! worth of elements (`max_storage_buffer_binding_size`); a tensor larger than that gets an
+//! arena of its own, swept in several binding-sized windows.
+//!
+//! Two more buffers serve every group. *Tables* (read-only to the rules) holds the gradient
+//! control block, each group's ring of step terms, the tensor table (offset, length and shape
+//! of every tensor), the chunk map (chunk → tensor) and the tensor lists of per-tensor and
+//! matrix dispatches. *Aux* (read-write) holds the reduction partials (one `vec4` per chunk),
+//! per tensor four scalars and the rule's per-tensor state (Adafactor's factored moments), and
+//! the scratch that batches of matrices share (Muon's Newton–Schulz iterates).
+//!
+//! A rule is a list of passes ([`rules::Pass`]), each with a scope: every element (one
+//! dispatch per arena window, whatever the number of tensors in it), one workgroup per tensor,
+//! batches of same-shape matrices, or once. The dispatch plan is built once: a step replays it,
+//! with one uniform record per dispatch (its window, tensor list and the pass's own words).
 //!
 //! Per-step scalars (bias corrections, learning rate) are computed on the CPU in f64 and
 //! written with `queue.write_buffer` into a ring of uniform slots, one slot per recorded step,
@@ -23,7 +36,10 @@ use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, GradientPass, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
 use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
-use crate::rules::{self, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule, ELEMENTS_PER_INVOCATION, WORKGROUP_SIZE};
+use crate::rules::{
+    self, matrix_dims, Kernel, Scope, StateSlot, StepTerms, TensorSlot, TermsMemo, UpdateRule, CHUNK_ELEMENTS,
+    ELEMENTS_PER_INVOCATION, FIRST_STATE_BINDING, SCALARS_BYTES, WORKGROUP_SIZE,
+};
 
 /// Default number of steps that can be recorded into not-yet-submitted encoders, each with its
 /// own scalars ([`OptimizerOptions::steps_in_flight`]).
@@ -32,12 +48,16 @@ pub const SCALAR_RING_STEPS: u64 = 64;
 /// Every tensor starts at a multiple of this many bytes (WebGPU's storage offset alignment).
 const TENSOR_ALIGN_BYTES: u64 = 256;
 
-const SCALARS_SIZE: u64 = std::mem::size_of::<StepScalars>() as u64;
 const TERMS_SIZE: u64 = std::mem::size_of::<StepTerms>() as u64;
 
 /// Entries of each group's ring of step terms (used when the step count lives on the GPU):
 /// at most this many steps may be skipped between two reads of [`Optimizer::counters`].
+/// Must equal `STEP_TERMS_RING` in `shaders/common.wgsl`.
 pub const STEP_TERMS_RING: u64 = 4096;
+
+/// Storage bindings every rule's passes use besides their per-element state: tables, param,
+/// grad, aux.
+const FIXED_STORAGE_BINDINGS: u32 = 4;
 
 /// Tuning knobs; the defaults follow the device's limits.
 #[derive(Clone, Debug, Default)]
@@ -58,8 +78,10 @@ pub struct OptimizerOptions {
 
 /// Where a tensor lives on the GPU: a range of a storage buffer.
 ///
-/// `offset` is 256-byte aligned, so `binding()` can be used in the user's own bind groups
-/// (forward and backward kernels reading parameters and writing gradients in place).
+/// `offset` is 256-byte aligned for parameters, gradients and per-element state, so
+/// `binding()` can be used in the user's own bind groups (forward and backward kernels reading
+/// parameters and writing gradients in place). Per-tensor state (Adafactor's `row_var`) lives
+/// in the auxiliary buffer at 16-byte alignment: read it, do not bind it.
 #[derive(Clone, Debug)]
 pub struct TensorView {
     pub buffer: wgpu::Buffer,
@@ -91,7 +113,7 @@ pub struct ArenaInfo {
     /// Elements, padding included.
     pub len: usize,
     pub tensors: Vec<TensorId>,
-    /// Dispatches this arena costs per step.
+    /// Windows (dispatches of each element pass) of this arena.
     pub windows: usize,
 }
 
@@ -104,10 +126,12 @@ struct TensorEntry {
     arena: usize,
     /// Element offset inside the arena.
     offset: usize,
+    /// Element offset of its aux region (four scalars, then its per-tensor state).
+    aux: Option<usize>,
 }
 
 struct Window {
-    bind_group: wgpu::BindGroup,
+    bind_group: usize,
     grid: (u32, u32),
     /// Element range in the arena.
     start: usize,
@@ -128,13 +152,53 @@ struct Group {
     rule: Box<dyn UpdateRule>,
     tensors: Vec<TensorId>,
     slots: Vec<StateSlot>,
-    pipeline: wgpu::ComputePipeline,
     memo: TermsMemo,
-    /// Step terms by step number, when the step count lives on the GPU.
-    terms_ring: Option<wgpu::Buffer>,
+    /// Byte offset of its ring of step terms in the tables buffer, when the step count lives on
+    /// the GPU.
+    terms_ring: Option<u64>,
 }
 
-/// A GPU optimizer over a set of parameter groups.
+/// One recorded dispatch of the plan.
+struct Command {
+    group: usize,
+    pipeline: usize,
+    bind_group: usize,
+    record_offset: u32,
+    grid: (u32, u32, u32),
+}
+
+/// Mirrors `struct Dispatch` in `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct DispatchRecord {
+    first_chunk: u32,
+    tensors: u32,
+    tensor_count: u32,
+    terms: u32,
+    table: u32,
+    chunk_map: u32,
+    chunks: u32,
+    _padding: u32,
+    args: [u32; 8],
+}
+
+/// Mirrors `struct Tensor` in `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct TableEntry {
+    offset: u32,
+    len: u32,
+    rows: u32,
+    cols: u32,
+    matrices: u32,
+    dims: u32,
+    aux: u32,
+    scratch: u32,
+    first_chunk: u32,
+    _padding: u32,
+}
+
+/// A GPU optimizer over a set of parameter groups, each with its own update rule.
 ///
 /// ```no_run
 /// use wgpu_optim::{rules::AdamW, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
@@ -169,7 +233,13 @@ pub struct Optimizer {
     /// The scalars of one recorded step, reused (no allocation per step).
     scalar_bytes: Vec<u8>,
     gradients: GradientOptions,
-    control: wgpu::Buffer,
+    /// The control block (offset 0), rings, tensor table, chunk map and tensor lists.
+    tables: wgpu::Buffer,
+    /// Reduction partials, per-tensor scalars and state, shared scratch.
+    aux: wgpu::Buffer,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    bind_groups: Vec<wgpu::BindGroup>,
+    plan: Vec<Command>,
     conditioning: Option<GradientPass>,
     /// The GPU's counters as last read (the step count, when it lives on the GPU).
     known: Control,
@@ -178,13 +248,30 @@ pub struct Optimizer {
 impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Optimizer")
-            .field("rule", &self.groups[0].rule.name())
-            .field("groups", &self.groups.len())
+            .field("rules", &self.groups.iter().map(|g| g.rule.name()).collect::<Vec<_>>())
             .field("tensors", &self.tensors.len())
             .field("arenas", &self.arenas.len())
             .field("dispatches_per_step", &self.dispatches_per_step())
             .finish()
     }
+}
+
+/// Where everything goes: computed on the CPU before anything is allocated.
+struct Plan {
+    /// Per arena: group, tensors, length, first chunk.
+    arenas: Vec<(usize, Vec<TensorId>, usize, usize)>,
+    /// Per tensor: arena and element offset in it.
+    placement: Vec<(usize, usize)>,
+    /// Per group: the window capacity of its arenas.
+    capacity: Vec<usize>,
+    /// Per tensor: its aux region.
+    aux_region: Vec<Option<usize>>,
+    /// Per tensor: its scratch offset.
+    scratch: Vec<usize>,
+    /// Per group with matrix passes: batches of (arena, tensors).
+    batches: Vec<Vec<(usize, Vec<TensorId>)>>,
+    aux_len: usize,
+    total_chunks: usize,
 }
 
 impl Optimizer {
@@ -215,112 +302,229 @@ impl Optimizer {
     ) -> Result<Self> {
         check_groups(&params, &groups)?;
         options.gradients.validate()?;
-        let conditioned = options.gradients.is_active();
+        let conditioned = options.gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
         let device = gpu.device();
         let limits = device.limits();
-        let align = (TENSOR_ALIGN_BYTES.max(u64::from(limits.min_storage_buffer_offset_alignment)) / 4) as usize;
-        let binding_elements = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 4) as usize;
-        let device_capacity = binding_elements / align * align;
-        let capacity = match options.max_arena_elements {
-            Some(requested) => (requested / align * align).clamp(align, device_capacity),
-            None => device_capacity,
-        };
+        let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
+        for (group, kernel) in groups.iter().zip(&kernels) {
+            check_kernel(group.rule.as_ref(), kernel, &limits)?;
+        }
+        let specs = params.into_specs();
+        let plan = plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements)?;
         let max_grid = options
             .max_workgroups_per_dimension
             .unwrap_or(limits.max_compute_workgroups_per_dimension)
             .clamp(1, limits.max_compute_workgroups_per_dimension);
 
-        let specs = params.into_specs();
-        let mut tensors: Vec<Option<TensorEntry>> = (0..specs.len()).map(|_| None).collect();
-        let mut plans: Vec<(usize, Vec<TensorId>, usize)> = Vec::new(); // (group, tensors, len)
-        for (g, group) in groups.iter().enumerate() {
-            let mut open: Option<usize> = None;
-            for &id in &group.tensors {
-                let spec = &specs[id.0];
-                let padded = spec.data.len().div_ceil(align) * align;
-                let fits = open.is_some_and(|a| plans[a].2 + padded <= capacity);
-                let arena = if fits {
-                    open.expect("checked above")
-                } else {
-                    plans.push((g, Vec::new(), 0));
-                    plans.len() - 1
-                };
-                // A tensor larger than one binding gets an arena of its own.
-                open = if padded > capacity { None } else { Some(arena) };
-                let offset = plans[arena].2;
-                plans[arena].1.push(id);
-                plans[arena].2 += padded;
-                tensors[id.0] = Some(TensorEntry {
-                    name: spec.name.clone(),
-                    shape: spec.shape.clone(),
-                    len: spec.data.len(),
-                    group: g,
-                    arena,
-                    offset,
-                });
-            }
+        let tensors: Vec<TensorEntry> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| TensorEntry {
+                name: spec.name.clone(),
+                shape: spec.shape.clone(),
+                len: spec.data.len(),
+                group: plan.arenas[plan.placement[i].0].0,
+                arena: plan.placement[i].0,
+                offset: plan.placement[i].1,
+                aux: plan.aux_region[i],
+            })
+            .collect();
+
+        // The tables: control block, rings, tensor table, chunk map, tensor lists (words after
+        // the control block).
+        let mut words: Vec<u32> = Vec::new();
+        let mut terms_rings = Vec::new();
+        for _ in &groups {
+            terms_rings.push(conditioned.then(|| {
+                let at = words.len();
+                words.resize(at + (STEP_TERMS_RING * TERMS_SIZE / 4) as usize, 0);
+                CONTROL_SIZE + at as u64 * 4
+            }));
         }
-        let tensors: Vec<TensorEntry> = tensors.into_iter().map(|t| t.expect("check_groups covers every tensor")).collect();
-        for (_, ids, len) in &plans {
-            let bytes = *len as u64 * 4;
-            if bytes > limits.max_buffer_size {
-                return Err(Error::Tensor(format!(
-                    "tensor {:?} needs {bytes} bytes but the device's max_buffer_size is {}",
-                    tensors[ids[0].0].name, limits.max_buffer_size
-                )));
+        let table = words.len();
+        for (i, t) in tensors.iter().enumerate() {
+            let (rows, cols, matrices) = matrix_dims(&t.shape);
+            let first_chunk = plan.arenas[t.arena].3 + t.offset / CHUNK_ELEMENTS as usize;
+            let entry = TableEntry {
+                offset: t.offset as u32,
+                len: t.len as u32,
+                rows: rows as u32,
+                cols: cols as u32,
+                matrices: matrices as u32,
+                dims: t.shape.len() as u32,
+                aux: t.aux.unwrap_or(0) as u32,
+                scratch: plan.scratch[i] as u32,
+                first_chunk: first_chunk as u32,
+                _padding: 0,
+            };
+            words.extend_from_slice(bytemuck::cast_slice(&[entry]));
+        }
+        let chunk_map = words.len();
+        words.resize(chunk_map + plan.total_chunks, 0);
+        for t in tensors.iter().enumerate().filter(|(_, t)| kernels[t.group].per_tensor) {
+            let (id, entry) = t;
+            let first = plan.arenas[entry.arena].3 + entry.offset / CHUNK_ELEMENTS as usize;
+            let chunks = entry.len.div_ceil(CHUNK_ELEMENTS as usize);
+            words[chunk_map + first..chunk_map + first + chunks].fill(id as u32);
+        }
+        let mut list = |ids: &[TensorId]| {
+            let at = words.len();
+            words.extend(ids.iter().map(|id| id.0 as u32));
+            at
+        };
+        let arena_lists: Vec<usize> = plan.arenas.iter().map(|(_, ids, _, _)| list(ids)).collect();
+        let group_lists: Vec<usize> = groups.iter().map(|g| list(&g.tensors)).collect();
+        let batch_lists: Vec<Vec<usize>> =
+            plan.batches.iter().map(|batches| batches.iter().map(|(_, ids)| list(ids)).collect()).collect();
+        words.push(0); // never an empty array
+
+        // The dispatch plan: one record per dispatch.
+        let record_stride = 64u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let mut records: Vec<DispatchRecord> = Vec::new();
+        let mut commands: Vec<(usize, usize, usize, usize, (u32, u32, u32))> = Vec::new(); // group, pass, arena, window, grid
+        let mut arena_windows: Vec<Vec<(usize, usize, (u32, u32))>> = vec![Vec::new(); plan.arenas.len()]; // (start, len, grid)
+        for (a, (g, _, len, _)) in plan.arenas.iter().enumerate() {
+            let capacity = plan.capacity[*g];
+            arena_windows[a] = (0..*len)
+                .step_by(capacity)
+                .map(|start| {
+                    let window_len = capacity.min(len - start);
+                    (start, window_len, grid(window_len, max_grid))
+                })
+                .collect();
+        }
+        for (g, kernel) in kernels.iter().enumerate() {
+            let base = DispatchRecord {
+                terms: terms_rings[g].map_or(0, |byte| ((byte - CONTROL_SIZE) / 4) as u32),
+                table: table as u32,
+                chunk_map: chunk_map as u32,
+                ..Default::default()
+            };
+            let group_arenas: Vec<usize> = (0..plan.arenas.len()).filter(|&a| plan.arenas[a].0 == g).collect();
+            let mut push = |records: &mut Vec<DispatchRecord>, record: DispatchRecord, pass: usize, arena: usize, window: usize, grid: (u32, u32, u32)| {
+                records.push(record);
+                commands.push((g, pass, arena, window, grid));
+            };
+            if kernel.passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. })) {
+                // Matrix passes share scratch between batches: each batch runs all passes.
+                for ((arena, ids), &at) in plan.batches[g].iter().zip(&batch_lists[g]) {
+                    let shape = &specs[ids[0].0].shape;
+                    for (p, pass) in kernel.passes.iter().enumerate() {
+                        let Scope::Matrices { grid } = pass.scope else { unreachable!("checked by check_kernel") };
+                        let (x, y) = grid(shape);
+                        let record = DispatchRecord { tensors: at as u32, tensor_count: ids.len() as u32, args: pass.args, ..base };
+                        push(&mut records, record, p, *arena, 0, (x.max(1), y.max(1), ids.len() as u32));
+                    }
+                }
+                continue;
+            }
+            for (p, pass) in kernel.passes.iter().enumerate() {
+                match pass.scope {
+                    Scope::Elements => {
+                        for &a in &group_arenas {
+                            for (w, &(start, len, (x, y))) in arena_windows[a].iter().enumerate() {
+                                let chunk = CHUNK_ELEMENTS as usize;
+                                let record = DispatchRecord {
+                                    first_chunk: (plan.arenas[a].3 + start / chunk) as u32,
+                                    chunks: len.div_ceil(chunk) as u32,
+                                    args: pass.args,
+                                    ..base
+                                };
+                                push(&mut records, record, p, a, w, (x, y, 1));
+                            }
+                        }
+                    }
+                    Scope::Tensors => {
+                        for &a in &group_arenas {
+                            let count = plan.arenas[a].1.len();
+                            let x = count.min(max_grid as usize);
+                            let record = DispatchRecord {
+                                tensors: arena_lists[a] as u32,
+                                tensor_count: count as u32,
+                                args: pass.args,
+                                ..base
+                            };
+                            push(&mut records, record, p, a, 0, (x as u32, count.div_ceil(x) as u32, 1));
+                        }
+                    }
+                    Scope::Once => {
+                        let record = DispatchRecord {
+                            tensors: group_lists[g] as u32,
+                            tensor_count: groups[g].tensors.len() as u32,
+                            args: pass.args,
+                            ..base
+                        };
+                        push(&mut records, record, p, group_arenas[0], 0, (1, 1, 1));
+                    }
+                    Scope::Matrices { .. } => unreachable!("handled above"),
+                }
             }
         }
 
         let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
-        let scalar_stride = SCALARS_SIZE.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
-        let scalars = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-optim step scalars"),
-            size: scalar_stride * groups.len() as u64 * steps_in_flight,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-
+        let scalar_stride = (SCALARS_BYTES as u64).next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let control_values = Control::new(&options.gradients);
-        let control = {
-            use wgpu::util::DeviceExt;
-            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("wgpu-optim gradient control"),
-                contents: bytemuck::bytes_of(&control_values),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            })
-        };
 
-        let mut built_groups = Vec::with_capacity(groups.len());
-        for group in groups {
-            let kernel = group.rule.kernel();
+        // Pipelines: one per (group, pass); the cache shares them between groups and optimizers.
+        let mut pipelines = Vec::new();
+        let mut pipeline_of: HashMap<(usize, usize), usize> = HashMap::new();
+        for (g, kernel) in kernels.iter().enumerate() {
             let mut flags = kernel.flags.clone();
             flags.push(("conditioned", conditioned));
-            let key = PipelineKey {
-                label: kernel.label,
-                constants: flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
-            };
             let layout = kernel_layout(device, kernel.label, kernel.state_bindings.len());
-            let pipeline = gpu.pipeline(key, &kernel.wgsl(), &layout).await?;
-            let terms_ring = conditioned.then(|| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("wgpu-optim step terms"),
-                    size: STEP_TERMS_RING * TERMS_SIZE,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            });
-            built_groups.push(Group {
-                tensors: group.tensors,
-                slots: group.rule.state_slots(),
-                rule: group.rule,
-                pipeline,
-                memo: TermsMemo::default(),
-                terms_ring,
-            });
+            let source = kernel.wgsl();
+            for (p, pass) in kernel.passes.iter().enumerate() {
+                let key = PipelineKey {
+                    label: kernel.label,
+                    entry: pass.entry,
+                    constants: flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
+                };
+                pipeline_of.insert((g, p), pipelines.len());
+                pipelines.push(gpu.pipeline(key, &source, &layout).await?);
+            }
         }
 
-        let arenas = gpu
+        let built = gpu
             .checked("allocating arenas and bind groups", || {
+                use wgpu::util::DeviceExt;
+                let scalars = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-optim step scalars"),
+                    size: scalar_stride * groups.len() as u64 * steps_in_flight,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut table_bytes = bytemuck::bytes_of(&control_values).to_vec();
+                table_bytes.extend_from_slice(bytemuck::cast_slice(&words));
+                let tables = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-optim tables"),
+                    contents: &table_bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                });
+                let mut aux_values = vec![0.0f32; plan.aux_len.max(4)];
+                for (t, spec) in tensors.iter().zip(&specs) {
+                    if let Some(region) = t.aux {
+                        let mut at = region + 4;
+                        for slot in groups[t.group].rule.tensor_state(&spec.shape) {
+                            aux_values[at..at + slot.len()].fill(slot.init);
+                            at += slot.len();
+                        }
+                    }
+                }
+                let aux = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-optim aux"),
+                    contents: bytemuck::cast_slice(&aux_values),
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                });
+                let mut record_bytes = vec![0u8; (records.len().max(1) as u64 * record_stride) as usize];
+                for (k, record) in records.iter().enumerate() {
+                    let at = k * record_stride as usize;
+                    record_bytes[at..at + 64].copy_from_slice(bytemuck::bytes_of(record));
+                }
+                let record_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-optim dispatch records"),
+                    contents: &record_bytes,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
                 let unused_slot = |binding: usize| {
                     device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(&format!("wgpu-optim unused state binding {binding}")),
@@ -329,22 +533,25 @@ impl Optimizer {
                         mapped_at_creation: false,
                     })
                 };
-                let max_bindings = built_groups.iter().map(|g| g.rule.kernel().state_bindings.len()).max().unwrap_or(0);
+                let max_bindings = kernels.iter().map(|k| k.state_bindings.len()).max().unwrap_or(0);
                 let unused: Vec<wgpu::Buffer> = (0..max_bindings).map(unused_slot).collect();
-                let unused_terms = unused_slot(6);
-                plans
-                    .into_iter()
-                    .map(|(g, ids, len)| {
-                        let group = &built_groups[g];
+                let mut bind_groups = Vec::new();
+                let arenas: Vec<Arena> = plan
+                    .arenas
+                    .iter()
+                    .enumerate()
+                    .map(|(a, (g, ids, len, _))| {
+                        let (g, len) = (*g, *len);
+                        let group = &groups[g];
+                        let slots = group.rule.state_slots();
                         let mut initial = vec![0.0f32; len];
-                        for id in &ids {
+                        for id in ids {
                             let t = &tensors[id.0];
                             initial[t.offset..t.offset + t.len].copy_from_slice(&specs[id.0].data);
                         }
                         let param = arena_buffer(device, "param", len, Some(&initial));
                         let grad = arena_buffer(device, "grad", len, None);
-                        let state: Vec<(&'static str, wgpu::Buffer)> = group
-                            .slots
+                        let state: Vec<(&'static str, wgpu::Buffer)> = slots
                             .iter()
                             .map(|slot| {
                                 let contents = (slot.init != 0.0).then(|| {
@@ -354,52 +561,61 @@ impl Optimizer {
                                 (slot.key, arena_buffer(device, slot.key, len, contents))
                             })
                             .collect();
-                        let kernel = group.rule.kernel();
-                        let layout = group.pipeline.get_bind_group_layout(0);
-                        let windows = (0..len)
-                            .step_by(capacity)
-                            .map(|start| {
-                                let window_len = capacity.min(len - start);
+                        let kernel = &kernels[g];
+                        let layout = pipelines[pipeline_of[&(g, 0)]].get_bind_group_layout(0);
+                        let windows = arena_windows[a]
+                            .iter()
+                            .map(|&(start, window_len, grid)| {
                                 let range = |buffer| wgpu::BufferBinding {
                                     buffer,
                                     offset: start as u64 * 4,
                                     size: NonZeroU64::new(window_len as u64 * 4),
                                 };
+                                let uniform = |buffer, size| {
+                                    wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset: 0, size: NonZeroU64::new(size) })
+                                };
                                 let mut entries = vec![
-                                    wgpu::BindGroupEntry {
-                                        binding: 0,
-                                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                            buffer: &scalars,
-                                            offset: 0,
-                                            size: NonZeroU64::new(SCALARS_SIZE),
-                                        }),
-                                    },
-                                    wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Buffer(range(&param)) },
-                                    wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::Buffer(range(&grad)) },
+                                    wgpu::BindGroupEntry { binding: 0, resource: uniform(&scalars, SCALARS_BYTES as u64) },
+                                    wgpu::BindGroupEntry { binding: 1, resource: uniform(&record_buffer, 64) },
+                                    wgpu::BindGroupEntry { binding: 2, resource: tables.as_entire_binding() },
+                                    wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::Buffer(range(&param)) },
+                                    wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::Buffer(range(&grad)) },
+                                    wgpu::BindGroupEntry { binding: 5, resource: aux.as_entire_binding() },
                                 ];
                                 for (k, key) in kernel.state_bindings.iter().enumerate() {
                                     let resource = match state.iter().find(|(name, _)| name == key) {
                                         Some((_, buffer)) => wgpu::BindingResource::Buffer(range(buffer)),
                                         None => unused[k].as_entire_binding(),
                                     };
-                                    entries.push(wgpu::BindGroupEntry { binding: 3 + k as u32, resource });
+                                    entries.push(wgpu::BindGroupEntry { binding: FIRST_STATE_BINDING + k as u32, resource });
                                 }
-                                let terms = group.terms_ring.as_ref().unwrap_or(&unused_terms);
-                                entries.push(wgpu::BindGroupEntry { binding: 6, resource: terms.as_entire_binding() });
-                                entries.push(wgpu::BindGroupEntry { binding: 7, resource: control.as_entire_binding() });
-                                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                bind_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                                     label: Some(kernel.label),
                                     layout: &layout,
                                     entries: &entries,
-                                });
-                                Window { bind_group, grid: grid(window_len, max_grid), start, len: window_len }
+                                }));
+                                Window { bind_group: bind_groups.len() - 1, grid, start, len: window_len }
                             })
                             .collect();
-                        Arena { group: g, len, tensors: ids, param, grad, state, windows }
+                        Arena { group: g, len, tensors: ids.clone(), param, grad, state, windows }
                     })
-                    .collect::<Vec<_>>()
+                    .collect();
+                (scalars, tables, aux, arenas, bind_groups)
             })
             .await?;
+        let (scalars, tables, aux, arenas, bind_groups) = built;
+
+        let plan_commands = commands
+            .iter()
+            .enumerate()
+            .map(|(k, &(g, p, a, w, grid))| Command {
+                group: g,
+                pipeline: pipeline_of[&(g, p)],
+                bind_group: arenas[a].windows[w].bind_group,
+                record_offset: (k as u64 * record_stride) as u32,
+                grid,
+            })
+            .collect();
 
         let conditioning = if conditioned {
             let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32))> = arenas
@@ -408,26 +624,41 @@ impl Optimizer {
                     arena.windows.iter().map(move |w| (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid))
                 })
                 .collect();
-            Some(GradientPass::new(gpu, &options.gradients, &control, &windows).await?)
+            Some(GradientPass::new(gpu, &options.gradients, &tables, &windows).await?)
         } else {
             None
         };
 
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i))).collect();
-        let built_groups_len = built_groups.len() as u64;
+        let groups: Vec<Group> = groups
+            .into_iter()
+            .zip(terms_rings)
+            .map(|(group, terms_ring)| Group {
+                slots: group.rule.state_slots(),
+                tensors: group.tensors,
+                rule: group.rule,
+                memo: TermsMemo::default(),
+                terms_ring,
+            })
+            .collect();
+        let group_count = groups.len() as u64;
         let mut optimizer = Optimizer {
             gpu: gpu.clone(),
             tensors,
             by_name,
-            groups: built_groups,
+            groups,
             arenas,
             scalars,
             scalar_stride,
             steps_in_flight,
             steps_recorded: 0,
-            scalar_bytes: vec![0; (scalar_stride * built_groups_len) as usize],
+            scalar_bytes: vec![0; (scalar_stride * group_count) as usize],
             gradients: options.gradients,
-            control,
+            tables,
+            aux,
+            pipelines,
+            bind_groups,
+            plan: plan_commands,
             conditioning,
             known: control_values,
         };
@@ -458,12 +689,12 @@ impl Optimizer {
         let bytes = &mut self.scalar_bytes;
         for (g, group) in self.groups.iter_mut().enumerate() {
             let terms = group.rule.step_terms(step, &mut group.memo);
-            if let Some(ring) = &group.terms_ring {
-                self.gpu.queue().write_buffer(ring, (step % STEP_TERMS_RING) * TERMS_SIZE, bytemuck::bytes_of(&terms));
+            if let Some(ring) = group.terms_ring {
+                self.gpu.queue().write_buffer(&self.tables, ring + (step % STEP_TERMS_RING) * TERMS_SIZE, bytemuck::bytes_of(&terms));
             }
             let scalars = group.rule.step_scalars(terms);
             let at = g * self.scalar_stride as usize;
-            bytes[at..at + SCALARS_SIZE as usize].copy_from_slice(bytemuck::bytes_of(&scalars));
+            bytes[at..at + SCALARS_BYTES].copy_from_slice(bytemuck::bytes_of(&scalars));
         }
         self.gpu.queue().write_buffer(&self.scalars, ring_base, bytes);
 
@@ -471,14 +702,16 @@ impl Optimizer {
         if let Some(conditioning) = &self.conditioning {
             dispatches += conditioning.record(pass);
         }
-        for arena in &self.arenas {
-            pass.set_pipeline(&self.groups[arena.group].pipeline);
-            let offset = (ring_base + arena.group as u64 * self.scalar_stride) as u32;
-            for window in &arena.windows {
-                pass.set_bind_group(0, &window.bind_group, &[offset]);
-                pass.dispatch_workgroups(window.grid.0, window.grid.1, 1);
-                dispatches += 1;
+        let mut bound = usize::MAX;
+        for command in &self.plan {
+            if command.pipeline != bound {
+                pass.set_pipeline(&self.pipelines[command.pipeline]);
+                bound = command.pipeline;
             }
+            let scalars = (ring_base + command.group as u64 * self.scalar_stride) as u32;
+            pass.set_bind_group(0, &self.bind_groups[command.bind_group], &[scalars, command.record_offset]);
+            pass.dispatch_workgroups(command.grid.0, command.grid.1, command.grid.2);
+            dispatches += 1;
         }
         dispatches
     }
@@ -489,12 +722,12 @@ impl Optimizer {
         let newest = self.steps_recorded + 1 - u64::from(self.known.skipped);
         let oldest = newest.saturating_sub(STEP_TERMS_RING - 1).max(1);
         for group in &mut self.groups {
-            let Some(ring) = &group.terms_ring else { continue };
+            let Some(ring) = group.terms_ring else { continue };
             let mut entries = vec![StepTerms::default(); STEP_TERMS_RING as usize];
             for step in oldest..=newest {
                 entries[(step % STEP_TERMS_RING) as usize] = group.rule.step_terms(step, &mut group.memo);
             }
-            self.gpu.queue().write_buffer(ring, 0, bytemuck::cast_slice(&entries));
+            self.gpu.queue().write_buffer(&self.tables, ring, bytemuck::cast_slice(&entries));
         }
     }
 
@@ -514,13 +747,13 @@ impl Optimizer {
             counters.applied_steps = self.steps_recorded;
             return Ok(counters);
         }
-        let view = TensorView { buffer: self.control.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
+        let view = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
         let words = read_views(&self.gpu, std::slice::from_ref(&view)).await?.remove(0);
         let mut control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
         let newly_skipped = u64::from(control.skipped - self.known.skipped);
         let error = control.take_error();
         if control.error != self.known.error || error.is_err() {
-            self.gpu.queue().write_buffer(&self.control, CONTROL_ERROR_OFFSET, &0u32.to_le_bytes());
+            self.gpu.queue().write_buffer(&self.tables, CONTROL_ERROR_OFFSET, &0u32.to_le_bytes());
         }
         let rebase = newly_skipped > 0;
         self.known = control;
@@ -550,9 +783,7 @@ impl Optimizer {
         for group in &self.groups {
             for &id in &group.tensors {
                 views.push(self.param(id));
-                for slot in &group.slots {
-                    views.push(self.state(id, slot.key)?);
-                }
+                views.extend(self.state_entries(id).into_iter().map(|(_, _, view)| view));
             }
         }
         let mut values = self.read_many(&views)?.into_iter();
@@ -561,13 +792,15 @@ impl Optimizer {
         for group in &self.groups {
             for &id in &group.tensors {
                 let entry = &self.tensors[id.0];
-                let param_and_state = (0..=group.slots.len()).map(|_| values.next().expect("one read per view")).collect();
-                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, group.rule.as_ref(), counters.applied_steps, param_and_state));
+                let param = values.next().expect("one read per view");
+                let state = self
+                    .state_entries(id)
+                    .into_iter()
+                    .map(|(key, shape, _)| (key, shape, values.next().expect("one read per view")))
+                    .collect();
+                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, group.rule.as_ref(), counters.applied_steps, param, state));
             }
-            groups.push(GroupRecord {
-                params: group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect(),
-                hyperparameters: group.rule.hyperparameters(),
-            });
+            groups.push(GroupRecord::of(group.rule.as_ref(), group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect()));
         }
         Ok(Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -585,7 +818,7 @@ impl Optimizer {
         self.checkpoint(schedule)?.save(path)
     }
 
-    /// Restores a checkpoint into this optimizer (same optimizer, tensors, groups, flags and
+    /// Restores a checkpoint into this optimizer (same rules, tensors, groups, flags and
     /// gradient conditioning; hyper-parameters such as lr are taken from the checkpoint).
     /// Returns the saved schedule state. A checkpoint that does not fit changes nothing.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
@@ -604,12 +837,12 @@ impl Optimizer {
             for &id in &group.tensors {
                 let values = &restore.values[&self.tensors[id.0].name];
                 self.write_param(id, &values[0])?;
-                for (slot, data) in group.slots.iter().zip(&values[1..]) {
-                    self.write_state(id, slot.key, data)?;
+                for ((key, _, _), data) in self.state_entries(id).into_iter().zip(&values[1..]) {
+                    self.write_state(id, key, data)?;
                 }
             }
         }
-        self.gpu.queue().write_buffer(&self.control, 0, bytemuck::bytes_of(&control));
+        self.gpu.queue().write_buffer(&self.tables, 0, bytemuck::bytes_of(&control));
         self.known = control;
         self.steps_recorded = checkpoint.counters.steps_recorded;
         self.fill_terms_rings();
@@ -622,9 +855,9 @@ impl Optimizer {
     }
 
     /// The dynamic loss scale on the GPU, for the user's backward pass to multiply the loss by
-    /// (a 4-byte view at offset 0 of the control block; 1.0 without loss scaling).
+    /// (a 4-byte view at offset 0 of the tables buffer; 1.0 without loss scaling).
     pub fn loss_scale_view(&self) -> TensorView {
-        TensorView { buffer: self.control.clone(), offset: 0, len: 1 }
+        TensorView { buffer: self.tables.clone(), offset: 0, len: 1 }
     }
 
     /// The gradient conditioning this optimizer applies.
@@ -646,12 +879,13 @@ impl Optimizer {
         self.gpu.queue().submit([encoder.finish()])
     }
 
-    /// Dispatches every step records: one per arena window.
+    /// Dispatches every step records: the gradient conditioning's (when on), then each
+    /// group's passes (an element pass costs one dispatch per arena window).
     pub fn dispatches_per_step(&self) -> usize {
-        self.arenas.iter().map(|a| a.windows.len()).sum()
+        self.conditioning.as_ref().map_or(0, GradientPass::dispatches) + self.plan.len()
     }
 
-    /// The arenas, in dispatch order.
+    /// The arenas, in layout order.
     pub fn arenas(&self) -> Vec<ArenaInfo> {
         self.arenas
             .iter()
@@ -686,9 +920,34 @@ impl Optimizer {
         self.tensors[id.0].group
     }
 
-    /// State keys kept for a tensor (torch's names), e.g. `["exp_avg", "exp_avg_sq"]`.
+    /// State keys kept for a tensor (torch's names), e.g. `["exp_avg", "exp_avg_sq"]` or
+    /// Adafactor's `["row_var", "col_var"]`.
     pub fn state_keys(&self, id: TensorId) -> Vec<&'static str> {
-        self.groups[self.tensors[id.0].group].slots.iter().map(|s| s.key).collect()
+        self.state_entries(id).into_iter().map(|(key, _, _)| key).collect()
+    }
+
+    /// Every state tensor of a tensor: key, shape and where it lives (per-element state in its
+    /// arena, per-tensor state in the aux buffer).
+    fn state_entries(&self, id: TensorId) -> Vec<(&'static str, Vec<usize>, TensorView)> {
+        let entry = &self.tensors[id.0];
+        let group = &self.groups[entry.group];
+        let mut out: Vec<(&'static str, Vec<usize>, TensorView)> = group
+            .slots
+            .iter()
+            .map(|slot| {
+                let buffer = &self.arenas[entry.arena].state.iter().find(|(key, _)| *key == slot.key).expect("a buffer per slot").1;
+                (slot.key, entry.shape.clone(), TensorView { buffer: buffer.clone(), offset: entry.offset as u64 * 4, len: entry.len })
+            })
+            .collect();
+        if let Some(region) = entry.aux {
+            let mut at = region + 4;
+            for TensorSlot { key, shape, .. } in group.rule.tensor_state(&entry.shape) {
+                let len = shape.iter().product();
+                out.push((key, shape, TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len }));
+                at += len;
+            }
+        }
+        out
     }
 
     pub fn param(&self, id: TensorId) -> TensorView {
@@ -701,9 +960,8 @@ impl Optimizer {
 
     /// A state tensor by torch's key; an error names the keys this tensor has.
     pub fn state(&self, id: TensorId, key: &str) -> Result<TensorView> {
-        let arena = &self.arenas[self.tensors[id.0].arena];
-        match arena.state.iter().find(|(name, _)| *name == key) {
-            Some(_) => Ok(self.view(id, |a| &a.state.iter().find(|(name, _)| *name == key).expect("found above").1)),
+        match self.state_entries(id).into_iter().find(|(name, _, _)| *name == key) {
+            Some((_, _, view)) => Ok(view),
             None => Err(Error::Tensor(format!(
                 "tensor {:?} has no state {key:?}; it has {:?}",
                 self.tensors[id.0].name,
@@ -749,7 +1007,6 @@ impl Optimizer {
         group.rule = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
         Ok(())
     }
-
     // ---- CPU access ----
 
     pub fn write_param(&self, id: TensorId, data: &[f32]) -> Result<()> {
@@ -849,30 +1106,196 @@ pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Ve
     Ok(out)
 }
 
-/// Bind group layout of every kernel: scalars, param, grad, then `state_bindings` arrays.
-fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> wgpu::PipelineLayout {
-    let storage = |binding, read_only| crate::context::storage_binding(binding, read_only, 16);
-    let mut entries = vec![
-        wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: NonZeroU64::new(SCALARS_SIZE),
-            },
-            count: None,
-        },
-        storage(1, false),
-        storage(2, true),
-    ];
-    entries.extend((0..state_bindings as u32).map(|k| storage(3 + k, false)));
-    entries.push(storage(6, true));
-    let mut control = storage(7, true);
-    if let wgpu::BindingType::Buffer { min_binding_size, .. } = &mut control.ty {
-        *min_binding_size = NonZeroU64::new(CONTROL_SIZE);
+
+/// Rejects a kernel the dispatcher cannot run on this device, with the reason.
+fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits) -> Result<()> {
+    let needed = FIXED_STORAGE_BINDINGS + kernel.state_bindings.len() as u32;
+    if needed > limits.max_storage_buffers_per_shader_stage {
+        return Err(Error::Config(format!(
+            "{} needs {needed} storage buffers per shader stage ({} per-element state arrays + tables, param, grad, aux); \
+             this device allows {}",
+            rule.name(),
+            kernel.state_bindings.len(),
+            limits.max_storage_buffers_per_shader_stage
+        )));
     }
-    entries.push(control);
+    let matrices = kernel.passes.iter().filter(|p| matches!(p.scope, Scope::Matrices { .. })).count();
+    if matrices > 0 && matrices < kernel.passes.len() {
+        return Err(Error::Config(format!(
+            "{}: a rule with matrix passes must run all its passes over matrix batches (they share scratch)",
+            rule.name()
+        )));
+    }
+    if kernel.passes.is_empty() {
+        return Err(Error::Config(format!("{} declares no passes", rule.name())));
+    }
+    Ok(())
+}
+
+/// Where every tensor, chunk, aux region and scratch batch goes.
+fn plan_layout(
+    specs: &[crate::params::TensorSpec],
+    groups: &[ParamGroup],
+    kernels: &[Kernel],
+    limits: &wgpu::Limits,
+    max_arena_elements: Option<usize>,
+) -> Result<Plan> {
+    let binding_elements = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 4) as usize;
+    let base_align = (TENSOR_ALIGN_BYTES.max(u64::from(limits.min_storage_buffer_offset_alignment)) / 4) as usize;
+    let chunk = CHUNK_ELEMENTS as usize;
+    let mut arenas: Vec<(usize, Vec<TensorId>, usize, usize)> = Vec::new();
+    let mut placement = vec![(0, 0); specs.len()];
+    let mut capacity = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let kernel = &kernels[g];
+        let align = if kernel.per_tensor { base_align.next_multiple_of(chunk) } else { base_align };
+        let device_capacity = binding_elements / align * align;
+        let group_capacity = match max_arena_elements {
+            Some(requested) => (requested / align * align).clamp(align, device_capacity),
+            None => device_capacity,
+        };
+        capacity.push(group_capacity);
+        let whole_tensors = kernel.passes.iter().any(|p| !matches!(p.scope, Scope::Elements));
+        let mut open: Option<usize> = None;
+        for &id in &group.tensors {
+            let spec = &specs[id.0];
+            let padded = spec.data.len().div_ceil(align) * align;
+            if whole_tensors && padded > group_capacity {
+                return Err(Error::Tensor(format!(
+                    "{} works on whole tensors, each within one storage binding ({group_capacity} elements here); \
+                     tensor {:?} of shape {:?} has {} elements",
+                    group.rule.name(),
+                    spec.name,
+                    spec.shape,
+                    spec.data.len()
+                )));
+            }
+            let fits = open.is_some_and(|a| arenas[a].2 + padded <= group_capacity);
+            let arena = if fits {
+                open.expect("checked above")
+            } else {
+                arenas.push((g, Vec::new(), 0, 0));
+                arenas.len() - 1
+            };
+            // A tensor larger than one binding gets an arena of its own.
+            open = if padded > group_capacity { None } else { Some(arena) };
+            placement[id.0] = (arena, arenas[arena].2);
+            arenas[arena].1.push(id);
+            arenas[arena].2 += padded;
+        }
+    }
+    for (_, ids, len, _) in &arenas {
+        let bytes = *len as u64 * 4;
+        if bytes > limits.max_buffer_size {
+            return Err(Error::Tensor(format!(
+                "tensor {:?} needs {bytes} bytes but the device's max_buffer_size is {}",
+                specs[ids[0].0].name, limits.max_buffer_size
+            )));
+        }
+    }
+    let mut total_chunks = 0;
+    for arena in &mut arenas {
+        if kernels[arena.0].per_tensor {
+            arena.3 = total_chunks;
+            total_chunks += arena.2 / chunk;
+        }
+    }
+
+    // Aux: partials, then each tensor's four scalars and state (16-byte aligned), then scratch.
+    let mut aux_len = 4 * total_chunks;
+    let mut aux_region = vec![None; specs.len()];
+    let mut scratch = vec![0; specs.len()];
+    for (g, group) in groups.iter().enumerate() {
+        // Without matrix batches, a tensor's scratch is its own, after its state.
+        let shared_scratch = kernels[g].passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. }));
+        for &id in &group.tensors {
+            let shape = &specs[id.0].shape;
+            let state: usize = group.rule.tensor_state(shape).iter().map(TensorSlot::len).sum();
+            let own_scratch = if shared_scratch { 0 } else { group.rule.tensor_scratch(shape) };
+            if kernels[g].per_tensor || state + own_scratch > 0 {
+                aux_region[id.0] = Some(aux_len);
+                scratch[id.0] = aux_len + 4 + state;
+                aux_len += (4 + state + own_scratch).next_multiple_of(4);
+            }
+        }
+    }
+    if aux_len > binding_elements {
+        return Err(Error::Tensor(format!(
+            "per-tensor state and reduction partials need {} bytes, more than one storage binding ({} bytes)",
+            aux_len * 4,
+            binding_elements * 4
+        )));
+    }
+    let budget = (binding_elements - aux_len) / 4 * 4;
+    let mut batches = vec![Vec::new(); groups.len()];
+    let mut scratch_len = 0;
+    for (g, group) in groups.iter().enumerate() {
+        if !kernels[g].passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. })) {
+            continue;
+        }
+        for (a, (_, ids, _, _)) in arenas.iter().enumerate().filter(|(_, arena)| arena.0 == g) {
+            let mut shapes: Vec<&Vec<usize>> = Vec::new();
+            for id in ids {
+                if !shapes.contains(&&specs[id.0].shape) {
+                    shapes.push(&specs[id.0].shape);
+                }
+            }
+            for shape in shapes {
+                let need = group.rule.tensor_scratch(shape).next_multiple_of(4);
+                if need > budget {
+                    let name = &specs[ids.iter().find(|id| &specs[id.0].shape == shape).expect("a tensor of this shape").0].name;
+                    return Err(Error::Tensor(format!(
+                        "{} needs {} bytes of scratch for tensor {name:?} of shape {shape:?}; one storage binding leaves {} \
+                         bytes for scratch on this device",
+                        group.rule.name(),
+                        need * 4,
+                        budget * 4
+                    )));
+                }
+                let mut batch = Vec::new();
+                let mut used = 0;
+                for &id in ids.iter().filter(|id| &specs[id.0].shape == shape) {
+                    if used + need > budget {
+                        batches[g].push((a, std::mem::take(&mut batch)));
+                        used = 0;
+                    }
+                    scratch[id.0] = aux_len + used;
+                    used += need;
+                    scratch_len = scratch_len.max(used);
+                    batch.push(id);
+                }
+                batches[g].push((a, batch));
+            }
+        }
+    }
+    aux_len += scratch_len;
+    Ok(Plan { arenas, placement, capacity, aux_region, scratch, batches, aux_len, total_chunks })
+}
+
+/// Bind group layout of every rule's passes (see `shaders/common.wgsl`): scalars and the
+/// dispatch record (uniforms with dynamic offsets), tables, param, grad, aux, then
+/// `state_bindings` per-element state arrays.
+fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> wgpu::PipelineLayout {
+    let storage = |binding, read_only, min| crate::context::storage_binding(binding, read_only, min);
+    let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: NonZeroU64::new(min),
+        },
+        count: None,
+    };
+    let mut entries = vec![
+        uniform(0, SCALARS_BYTES as u64),
+        uniform(1, std::mem::size_of::<DispatchRecord>() as u64),
+        storage(2, true, CONTROL_SIZE + 4),
+        storage(3, false, 16),
+        storage(4, true, 16),
+        storage(5, false, 4),
+    ];
+    entries.extend((0..state_bindings as u32).map(|k| storage(FIRST_STATE_BINDING + k, false, 16)));
     let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &entries,

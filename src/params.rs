@@ -121,22 +121,16 @@ impl ParamGroup {
 }
 
 /// Checks what torch checks of param groups, plus completeness: every group's
-/// hyper-parameters are valid, all groups use the same optimizer, and every tensor is in
-/// exactly one group.
+/// hyper-parameters are valid, its rule accepts each of its tensors (Muon: 2-D only), and every
+/// tensor is in exactly one group. Groups may use different rules (Muon for the hidden
+/// matrices, AdamW for the rest), sharing one gradient conditioning and one checkpoint.
 pub(crate) fn check_groups(params: &Parameters, groups: &[ParamGroup]) -> Result<()> {
-    let first = groups
-        .first()
-        .ok_or_else(|| Error::Tensor("an optimizer needs at least one parameter group".into()))?;
+    if groups.is_empty() {
+        return Err(Error::Tensor("an optimizer needs at least one parameter group".into()));
+    }
     let mut owner: Vec<Option<usize>> = vec![None; params.len()];
     for (g, group) in groups.iter().enumerate() {
         group.rule.validate()?;
-        if group.rule.name() != first.rule.name() {
-            return Err(Error::Config(format!(
-                "parameter group {g} uses {} but group 0 uses {}; one optimizer has one update rule",
-                group.rule.name(),
-                first.rule.name()
-            )));
-        }
         if group.tensors.is_empty() {
             return Err(Error::Tensor(format!("parameter group {g} has no tensors")));
         }
@@ -151,6 +145,8 @@ pub(crate) fn check_groups(params: &Parameters, groups: &[ParamGroup]) -> Result
                 )));
             }
             *slot = Some(g);
+            let spec = params.spec(id);
+            group.rule.check_tensor(&spec.name, &spec.shape)?;
         }
     }
     if let Some(missing) = owner.iter().position(Option::is_none) {

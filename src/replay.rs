@@ -3,7 +3,9 @@
 //! Inputs (the `wgpu-optim replay` interface):
 //! - `run.json`: `{"optimizer": "AdamW", "hyperparameters": {...torch names...},
 //!   "param_groups": [{"params": ["w1", "b1"], ...overrides}]}`; `param_groups` is optional
-//!   (default: one group with every tensor, in name order);
+//!   (default: one group with every tensor, in name order). A group may name its own rule,
+//!   `{"params": [...], "optimizer": "Muon", ...}`: its hyper-parameters are then that rule's
+//!   defaults and the group's own keys, not the top-level `hyperparameters`;
 //! - params: the initial float32 tensors by name;
 //! - grads: for each parameter `w` a float32 tensor `w` of shape `[steps, *shape(w)]`.
 //!
@@ -74,9 +76,23 @@ impl RunConfig {
     }
 
     /// Torch-style parameter groups over `params`: each group's overrides merged over the
-    /// top-level hyper-parameters, validated.
+    /// top-level hyper-parameters, validated. A group with its own `"optimizer"` takes that
+    /// rule's defaults and its own keys only (torch would need a second optimizer for it).
     pub fn groups(&self, params: &Parameters) -> Result<Vec<ParamGroup>> {
         let build = |overrides: &serde_json::Map<String, serde_json::Value>, names: Vec<String>| {
+            let mut overrides = overrides.clone();
+            let own = match overrides.remove("optimizer") {
+                None => None,
+                Some(serde_json::Value::String(name)) => Some(name),
+                Some(other) => return Err(Error::Config(format!("a parameter group's \"optimizer\" must be a class name, not {other}"))),
+            };
+            if let Some(name) = own {
+                if !rules::OPTIMIZER_NAMES.contains(&name.as_str()) {
+                    return Err(Error::UnknownOptimizer(name, rules::OPTIMIZER_NAMES.join(", ")));
+                }
+                let rule = rules::from_config(&name, &serde_json::Value::Object(overrides))?;
+                return Ok(ParamGroup::from_boxed(rule, self.ids(params, &names)?));
+            }
             let mut merged = self.hyperparameters.clone();
             merged.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
             // torch.optim.Adagrad fills every group's `sum` from the constructor's
@@ -88,15 +104,7 @@ impl RunConfig {
                 };
             }
             let rule = rules::from_config(&self.optimizer, &serde_json::Value::Object(merged))?;
-            let ids = names
-                .iter()
-                .map(|name| {
-                    params
-                        .id(name)
-                        .ok_or_else(|| Error::Config(format!("param_groups names {name:?}, which is not in the params file")))
-                })
-                .collect::<Result<Vec<TensorId>>>()?;
-            Ok(ParamGroup::from_boxed(rule, ids))
+            Ok(ParamGroup::from_boxed(rule, self.ids(params, &names)?))
         };
         match &self.param_groups {
             None => {
@@ -118,6 +126,17 @@ impl RunConfig {
                 })
                 .collect(),
         }
+    }
+}
+
+impl RunConfig {
+    fn ids(&self, params: &Parameters, names: &[String]) -> Result<Vec<TensorId>> {
+        names
+            .iter()
+            .map(|name| {
+                params.id(name).ok_or_else(|| Error::Config(format!("param_groups names {name:?}, which is not in the params file")))
+            })
+            .collect()
     }
 }
 

@@ -820,6 +820,7 @@ impl GpuRunner {
         });
         let key = PipelineKey {
             label: "trajectory-functions",
+            entry: "main",
             constants: vec![("function_id", f64::from(function.id()).to_bits())],
         };
         let pipeline = gpu.pipeline(key, FUNCTIONS_WGSL, &layout).await?;

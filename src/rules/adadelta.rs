@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
+use super::{CpuTensor, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.Adadelta`, with torch's defaults.
@@ -68,12 +68,7 @@ impl UpdateRule for Adadelta {
     }
 
     fn kernel(&self) -> Kernel {
-        Kernel {
-            label: "adadelta",
-            source: include_str!("../../shaders/adadelta.wgsl"),
-            state_bindings: &["square_avg", "acc_delta"],
-            flags: vec![("maximize", self.maximize)],
-        }
+        Kernel::element_wise("adadelta", include_str!("../../shaders/adadelta.wgsl"), &["square_avg", "acc_delta"], vec![("maximize", self.maximize)])
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -85,7 +80,7 @@ impl UpdateRule for Adadelta {
     }
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
-        bytemuck::cast(AdadeltaScalars {
+        StepScalars::of(&AdadeltaScalars {
             terms,
             neg_lr: (-self.lr) as f32,
             rho: self.rho as f32,
@@ -96,9 +91,10 @@ impl UpdateRule for Adadelta {
         })
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let s: AdadeltaScalars = bytemuck::cast(*scalars);
-        let [square_avg, acc_delta] = state else { panic!("Adadelta keeps square_avg and acc_delta") };
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let s: AdadeltaScalars = scalars.get();
+        let [square_avg, acc_delta] = state.as_mut_slice() else { panic!("Adadelta keeps square_avg and acc_delta") };
         for i in 0..param.len() {
             let p = param[i];
             let mut g = grad[i];

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
+use super::{CpuTensor, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.Adagrad`, with torch's defaults.
@@ -77,12 +77,7 @@ impl UpdateRule for Adagrad {
     }
 
     fn kernel(&self) -> Kernel {
-        Kernel {
-            label: "adagrad",
-            source: include_str!("../../shaders/adagrad.wgsl"),
-            state_bindings: &["sum"],
-            flags: vec![("maximize", self.maximize)],
-        }
+        Kernel::element_wise("adagrad", include_str!("../../shaders/adagrad.wgsl"), &["sum"], vec![("maximize", self.maximize)])
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -98,7 +93,7 @@ impl UpdateRule for Adagrad {
     }
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
-        bytemuck::cast(AdagradScalars {
+        StepScalars::of(&AdagradScalars {
             terms: bytemuck::cast(terms),
             lr: self.lr as f32,
             weight_decay: self.weight_decay as f32,
@@ -107,8 +102,9 @@ impl UpdateRule for Adagrad {
         })
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let s: AdagradScalars = bytemuck::cast(*scalars);
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let s: AdagradScalars = scalars.get();
         let sum = &mut state[0];
         for i in 0..param.len() {
             let p = param[i];

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
+use super::{CpuTensor, lerp, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.Adam`, with torch's defaults.
@@ -133,16 +133,11 @@ impl UpdateRule for Adam {
     }
 
     fn kernel(&self) -> Kernel {
-        Kernel {
-            label: "adam",
-            source: include_str!("../../shaders/adam.wgsl"),
-            state_bindings: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-            flags: vec![
+        Kernel::element_wise("adam", include_str!("../../shaders/adam.wgsl"), &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], vec![
                 ("maximize", self.maximize),
                 ("amsgrad", self.amsgrad),
                 ("decoupled_weight_decay", self.decoupled_weight_decay),
-            ],
-        }
+            ])
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -166,7 +161,7 @@ impl UpdateRule for Adam {
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         let (beta1, beta2) = self.betas;
-        bytemuck::cast(AdamScalars {
+        StepScalars::of(&AdamScalars {
             terms: bytemuck::cast(terms),
             lr: self.lr as f32,
             weight_decay: self.weight_decay as f32,
@@ -179,8 +174,9 @@ impl UpdateRule for Adam {
         })
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let s: AdamScalars = bytemuck::cast(*scalars);
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let s: AdamScalars = scalars.get();
         let (exp_avg, rest) = state.split_first_mut().expect("exp_avg");
         let (exp_avg_sq, rest) = rest.split_first_mut().expect("exp_avg_sq");
         for i in 0..param.len() {
@@ -241,8 +237,8 @@ impl UpdateRule for AdamW {
         self.as_adam().step_scalars(terms)
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        self.as_adam().cpu_update(scalars, param, grad, state)
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        self.as_adam().cpu_update(scalars, tensor)
     }
 
     beta1_cycled_momentum!();

@@ -51,33 +51,70 @@ pub(crate) fn step_tag(step: u64) -> u32 {
 }
 
 mod adadelta;
+mod adafactor;
 mod adagrad;
 mod adam;
+mod lamb;
+mod muon;
 mod nadam;
+mod reduce;
 mod rmsprop;
 mod sgd;
 
 pub use adadelta::Adadelta;
+pub use adafactor::Adafactor;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use lamb::Lamb;
+pub use muon::{AdjustLr, Muon, NsPrecision};
 pub use nadam::NAdam;
 pub use rmsprop::RMSprop;
 pub use sgd::Sgd;
 
 /// WGSL shared by every kernel; prepended to each rule's source.
-pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+pub const COMMON_WGSL: &str = concat!(include_str!("../../shaders/control.wgsl"), "\n", include_str!("../../shaders/common.wgsl"));
 
 /// Elements one kernel invocation updates (one `vec4<f32>`).
 pub const ELEMENTS_PER_INVOCATION: u32 = 4;
 /// Invocations per workgroup; must equal `WORKGROUP_SIZE` in `shaders/common.wgsl`.
 pub const WORKGROUP_SIZE: u32 = 256;
+/// Elements one workgroup of a [`Scope::Elements`] pass covers: a *chunk*. Rules that work per
+/// tensor ([`Kernel::per_tensor`]) get every tensor started at a chunk boundary, so that no
+/// workgroup straddles two tensors.
+pub const CHUNK_ELEMENTS: u32 = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
+/// Bytes of a group's per-step scalars: the uniform slot each recorded step gets (WebGPU's
+/// `min_uniform_buffer_offset_alignment`, so a smaller slot would save nothing).
+pub const SCALARS_BYTES: usize = 256;
 
 /// The per-step scalars of one parameter group, as the kernel's uniform block sees them: the
 /// step's [`StepTerms`] first, then what depends on the learning rate and hyper-parameters.
-/// Each rule casts it to and from its own `#[repr(C)]` struct of 64 bytes.
+/// Each rule writes its own `#[repr(C)]` struct (at most [`SCALARS_BYTES`]) with
+/// [`StepScalars::of`] and reads it back with [`StepScalars::get`].
 #[repr(C, align(16))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct StepScalars(pub [u32; 16]);
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepScalars(pub [u32; SCALARS_BYTES / 4]);
+
+impl Default for StepScalars {
+    fn default() -> Self {
+        StepScalars([0; SCALARS_BYTES / 4])
+    }
+}
+
+impl StepScalars {
+    /// The scalars holding `value` (zero-padded).
+    pub fn of<T: bytemuck::Pod>(value: &T) -> Self {
+        let bytes = bytemuck::bytes_of(value);
+        assert!(bytes.len() <= SCALARS_BYTES, "a rule's scalars exceed {SCALARS_BYTES} bytes");
+        let mut scalars = StepScalars::default();
+        bytemuck::bytes_of_mut(&mut scalars)[..bytes.len()].copy_from_slice(bytes);
+        scalars
+    }
+
+    /// The rule's struct back.
+    pub fn get<T: bytemuck::Pod>(&self) -> T {
+        bytemuck::pod_read_unaligned(&bytemuck::bytes_of(self)[..std::mem::size_of::<T>()])
+    }
+}
 
 /// What depends on the step number t alone (bias corrections, NAdam's momentum products,
 /// Adagrad's decay), 16 bytes: t as a `u32`, then three rule-specific values. When the step
@@ -95,24 +132,126 @@ pub struct TermsMemo {
     pub value: f32,
 }
 
-/// The kernel of a rule configuration.
+/// Where a pass runs, and so how the dispatcher sizes its grid.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    /// One invocation per `vec4` of every arena window: the element-wise sweep, one dispatch
+    /// per window whatever the number of tensors in it.
+    Elements,
+    /// One workgroup per tensor: an arena's dispatch has as many workgroups as the arena has
+    /// tensors (the finish of a per-tensor reduction, a loop over a matrix's rows).
+    Tensors,
+    /// Over batches of same-shape matrices: `grid(shape)` workgroups per matrix, times the
+    /// matrices of the batch (the grid's z). Dispatches grow with the number of distinct
+    /// shapes, not with the number of tensors.
+    Matrices { grid: fn(&[usize]) -> (u32, u32) },
+    /// One workgroup, once per step and group.
+    Once,
+}
+
+/// One pass of a rule: a WGSL entry point and where it runs. A rule's passes run in order,
+/// each seeing what the previous ones wrote.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    pub entry: &'static str,
+    pub scope: Scope,
+    /// Eight words the pass reads as `dispatch.args` (e.g. which scratch matrices a
+    /// multiplication reads and writes, and its coefficients as `f32` bits).
+    pub args: [u32; 8],
+}
+
+impl Pass {
+    pub fn new(entry: &'static str, scope: Scope) -> Self {
+        Pass { entry, scope, args: [0; 8] }
+    }
+
+    /// The pass with its `dispatch.args` words.
+    pub fn with_args(mut self, args: [u32; 8]) -> Self {
+        self.args = args;
+        self
+    }
+}
+
+/// The binding of a rule's first per-element state array (see `shaders/common.wgsl`).
+pub const FIRST_STATE_BINDING: u32 = 6;
+
+/// The kernel of a rule configuration: one WGSL source and the passes that run it.
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    /// Shader label, also the pipeline cache key (e.g. `"adam"`).
+    /// Shader label (e.g. `"adam"`).
     pub label: &'static str,
     /// The rule's WGSL (without [`COMMON_WGSL`]).
     pub source: &'static str,
-    /// State arrays the shader declares, in binding order from binding 3.
+    /// Per-element state arrays the shader declares, in binding order from
+    /// [`FIRST_STATE_BINDING`]; a configuration binds those its [`UpdateRule::state_slots`] keeps.
     pub state_bindings: &'static [&'static str],
     /// Values of the shader's `override` flags for this configuration.
     pub flags: Vec<(&'static str, bool)>,
+    /// The passes of one step, in order.
+    pub passes: Vec<Pass>,
+    /// Tensors start at chunk boundaries, and each gets reduction partials (one `vec4` per
+    /// chunk) and four per-tensor scalars in the auxiliary buffer.
+    pub per_tensor: bool,
 }
 
 impl Kernel {
+    /// An element-wise rule: one pass, `main`, over every element.
+    pub fn element_wise(
+        label: &'static str,
+        source: &'static str,
+        state_bindings: &'static [&'static str],
+        flags: Vec<(&'static str, bool)>,
+    ) -> Self {
+        Kernel { label, source, state_bindings, flags, passes: vec![Pass::new("main", Scope::Elements)], per_tensor: false }
+    }
+
     /// The complete shader: shared code followed by the rule's kernel.
     pub fn wgsl(&self) -> String {
         format!("{COMMON_WGSL}\n{}", self.source)
     }
+}
+
+/// The rows and columns a rule sees of a tensor (its last two dimensions; a vector is 1 × n)
+/// and the number of such matrices (the product of the leading dimensions).
+pub fn matrix_dims(shape: &[usize]) -> (usize, usize, usize) {
+    match shape.len() {
+        0 => (1, 1, 1),
+        1 => (1, shape[0], 1),
+        n => (shape[n - 2], shape[n - 1], shape[..n - 2].iter().product()),
+    }
+}
+
+/// State a rule keeps per tensor in the auxiliary buffer, shaped by the tensor (Adafactor's
+/// factored `row_var` and `col_var`): torch's key, shape and initial value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSlot {
+    pub key: &'static str,
+    pub shape: Vec<usize>,
+    pub init: f32,
+}
+
+impl TensorSlot {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One tensor as a rule's CPU reference sees it: shape, parameter, (conditioned) gradient,
+/// per-element state in [`UpdateRule::state_slots`] order, per-tensor state in
+/// [`UpdateRule::tensor_state`] order, and the step's global gradient norm.
+pub struct CpuTensor<'a> {
+    pub shape: &'a [usize],
+    pub param: &'a mut [f32],
+    pub grad: &'a [f32],
+    pub state: Vec<&'a mut [f32]>,
+    pub tensor_state: Vec<&'a mut [f32]>,
+    /// The total norm of the step's gradients after gradient conditioning (clipped), as the
+    /// GPU computes it; meaningful for rules whose [`UpdateRule::needs_grad_norm`] is true.
+    pub grad_norm: f32,
 }
 
 /// A per-element state tensor a rule configuration keeps (torch's state key).
@@ -142,6 +281,25 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn kernel(&self) -> Kernel;
     /// The per-element state this configuration keeps, in the order `cpu_update` takes it.
     fn state_slots(&self) -> Vec<StateSlot>;
+    /// State kept per tensor, shaped by the tensor, in the auxiliary buffer (Adafactor's
+    /// `row_var`/`col_var`); empty for element-wise rules.
+    fn tensor_state(&self, _shape: &[usize]) -> Vec<TensorSlot> {
+        Vec::new()
+    }
+    /// Scratch elements one tensor needs during a step (Muon's Newton–Schulz matrices);
+    /// batches of tensors processed one after another share it.
+    fn tensor_scratch(&self, _shape: &[usize]) -> usize {
+        0
+    }
+    /// Rejects a tensor this rule cannot update (Muon: not 2-D), with the reference's error.
+    fn check_tensor(&self, _name: &str, _shape: &[usize]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the step reads the global gradient norm (LAMB's `max_grad_norm`): the optimizer
+    /// then computes it on the GPU before the step, as gradient clipping does.
+    fn needs_grad_norm(&self) -> bool {
+        false
+    }
     /// State torch keeps per tensor that is a function of the step count alone, after
     /// `step` steps: NAdam's `mu_product`.
     fn scalar_state(&self, _step: u64) -> Vec<(&'static str, f32)> {
@@ -151,9 +309,9 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms;
     /// The scalars of a step: its terms and the current hyper-parameters.
     fn step_scalars(&self, terms: StepTerms) -> StepScalars;
-    /// The CPU reference: one step on one tensor, `state` ordered as [`state_slots`](Self::state_slots).
-    /// The gradient is already conditioned (unscaled, clipped) when the optimizer does so.
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]);
+    /// The CPU reference: one step on one tensor. The gradient is already conditioned
+    /// (unscaled, clipped) when the optimizer does so.
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>);
     fn lr(&self) -> f64;
     fn set_lr(&mut self, lr: f64);
     /// The hyper-parameter that torch's `CyclicLR` and `OneCycleLR` cycle when
@@ -205,11 +363,15 @@ pub fn kernels() -> Vec<Kernel> {
         Adadelta::default().kernel(),
         Adam::default().kernel(),
         NAdam::default().kernel(),
+        Adafactor::default().kernel(),
+        Muon::default().kernel(),
+        Lamb::default().kernel(),
     ]
 }
 
 /// The optimizer names [`from_config`] accepts.
-pub const OPTIMIZER_NAMES: &[&str] = &["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam"];
+pub const OPTIMIZER_NAMES: &[&str] =
+    &["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "Adafactor", "Muon", "Lamb"];
 
 /// Builds a rule from its torch class name and a JSON object of torch keyword arguments.
 /// Unknown names and unknown or ill-typed hyper-parameters are errors.
@@ -240,6 +402,9 @@ pub fn from_config(optimizer: &str, hyperparameters: &serde_json::Value) -> Resu
         "Adam" => parse::<Adam>(optimizer, hyperparameters),
         "AdamW" => parse::<AdamW>(optimizer, hyperparameters),
         "NAdam" => parse::<NAdam>(optimizer, hyperparameters),
+        "Adafactor" => parse::<Adafactor>(optimizer, hyperparameters),
+        "Muon" => parse::<Muon>(optimizer, hyperparameters),
+        "Lamb" => parse::<Lamb>(optimizer, hyperparameters),
         _ => Err(Error::UnknownOptimizer(optimizer.to_string(), OPTIMIZER_NAMES.join(", "))),
     }
 }

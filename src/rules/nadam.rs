@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
+use super::{CpuTensor, lerp, step_tag, Check, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.NAdam`, with torch's defaults.
@@ -112,15 +112,10 @@ impl UpdateRule for NAdam {
     }
 
     fn kernel(&self) -> Kernel {
-        Kernel {
-            label: "nadam",
-            source: include_str!("../../shaders/nadam.wgsl"),
-            state_bindings: &["exp_avg", "exp_avg_sq"],
-            flags: vec![
+        Kernel::element_wise("nadam", include_str!("../../shaders/nadam.wgsl"), &["exp_avg", "exp_avg_sq"], vec![
                 ("maximize", self.maximize),
                 ("decoupled_weight_decay", self.decoupled_weight_decay),
-            ],
-        }
+            ])
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -146,7 +141,7 @@ impl UpdateRule for NAdam {
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         let (beta1, beta2) = self.betas;
-        bytemuck::cast(NadamScalars {
+        StepScalars::of(&NadamScalars {
             terms: bytemuck::cast(terms),
             lr: self.lr as f32,
             weight_decay: self.weight_decay as f32,
@@ -159,9 +154,10 @@ impl UpdateRule for NAdam {
         })
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let s: NadamScalars = bytemuck::cast(*scalars);
-        let [exp_avg, exp_avg_sq] = state else { panic!("NAdam keeps exp_avg and exp_avg_sq") };
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let s: NadamScalars = scalars.get();
+        let [exp_avg, exp_avg_sq] = state.as_mut_slice() else { panic!("NAdam keeps exp_avg and exp_avg_sq") };
         for i in 0..param.len() {
             let mut p = param[i];
             let mut g = grad[i];

@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{lerp, step_tag, Check, CycledMomentum, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
+use super::{CpuTensor, lerp, step_tag, Check, CycledMomentum, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.RMSprop`, with torch's defaults.
@@ -80,16 +80,11 @@ impl UpdateRule for RMSprop {
     }
 
     fn kernel(&self) -> Kernel {
-        Kernel {
-            label: "rmsprop",
-            source: include_str!("../../shaders/rmsprop.wgsl"),
-            state_bindings: &["square_avg", "momentum_buffer", "grad_avg"],
-            flags: vec![
+        Kernel::element_wise("rmsprop", include_str!("../../shaders/rmsprop.wgsl"), &["square_avg", "momentum_buffer", "grad_avg"], vec![
                 ("maximize", self.maximize),
                 ("centered", self.centered),
                 ("has_momentum", self.momentum > 0.0),
-            ],
-        }
+            ])
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -108,7 +103,7 @@ impl UpdateRule for RMSprop {
     }
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
-        bytemuck::cast(RmspropScalars {
+        StepScalars::of(&RmspropScalars {
             terms,
             neg_lr: (-self.lr) as f32,
             alpha: self.alpha as f32,
@@ -120,8 +115,9 @@ impl UpdateRule for RMSprop {
         })
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let s: RmspropScalars = bytemuck::cast(*scalars);
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let s: RmspropScalars = scalars.get();
         let has_momentum = self.momentum > 0.0;
         let (square_avg, rest) = state.split_first_mut().expect("square_avg");
         let (momentum_buffer, rest) = if has_momentum { rest.split_first_mut().map(|(b, r)| (Some(b), r)).expect("momentum_buffer") } else { (None, rest) };

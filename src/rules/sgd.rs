@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{step_tag, Check, CycledMomentum, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
+use super::{CpuTensor, step_tag, Check, CycledMomentum, Kernel, StateSlot, StepScalars, StepTerms, TermsMemo, UpdateRule};
 use crate::error::Result;
 
 /// `torch.optim.SGD`, with torch's defaults.
@@ -85,16 +85,11 @@ impl UpdateRule for Sgd {
     }
 
     fn kernel(&self) -> Kernel {
-        Kernel {
-            label: "sgd",
-            source: include_str!("../../shaders/sgd.wgsl"),
-            state_bindings: &["momentum_buffer"],
-            flags: vec![
+        Kernel::element_wise("sgd", include_str!("../../shaders/sgd.wgsl"), &["momentum_buffer"], vec![
                 ("maximize", self.maximize),
                 ("has_momentum", self.momentum != 0.0),
                 ("nesterov", self.nesterov),
-            ],
-        }
+            ])
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -110,7 +105,7 @@ impl UpdateRule for Sgd {
     }
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
-        bytemuck::cast(SgdScalars {
+        StepScalars::of(&SgdScalars {
             terms: bytemuck::cast(terms),
             neg_lr: (-self.lr) as f32,
             weight_decay: self.weight_decay as f32,
@@ -120,8 +115,9 @@ impl UpdateRule for Sgd {
         })
     }
 
-    fn cpu_update(&self, scalars: &StepScalars, param: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let s: SgdScalars = bytemuck::cast(*scalars);
+    fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
+        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let s: SgdScalars = scalars.get();
         for i in 0..param.len() {
             let p = param[i];
             let mut g = grad[i];

@@ -2,13 +2,19 @@
 """Generate the golden optimizer test cases under ``tests/golden/cases/``.
 
 Every case runs one ``torch.optim`` optimizer (SGD, Adagrad, RMSprop, Adadelta,
-Adam, AdamW, NAdam) for a fixed number of steps on the CPU in float32, with
-fixed seeds, and records everything a reimplementation needs to replay it:
+Adam, AdamW, NAdam, Adafactor, Muon) or ``timm.optim.Lamb`` -- in the mixed-rule
+training loops two of them -- for a fixed number of steps on the CPU in float32
+(single-tensor path), with fixed seeds, and records everything a reimplementation
+needs to replay it:
 
     cases/<case_name>/run.json             optimizer class name, hyper-parameters
                                            (torch kwarg names; only the ones that
-                                           differ from torch's defaults, plus "lr"),
-                                           optional "param_groups"
+                                           differ from torch's defaults, plus "lr",
+                                           plus our own keys (OUR_KEYS) always),
+                                           optional "param_groups" (a group may name
+                                           its own "optimizer"), optional training-loop
+                                           keys ("scheduler", "clip_grad_norm",
+                                           "loss_scale")
     cases/<case_name>/params.safetensors   initial parameters, float32, by name
     cases/<case_name>/grads.safetensors    per parameter ``w``: ``w`` with shape
                                            [steps, *shape(w)], the gradient of
@@ -17,10 +23,13 @@ fixed seeds, and records everything a reimplementation needs to replay it:
                                            optimizer state as ``<name>.<key>``
                                            (torch's state keys, ``step`` omitted,
                                            None entries omitted; NAdam's
-                                           ``mu_product`` is 0-d)
-    cases/manifest.json                    index of all cases + torch version
+                                           ``mu_product`` is 0-d; Adafactor's
+                                           ``row_var``/``col_var`` in torch's
+                                           keepdim shapes)
+    cases/manifest.json                    index of all cases + torch and timm versions
 
-Requirements (only to regenerate): ``pip install torch safetensors numpy``.
+Requirements (only to regenerate): ``pip install torch safetensors numpy timm``
+(timm provides the Lamb reference).
 CI does not need this script or torch: the generated files are committed and
 the Rust tests only read them.
 
@@ -37,6 +46,8 @@ here are deleted. The output is deterministic (fixed seeds, single thread).
 """
 
 import argparse
+import contextlib
+import inspect
 import json
 import re
 import shutil
@@ -47,6 +58,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 OPTIMIZERS = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam"]
+# Rules with hand-picked flag sets and problems of their own (rule_specs): torch's
+# Adafactor and Muon, and timm's Lamb (timm.optim.Lamb).
+NEW_RULES = ["Adafactor", "Muon", "Lamb"]
 PROBLEMS = ["awkward", "groups", "zeros", "magnitudes", "sparse_rows"]  # + "long"
 # Problems are assigned to an optimizer's flag combinations with quotas taken
 # from this cycle (the two big problems, awkward and sparse_rows, come up half
@@ -66,7 +80,16 @@ BASE_LR = {
     "Adam": 0.01,
     "AdamW": 0.01,
     "NAdam": 0.01,
+    "Adafactor": 0.01,
+    "Muon": 0.02,
+    "Lamb": 0.01,
 }
+
+# Hyper-parameters of ours that torch does not have, with the value that means torch's own
+# behaviour. They are written in every case of the rule and stripped before torch sees them.
+#   Muon "ns_precision": the dtype of the Newton-Schulz iteration; torch computes it in
+#   bfloat16, "float32" runs an otherwise identical copy in float32 (see ns_precision()).
+OUR_KEYS = {"Muon": {"ns_precision": "bfloat16"}}
 
 STATE_KEYS = {
     "exp_avg",
@@ -78,6 +101,9 @@ STATE_KEYS = {
     "grad_avg",
     "acc_delta",
     "mu_product",
+    "row_var",
+    "col_var",
+    "variance",
 }
 
 NEVER = {"foreach", "fused", "capturable", "differentiable"}
@@ -169,15 +195,31 @@ def variants(opt):
 _DEFAULTS = {}
 
 
+def optimizer_class(opt):
+    """The reference class of an optimizer name: torch.optim's, or timm's Lamb."""
+    if opt == "Lamb":
+        import timm.optim
+
+        return timm.optim.Lamb
+    return getattr(torch.optim, opt)
+
+
+def timm_version():
+    import timm
+
+    return timm.__version__
+
+
 def torch_defaults(opt):
     if opt not in _DEFAULTS:
-        dummy = getattr(torch.optim, opt)([torch.zeros(1, requires_grad=True)])
+        # 2-D: Muon accepts nothing else.
+        dummy = optimizer_class(opt)([torch.zeros(1, 1, requires_grad=True)])
         _DEFAULTS[opt] = dict(dummy.defaults)
     return _DEFAULTS[opt]
 
 
 def jsonable(v):
-    if isinstance(v, tuple):
+    if isinstance(v, (tuple, list)):
         return [jsonable(x) for x in v]
     return v
 
@@ -189,19 +231,25 @@ def same(a, b):
 
 
 def hyperparameters(opt, variant):
-    """lr always, plus every varied flag that differs from torch's default."""
+    """lr always, plus every varied flag that differs from torch's default, plus our own
+    keys (OUR_KEYS) always."""
     d = torch_defaults(opt)
+    ours = OUR_KEYS.get(opt, {})
     hp = {"lr": variant.get("lr", BASE_LR[opt])}
     for k, v in variant.items():
-        if k == "lr":
+        if k == "lr" or k in ours:
             continue
         assert k in d and k not in NEVER, (opt, k)
         if not same(v, d[k]):
             hp[k] = jsonable(v)
+    for k, default in ours.items():
+        hp[k] = variant.get(k, default)
     return hp
 
 
 def fmt(v):
+    if v is None:
+        return "none"
     return f"{v:g}".replace("e-0", "e-")
 
 
@@ -217,7 +265,7 @@ def name_tokens(opt, hp):
         elif k == "dampening":
             t.append("damp")
         elif k == "nesterov":
-            t.append("nesterov")
+            t.append("nesterov" if v else "nonesterov")
         elif k == "weight_decay":
             t.append("wd" if v == 1e-2 else "wd" + fmt(v))
         elif k == "decoupled_weight_decay":
@@ -229,7 +277,7 @@ def name_tokens(opt, hp):
         elif k == "initial_accumulator_value":
             t.append("initacc")
         elif k == "eps":
-            t.append("eps" + fmt(v))
+            t.append("eps" + ("-".join(fmt(x) for x in v) if isinstance(v, list) else fmt(v)))
         elif k == "centered":
             t.append("centered")
         elif k == "alpha":
@@ -242,13 +290,38 @@ def name_tokens(opt, hp):
             t.append("betas" + fmt(v[0]) + "-" + fmt(v[1]))
         elif k == "momentum_decay":
             t.append("mdecay" + fmt(v))
+        elif k == "beta2_decay":
+            t.append("b2decay" + fmt(v))
+        elif k == "d":
+            t.append("d" + fmt(v))
+        elif k == "ns_coefficients":
+            t.append("nscoef")
+        elif k == "ns_steps":
+            t.append("ns" + fmt(v))
+        elif k == "adjust_lr_fn":
+            t.append({"original": "adj-original", "match_rms_adamw": "adj-rms",
+                      "spectral_unclamped": "adj-spectral"}[v])
+        elif k == "ns_precision":
+            t.append({"bfloat16": "bf16", "float32": "f32"}[v])
+        elif k == "bias_correction":
+            t.append("nobiascorr")
+        elif k == "grad_averaging":
+            t.append("nogradavg")
+        elif k == "max_grad_norm":
+            t.append("noclip" if v is None else "maxnorm" + fmt(v))
+        elif k == "trust_clip":
+            t.append("trustclip")
+        elif k == "always_adapt":
+            t.append("alwaysadapt")
+        elif k == "decoupled_decay":
+            t.append("decoupled")
         else:
             raise ValueError((opt, k, d.get(k)))
     return t
 
 
 # Optimizers whose lr is one of the varied flags (so it goes into the name).
-LR_IN_NAME = {"Adadelta"}
+LR_IN_NAME = {"Adadelta", "Adafactor"}
 
 # Order of tokens in a case name (keeps names stable whatever the dict order).
 TOKEN_ORDER = [
@@ -265,9 +338,21 @@ TOKEN_ORDER = [
     "betas",
     "eps",
     "momentum_decay",
+    "beta2_decay",
+    "d",
+    "ns_steps",
+    "ns_coefficients",
+    "adjust_lr_fn",
+    "bias_correction",
+    "grad_averaging",
+    "max_grad_norm",
+    "trust_clip",
+    "always_adapt",
     "weight_decay",
     "decoupled_weight_decay",
+    "decoupled_decay",
     "maximize",
+    "ns_precision",
 ]
 
 
@@ -283,11 +368,15 @@ def ordered(hp):
 
 class Problem:
     """shapes: ordered {name: shape}; init: {name: np.float32 array};
-    groups: list of name lists (one entry = single group);
+    groups: list of name lists (one entry = single group; a spec's "group_overrides"
+    pairs with it);
     grads: {name: np.float32 [steps, *shape]} or None;
-    grad_fn: callable(step, {name: current param np array}) -> {name: grad}."""
+    grad_fn: callable(step, {name: current param np array}) -> {name: grad}, or with
+    scales_loss, callable(step, params, loss_scale) -> the gradients of the loss
+    multiplied by loss_scale (otherwise loss-scaled cases multiply the gradients)."""
 
-    def __init__(self, kind, shapes, init, groups, steps, grads=None, grad_fn=None):
+    def __init__(self, kind, shapes, init, groups, steps, grads=None, grad_fn=None,
+                 scales_loss=False):
         self.kind = kind
         self.shapes = shapes
         self.init = init
@@ -295,6 +384,7 @@ class Problem:
         self.steps = steps
         self.grads = grads
         self.grad_fn = grad_fn
+        self.scales_loss = scales_loss
 
     @property
     def names(self):
@@ -419,6 +509,150 @@ def problem_long(rng):
     return Problem("long", shapes, init, [list(shapes)], steps, grad_fn=grad_fn)
 
 
+# Problems of the new rules (Adafactor, Muon, Lamb) and of the mixed-rule training loops.
+
+
+def problem_factored(rng):
+    # Adafactor: factored 1xN and Nx1 matrices, a 3-D tensor (factored over its last two
+    # dims), a vector that starts at exactly 0 (so eps2 bounds the update scale), and
+    # zero gradients: "col" at step 0 (state from a 0 gradient), one row of "cube" in a
+    # third of the steps (var_estimate 0, clamped by eps1^2).
+    shapes = {"row": (1, 50), "col": (40, 1), "cube": (5, 7, 9), "v7": (7,)}
+    steps = 25
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    init["v7"] = f32(np.zeros(shapes["v7"]))
+    grads = normal_grads(rng, shapes, steps)
+    grads["col"][0] = 0.0
+    grads["cube"][rng.random(size=steps) < 0.35, :, 2, :] = 0.0
+    return Problem("factored", shapes, init, [list(shapes)], steps, grads=grads)
+
+
+def problem_rect(rng):
+    # Adafactor: a 17x33 matrix whose gradient rows differ in scale (1e-3..1e3) and a vector.
+    shapes = {"w": (17, 33), "v130": (130,)}
+    steps = 20
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    row_scale = np.exp(rng.uniform(np.log(1e-3), np.log(1e3), size=(17, 1)))
+    grads = {"w": f32(rng.normal(0.0, 1.0, size=(steps, 17, 33)) * row_scale),
+             "v130": f32(rng.normal(0.0, 1.0, size=(steps, 130)))}
+    return Problem("rect", shapes, init, [list(shapes)], steps, grads=grads)
+
+
+def problem_wide(rng):
+    # Adafactor: rows of 1,000 and columns of 400 (each mean spans several workgroups).
+    shapes = {"w": (3, 1000), "tall": (400, 2)}
+    steps = 20
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    return Problem("wide", shapes, init, [list(shapes)], steps,
+                   grads=normal_grads(rng, shapes, steps))
+
+
+def problem_big(rng):
+    # Adafactor: one 512x512 matrix, one step (each step costs 1 MB of gradients, and the
+    # initial and final parameters 1 MB each). In step 1 the EMA weight is 1, so the state
+    # is only written; "wide" carries long rows and columns of state over 20 steps.
+    shapes = {"w": (512, 512)}
+    steps = 1
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    return Problem("big", shapes, init, [list(shapes)], steps,
+                   grads=normal_grads(rng, shapes, steps))
+
+
+def problem_matrices(rng):
+    # Muon: wide and tall matrices (the tall ones go through the transposed path), 1xN and
+    # Nx1, a square one whose first gradient is 0 (the Newton-Schulz input is 0: its norm
+    # is clamped by eps). Initialised like Linear weights, N(0, 1/cols).
+    shapes = {"a": (17, 33), "at": (33, 17), "row": (1, 40), "col": (40, 1), "sq": (8, 8)}
+    steps = 12
+    init = {n: f32(rng.normal(0.0, 1.0, size=s) / np.sqrt(s[1])) for n, s in shapes.items()}
+    grads = normal_grads(rng, shapes, steps)
+    grads["sq"][0] = 0.0
+    return Problem("matrices", shapes, init, [list(shapes)], steps, grads=grads)
+
+
+def problem_matrix64(rng):
+    # Muon: a 64x48 matrix.
+    shapes = {"w": (64, 48)}
+    steps = 10
+    init = {n: f32(rng.normal(0.0, 1.0, size=s) / np.sqrt(s[1])) for n, s in shapes.items()}
+    return Problem("matrix64", shapes, init, [list(shapes)], steps,
+                   grads=normal_grads(rng, shapes, steps))
+
+
+def problem_scaled(rng):
+    # Lamb: the awkward problem's sizes; every step's gradients are scaled by one factor
+    # in [0.005, 0.2], so the global gradient norm (~17.7 x the factor) is sometimes above
+    # and sometimes below max_grad_norm 1.0 and always above 0.1. "b3" starts at exactly 0
+    # (weight norm 0: trust ratio 1), "scalar" has a 0 gradient at step 0. Two groups for
+    # cases that split them: weights and the rest.
+    shapes = {"scalar": (1,), "b3": (3,), "v17": (17,), "w130": (130,), "w2d": (33, 7)}
+    steps = 50
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    init["b3"] = f32(np.zeros(shapes["b3"]))
+    factor = np.exp(rng.uniform(np.log(0.005), np.log(0.2), size=steps))
+    grads = {n: f32(rng.normal(0.0, 1.0, size=(steps,) + s) * factor.reshape((steps,) + (1,) * len(s)))
+             for n, s in shapes.items()}
+    grads["scalar"][0] = 0.0
+    groups = [["v17", "w130", "w2d"], ["scalar", "b3"]]
+    return Problem("scaled", shapes, init, groups, steps, grads=grads)
+
+
+def problem_mlp(rng, overflow=False):
+    # A small network trained on a fixed teacher, its gradients from torch autograd:
+    #   x = concat(emb[tok0], emb[tok1], emb[tok2])       (batch 16, 24)
+    #   h = tanh(tanh(x w1^T + b1) w2^T + b2)            w1 16x24, w2 16x16
+    #   y = layer_norm(h) * norm, out = y w3^T            w3 24x16
+    #   loss = mean((out - concat(T[tok2], T[tok0], T[tok1]))^2)
+    # Groups: the hidden matrices, embedding + norm weight, biases. The gradient is that of
+    # loss * loss_scale (what the backward pass of GradScaler.scale(loss) gives); with
+    # overflow, a few steps get non-finite entries in tensors of every group (as an overflow
+    # in the scaled backward pass would), so GradScaler skips them for every optimizer.
+    vocab, dim, batch = 30, 8, 16
+    shapes = {"emb": (vocab, dim), "w1": (16, 24), "b1": (16,), "w2": (16, 16), "b2": (16,),
+              "norm": (16,), "w3": (24, 16)}
+    steps = 40 if overflow else 30
+    init = {
+        "emb": rng.normal(0.0, 1.0, size=(vocab, dim)),
+        "w1": rng.normal(0.0, 1.0, size=(16, 24)) / np.sqrt(24),
+        "b1": np.zeros(16),
+        "w2": rng.normal(0.0, 1.0, size=(16, 16)) / np.sqrt(16),
+        "b2": np.zeros(16),
+        "norm": np.ones(16),
+        "w3": rng.normal(0.0, 1.0, size=(24, 16)) / np.sqrt(16),
+    }
+    init = {n: f32(a) for n, a in init.items()}
+    teacher = torch.from_numpy(f32(rng.normal(0.0, 1.0, size=(vocab, dim))))
+    tokens = torch.from_numpy(rng.integers(0, vocab, size=(steps, batch, 3)))
+    nonfinite = {}  # step -> [(name, index, value)]
+    if overflow:
+        nonfinite = {
+            7: [("w2", (3, 5), np.inf), ("emb", (int(tokens[7, 0, 0]), 2), -np.inf)],
+            8: [("w1", (0, 0), np.inf), ("b1", (4,), np.inf)],
+            23: [("w3", (10, 3), np.nan), ("norm", (5,), np.inf), ("b2", (0,), -np.inf)],
+        }
+
+    def grad_fn(t, cur, scale):
+        with torch.enable_grad():
+            p = {n: torch.from_numpy(cur[n]).requires_grad_(True) for n in shapes}
+            tok = tokens[t]
+            x = p["emb"][tok].reshape(batch, 3 * dim)
+            h = torch.tanh(torch.tanh(x @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"])
+            y = torch.nn.functional.layer_norm(h, (16,), weight=p["norm"])
+            out = y @ p["w3"].T
+            target = torch.cat([teacher[tok[:, 2]], teacher[tok[:, 0]], teacher[tok[:, 1]]], dim=1)
+            loss = ((out - target) ** 2).mean()
+            scaled = loss * torch.tensor(scale, dtype=torch.float32)
+            g = torch.autograd.grad(scaled, [p[n] for n in shapes])
+        out = {n: f32(gi.numpy()) for n, gi in zip(shapes, g)}
+        for name, index, value in nonfinite.get(t, []):
+            out[name][index] = value
+        return out
+
+    groups = [["w1", "w2", "w3"], ["emb", "norm"], ["b1", "b2"]]
+    return Problem("mlp_inf" if overflow else "mlp", shapes, init, groups, steps,
+                   grad_fn=grad_fn, scales_loss=True)
+
+
 PROBLEM_FNS = {
     "awkward": problem_awkward,
     "groups": problem_groups,
@@ -426,7 +660,28 @@ PROBLEM_FNS = {
     "magnitudes": problem_magnitudes,
     "sparse_rows": problem_sparse_rows,
     "long": problem_long,
+    "factored": problem_factored,
+    "rect": problem_rect,
+    "wide": problem_wide,
+    "big": problem_big,
+    "matrices": problem_matrices,
+    "matrix64": problem_matrix64,
+    "scaled": problem_scaled,
+    "mlp": problem_mlp,
+    "mlp_inf": lambda rng: problem_mlp(rng, overflow=True),
 }
+
+
+def build_problem(spec, rng):
+    """The spec's problem, cut to the spec's "steps" when it sets fewer."""
+    prob = PROBLEM_FNS[spec["problem"]](rng)
+    steps = spec.get("steps", prob.steps)
+    assert steps <= prob.steps, (spec["name"], steps, prob.steps)
+    if steps < prob.steps:
+        prob.steps = steps
+        if prob.grads is not None:
+            prob.grads = {n: g[:steps] for n, g in prob.grads.items()}
+    return prob
 
 
 # --------------------------------------------------------------------------
@@ -456,6 +711,9 @@ def group_overrides(opt, hp):
     elif opt in ADAM_LIKE:
         ov2["betas"] = [0.85, 0.995]
         ov2["eps"] = 1e-6
+    elif opt == "Lamb":  # its default eps is 1e-6
+        ov2["betas"] = [0.85, 0.995]
+        ov2["eps"] = 1e-8
     for ov in (ov1, ov2):
         for k, v in ov.items():
             top = hp.get(k, d[k])
@@ -519,12 +777,102 @@ def build_specs():
             "problem": "long",
             "explicit_single_group": oi % 2 == 0,
         })
+    specs.extend(rule_specs())
     specs.extend(training_specs())
+    specs.extend(mixed_specs())
     names = [s["name"] for s in specs]
     assert len(names) == len(set(names)), "duplicate case names"
     for s in specs:
         assert re.fullmatch(r"[a-z0-9.\-]+", s["name"]), s["name"]
     return sorted(specs, key=lambda s: s["name"])
+
+
+def rule_specs():
+    """Adafactor, Muon and Lamb: hand-picked flag sets (not the full cross product), each on
+    problems chosen for the rule. Entries: (optimizer, varied flags, problem, steps or None
+    for the problem's own, group overrides or None, extra name token or None)."""
+    f32, bf16 = {"ns_precision": "float32"}, {"ns_precision": "bfloat16"}
+    table = [
+        ("Adafactor", {}, "factored", None, None, None),
+        ("Adafactor", {}, "big", None, None, None),
+        ("Adafactor", {"weight_decay": 0.1}, "rect", None, None, None),
+        ("Adafactor", {"maximize": True}, "factored", None, None, None),
+        # eps1 1e-30: eps1^2 underflows to 0 in float32, so no exactly-0 gradient rows here.
+        ("Adafactor", {"eps": (1e-30, 1e-3)}, "rect", None, None, None),
+        ("Adafactor", {"eps": (None, 1e-2), "weight_decay": 0.1}, "factored", None, None, None),
+        ("Adafactor", {"d": 2.0, "maximize": True}, "rect", None, None, None),
+        ("Adafactor", {"lr": 0.05, "beta2_decay": -0.5}, "wide", None, None, None),
+        # Muon: bfloat16 (torch's Newton-Schulz) cases are kept short, its rounding compounds.
+        ("Muon", {**bf16}, "matrices", 10, None, None),
+        ("Muon", {**f32}, "matrices", None, None, None),
+        ("Muon", {"nesterov": False, **bf16}, "matrices", 10, None, None),
+        ("Muon", {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0, **f32}, "matrices", None, None, None),
+        ("Muon", {"adjust_lr_fn": "original", **f32}, "matrices", None, None, None),
+        ("Muon", {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0, **f32}, "matrices", None, None, None),
+        ("Muon", {"adjust_lr_fn": "match_rms_adamw", **bf16}, "matrices", 10, None, None),
+        ("Muon", {"adjust_lr_fn": "spectral_unclamped", **f32}, "matrices", None, None, None),
+        ("Muon", {"ns_steps": 3, "adjust_lr_fn": "spectral_unclamped", **bf16}, "matrices", 10, None, None),
+        ("Muon", {"ns_steps": 3, "momentum": 0.9, **f32}, "matrix64", None, None, None),
+        ("Muon", {"ns_coefficients": (1.5, -0.5, 0.0), "eps": 1e-5, "weight_decay": 0.0, **f32},
+         "matrices", None, None, None),
+        # Lamb (timm): weight_decay 0.01 and max_grad_norm 1.0 by default.
+        ("Lamb", {}, "scaled", None, None, None),
+        ("Lamb", {"max_grad_norm": None}, "scaled", None, None, None),
+        ("Lamb", {"max_grad_norm": 0.1}, "scaled", None, None, None),
+        ("Lamb", {}, "scaled", None, [{}, {"weight_decay": 0.0}], "2groups"),
+        ("Lamb", {"trust_clip": True}, "groups", 100, None, None),
+        ("Lamb", {"always_adapt": True, "weight_decay": 0.0}, "groups", 100, None, None),
+        ("Lamb", {"decoupled_decay": True}, "groups", 100, None, None),
+        ("Lamb", {"bias_correction": False}, "groups", 100, None, None),
+        ("Lamb", {"grad_averaging": False, "max_grad_norm": None}, "groups", 100, None, None),
+        ("Lamb", {"weight_decay": 0.0}, "groups", 100, None, None),
+    ]
+    specs = []
+    for i, (opt, variant, problem, steps, overrides, token) in enumerate(table):
+        hp = ordered(hyperparameters(opt, variant))
+        tokens = (name_tokens(opt, hp) or ["default"]) + ([token] if token else [])
+        spec = {
+            "name": "-".join([opt.lower()] + tokens + [problem.replace("_", "-")]),
+            "optimizer": opt,
+            "hyperparameters": hp,
+            "problem": problem,
+            "explicit_single_group": i % 3 == 1,
+        }
+        if steps is not None:
+            spec["steps"] = steps
+        if overrides is not None:
+            spec["group_overrides"] = overrides
+        specs.append(spec)
+    return specs
+
+
+def mixed_specs():
+    """Training loops with two rules in one optimizer: Muon for the hidden matrices, AdamW
+    (a group's "optimizer" key) for the embedding, the norm weight and the biases. Torch
+    runs them as two optimizers stepped one after the other, behind one clip_grad_norm_ over
+    every parameter and (lossscale) one GradScaler: unscale_ both, clip, step both, update."""
+    muon = {"lr": 0.02, "ns_precision": "float32"}
+    overrides = [
+        {},
+        {"optimizer": "AdamW", "lr": 0.01},
+        {"optimizer": "AdamW", "lr": 0.01, "weight_decay": 0.0},
+    ]
+    clip = {"max_norm": 1.0, "norm_type": 2.0}
+    scaler = {"init_scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 5}
+    cases = [
+        ("train-muon-adamw", "mlp", {}),
+        ("train-muon-adamw-clip2", "mlp", {"clip_grad_norm": clip}),
+        ("train-muon-adamw-clip2-lossscale", "mlp_inf", {"clip_grad_norm": clip, "loss_scale": scaler}),
+    ]
+    return [{
+        "name": name,
+        "optimizer": "Muon",
+        "hyperparameters": muon,
+        "problem": problem,
+        "explicit_single_group": False,
+        "group_overrides": overrides,
+        "training": training,
+    } for name, problem, training in cases]
 
 
 def training_specs():
@@ -588,38 +936,124 @@ def norm_type(v):
     return float("inf") if v == "inf" else float(v)
 
 
+TUPLE_KEYS = {"betas", "eps", "ns_coefficients"}
+
+
 def torch_kwargs(d):
-    return {k: (tuple(v) if k == "betas" else v) for k, v in d.items()}
+    return {k: (tuple(v) if k in TUPLE_KEYS and isinstance(v, list) else v) for k, v in d.items()}
+
+
+_NS_FLOAT32 = []
+
+
+def newton_schulz_float32():
+    """torch's Muon Newton-Schulz iteration, copied from its source with torch.bfloat16
+    replaced by torch.float32 (nothing else differs)."""
+    if not _NS_FLOAT32:
+        module = torch.optim._muon
+        source = inspect.getsource(module._zeropower_via_newtonschulz)
+        assert source.count("torch.bfloat16") == 1, "torch's Newton-Schulz changed; check the float32 copy"
+        namespace = dict(vars(module))
+        exec(compile(source.replace("torch.bfloat16", "torch.float32"), "<float32 newton-schulz>", "exec"),
+             namespace)
+        _NS_FLOAT32.append(namespace["_zeropower_via_newtonschulz"])
+    return _NS_FLOAT32[0]
+
+
+@contextlib.contextmanager
+def ns_precision(precision):
+    """Muon's "ns_precision" on the torch side: "bfloat16" is torch as it is; "float32"
+    swaps the module-level _zeropower_via_newtonschulz (what _single_tensor_muon calls)
+    for newton_schulz_float32() while the step runs."""
+    if precision == "bfloat16":
+        yield
+        return
+    assert precision == "float32", precision
+    module = torch.optim._muon
+    original = module._zeropower_via_newtonschulz
+    module._zeropower_via_newtonschulz = newton_schulz_float32()
+    try:
+        yield
+    finally:
+        module._zeropower_via_newtonschulz = original
+
+
+def build_optimizers(optimizer, hp, param_groups, params):
+    """The torch optimizers of a run. A group without "optimizer" belongs to the top-level
+    optimizer (constructor kwargs hp); a group with "optimizer": X to an X built with X's
+    defaults (the group's keys are its overrides). Groups of one class go into one torch
+    optimizer, in order, split further by our own keys (Muon's ns_precision, applied around
+    step()). Single-tensor path everywhere (foreach=False where the class has it).
+    Returns [(torch optimizer, step context factory)] in order of first appearance."""
+    parts = {}
+    for g in param_groups:
+        cls_name = g.get("optimizer", optimizer)
+        top = cls_name == optimizer and "optimizer" not in g
+        ov = {k: v for k, v in g.items() if k not in ("params", "optimizer")}
+        ours = {k: ov.pop(k, (hp if top else {}).get(k, default))
+                for k, default in OUR_KEYS.get(cls_name, {}).items()}
+        key = (cls_name, top, json.dumps(ours, sort_keys=True))
+        if key not in parts:
+            parts[key] = (ours, [])
+        parts[key][1].append({"params": [params[n] for n in g["params"]], **torch_kwargs(ov)})
+    out = []
+    for (cls_name, top, _), (ours, groups) in parts.items():
+        kwargs = {k: v for k, v in hp.items() if k not in OUR_KEYS.get(cls_name, {})} if top else {}
+        if "foreach" in torch_defaults(cls_name):
+            kwargs["foreach"] = False
+        opt = optimizer_class(cls_name)(groups, **torch_kwargs(kwargs))
+        if cls_name == "Muon":
+            context = (lambda precision: lambda: ns_precision(precision))(ours["ns_precision"])
+        else:
+            context = contextlib.nullcontext
+        out.append((opt, context))
+    return out
 
 
 def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None):
-    """Run torch.optim. param_groups: list of {"params": [names], **overrides}.
-    grad_at(step, {name: current param tensor}) -> {name: float32 tensor}.
+    """Run torch.optim. param_groups: list of {"params": [names], **overrides} (a group may
+    name another "optimizer", see build_optimizers).
+    grad_at(step, {name: current param tensor}, loss scale) -> {name: float32 tensor}.
+    training: "scheduler", "clip_grad_norm", "loss_scale" (GradScaler arguments; the
+    gradients grad_at gives are then scaled: unscale_, clip, step, update).
     Returns (final params, final state) as {name: tensor}."""
     params = {n: torch.tensor(a, dtype=torch.float32).requires_grad_(True) for n, a in init.items()}
-    groups = []
-    for g in param_groups:
-        ov = torch_kwargs({k: v for k, v in g.items() if k != "params"})
-        groups.append({"params": [params[n] for n in g["params"]], **ov})
-    opt = getattr(torch.optim, optimizer)(groups, **torch_kwargs(hp))
+    opts = build_optimizers(optimizer, hp, param_groups, params)
     training = training or {}
-    scheduler = make_scheduler(training["scheduler"], opt) if training.get("scheduler") else None
+    scheduler = None
+    if training.get("scheduler"):
+        assert len(opts) == 1, "a scheduler needs a single optimizer"
+        scheduler = make_scheduler(training["scheduler"], opts[0][0])
     clip = training.get("clip_grad_norm")
+    scaler = torch.amp.GradScaler("cpu", **training["loss_scale"]) if training.get("loss_scale") else None
     with torch.no_grad():
         for t in range(steps):
-            grads = grad_at(t, params)
+            # The scale the backward pass multiplies the loss by (GradScaler.scale(loss)).
+            scale = float(scaler.scale(torch.ones((), dtype=torch.float32))) if scaler else 1.0
+            grads = grad_at(t, params, scale)
             for n, p in params.items():
                 p.grad = grads[n].clone()
+            if scaler is not None:
+                for opt, _ in opts:
+                    scaler.unscale_(opt)
             if clip:
                 # In name order: the total norm's rounding depends on the order of the tensors.
                 ordered_params = [params[n] for n in sorted(params)]
                 torch.nn.utils.clip_grad_norm_(ordered_params, clip["max_norm"], norm_type(clip["norm_type"]))
-            opt.step()
+            for opt, context in opts:
+                with context():
+                    if scaler is not None:
+                        scaler.step(opt)
+                    else:
+                        opt.step()
+            if scaler is not None:
+                scaler.update()
             if scheduler is not None:
                 scheduler.step()
     final = {n: p.detach().clone() for n, p in params.items()}
     state = {}
     for n, p in params.items():
+        (opt,) = [o for o, _ in opts if any(p is q for g in o.param_groups for q in g["params"])]
         for k, v in opt.state[p].items():
             if k == "step" or v is None:
                 continue
@@ -635,10 +1069,14 @@ def run_case(spec, out_dir):
     seed = fnv1a(spec["name"])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    prob = PROBLEM_FNS[spec["problem"]](rng)
+    prob = build_problem(spec, rng)
     opt, hp = spec["optimizer"], spec["hyperparameters"]
 
-    if prob.kind == "groups":
+    if "group_overrides" in spec:
+        assert len(spec["group_overrides"]) == len(prob.groups), spec["name"]
+        param_groups = [{"params": names, **ov} for names, ov in zip(prob.groups, spec["group_overrides"])]
+        write_groups = True
+    elif prob.kind == "groups":
         ov1, ov2 = group_overrides(opt, hp)
         param_groups = [
             {"params": prob.groups[0]},
@@ -653,12 +1091,14 @@ def run_case(spec, out_dir):
     steps = prob.steps
     recorded = {n: np.empty((steps,) + s, dtype=np.float32) for n, s in prob.shapes.items()}
 
-    def grad_at(t, params):
+    def grad_at(t, params, scale):
         if prob.grad_fn is not None:
             cur = {n: p.detach().numpy().copy() for n, p in params.items()}
-            g = prob.grad_fn(t, cur)
+            g = prob.grad_fn(t, cur, scale) if prob.scales_loss else prob.grad_fn(t, cur)
         else:
             g = {n: prob.grads[n][t] for n in prob.names}
+        if scale != 1.0 and not prob.scales_loss:
+            g = {n: f32(np.float32(scale) * g[n]) for n in prob.names}
         out = {}
         for n in prob.names:
             recorded[n][t] = g[n]
@@ -670,6 +1110,9 @@ def run_case(spec, out_dir):
     for k, v in {**final, **state}.items():
         if not torch.isfinite(v).all():
             raise RuntimeError(f"{spec['name']}: non-finite values in {k}")
+    skips = loss_scale_skips(recorded, prob.steps)
+    if skips and not (spec.get("training") or {}).get("loss_scale"):
+        raise RuntimeError(f"{spec['name']}: non-finite gradients at steps {skips} without loss scaling")
 
     case_dir = out_dir / spec["name"]
     if case_dir.exists():
@@ -690,10 +1133,17 @@ def run_case(spec, out_dir):
     return prob, sorted({k.split(".", 1)[1] for k in state})
 
 
+def loss_scale_skips(grads, steps):
+    """The steps whose recorded gradients are not all finite (GradScaler skips them)."""
+    return [t for t in range(steps) if not all(np.isfinite(g[t]).all() for g in grads.values())]
+
+
 def manifest_entry(spec, prob):
+    group_optimizers = sorted({ov["optimizer"] for ov in spec.get("group_overrides", []) if "optimizer" in ov})
     return {
         "name": spec["name"],
         "optimizer": spec["optimizer"],
+        **({"group_optimizers": group_optimizers} if group_optimizers else {}),
         "flags": spec["hyperparameters"],
         **{k: v for k, v in (spec.get("training") or {}).items() if v is not None},
         "problem": spec["problem"],
@@ -723,8 +1173,8 @@ def check_case(case_dir):
     final, state = run_torch(
         run["optimizer"], run["hyperparameters"], groups,
         {n: params[n].numpy() for n in names}, steps,
-        lambda t, _p: {n: grads[n][t] for n in names},
-        {k: run[k] for k in ("scheduler", "clip_grad_norm") if k in run},
+        lambda t, _p, _scale: {n: grads[n][t] for n in names},
+        {k: run[k] for k in ("scheduler", "clip_grad_norm", "loss_scale") if k in run},
     )
     got = {**final, **state}
     assert set(got) == set(expected), (sorted(got), sorted(expected))
@@ -765,7 +1215,7 @@ def main():
             print(f"{spec['name']:<48} {spec['problem']:<11} steps={prob.steps:<5} "
                   f"elements={prob.elements:<4} state={','.join(keys) or '-'}")
         else:
-            prob = PROBLEM_FNS[spec["problem"]](np.random.default_rng(0))
+            prob = build_problem(spec, np.random.default_rng(0))
         case_dir = out / spec["name"]
         if all((case_dir / f).exists() for f in
                ("run.json", "params.safetensors", "grads.safetensors", "expected.safetensors")):
@@ -773,7 +1223,7 @@ def main():
         else:
             missing.append(spec["name"])
 
-    manifest = {"torch_version": torch.__version__, "cases": entries}
+    manifest = {"torch_version": torch.__version__, "timm_version": timm_version(), "cases": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     if args.check:
@@ -782,9 +1232,10 @@ def main():
         print(f"check: {len(written)} cases replayed bit-exactly from their files")
 
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    per_opt = {o: sum(1 for e in entries if e["optimizer"] == o) for o in OPTIMIZERS}
+    per_opt = {o: sum(1 for e in entries if e["optimizer"] == o) for o in OPTIMIZERS + NEW_RULES}
     print(f"wrote {len(written)} of {len(specs)} cases to {out} "
-          f"(manifest lists {len(entries)}; {size / 1e6:.2f} MB in total; torch {torch.__version__})")
+          f"(manifest lists {len(entries)}; {size / 1e6:.2f} MB in total; torch {torch.__version__}, "
+          f"timm {timm_version()})")
     print("per optimizer: " + ", ".join(f"{o} {n}" for o, n in per_opt.items()))
     if missing:
         print(f"warning: {len(missing)} defined cases have no files yet: {', '.join(missing)}")

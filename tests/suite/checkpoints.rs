@@ -198,13 +198,13 @@ fn checkpoints_that_do_not_fit_are_rejected() {
     std::fs::write(&path, b"this is not a checkpoint at all").unwrap();
     rejected(&path, &adam, GradientOptions::default(), "garbage.safetensors");
 
-    let field = b"\"version\":\"1\"";
+    let field = b"\"version\":\"2\"";
     let at = bytes.windows(field.len()).position(|w| w == field).expect("the header names the version");
     let mut newer = bytes.clone();
     newer[at + field.len() - 2] = b'9';
     let path = scratch("newer.safetensors");
     std::fs::write(&path, newer).unwrap();
-    rejected(&path, &adam, GradientOptions::default(), "format version 9 is newer than this build reads (1)");
+    rejected(&path, &adam, GradientOptions::default(), "format version 9 is newer than this build reads (2)");
 
     let path = scratch("plain.safetensors");
     wgpu_optim::replay::write_safetensors(&path, &Checkpoint::load(&good).unwrap().tensors).unwrap();

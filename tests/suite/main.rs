@@ -15,6 +15,7 @@ mod large;
 mod rules;
 mod schedules;
 mod shaders;
+mod structured;
 mod training;
 mod trajectories;
 mod validation;

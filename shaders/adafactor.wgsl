@@ -1,0 +1,246 @@
+// Adafactor: torch.optim.Adafactor (torch 2.15, _single_tensor_adafactor). Tensors of two or
+// more dimensions keep factored second moments over their last two dimensions (row_var,
+// col_var); vectors keep a full `variance`. Four passes:
+//
+//   factor       (per tensor)      alpha = max(eps2, ‖p‖ / sqrt(n)) * min(lr, 1/sqrt(t))
+//                                  row_var = lerp(row_var, ‖g_row‖² / cols, t^beta2_decay)
+//                                  col_var = lerp(col_var, ‖g_col‖² / rows, t^beta2_decay)
+//                                  row_mean = max(mean over rows of row_var, eps1)
+//   update_norm  (every element)   est = row_var*col_var / row_mean   (factored)
+//                                  variance = lerp(variance, g*g, t^beta2_decay); est = variance
+//                                  u = (1/sqrt(max(est, eps1²))) * g;   partials: Σ u²
+//   step_size    (per tensor)      coefficient = -alpha / max(1, ‖u‖ / (sqrt(n)*d))
+//   apply        (every element)   p = p*(1 - lr*wd) if wd != 0;  p = p + coefficient*u
+//
+// g = -g if maximize. A tensor's aux region holds its scalars (‖p‖, coefficient), then its
+// state (row_var then col_var, or variance); its scratch holds row_mean per matrix.
+
+override maximize: bool = false;
+
+struct AdafactorTerms {
+    step: u32,
+    beta2_t: f32,               // t^beta2_decay (torch's one_minus_beta2_t)
+    rsqrt_t: f32,               // 1 / t^0.5
+    _padding: f32,
+}
+
+// AdafactorTerms from its four words in the ring.
+fn adafactor_terms(w: vec4<u32>) -> AdafactorTerms {
+    return AdafactorTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
+struct AdafactorScalars {
+    terms: AdafactorTerms,
+    lr: f32,
+    eps1: f32,
+    eps1_squared: f32,
+    eps2: f32,
+    d: f32,
+    weight_decay: f32,
+    decay_factor: f32,          // 1 - lr*wd
+}
+
+@group(0) @binding(0) var<uniform> s: AdafactorScalars;
+
+fn current_terms() -> AdafactorTerms {
+    if (conditioned) {
+        return adafactor_terms(ring_terms());
+    }
+    return s.terms;
+}
+
+// torch.lerp for one value.
+fn lerp1(start: f32, end: f32, weight: f32) -> f32 {
+    if (weight < 0.5) {
+        return start + weight * (end - start);
+    }
+    return end - (end - start) * (1.0 - weight);
+}
+
+// The (conditioned, maximize-signed) gradients of the vec4 at window index i.
+fn signed_gradient(i: u32) -> vec4<f32> {
+    let g = conditioned_gradient(grad[i]);
+    return select(g, -g, maximize);
+}
+
+// The gradient of element e of the window.
+fn gradient_at(e: u32) -> f32 {
+    return signed_gradient(e / 4u)[e % 4u];
+}
+
+fn factored(tensor: Tensor) -> bool {
+    return tensor.dims >= 2u;
+}
+
+// Element e's second-moment estimate (after this step's factor pass).
+fn estimate(tensor: Tensor, e: u32) -> f32 {
+    let state = tensor.aux + 4u;
+    if (!factored(tensor)) {
+        return aux[state + e];
+    }
+    let per_matrix = tensor.rows * tensor.cols;
+    let b = e / per_matrix;
+    let r = (e / tensor.cols) % tensor.rows;
+    let c = e % tensor.cols;
+    let col_var = state + tensor.matrices * tensor.rows;
+    return aux[state + b * tensor.rows + r] * aux[col_var + b * tensor.cols + c] / aux[tensor.scratch + b];
+}
+
+fn update(estimate: f32, g: f32) -> f32 {
+    return (1.0 / sqrt(max(estimate, s.eps1_squared))) * g;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn factor(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let k = workgroup.y * grid.x + workgroup.x;
+    let t = current_terms();
+    if (k >= dispatch.tensor_count || !step_applies(t.step)) {
+        return;
+    }
+    let tensor = tensor_at(dispatch_tensor(k));
+    // ‖p‖ (before weight decay): invocation l adds the vec4s l, l + 256, ...
+    let first = tensor.offset / 4u;
+    var p_sq = 0.0;
+    for (var q = local; q * 4u < tensor.len; q += WORKGROUP_SIZE) {
+        let p = param[first + q];
+        var part = 0.0;
+        for (var j = 0u; j < 4u; j++) {
+            if (q * 4u + j < tensor.len) {
+                part += p[j] * p[j];
+            }
+        }
+        p_sq += part;
+    }
+    let p_norm = sqrt(workgroup_sum(local, vec4<f32>(p_sq, 0.0, 0.0, 0.0)).x);
+    if (local == 0u) {
+        aux[tensor.aux] = p_norm;
+    }
+    if (!factored(tensor)) {
+        return;
+    }
+    let rows = tensor.rows;
+    let cols = tensor.cols;
+    let row_var = tensor.aux + 4u;
+    let col_var = row_var + tensor.matrices * rows;
+    for (var q = local; q < tensor.matrices * rows; q += WORKGROUP_SIZE) {
+        let row = tensor.offset + q * cols;
+        var sum = 0.0;
+        for (var c = 0u; c < cols; c++) {
+            let g = gradient_at(row + c);
+            sum += g * g;
+        }
+        let norm = sqrt(sum);
+        aux[row_var + q] = lerp1(aux[row_var + q], norm * norm / f32(cols), t.beta2_t);
+    }
+    for (var q = local; q < tensor.matrices * cols; q += WORKGROUP_SIZE) {
+        let b = q / cols;
+        let column = tensor.offset + b * rows * cols + q % cols;
+        var sum = 0.0;
+        for (var r = 0u; r < rows; r++) {
+            let g = gradient_at(column + r * cols);
+            sum += g * g;
+        }
+        let norm = sqrt(sum);
+        aux[col_var + q] = lerp1(aux[col_var + q], norm * norm / f32(rows), t.beta2_t);
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var b = local; b < tensor.matrices; b += WORKGROUP_SIZE) {
+        var sum = 0.0;
+        for (var r = 0u; r < rows; r++) {
+            sum += aux[row_var + b * rows + r];
+        }
+        aux[tensor.scratch + b] = max(sum / f32(rows), s.eps1);
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn update_norm(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let t = current_terms();
+    if (workgroup.y * grid.x + workgroup.x >= dispatch.chunks || !step_applies(t.step)) {
+        return;
+    }
+    let chunk = chunk_index(workgroup, grid);
+    let tensor = tensor_at(chunk_tensor(workgroup, grid));
+    let first = element_in_tensor(tensor, chunk, local);
+    let i = vec4_index(workgroup, grid, local);
+    var u_sq = 0.0;
+    if (first < tensor.len) {
+        let g = signed_gradient(i);
+        for (var j = 0u; j < 4u; j++) {
+            let e = first + j;
+            if (e < tensor.len) {
+                if (!factored(tensor)) {
+                    let at = tensor.aux + 4u + e;
+                    aux[at] = lerp1(aux[at], g[j] * g[j], t.beta2_t);
+                }
+                let u = update(estimate(tensor, e), g[j]);
+                u_sq += u * u;
+            }
+        }
+    }
+    let total = workgroup_sum(local, vec4<f32>(u_sq, 0.0, 0.0, 0.0));
+    if (local == 0u) {
+        write_partials(chunk, total);
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn step_size(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let k = workgroup.y * grid.x + workgroup.x;
+    let t = current_terms();
+    if (k >= dispatch.tensor_count || !step_applies(t.step)) {
+        return;
+    }
+    let tensor = tensor_at(dispatch_tensor(k));
+    let u_norm = sqrt(tensor_sum(local, tensor).x);
+    if (local != 0u) {
+        return;
+    }
+    let sqrt_n = sqrt(f32(tensor.len));
+    let rho = min(s.lr, t.rsqrt_t);
+    let alpha = max(s.eps2, aux[tensor.aux] / sqrt_n) * rho;
+    let denom = max(1.0, u_norm / (sqrt_n * s.d));
+    aux[tensor.aux + 1u] = -alpha / denom;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn apply(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    if (workgroup.y * grid.x + workgroup.x >= dispatch.chunks || !step_applies(current_terms().step)) {
+        return;
+    }
+    let tensor = tensor_at(chunk_tensor(workgroup, grid));
+    let first = element_in_tensor(tensor, chunk_index(workgroup, grid), local);
+    if (first >= tensor.len) {
+        return;
+    }
+    let i = vec4_index(workgroup, grid, local);
+    let g = signed_gradient(i);
+    var p = param[i];
+    if (s.weight_decay != 0.0) {
+        p = p * s.decay_factor;
+    }
+    let coefficient = aux[tensor.aux + 1u];
+    for (var j = 0u; j < 4u; j++) {
+        if (first + j < tensor.len) {
+            p[j] = p[j] + coefficient * update(estimate(tensor, first + j), g[j]);
+        }
+    }
+    param[i] = p;
+}

@@ -1,0 +1,29 @@
+// Shared by the update rules' kernels (before shaders/common.wgsl) and the gradient
+// conditioning kernels (before shaders/gradients.wgsl): sizes, the control block, indexing.
+
+const WORKGROUP_SIZE: u32 = 256u;
+const CHUNK_ELEMENTS: u32 = 1024u;
+// Entries of each group's ring of step terms (src/optimizer.rs: STEP_TERMS_RING).
+const STEP_TERMS_RING: u32 = 4096u;
+
+// Mirrors `Control` in src/gradients.rs; written by shaders/gradients.wgsl.
+struct Control {
+    loss_scale: f32,        // the scale the next backward pass multiplies the loss by (offset 0: bindable)
+    inv_scale: f32,         // 1 / loss_scale, what the norm pass unscales by
+    step_inv_scale: f32,    // the 1 / scale of this step's gradients
+    growth_tracker: u32,    // successful steps since the scale last changed
+    step: u32,              // updates applied, this step's included: the t of the update
+    skipped: u32,           // steps skipped because a gradient was not finite
+    skip: u32,              // 1 when this step is skipped
+    error: u32,             // bit 0: non-finite norm with error_if_nonfinite
+    grad_norm: f32,         // total norm of this step's unscaled, value-clipped gradients
+    clip_coefficient: f32,  // min(max_norm / (norm + 1e-6), 1), or 1 without norm clipping
+    clip_value: f32,        // |g| is clamped to this (infinity without value clipping)
+    _padding: u32,
+}
+
+// Index of this invocation's vec4. Windows needing more than the device's workgroups per
+// dimension are swept by a 2-D grid of workgroups, row by row.
+fn vec4_index(workgroup: vec3<u32>, grid: vec3<u32>, local: u32) -> u32 {
+    return (workgroup.y * grid.x + workgroup.x) * WORKGROUP_SIZE + local;
+}

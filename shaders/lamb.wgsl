@@ -1,0 +1,180 @@
+// LAMB: timm.optim.Lamb (timm 1.0.31, _single_tensor_lamb). Three passes:
+//
+//   moments      (every element)   g = g / clip                                  clip = max(‖g_all‖ / max_grad_norm, 1)
+//                                  m = lerp(m, g, 1 - beta1) if grad_averaging, else m*beta1 + g
+//                                  v = v*beta2 + (1 - beta2)*g*g
+//                                  u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+//                                  p' = p + p*(-lr*wd)       if wd != 0 and decoupled_decay
+//                                  u = u + wd*p              if wd != 0 and not decoupled_decay
+//                                  partials: Σ p'², Σ u²
+//   trust_ratio  (per tensor)      r = ‖p'‖ / ‖u‖, 1 where either norm is 0; min(r, 1) if trust_clip;
+//                                  1 unless wd != 0 or always_adapt
+//   apply        (every element)   p = p' + (-lr)*(u*r)      (u recomputed from the new m and v)
+
+override grad_averaging: bool = true;
+override decoupled_decay: bool = false;
+override trust_clip: bool = false;
+override always_adapt: bool = false;
+override clip_global_norm: bool = true;
+
+struct LambTerms {
+    step: u32,
+    bias_correction1: f32,          // 1 - beta1^t, or 1 without bias correction
+    bias_correction2_sqrt: f32,     // sqrt(1 - beta2^t), or 1
+    _padding: f32,
+}
+
+// LambTerms from its four words in the ring.
+fn lamb_terms(w: vec4<u32>) -> LambTerms {
+    return LambTerms(w.x, bitcast<f32>(w.y), bitcast<f32>(w.z), bitcast<f32>(w.w));
+}
+
+struct LambScalars {
+    terms: LambTerms,
+    lr: f32,
+    neg_lr: f32,                    // -lr
+    beta1: f32,
+    beta3: f32,                     // 1 - beta1 with grad averaging, else 1
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    neg_lr_weight_decay: f32,       // -lr*wd
+    max_grad_norm: f32,
+}
+
+@group(0) @binding(0) var<uniform> s: LambScalars;
+@group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+
+// This step's terms: recorded with the step, or from the ring by the GPU's step count.
+fn current_terms() -> LambTerms {
+    if (conditioned) {
+        return lamb_terms(ring_terms());
+    }
+    return s.terms;
+}
+
+// The gradient timm's Lamb sees: conditioned, then divided by its global-norm clip.
+fn lamb_gradient(i: u32) -> vec4<f32> {
+    let g = conditioned_gradient(grad[i]);
+    if (!clip_global_norm) {
+        return g;
+    }
+    let c = tables.control;
+    return g / max(c.grad_norm * c.clip_coefficient / s.max_grad_norm, 1.0);
+}
+
+// The update before the trust ratio, from the (new) moments.
+fn raw_update(t: LambTerms, m: vec4<f32>, v: vec4<f32>, p: vec4<f32>) -> vec4<f32> {
+    let denom = sqrt(v) / t.bias_correction2_sqrt + s.eps;
+    var u = (m / t.bias_correction1) / denom;
+    if (s.weight_decay != 0.0 && !decoupled_decay) {
+        u = u + s.weight_decay * p;
+    }
+    return u;
+}
+
+// The parameter after decoupled decay.
+fn decayed(p: vec4<f32>) -> vec4<f32> {
+    if (s.weight_decay != 0.0 && decoupled_decay) {
+        return p + s.neg_lr_weight_decay * p;
+    }
+    return p;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn moments(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let chunk_in_window = workgroup.y * grid.x + workgroup.x;
+    let t = current_terms();
+    if (chunk_in_window >= dispatch.chunks || !step_applies(t.step)) {
+        return;
+    }
+    let chunk = chunk_index(workgroup, grid);
+    let tensor = tensor_at(chunk_tensor(workgroup, grid));
+    let first = element_in_tensor(tensor, chunk, local);
+    let i = vec4_index(workgroup, grid, local);
+    var sums = vec4<f32>(0.0);
+    if (first < tensor.len) {
+        let g = lamb_gradient(i);
+        var m: vec4<f32>;
+        if (grad_averaging) {
+            m = torch_lerp(exp_avg[i], g, s.beta3);
+        } else {
+            m = exp_avg[i] * s.beta1 + s.beta3 * g;
+        }
+        let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        let p = param[i];
+        let u = raw_update(t, m, v, p);
+        let pd = decayed(p);
+        for (var k = 0u; k < 4u; k++) {
+            if (first + k < tensor.len) {
+                sums.x += pd[k] * pd[k];
+                sums.y += u[k] * u[k];
+            }
+        }
+    }
+    let total = workgroup_sum(local, sums);
+    if (local == 0u) {
+        write_partials(chunk, total);
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn trust_ratio(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let k = workgroup.y * grid.x + workgroup.x;
+    if (k >= dispatch.tensor_count || !step_applies(current_terms().step)) {
+        return;
+    }
+    let tensor = tensor_at(dispatch_tensor(k));
+    let sums = tensor_sum(local, tensor);
+    if (local != 0u) {
+        return;
+    }
+    let w_norm = sqrt(sums.x);
+    let u_norm = sqrt(sums.y);
+    var ratio = 1.0;
+    if (s.weight_decay != 0.0 || always_adapt) {
+        ratio = w_norm / u_norm;
+        if (!(w_norm > 0.0) || !(u_norm > 0.0)) {
+            ratio = 1.0;
+        }
+        if (trust_clip) {
+            ratio = min(ratio, 1.0);
+        }
+    }
+    write_tensor_scalars(tensor, vec4<f32>(ratio, w_norm, u_norm, 0.0));
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn apply(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let chunk_in_window = workgroup.y * grid.x + workgroup.x;
+    let t = current_terms();
+    if (chunk_in_window >= dispatch.chunks || !step_applies(t.step)) {
+        return;
+    }
+    let tensor = tensor_at(chunk_tensor(workgroup, grid));
+    let first = element_in_tensor(tensor, chunk_index(workgroup, grid), local);
+    if (first >= tensor.len) {
+        return;
+    }
+    let i = vec4_index(workgroup, grid, local);
+    let p = param[i];
+    let u = raw_update(t, exp_avg[i], exp_avg_sq[i], p);
+    let ratio = tensor_scalars(tensor).x;
+    param[i] = decayed(p) + s.neg_lr * (u * ratio);
+}

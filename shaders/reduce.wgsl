@@ -1,0 +1,43 @@
+// Deterministic workgroup reductions (a fixed tree, no atomics), for rules that reduce per
+// tensor: an element pass writes one vec4 of partial sums per chunk, and a per-tensor pass
+// sums its tensor's chunks in a fixed order.
+
+var<workgroup> reduce_sums: array<vec4<f32>, WORKGROUP_SIZE>;
+
+// The sum of `value` over the workgroup, returned to every invocation.
+fn workgroup_sum(local: u32, value: vec4<f32>) -> vec4<f32> {
+    reduce_sums[local] = value;
+    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (local < stride) {
+            reduce_sums[local] = reduce_sums[local] + reduce_sums[local + stride];
+        }
+    }
+    workgroupBarrier();
+    let total = reduce_sums[0];
+    workgroupBarrier();
+    return total;
+}
+
+// The sum of a tensor's chunk partials (a per-tensor pass, all invocations of the workgroup).
+fn tensor_sum(local: u32, tensor: Tensor) -> vec4<f32> {
+    let chunks = (tensor.len + CHUNK_ELEMENTS - 1u) / CHUNK_ELEMENTS;
+    var sum = vec4<f32>(0.0);
+    for (var c = local; c < chunks; c += WORKGROUP_SIZE) {
+        sum += read_partials(tensor.first_chunk + c);
+    }
+    return workgroup_sum(local, sum);
+}
+
+// The four per-tensor scalars at the start of a tensor's aux region.
+fn write_tensor_scalars(tensor: Tensor, value: vec4<f32>) {
+    aux[tensor.aux] = value.x;
+    aux[tensor.aux + 1u] = value.y;
+    aux[tensor.aux + 2u] = value.z;
+    aux[tensor.aux + 3u] = value.w;
+}
+
+fn tensor_scalars(tensor: Tensor) -> vec4<f32> {
+    return vec4<f32>(aux[tensor.aux], aux[tensor.aux + 1u], aux[tensor.aux + 2u], aux[tensor.aux + 3u]);
+}
+
