@@ -28,7 +28,7 @@ fn fail(label: &str, stage: &str, error: impl std::fmt::Display) -> Error {
 
 /// Translates every flag combination of an update rule's kernel.
 pub fn translate_all(kernel: &Kernel) -> Result<Vec<Translation>> {
-    translate(kernel.label, &kernel.wgsl(), &["main"])
+    translate(kernel.label, &kernel.wgsl(), &kernel.entry_points())
 }
 
 /// Translates the gradient-conditioning kernels (norm pass and finalize).

@@ -618,6 +618,16 @@ impl Device {
     }
 }
 
+/// The rules the trajectory runner offers: the element-wise ones, whose start points (rows of
+/// one tensor) stay independent problems.
+pub fn trajectory_rules() -> Vec<&'static str> {
+    crate::rules::OPTIMIZER_NAMES
+        .iter()
+        .copied()
+        .filter(|name| crate::rules::from_config(name, &serde_json::json!({})).is_ok_and(|rule| rule.kernel().is_element_wise()))
+        .collect()
+}
+
 /// One optimizer from N starts: what a runner needs.
 #[derive(Clone, Debug)]
 pub struct RunInput {
@@ -634,6 +644,14 @@ impl RunInput {
         check_steps(self.steps, self.sample_every)?;
         check_starts(&self.starts)?;
         self.rule.validate()?;
+        if !self.rule.kernel().is_element_wise() {
+            return Err(Error::Config(format!(
+                "{} works per tensor (norms, factored moments or matrix products over the whole tensor), and the trajectory \
+                 runner holds its start points as rows of one tensor, so they would not be independent runs; choose one of {}",
+                self.rule.name(),
+                trajectory_rules().join(", ")
+            )));
+        }
         if let Some(lr) = &self.lr {
             if lr.len() != self.steps as usize {
                 return Err(Error::Config(format!("{} learning rates for {} steps", lr.len(), self.steps)));

@@ -37,7 +37,12 @@ impl Layout {
     /// nanoGPT's groups: weight decay on the 2-D weights (group 0), none on biases and
     /// LayerNorm parameters (group 1). `benches/torch_adamw.py` builds the same layout.
     pub fn gpt2_small() -> Self {
-        let (d, vocab, context, layers) = (768, 50257, 1024, 12);
+        Self::gpt2("GPT-2 small", Gpt2Dims::SMALL)
+    }
+
+    /// A GPT-2-shaped model of the given dimensions, grouped as [`gpt2_small`](Self::gpt2_small).
+    pub fn gpt2(name: &str, dims: Gpt2Dims) -> Self {
+        let Gpt2Dims { width: d, vocab, context, layers } = dims;
         let mut tensors: Vec<(String, Vec<usize>)> =
             vec![("wte".into(), vec![vocab, d]), ("wpe".into(), vec![context, d])];
         for l in 0..layers {
@@ -66,8 +71,42 @@ impl Layout {
             })
             .collect();
         Layout {
-            name: "GPT-2 small".into(),
+            name: name.into(),
             tensors,
+        }
+    }
+
+    /// The same tensors regrouped for Muon: the hidden matrices of the transformer blocks
+    /// (attention and MLP weights, 4 per block) in group 0, everything else (embeddings,
+    /// biases, LayerNorm parameters) in group 1.
+    pub fn hidden_matrices_apart(&self) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, shape, _)| {
+                let hidden = name.starts_with("h.") && shape.len() == 2;
+                (name.clone(), shape.clone(), if hidden { 0 } else { 1 })
+            })
+            .collect();
+        Layout {
+            name: self.name.clone(),
+            tensors,
+        }
+    }
+
+    /// Every tensor in group 0 (one rule for the whole layout).
+    pub fn one_group(&self) -> Self {
+        Layout {
+            name: self.name.clone(),
+            tensors: self.tensors.iter().map(|(n, s, _)| (n.clone(), s.clone(), 0)).collect(),
+        }
+    }
+
+    /// The layout without one tensor.
+    pub fn without(&self, tensor: &str) -> Self {
+        Layout {
+            name: format!("{} without {tensor}", self.name),
+            tensors: self.tensors.iter().filter(|(n, _, _)| n != tensor).cloned().collect(),
         }
     }
 
@@ -109,6 +148,20 @@ impl Layout {
     pub fn grad(&self, t: usize) -> Vec<f32> {
         values(self.tensors[t].1.iter().product(), 2 * t as u64 + 1, 0.01)
     }
+}
+
+/// Dimensions of a GPT-2-shaped model.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Gpt2Dims {
+    pub width: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub layers: usize,
+}
+
+impl Gpt2Dims {
+    /// GPT-2 small: 124,439,808 parameters.
+    pub const SMALL: Gpt2Dims = Gpt2Dims { width: 768, vocab: 50257, context: 1024, layers: 12 };
 }
 
 /// `len` values uniform in `[-scale, scale)` from a 64-bit LCG seeded by `seed`.

@@ -10,6 +10,7 @@ mod gpu;
 mod layouts;
 mod naive;
 mod report;
+mod structured;
 mod variants;
 
 use std::path::PathBuf;
@@ -22,9 +23,9 @@ use wgpu_optim::rules::{from_config, AdamW};
 use wgpu_optim::{BackendChoice, CpuOptimizer, Optimizer, OptimizerOptions, UpdateRule};
 
 use gpu::{measure, median, time_recording, Bench, Copy, Plan, Step, Timing, Workload};
-use layouts::{format_count, parse_count, Layout};
+use layouts::{format_count, parse_count, Gpt2Dims, Layout};
 use naive::NaiveAdamW;
-use report::{print_bandwidth, print_layouts, print_naive, print_tuning};
+use report::{print_bandwidth, print_layouts, print_naive, print_state, print_structured_steps, print_tuning};
 use variants::{AdamBuffers, CopyKernel, Variant, VariantStep};
 
 /// Counts heap allocations, to see whether recording a step allocates.
@@ -92,12 +93,26 @@ struct Args {
     /// Sizes of the tuning table (each must fit one storage binding).
     #[arg(long, value_delimiter = ',')]
     tuning_sizes: Option<Vec<String>>,
-    /// Sections to run: bandwidth, scaling, tuning, gpt2.
+    /// Sections to run: bandwidth, scaling, tuning, gpt2, structured.
     #[arg(long, value_delimiter = ',', default_value = "bandwidth,scaling,tuning")]
     sections: Vec<String>,
     /// Adds the GPT-2-small layout (148 tensors, 124 M parameters) section.
     #[arg(long)]
     gpt2: bool,
+    /// Adds the structured-rules section: Muon on GPT-2's hidden matrices + AdamW against
+    /// AdamW alone, and optimizer-state bytes per parameter (AdamW, Adafactor, Muon + AdamW).
+    #[arg(long)]
+    structured: bool,
+    /// Transformer blocks of the model the structured section times (GPT-2 small's widths;
+    /// default 12, GPT-2 small itself). The state table always counts GPT-2 small.
+    #[arg(long)]
+    structured_blocks: Option<usize>,
+    /// Muon's Newton–Schulz iterations in the structured section's timed step (torch's 5).
+    #[arg(long, default_value_t = 5)]
+    ns_steps: u32,
+    /// Muon precisions timed in the structured section: bfloat16, float32.
+    #[arg(long, value_delimiter = ',', default_value = "bfloat16,float32")]
+    ns_precision: Vec<String>,
     /// Small sizes and few repetitions: a smoke run.
     #[arg(long)]
     quick: bool,
@@ -333,13 +348,17 @@ fn run(args: &Args) -> Result<(), String> {
     if args.gpt2 {
         sections.push("gpt2".into());
     }
+    if args.structured {
+        sections.push("structured".into());
+    }
     for section in &sections {
-        if !["bandwidth", "scaling", "tuning", "gpt2"].contains(&section.as_str()) {
+        if !["bandwidth", "scaling", "tuning", "gpt2", "structured"].contains(&section.as_str()) {
             return Err(format!(
-                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2"
+                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2, structured"
             ));
         }
     }
+    let structured_config = structured_config(args)?;
     let rules = rule_configs(&args.rules)?;
 
     let bench = Bench::open(choice, plan.max_batch)?;
@@ -432,6 +451,18 @@ fn run(args: &Args) -> Result<(), String> {
         print_tuning(&rows, &tuning_sizes, software);
         report["tuning"] = serde_json::to_value(&rows).expect("plain data");
     }
+    if sections.iter().any(|s| s == "structured") {
+        let config = &structured_config;
+        let steps = structured::step_section(&bench, &plan, &options, config)?;
+        print_structured_steps(&steps, software);
+        let state = structured::state_section(&bench, config)?;
+        print_state(&state);
+        report["structured"] = json!({
+            "config": config,
+            "steps": serde_json::to_value(&steps).expect("plain data"),
+            "state": serde_json::to_value(&state).expect("plain data"),
+        });
+    }
 
     let out = args.out.clone().unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -447,6 +478,41 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// The structured section's models: GPT-2 small (or its first `--structured-blocks` blocks)
+/// timed and GPT-2 small counted; with `--quick`, a tiny model for both.
+fn structured_config(args: &Args) -> Result<structured::Config, String> {
+    let precisions = args
+        .ns_precision
+        .iter()
+        .map(|p| structured::parse_precision(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (counted, counted_name) = if args.quick {
+        (structured::Config::TINY, "tiny GPT-2 (width 64, 2 blocks)".to_string())
+    } else {
+        (Gpt2Dims::SMALL, "GPT-2 small".to_string())
+    };
+    let layers = args.structured_blocks.unwrap_or(counted.layers);
+    if layers == 0 {
+        return Err("--structured-blocks must be at least 1".into());
+    }
+    let (timed, timed_name) = if layers == counted.layers {
+        (counted, counted_name.clone())
+    } else {
+        (
+            Gpt2Dims { layers, ..counted },
+            format!("{counted_name}, first {layers} block{}", if layers == 1 { "" } else { "s" }),
+        )
+    };
+    Ok(structured::Config {
+        timed,
+        timed_name,
+        counted,
+        counted_name,
+        ns_steps: args.ns_steps,
+        precisions,
+    })
 }
 
 fn yes_no(value: bool) -> &'static str {
@@ -888,6 +954,9 @@ fn run_checks(bench: &Bench, verbose: bool) -> Result<Vec<CheckRow>, String> {
         });
     }
 
+    // The structured section's rules on a tiny GPT-2: state accounting and Muon + AdamW.
+    rows.extend(structured::checks(bench, CHECK_TOLERANCE)?);
+
     for row in &rows {
         if verbose || !row.passed {
             println!(
@@ -900,7 +969,8 @@ fn run_checks(bench: &Bench, verbose: bool) -> Result<Vec<CheckRow>, String> {
     }
     if rows.iter().any(|r| !r.passed) {
         return Err(format!(
-            "a kernel disagrees with the CPU reference by more than {CHECK_TOLERANCE:e} of a tensor's scale"
+            "a check failed: a kernel disagrees with the CPU reference by more than its tolerance \
+             ({CHECK_TOLERANCE:e} of a tensor's scale; 1e-4 for Muon in bfloat16), or the state accounting differs"
         ));
     }
     Ok(rows)

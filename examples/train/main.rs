@@ -55,6 +55,7 @@ fn defaults(rule: &str) -> Value {
         "Adam" => json!({"lr": 1e-2}),
         "AdamW" => json!({"lr": 1e-2, "weight_decay": 0.1}),
         "NAdam" => json!({"lr": 1e-2}),
+        "Muon" => json!({"lr": 2e-2}),
         _ => json!({}),
     }
 }
@@ -67,7 +68,8 @@ struct Args {
     backend: Option<String>,
     /// Update rule: a torch.optim class the library implements (any case), optionally with
     /// hyper-parameters: NAME[:key=value...], e.g. sgd:momentum=0.9:nesterov=true or
-    /// adam:betas=[0.9,0.95]. Unset ones take this example's per-rule defaults, then torch's.
+    /// adam:betas=[0.9,0.95]. Unset ones take this example's per-rule defaults, then torch's. `muon`
+    /// steps the hidden weight matrices with Muon and the rest with AdamW, in one optimizer.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
     /// Train the same model with several rules (comma-separated, each as --optimizer takes it)
@@ -214,6 +216,30 @@ impl RuleSpec {
         let biases = rules::from_config(self.name, &Value::Object(hyper))?;
         Ok([weights, biases])
     }
+
+    /// The parameter groups: the weights, then the biases without weight decay. Muon is for
+    /// hidden matrices: with it, the hidden layers' weights take Muon, and the input and output
+    /// layers' weights and all biases take AdamW (this example's AdamW, in two groups), all in
+    /// one optimizer sharing the gradient clipping.
+    fn groups(&self, lr: Option<f64>, weight_decay: Option<f64>, layers: &[Layer]) -> Result<Vec<ParamGroup>, Box<dyn Error>> {
+        let [weights, biases] = self.rules(lr, weight_decay)?;
+        if self.name != "Muon" {
+            return Ok(vec![
+                ParamGroup::from_boxed(weights, layers.iter().map(|l| l.w)),
+                ParamGroup::from_boxed(biases, layers.iter().map(|l| l.b)),
+            ]);
+        }
+        if layers.len() < 3 {
+            return Err("Muon needs at least one hidden layer (its matrices); give --hidden".into());
+        }
+        let last = layers.len() - 1;
+        let [edge_weights, edge_biases] = RuleSpec::parse("adamw")?.rules(None, None)?;
+        Ok(vec![
+            ParamGroup::from_boxed(weights, layers[1..last].iter().map(|l| l.w)),
+            ParamGroup::from_boxed(edge_weights, [layers[0].w, layers[last].w]),
+            ParamGroup::from_boxed(edge_biases, layers.iter().map(|l| l.b)),
+        ])
+    }
 }
 
 /// Splits a comma-separated list, keeping commas inside [brackets] (betas=[0.9,0.95]).
@@ -280,22 +306,14 @@ fn plan(setup: &Setup, spec: &RuleSpec) -> Result<Run, Box<dyn Error>> {
 fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<dyn Error>> {
     let args = &setup.args;
     let (params, layers) = model::init_parameters(&setup.sizes, args.seed)?;
-    let [weight_rule, bias_rule] = spec.rules(args.lr, args.weight_decay)?;
+    let groups = spec.groups(args.lr, args.weight_decay, &layers)?;
     let clip = (args.clip_grad_norm > 0.0).then_some(ClipGradNorm {
         max_norm: args.clip_grad_norm,
         norm_type: 2.0,
         error_if_nonfinite: false,
     });
     let options = OptimizerOptions { gradients: GradientOptions { clip_grad_norm: clip, ..Default::default() }, ..Default::default() };
-    let mut opt = Optimizer::with_options(
-        &setup.gpu,
-        params,
-        vec![
-            ParamGroup::from_boxed(weight_rule, layers.iter().map(|l: &Layer| l.w)),
-            ParamGroup::from_boxed(bias_rule, layers.iter().map(|l: &Layer| l.b)),
-        ],
-        options,
-    )?;
+    let mut opt = Optimizer::with_options(&setup.gpu, params, groups, options)?;
     let mlp = Mlp::new(&opt, &setup.kernels, &layers, args.batch, &setup.data.train, &setup.data.test, &setup.order)?;
     let mut schedule = warmup_cosine(&mut opt, args.warmup_steps, setup.total_steps(), args.warmup_start)?;
 

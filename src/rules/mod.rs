@@ -205,6 +205,23 @@ impl Kernel {
         Kernel { label, source, state_bindings, flags, passes: vec![Pass::new("main", Scope::Elements)], per_tensor: false }
     }
 
+    /// Whether every element is updated on its own (no per-tensor or matrix pass): a tensor
+    /// may then hold independent problems, one per element (the trajectory demo's start points).
+    pub fn is_element_wise(&self) -> bool {
+        !self.per_tensor && self.passes.iter().all(|p| matches!(p.scope, Scope::Elements))
+    }
+
+    /// The distinct entry points of its passes, in order.
+    pub fn entry_points(&self) -> Vec<&'static str> {
+        let mut entries: Vec<&'static str> = Vec::new();
+        for pass in &self.passes {
+            if !entries.contains(&pass.entry) {
+                entries.push(pass.entry);
+            }
+        }
+        entries
+    }
+
     /// The complete shader: shared code followed by the rule's kernel.
     pub fn wgsl(&self) -> String {
         format!("{COMMON_WGSL}\n{}", self.source)

@@ -7,11 +7,16 @@ use wgpu_optim::rules::kernels;
 #[test]
 fn every_kernel_translates_to_every_backend_language() {
     let kernels = kernels();
-    assert_eq!(kernels.len(), 6, "one shader per rule (AdamW shares Adam's)");
+    assert_eq!(kernels.len(), 9, "one shader per rule (AdamW shares Adam's)");
     for kernel in &kernels {
         let variants = translate_all(kernel).unwrap_or_else(|e| panic!("{e}"));
         // The rule's flags, plus `conditioned` (gradient conditioning on the GPU) from common.wgsl.
-        assert_eq!(variants.len(), 1 << (kernel.flags.len() + 1), "{}: one translation per flag combination", kernel.label);
+        assert_eq!(
+            variants.len(),
+            kernel.entry_points().len() << (kernel.flags.len() + 1),
+            "{}: one translation per entry point and flag combination",
+            kernel.label
+        );
         for v in &variants {
             assert!(v.spirv_words > 100, "{}: SPIR-V", v.label);
             assert!(v.msl.contains("kernel void"), "{}: MSL has a kernel entry point", v.label);

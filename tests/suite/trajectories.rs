@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use wgpu_optim::rules::{self, OPTIMIZER_NAMES};
+use wgpu_optim::rules;
 use wgpu_optim::trajectories::{
     blocking, learning_rates, sampled_steps, BasinSpec, CpuRunner, Device, GpuRunner, RunInput, RunSpec, TestFunction,
     TrajectorySpec, MAX_STEPS_PER_SUBMISSION,
@@ -82,7 +82,7 @@ fn every_rule_on_every_function_matches_the_cpu_reference() {
     for gpu in gpus() {
         let mut worst = 0.0f64;
         for function in TestFunction::ALL {
-            for name in OPTIMIZER_NAMES {
+            for name in wgpu_optim::trajectories::trajectory_rules() {
                 let input = RunInput {
                     rule: rule(name, sensible(name)),
                     starts: starts(function),

@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 
 use wasm_bindgen::prelude::*;
-use wgpu_optim::rules::{self, OPTIMIZER_NAMES};
+use wgpu_optim::rules;
 use wgpu_optim::trajectories::{self, BasinSpec, Device, RunSpec, TestFunction, TrajectorySpec};
 use wgpu_optim::GpuContext;
 
@@ -152,11 +152,12 @@ pub fn functions() -> String {
     serde_json::Value::Array(list).to_string()
 }
 
-/// Every update rule of the library with torch's default hyper-parameters, as JSON
+/// Every update rule the trajectory runner offers (the element-wise ones: see
+/// `trajectories::trajectory_rules`) with torch's default hyper-parameters, as JSON
 /// `[{"name": "Adam", "defaults": {...}}]`.
 #[wasm_bindgen]
 pub fn optimizers() -> Result<String, JsError> {
-    let list = OPTIMIZER_NAMES
+    let list = wgpu_optim::trajectories::trajectory_rules()
         .iter()
         .map(|name| {
             let rule = rules::from_config(name, &serde_json::json!({}))?;
