@@ -1155,7 +1155,7 @@ fn plan_layout(
             None => device_capacity,
         };
         capacity.push(group_capacity);
-        let whole_tensors = kernel.passes.iter().any(|p| !matches!(p.scope, Scope::Elements));
+        let whole_tensors = kernel.whole_tensors;
         let mut open: Option<usize> = None;
         for &id in &group.tensors {
             let spec = &specs[id.0];

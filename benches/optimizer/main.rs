@@ -103,13 +103,18 @@ struct Args {
     /// AdamW alone, and optimizer-state bytes per parameter (AdamW, Adafactor, Muon + AdamW).
     #[arg(long)]
     structured: bool,
-    /// Transformer blocks of the model the structured section times (GPT-2 small's widths;
-    /// default 12, GPT-2 small itself). The state table always counts GPT-2 small.
+    /// Transformer blocks of the model the structured section times (default 12, GPT-2 small's).
+    /// The state table always counts GPT-2 small (the tiny model with --quick).
     #[arg(long)]
     structured_blocks: Option<usize>,
-    /// Muon's Newton–Schulz iterations in the structured section's timed step (torch's 5).
-    #[arg(long, default_value_t = 5)]
-    ns_steps: u32,
+    /// Width of the model the structured section times (default 768, GPT-2 small's; MLP 4×,
+    /// vocabulary and context as GPT-2's).
+    #[arg(long)]
+    structured_width: Option<usize>,
+    /// Muon's Newton–Schulz iterations in the structured section's timed steps, one Muon row
+    /// per value and precision (torch's default: 5; 0 times everything but the iterations).
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    ns_steps: Vec<u32>,
     /// Muon precisions timed in the structured section: bfloat16, float32.
     #[arg(long, value_delimiter = ',', default_value = "bfloat16,float32")]
     ns_precision: Vec<String>,
@@ -494,23 +499,25 @@ fn structured_config(args: &Args) -> Result<structured::Config, String> {
         (Gpt2Dims::SMALL, "GPT-2 small".to_string())
     };
     let layers = args.structured_blocks.unwrap_or(counted.layers);
-    if layers == 0 {
-        return Err("--structured-blocks must be at least 1".into());
+    let width = args.structured_width.unwrap_or(counted.width);
+    if layers == 0 || width == 0 || !width.is_multiple_of(4) {
+        return Err("--structured-blocks must be at least 1 and --structured-width a positive multiple of 4".into());
     }
-    let (timed, timed_name) = if layers == counted.layers {
+    if let Some(n) = args.ns_steps.iter().find(|&&n| n >= 100) {
+        return Err(format!("--ns-steps {n}: Muon takes fewer than 100"));
+    }
+    let (timed, timed_name) = if (layers, width) == (counted.layers, counted.width) {
         (counted, counted_name.clone())
     } else {
-        (
-            Gpt2Dims { layers, ..counted },
-            format!("{counted_name}, first {layers} block{}", if layers == 1 { "" } else { "s" }),
-        )
+        let timed = Gpt2Dims { layers, width, ..counted };
+        (timed, format!("GPT-2-shaped, width {width}, {layers} block{}", if layers == 1 { "" } else { "s" }))
     };
     Ok(structured::Config {
         timed,
         timed_name,
         counted,
         counted_name,
-        ns_steps: args.ns_steps,
+        ns_steps: args.ns_steps.clone(),
         precisions,
     })
 }

@@ -2,6 +2,7 @@
 
 use crate::gpu::median;
 use crate::layouts::format_count;
+use crate::structured::{StateRow, StepRow};
 use crate::{naive, LayoutRow, Measured, NaiveRow, RuleRow, TuningRow};
 
 fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
@@ -290,6 +291,113 @@ pub(crate) fn print_tuning(rows: &[TuningRow], sizes: &[usize], software: bool) 
         "Tuning: AdamW kernel variants (vs library: the time of the library's mapping, measured as the variant \
          \"1 vec4/inv strided, wg 256\", over this kernel's time; > 1 is faster)",
         &header,
+        &body,
+    );
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(crate) fn print_structured_steps(rows: &[StepRow], software: bool) {
+    let mut columns = Columns::new(
+        software,
+        &[
+            ("rules", false),
+            ("model", false),
+            ("Muon matrices (parameters)", false),
+            ("ns_steps", false),
+            ("groups", false),
+            ("dispatches", false),
+            ("step ms", false),
+            ("vs AdamW", false),
+            ("Newton–Schulz GMAC", false),
+            ("GMAC/s over the step", false),
+            ("step CPU ms", true),
+            ("load", true),
+        ],
+    );
+    for r in rows {
+        let muon = r.ns_steps.is_some();
+        columns.row(vec![
+            (r.rules.clone(), false),
+            (r.layout.clone(), false),
+            (
+                if muon {
+                    format!("{} ({})", r.muon_matrices, thousands(r.muon_parameters))
+                } else {
+                    "-".into()
+                },
+                false,
+            ),
+            (r.ns_steps.map_or("-".into(), |n| n.to_string()), false),
+            (r.groups.to_string(), false),
+            (r.dispatches.to_string(), false),
+            (ms(best(&r.step)), false),
+            (format!("{:.2}×", r.vs_adamw), false),
+            (if muon { format!("{:.2}", r.ns_macs / 1e9) } else { "-".into() }, false),
+            (
+                if r.ns_macs > 0.0 {
+                    format!("{:.3}", r.ns_macs / best(&r.step) / 1e9)
+                } else {
+                    "-".into()
+                },
+                false,
+            ),
+            (opt_ms(r.step.process_cpu_s), true),
+            (r.step.load_average.map_or("-".into(), |l| format!("{l:.1}")), true),
+        ]);
+    }
+    let clock = rows.first().map_or("timestamps", |r| r.clock);
+    columns.print(&format!(
+        "Structured rules: one step, Muon on the hidden matrices + AdamW for the rest, against AdamW alone \
+         (median; vs AdamW by {clock})"
+    ));
+}
+
+pub(crate) fn print_state(rows: &[StateRow]) {
+    let adamw = rows.iter().find(|r| r.rules == "AdamW").map(|r| r.bytes_per_parameter);
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.rules.clone(),
+                r.layout.clone(),
+                thousands(r.parameters),
+                r.source.to_string(),
+                r.state.keys.join(", "),
+                thousands(r.state.tensors),
+                format!("{:.1}", r.state.floats as f64 * 4.0 / 1e6),
+                format!("{:.3}", r.bytes_per_parameter),
+                adamw.map_or("-".into(), |a| format!("{:.2}×", r.bytes_per_parameter / a)),
+                r.scratch_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)),
+                r.dispatches.map_or("-".into(), |d| d.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        "Optimizer state per parameter (sum of state tensor lengths × 4 B / parameters)",
+        &[
+            "rules",
+            "model",
+            "parameters",
+            "from",
+            "state keys",
+            "state tensors",
+            "state MB",
+            "B/parameter",
+            "vs AdamW",
+            "Newton–Schulz scratch MiB (not state)",
+            "dispatches per step",
+        ],
         &body,
     );
 }

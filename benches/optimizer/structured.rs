@@ -20,9 +20,13 @@ pub struct Config {
     /// The model whose state is counted (GPT-2 small, or the quick run's tiny model).
     pub counted: Gpt2Dims,
     pub counted_name: String,
-    pub ns_steps: u32,
+    /// Newton–Schulz iterations of the timed Muon steps (one row per value and precision).
+    pub ns_steps: Vec<u32>,
     pub precisions: Vec<NsPrecision>,
 }
+
+/// torch's default Newton–Schulz iterations: the state table's Muon configuration.
+pub const TORCH_NS_STEPS: u32 = 5;
 
 impl Config {
     /// A model small enough for `--quick` and for the checks: width 64, 2 blocks.
@@ -112,17 +116,23 @@ pub struct StepRow {
 pub fn step_section(bench: &Bench, plan: &Plan, options: &OptimizerOptions, config: &Config) -> Result<Vec<StepRow>, String> {
     let layout = Layout::gpt2(&config.timed_name, config.timed);
     let split = layout.hidden_matrices_apart();
-    let mut labelled: Vec<(String, Option<NsPrecision>, Optimizer)> = Vec::new();
+    let mut labelled: Vec<(String, Option<(u32, NsPrecision)>, Optimizer)> = Vec::new();
     eprintln!("structured: building AdamW on {} (load average {:?})", layout.name, crate::gpu::load_average());
     labelled.push(("AdamW".into(), None, build_optimizer(bench, &layout, &layout_rules(true), options)?));
-    for &precision in &config.precisions {
-        eprintln!("structured: building Muon ({}) + AdamW on {}", precision_name(precision), layout.name);
-        let rules = muon_and_adamw(config.ns_steps, precision);
-        labelled.push((
-            format!("Muon ({}) + AdamW", precision_name(precision)),
-            Some(precision),
-            build_optimizer(bench, &split, &rules, options)?,
-        ));
+    for &ns_steps in &config.ns_steps {
+        for &precision in &config.precisions {
+            eprintln!(
+                "structured: building Muon ({}, ns_steps {ns_steps}) + AdamW on {}",
+                precision_name(precision),
+                layout.name
+            );
+            let rules = muon_and_adamw(ns_steps, precision);
+            labelled.push((
+                format!("Muon ({}) + AdamW", precision_name(precision)),
+                Some((ns_steps, precision)),
+                build_optimizer(bench, &split, &rules, options)?,
+            ));
+        }
     }
     eprintln!(
         "structured: timing {} optimizers, {} rounds (load average {:?})",
@@ -141,18 +151,18 @@ pub fn step_section(bench: &Bench, plan: &Plan, options: &OptimizerOptions, conf
     Ok(labelled
         .iter()
         .zip(measured)
-        .map(|((label, precision, opt), step)| {
+        .map(|((label, muon_config, opt), step)| {
             let (s, adamw_s, clock) = same_clock(&step, &adamw);
-            let muon = precision.is_some();
+            let muon = muon_config.is_some();
             StepRow {
                 rules: label.clone(),
                 layout: layout.name.clone(),
                 parameters: layout.elements(),
                 muon_matrices: if muon { muon_matrices } else { 0 },
                 muon_parameters: if muon { group_elements(&split, 0) } else { 0 },
-                ns_steps: precision.map(|_| config.ns_steps),
-                ns_precision: precision.map(precision_name),
-                ns_macs: if muon { newton_schulz_macs(&split, 0, config.ns_steps) } else { 0.0 },
+                ns_steps: muon_config.map(|(n, _)| n),
+                ns_precision: muon_config.map(|(_, p)| precision_name(p)),
+                ns_macs: muon_config.map_or(0.0, |(n, _)| newton_schulz_macs(&split, 0, n)),
                 groups: opt.group_count(),
                 arenas: opt.arenas().len(),
                 dispatches: opt.dispatches_per_step(),
@@ -247,11 +257,21 @@ pub struct StateRow {
     pub bytes_per_parameter: f64,
     /// Muon's Newton–Schulz workspace, not state (see [`muon_scratch_floats`]).
     pub scratch_bytes: Option<u64>,
+    /// `dispatches_per_step()` of the optimizer built on this layout (none from shapes).
+    pub dispatches: Option<usize>,
 }
 
 impl StateRow {
-    fn new(rules: &str, layout: &Layout, source: &'static str, state: StateCount, scratch_floats: Option<usize>) -> Self {
+    fn new(
+        rules: &str,
+        layout: &Layout,
+        source: &'static str,
+        state: StateCount,
+        scratch_floats: Option<usize>,
+        dispatches: Option<usize>,
+    ) -> Self {
         StateRow {
+            dispatches,
             rules: rules.into(),
             layout: layout.name.clone(),
             parameters: layout.elements(),
@@ -279,7 +299,8 @@ fn counted(bench: &Bench, layout: &Layout, rules: &[Box<dyn UpdateRule>]) -> Res
     Ok((views, opt))
 }
 
-/// Optimizer state per parameter: AdamW, Muon + AdamW and Adafactor on the counted model, from
+/// Optimizer state per parameter: AdamW, Muon (torch's 5 Newton–Schulz iterations) + AdamW and
+/// Adafactor on the counted model, from
 /// the built optimizers' state views; where a tensor exceeds one storage binding (GPT-2's `wte`
 /// on llvmpipe) Adafactor cannot be built, so its row for the whole model comes from the
 /// declared state shapes, with a measured row for the model without those tensors.
@@ -290,16 +311,18 @@ pub fn state_section(bench: &Bench, config: &Config) -> Result<Vec<StateRow>, St
     eprintln!("structured: counting AdamW state on {}", layout.name);
     let adamw = layout_rules(true);
     let (count, opt) = counted(bench, &layout, &adamw)?;
+    let dispatches = opt.dispatches_per_step();
     drop(opt);
-    rows.push(StateRow::new("AdamW", &layout, "state views", count, None));
+    rows.push(StateRow::new("AdamW", &layout, "state views", count, None, Some(dispatches)));
 
     eprintln!("structured: counting Muon + AdamW state on {}", layout.name);
     let split = layout.hidden_matrices_apart();
-    let muon = muon_and_adamw(config.ns_steps, NsPrecision::Bfloat16);
+    let muon = muon_and_adamw(TORCH_NS_STEPS, NsPrecision::Bfloat16);
     let (count, opt) = counted(bench, &split, &muon)?;
     let scratch = muon_scratch_floats(&opt, bench);
+    let dispatches = opt.dispatches_per_step();
     drop(opt);
-    rows.push(StateRow::new("Muon + AdamW", &split, "state views", count, Some(scratch)));
+    rows.push(StateRow::new("Muon + AdamW", &split, "state views", count, Some(scratch), Some(dispatches)));
 
     eprintln!("structured: counting Adafactor state on {}", layout.name);
     let whole = layout.one_group();
@@ -311,21 +334,23 @@ pub fn state_section(bench: &Bench, config: &Config) -> Result<Vec<StateRow>, St
         .map(|(name, _, _)| name.clone())
         .collect();
     if too_big.is_empty() {
-        let (count, _) = counted(bench, &whole, &adafactor)?;
-        rows.push(StateRow::new("Adafactor", &whole, "state views", count, None));
+        let (count, opt) = counted(bench, &whole, &adafactor)?;
+        rows.push(StateRow::new("Adafactor", &whole, "state views", count, None, Some(opt.dispatches_per_step())));
     } else {
         let mut fits = whole.clone();
         for name in &too_big {
             fits = fits.without(name);
         }
         let (count, opt) = counted(bench, &fits, &adafactor)?;
+        let dispatches = opt.dispatches_per_step();
         drop(opt);
-        rows.push(StateRow::new("Adafactor", &fits, "state views", count, None));
+        rows.push(StateRow::new("Adafactor", &fits, "state views", count, None, Some(dispatches)));
         rows.push(StateRow::new(
             "Adafactor",
             &whole,
             "state shapes",
             state_from_shapes(&whole, &adafactor),
+            None,
             None,
         ));
     }

@@ -107,6 +107,7 @@ impl UpdateRule for Adafactor {
                 Pass::new("apply", Scope::Elements),
             ],
             per_tensor: true,
+            whole_tensors: true,
         }
     }
 

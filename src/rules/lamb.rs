@@ -172,6 +172,7 @@ impl UpdateRule for Lamb {
                 Pass::new("apply", Scope::Elements),
             ],
             per_tensor: true,
+            whole_tensors: false,
         }
     }
 

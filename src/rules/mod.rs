@@ -192,6 +192,10 @@ pub struct Kernel {
     /// Tensors start at chunk boundaries, and each gets reduction partials (one `vec4` per
     /// chunk) and four per-tensor scalars in the auxiliary buffer.
     pub per_tensor: bool,
+    /// Its per-tensor or matrix passes read a tensor's elements (Adafactor's rows, Muon's
+    /// matrices), so each tensor must lie in one storage binding. Without it (Lamb, whose
+    /// per-tensor pass reads only partial sums) a tensor larger than a binding is swept in windows.
+    pub whole_tensors: bool,
 }
 
 impl Kernel {
@@ -202,7 +206,15 @@ impl Kernel {
         state_bindings: &'static [&'static str],
         flags: Vec<(&'static str, bool)>,
     ) -> Self {
-        Kernel { label, source, state_bindings, flags, passes: vec![Pass::new("main", Scope::Elements)], per_tensor: false }
+        Kernel {
+            label,
+            source,
+            state_bindings,
+            flags,
+            passes: vec![Pass::new("main", Scope::Elements)],
+            per_tensor: false,
+            whole_tensors: false,
+        }
     }
 
     /// Whether every element is updated on its own (no per-tensor or matrix pass): a tensor

@@ -243,6 +243,7 @@ impl UpdateRule for Muon {
             flags: vec![("nesterov", self.nesterov), ("bfloat16", self.ns_precision == NsPrecision::Bfloat16)],
             passes,
             per_tensor: false,
+            whole_tensors: true,
         }
     }
 

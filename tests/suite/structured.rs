@@ -142,6 +142,29 @@ fn lamb_matches_cpu_reference() {
     }
 }
 
+/// Lamb's per-tensor pass reads only chunk partials, so a tensor larger than one binding is
+/// swept in windows (here 16K-element windows over a 40,000-element tensor).
+#[test]
+fn lamb_sweeps_a_tensor_larger_than_one_binding_in_windows() {
+    const SHAPES: &[&[usize]] = &[&[40_000], &[200, 3]];
+    let groups = one_group(Lamb { lr: 0.01, ..Lamb::default() });
+    let expected = cpu_snapshot(SHAPES, groups.as_ref(), &GradientOptions::default(), 5);
+    for gpu in gpus() {
+        let (params, ids) = model(SHAPES, 11);
+        let options = OptimizerOptions { max_arena_elements: Some(16 * 1024), ..Default::default() };
+        let mut opt = Optimizer::with_options(gpu, params, groups(&ids), options).unwrap();
+        assert_eq!(opt.arenas()[0].windows, 3, "the big tensor's arena is swept in three windows");
+        for step in 0..5 {
+            for &id in &ids {
+                opt.write_grad(id, &gradient(step, id, opt.param(id).len, &GradientOptions::default())).unwrap();
+            }
+            opt.step_and_submit();
+        }
+        let (difference, tensor) = max_normwise_difference(&snapshot_gpu(&opt, &ids), &expected);
+        assert!(difference <= GPU_VS_CPU_TOLERANCE, "{tensor}: {difference:.3e} on {}", gpu.adapter());
+    }
+}
+
 #[test]
 fn adafactor_matches_cpu_reference() {
     for (k, rule) in [
@@ -307,6 +330,18 @@ fn bad_input_is_a_clear_error() {
     ] {
         let error = rule.err().expect("rejected").to_string();
         assert!(error.contains(expected), "{error} should say {expected:?}");
+    }
+    // A matrix larger than one binding (here a 64-KiB arena) is rejected, not split.
+    for gpu in gpus() {
+        let (params, ids) = model(&[&[100, 200]], 1);
+        let options = OptimizerOptions { max_arena_elements: Some(16 * 1024), ..Default::default() };
+        for rule in [Box::new(Muon::default()) as Box<dyn UpdateRule>, Box::new(Adafactor::default())] {
+            let error = Optimizer::with_options(gpu, params.clone(), vec![ParamGroup::from_boxed(rule, ids.clone())], options.clone())
+                .err()
+                .expect("rejected")
+                .to_string();
+            assert!(error.contains("works on whole tensors, each within one storage binding"), "{error}");
+        }
     }
     // An unknown per-group optimizer in run.json.
     let config = wgpu_optim::replay::RunConfig::from_json(
