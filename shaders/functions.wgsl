@@ -13,6 +13,9 @@
 // operation by operation.
 
 override function_id: u32 = 0u;
+// vec2s from one start point to the next: 1 when the starts are rows of one tensor, the
+// tensors' alignment when each start is a tensor of its own (rules that work per tensor).
+override stride: u32 = 1u;
 
 const GRAD_WORKGROUP_SIZE: u32 = 256u;
 const TWO_PI: f32 = 6.283185307179586;
@@ -79,7 +82,7 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = (workgroup.y * grid.x + workgroup.x) * GRAD_WORKGROUP_SIZE + local;
+    let i = ((workgroup.y * grid.x + workgroup.x) * GRAD_WORKGROUP_SIZE + local) * stride;
     if (i >= arrayLength(&position)) {
         return;
     }

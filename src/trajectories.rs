@@ -618,14 +618,32 @@ impl Device {
     }
 }
 
-/// The rules the trajectory runner offers: the element-wise ones, whose start points (rows of
-/// one tensor) stay independent problems.
-pub fn trajectory_rules() -> Vec<&'static str> {
+/// Start points of a run of a rule that works per tensor (each start is a 1×2 tensor).
+pub const MAX_TENSOR_STARTS: usize = 64;
+
+/// The rules a basin map offers: the element-wise ones, whose thousands of start points can be
+/// rows of one tensor. Rules that work per tensor (Lamb's trust ratio, Adafactor's factored
+/// moments, Muon's orthogonalization) would couple rows of one tensor, so the runner gives each
+/// start point a 1×2 tensor of its own, which suits a few trajectories but not a basin map.
+pub fn basin_rules() -> Vec<&'static str> {
     crate::rules::OPTIMIZER_NAMES
         .iter()
         .copied()
         .filter(|name| crate::rules::from_config(name, &serde_json::json!({})).is_ok_and(|rule| rule.kernel().is_element_wise()))
         .collect()
+}
+
+/// The start points as parameters: rows of one `[starts, 2]` tensor for element-wise rules,
+/// else one `[1, 2]` tensor per start (a rule that works per tensor must not couple runs).
+fn start_parameters(run: &RunInput) -> Result<(Parameters, Vec<TensorId>)> {
+    let mut params = Parameters::new();
+    let ids = if run.rule.kernel().is_element_wise() {
+        vec![params.add("xy", &[run.starts.len(), 2], run.flat_starts())?]
+    } else {
+        let ids: Result<Vec<TensorId>> = run.starts.iter().enumerate().map(|(k, p)| params.add(&format!("xy{k}"), &[1, 2], p.to_vec())).collect();
+        ids?
+    };
+    Ok((params, ids))
 }
 
 /// One optimizer from N starts: what a runner needs.
@@ -644,12 +662,13 @@ impl RunInput {
         check_steps(self.steps, self.sample_every)?;
         check_starts(&self.starts)?;
         self.rule.validate()?;
-        if !self.rule.kernel().is_element_wise() {
+        if !self.rule.kernel().is_element_wise() && self.starts.len() > MAX_TENSOR_STARTS {
             return Err(Error::Config(format!(
-                "{} works per tensor (norms, factored moments or matrix products over the whole tensor), and the trajectory \
-                 runner holds its start points as rows of one tensor, so they would not be independent runs; choose one of {}",
+                "{} works per tensor, so each start point is a 1×2 tensor of its own; at most {MAX_TENSOR_STARTS} start points \
+                 (got {}). Basin maps take the element-wise rules: {}",
                 self.rule.name(),
-                trajectory_rules().join(", ")
+                self.starts.len(),
+                basin_rules().join(", ")
             )));
         }
         if let Some(lr) = &self.lr {
@@ -772,6 +791,13 @@ pub async fn run_basin(device: &Device, spec: &BasinSpec, clock: &dyn Fn() -> f6
     check_steps(spec.steps, spec.steps)?;
     let run = spec.run();
     let rule = run.rule()?;
+    if !rule.kernel().is_element_wise() {
+        return Err(Error::Config(format!(
+            "a basin map runs its start points as one tensor, so it takes the element-wise rules ({}); {} works per tensor",
+            basin_rules().join(", "),
+            rule.name()
+        )));
+    }
     let lr = run.learning_rates(rule.as_ref(), spec.steps)?;
     let hyperparameters = rule.hyperparameters();
     let input = RunInput { rule, starts: domain.grid(resolution), steps: spec.steps, sample_every: spec.steps, lr };
@@ -802,7 +828,8 @@ pub async fn run_basin(device: &Device, spec: &BasinSpec, clock: &dyn Fn() -> f6
 pub struct GpuRunner {
     gpu: GpuContext,
     opt: Optimizer,
-    xy: TensorId,
+    /// One `[starts, 2]` tensor, or one `[1, 2]` tensor per start.
+    xy: Vec<TensorId>,
     starts: usize,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
@@ -819,11 +846,22 @@ impl GpuRunner {
     pub async fn new(gpu: &GpuContext, function: TestFunction, run: &RunInput) -> Result<Self> {
         run.check()?;
         let starts = run.starts.len();
-        let mut params = Parameters::new();
-        let xy = params.add("xy", &[starts, 2], run.flat_starts())?;
+        let (params, xy) = start_parameters(run)?;
         let steps_per_submission = run.steps.min(MAX_STEPS_PER_SUBMISSION);
         let options = OptimizerOptions { steps_in_flight: Some(u64::from(steps_per_submission)), ..Default::default() };
-        let opt = Optimizer::new_async(gpu, params, vec![ParamGroup::from_boxed(run.rule.clone(), [xy])], options).await?;
+        let opt = Optimizer::new_async(gpu, params, vec![ParamGroup::from_boxed(run.rule.clone(), xy.clone())], options).await?;
+        if opt.arenas().len() != 1 {
+            return Err(Error::Config("the start points do not fit one arena".into()));
+        }
+        // The positions the gradient kernel reads: from the first start to the last, `stride`
+        // vec2 apart (1 for one tensor; the tensors' alignment for one tensor per start).
+        let (first, last) = (opt.param(xy[0]), opt.param(xy[xy.len() - 1]));
+        let stride = if xy.len() > 1 { (opt.param(xy[1]).offset - first.offset) / 8 } else { 1 };
+        let span = last.offset + last.byte_size() - first.offset;
+        fn range(view: &TensorView, span: u64) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &view.buffer, offset: view.offset, size: std::num::NonZeroU64::new(span) })
+        }
+        let grad_first = opt.grad(xy[0]);
 
         let device = gpu.device();
         let storage = |binding, read_only| crate::context::storage_binding(binding, read_only, 8);
@@ -839,7 +877,7 @@ impl GpuRunner {
         let key = PipelineKey {
             label: "trajectory-functions",
             entry: "main",
-            constants: vec![("function_id", f64::from(function.id()).to_bits())],
+            constants: vec![("function_id", f64::from(function.id()).to_bits()), ("stride", (stride as f64).to_bits())],
         };
         let pipeline = gpu.pipeline(key, FUNCTIONS_WGSL, &layout).await?;
         let samples = sampled_steps(run.steps, run.sample_every);
@@ -849,8 +887,8 @@ impl GpuRunner {
                     label: Some("trajectory gradients"),
                     layout: &pipeline.get_bind_group_layout(0),
                     entries: &[
-                        wgpu::BindGroupEntry { binding: 0, resource: opt.param(xy).binding() },
-                        wgpu::BindGroupEntry { binding: 1, resource: opt.grad(xy).binding() },
+                        wgpu::BindGroupEntry { binding: 0, resource: range(&first, span) },
+                        wgpu::BindGroupEntry { binding: 1, resource: range(&grad_first, span) },
                     ],
                 });
                 let history = device.create_buffer(&wgpu::BufferDescriptor {
@@ -890,12 +928,19 @@ impl GpuRunner {
     /// Records every step, submits (at most [`MAX_STEPS_PER_SUBMISSION`] steps per
     /// submission), and reads the sampled positions back.
     pub async fn run(mut self) -> Result<Paths> {
-        let param = self.opt.param(self.xy);
-        let row = param.byte_size();
+        let views: Vec<TensorView> = self.xy.iter().map(|&id| self.opt.param(id)).collect();
+        let row = (self.starts * 8) as u64;
+        let sample = |encoder: &mut wgpu::CommandEncoder, history: &wgpu::Buffer, at: u64| {
+            let mut to = at;
+            for view in &views {
+                encoder.copy_buffer_to_buffer(&view.buffer, view.offset, history, to, view.byte_size());
+                to += view.byte_size();
+            }
+        };
         let device = self.gpu.device().clone();
         let new_encoder = || device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("trajectories") });
         let mut encoder = new_encoder();
-        encoder.copy_buffer_to_buffer(&param.buffer, param.offset, &self.history, 0, row);
+        sample(&mut encoder, &self.history, 0);
         let mut next_sample = 1;
         let mut step = 0u32;
         while step < self.steps {
@@ -919,8 +964,7 @@ impl GpuRunner {
                 }
             }
             if step == self.samples[next_sample] {
-                let at = next_sample as u64 * row;
-                encoder.copy_buffer_to_buffer(&param.buffer, param.offset, &self.history, at, row);
+                sample(&mut encoder, &self.history, next_sample as u64 * row);
                 next_sample += 1;
             }
             if step.is_multiple_of(self.steps_per_submission) && step < self.steps {
@@ -938,7 +982,7 @@ impl GpuRunner {
 pub struct CpuRunner {
     function: TestFunction,
     opt: CpuOptimizer,
-    xy: TensorId,
+    xy: Vec<TensorId>,
     starts: usize,
     steps: u32,
     samples: Vec<u32>,
@@ -948,9 +992,8 @@ pub struct CpuRunner {
 impl CpuRunner {
     pub fn new(function: TestFunction, run: &RunInput) -> Result<Self> {
         run.check()?;
-        let mut params = Parameters::new();
-        let xy = params.add("xy", &[run.starts.len(), 2], run.flat_starts())?;
-        let opt = CpuOptimizer::new(params, vec![ParamGroup::from_boxed(run.rule.clone(), [xy])])?;
+        let (params, xy) = start_parameters(run)?;
+        let opt = CpuOptimizer::new(params, vec![ParamGroup::from_boxed(run.rule.clone(), xy.clone())])?;
         Ok(CpuRunner {
             function,
             opt,
@@ -964,20 +1007,23 @@ impl CpuRunner {
 
     pub fn run(mut self) -> Result<Paths> {
         let mut positions = Vec::with_capacity(self.samples.len() * self.starts * 2);
-        positions.extend_from_slice(self.opt.param(self.xy));
-        let mut grad = vec![0.0f32; self.starts * 2];
+        for &id in &self.xy {
+            positions.extend_from_slice(self.opt.param(id));
+        }
         let mut next_sample = 1;
         for step in 1..=self.steps {
             if let Some(lr) = &self.lr {
                 self.opt.set_lr(0, lr[step as usize - 1])?;
             }
-            for (g, p) in grad.chunks_mut(2).zip(self.opt.param(self.xy).chunks(2)) {
-                g.copy_from_slice(&self.function.gradient_f32(p[0], p[1]));
+            for &id in &self.xy {
+                let grad: Vec<f32> = self.opt.param(id).chunks(2).flat_map(|p| self.function.gradient_f32(p[0], p[1])).collect();
+                self.opt.write_grad(id, &grad)?;
             }
-            self.opt.write_grad(self.xy, &grad)?;
             self.opt.step();
             if step == self.samples[next_sample] {
-                positions.extend_from_slice(self.opt.param(self.xy));
+                for &id in &self.xy {
+                    positions.extend_from_slice(self.opt.param(id));
+                }
                 next_sample += 1;
             }
         }

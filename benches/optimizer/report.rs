@@ -377,7 +377,14 @@ pub(crate) fn print_state(rows: &[StateRow]) {
                 thousands(r.state.tensors),
                 format!("{:.1}", r.state.floats as f64 * 4.0 / 1e6),
                 format!("{:.3}", r.bytes_per_parameter),
-                adamw.map_or("-".into(), |a| format!("{:.2}×", r.bytes_per_parameter / a)),
+                adamw.map_or("-".into(), |a| {
+                    let ratio = r.bytes_per_parameter / a;
+                    if ratio >= 0.1 {
+                        format!("{ratio:.2}×")
+                    } else {
+                        format!("{ratio:.4}×")
+                    }
+                }),
                 r.scratch_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)),
                 r.dispatches.map_or("-".into(), |d| d.to_string()),
             ]

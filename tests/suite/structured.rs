@@ -24,7 +24,6 @@ use crate::rules::GPU_VS_CPU_TOLERANCE;
 /// The shapes the issue names: 1×n, n×1, 3×1000, 17×33, 512×512, and 5×7×9 (Adafactor only).
 const MATRICES: &[&[usize]] = &[&[1, 40], &[40, 1], &[3, 1000], &[17, 33], &[33, 17]];
 const BIG: &[usize] = &[512, 512];
-const VECTORS: &[&[usize]] = &[&[7], &[130]];
 
 fn model(shapes: &[&[usize]], seed: u64) -> (Parameters, Vec<TensorId>) {
     let mut rng = Rng::new(seed);

@@ -152,16 +152,17 @@ pub fn functions() -> String {
     serde_json::Value::Array(list).to_string()
 }
 
-/// Every update rule the trajectory runner offers (the element-wise ones: see
-/// `trajectories::trajectory_rules`) with torch's default hyper-parameters, as JSON
-/// `[{"name": "Adam", "defaults": {...}}]`.
+/// Every update rule of the library with torch's default hyper-parameters, and whether a basin
+/// map can run it (the element-wise rules; see `trajectories::basin_rules`), as JSON
+/// `[{"name": "Adam", "defaults": {...}, "basin": true}]`.
 #[wasm_bindgen]
 pub fn optimizers() -> Result<String, JsError> {
-    let list = wgpu_optim::trajectories::trajectory_rules()
+    let list = rules::OPTIMIZER_NAMES
         .iter()
         .map(|name| {
             let rule = rules::from_config(name, &serde_json::json!({}))?;
-            Ok(serde_json::json!({ "name": name, "defaults": rule.hyperparameters() }))
+            let basin = rule.kernel().is_element_wise();
+            Ok(serde_json::json!({ "name": name, "defaults": rule.hyperparameters(), "basin": basin }))
         })
         .collect::<wgpu_optim::Result<Vec<_>>>()
         .map_err(js_error)?;

@@ -19,6 +19,7 @@ window.demo = demo;
 
 let FUNCTIONS = [];      // from wasm.functions()
 let OPTIMIZERS = {};     // name -> torch defaults, from wasm.optimizers()
+let BASIN_RULES = new Set();  // the rules a basin map runs (element-wise ones), from wasm.optimizers()
 let cursor = 0;          // step shown by the animation
 let playing = true;
 let background = null;   // ImageData of the contour map of the current function
@@ -213,13 +214,14 @@ function hpInput(run, key, fallback) {
   const label = document.createElement('label');
   label.append(key + ' ');
   const current = run.hp[key] ?? fallback;
+  // An empty number field is null (Adafactor's eps[0]: machine epsilon).
   const number = (get, set) => {
     const input = document.createElement('input');
     input.type = 'number';
     input.step = 'any';
-    input.value = get();
+    input.value = get() ?? '';
     input.dataset.hp = key;
-    input.onchange = () => { set(Number(input.value)); compute(); };
+    input.onchange = () => { set(input.value === '' ? null : Number(input.value)); compute(); };
     return input;
   };
   if (typeof fallback === 'boolean') {
@@ -228,6 +230,15 @@ function hpInput(run, key, fallback) {
     input.checked = current;
     input.dataset.hp = key;
     input.onchange = () => { run.hp[key] = input.checked; compute(); };
+    label.append(input);
+  } else if (typeof fallback === 'string' || fallback === null) {
+    // Named choices (Muon's ns_precision, adjust_lr_fn); empty is null.
+    const input = document.createElement('input');
+    input.type = 'text';
+    input.size = 12;
+    input.value = current ?? '';
+    input.dataset.hp = key;
+    input.onchange = () => { run.hp[key] = input.value === '' ? null : input.value; compute(); };
     label.append(input);
   } else if (Array.isArray(fallback)) {
     const pair = [...current];
@@ -242,7 +253,15 @@ function hpInput(run, key, fallback) {
 function renderBasinRuns() {
   const select = $('basin-run');
   select.replaceChildren();
-  demo.state.runs.forEach((run, i) => select.add(new Option(`${i + 1}: ${run.optimizer}`, i, false, i === demo.state.basin.run)));
+  // A basin map runs thousands of starts as rows of one tensor: element-wise rules only.
+  demo.state.runs.forEach((run, i) => {
+    const option = new Option(`${i + 1}: ${run.optimizer}`, i, false, i === demo.state.basin.run);
+    if (!BASIN_RULES.has(run.optimizer)) {
+      option.disabled = true;
+      option.text += ' (works per tensor: no basin map)';
+    }
+    select.add(option);
+  });
 }
 
 function renderLegend() {
@@ -576,7 +595,9 @@ async function webgpuAdapterInfo() {
 async function main() {
   await initWasm();
   FUNCTIONS = JSON.parse(wasm.functions());
-  OPTIMIZERS = Object.fromEntries(JSON.parse(wasm.optimizers()).map((o) => [o.name, o.defaults]));
+  const optimizers = JSON.parse(wasm.optimizers());
+  OPTIMIZERS = Object.fromEntries(optimizers.map((o) => [o.name, o.defaults]));
+  BASIN_RULES = new Set(optimizers.filter((o) => o.basin).map((o) => o.name));
   const wantGpu = !new URLSearchParams(location.search).has('cpu');
   demo.gpuInfo = wantGpu ? await webgpuAdapterInfo() : null;
   const label = demo.gpuInfo ? [demo.gpuInfo.vendor, demo.gpuInfo.architecture, demo.gpuInfo.device].filter(Boolean).join(' ') : '';
