@@ -96,7 +96,7 @@ fn factor(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let k = workgroup.y * grid.x + workgroup.x;
+    let k = workgroup_index(workgroup, grid);
     let t = current_terms();
     if (k >= dispatch.tensor_count || !step_applies(t.step)) {
         return;
@@ -165,18 +165,16 @@ fn update_norm(
     @builtin(local_invocation_index) local: u32,
 ) {
     let t = current_terms();
-    if (workgroup.y * grid.x + workgroup.x >= dispatch.chunks || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
         return;
     }
-    let chunk = chunk_index(workgroup, grid);
-    let tensor = tensor_at(chunk_tensor(workgroup, grid));
-    let first = element_in_tensor(tensor, chunk, local);
-    let i = vec4_index(workgroup, grid, local);
+    let site = element_site(workgroup, grid, local);
+    let tensor = site.tensor;
     var u_sq = 0.0;
-    if (first < tensor.len) {
-        let g = signed_gradient(i);
+    if (site.first < tensor.len) {
+        let g = signed_gradient(site.i);
         for (var j = 0u; j < 4u; j++) {
-            let e = first + j;
+            let e = site.first + j;
             if (e < tensor.len) {
                 if (!factored(tensor)) {
                     let at = tensor.aux + 4u + e;
@@ -189,7 +187,7 @@ fn update_norm(
     }
     let total = workgroup_sum(local, vec4<f32>(u_sq, 0.0, 0.0, 0.0));
     if (local == 0u) {
-        write_partials(chunk, total);
+        write_partials(site.chunk, total);
     }
 }
 
@@ -199,7 +197,7 @@ fn step_size(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let k = workgroup.y * grid.x + workgroup.x;
+    let k = workgroup_index(workgroup, grid);
     let t = current_terms();
     if (k >= dispatch.tensor_count || !step_applies(t.step)) {
         return;
@@ -222,15 +220,16 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (workgroup.y * grid.x + workgroup.x >= dispatch.chunks || !step_applies(current_terms().step)) {
+    if (!in_window(workgroup, grid) || !step_applies(current_terms().step)) {
         return;
     }
-    let tensor = tensor_at(chunk_tensor(workgroup, grid));
-    let first = element_in_tensor(tensor, chunk_index(workgroup, grid), local);
+    let site = element_site(workgroup, grid, local);
+    let tensor = site.tensor;
+    let first = site.first;
     if (first >= tensor.len) {
         return;
     }
-    let i = vec4_index(workgroup, grid, local);
+    let i = site.i;
     let g = signed_gradient(i);
     var p = param[i];
     if (s.weight_decay != 0.0) {

@@ -103,14 +103,10 @@ fn tensor_at(t: u32) -> Tensor {
     );
 }
 
-// The tensor an element pass's workgroup lies in.
-fn chunk_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
-    return tables.words[dispatch.chunk_map + dispatch.first_chunk + workgroup.y * grid.x + workgroup.x];
-}
-
-// The global chunk index of an element pass's workgroup.
-fn chunk_index(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
-    return dispatch.first_chunk + workgroup.y * grid.x + workgroup.x;
+// The linear index of a workgroup in a (possibly 2-D) grid: an element pass's chunk within its
+// window, or a per-tensor pass's tensor within its dispatch. Workgroup-uniform.
+fn workgroup_index(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    return workgroup.y * grid.x + workgroup.x;
 }
 
 // The k-th tensor of this dispatch (per-tensor passes: workgroup k; matrix passes: grid z).
@@ -118,9 +114,25 @@ fn dispatch_tensor(k: u32) -> u32 {
     return tables.words[dispatch.tensors + k];
 }
 
-// The index of a vec4's first element inside its tensor, given the tensor and the global chunk.
-fn element_in_tensor(tensor: Tensor, chunk: u32, local: u32) -> u32 {
-    return (chunk - tensor.first_chunk) * CHUNK_ELEMENTS + local * 4u;
+// Where an element pass's invocation works, for rules that work per tensor.
+struct ElementSite {
+    chunk: u32,             // the global chunk of its workgroup (its partials' index)
+    tensor: Tensor,         // the tensor the chunk lies in
+    first: u32,             // the index in the tensor of its vec4's first element
+    i: u32,                 // the index of its vec4 in the window's arrays
+}
+
+fn element_site(workgroup: vec3<u32>, grid: vec3<u32>, local: u32) -> ElementSite {
+    let chunk = dispatch.first_chunk + workgroup_index(workgroup, grid);
+    let tensor = tensor_at(tables.words[dispatch.chunk_map + chunk]);
+    let first = (chunk - tensor.first_chunk) * CHUNK_ELEMENTS + local * 4u;
+    return ElementSite(chunk, tensor, first, vec4_index(workgroup, grid, local));
+}
+
+// Whether a workgroup of an element pass covers a chunk of the window (a 2-D grid may have
+// more workgroups than chunks). Workgroup-uniform, so passes with barriers may return on it.
+fn in_window(workgroup: vec3<u32>, grid: vec3<u32>) -> bool {
+    return workgroup_index(workgroup, grid) < dispatch.chunks;
 }
 
 // A chunk's reduction partials (aux starts with one vec4 per chunk).

@@ -89,17 +89,14 @@ fn moments(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let chunk_in_window = workgroup.y * grid.x + workgroup.x;
     let t = current_terms();
-    if (chunk_in_window >= dispatch.chunks || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
         return;
     }
-    let chunk = chunk_index(workgroup, grid);
-    let tensor = tensor_at(chunk_tensor(workgroup, grid));
-    let first = element_in_tensor(tensor, chunk, local);
-    let i = vec4_index(workgroup, grid, local);
+    let site = element_site(workgroup, grid, local);
+    let i = site.i;
     var sums = vec4<f32>(0.0);
-    if (first < tensor.len) {
+    if (site.first < site.tensor.len) {
         let g = lamb_gradient(i);
         var m: vec4<f32>;
         if (grad_averaging) {
@@ -114,7 +111,7 @@ fn moments(
         let u = raw_update(t, m, v, p);
         let pd = decayed(p);
         for (var k = 0u; k < 4u; k++) {
-            if (first + k < tensor.len) {
+            if (site.first + k < site.tensor.len) {
                 sums.x += pd[k] * pd[k];
                 sums.y += u[k] * u[k];
             }
@@ -122,7 +119,7 @@ fn moments(
     }
     let total = workgroup_sum(local, sums);
     if (local == 0u) {
-        write_partials(chunk, total);
+        write_partials(site.chunk, total);
     }
 }
 
@@ -132,7 +129,7 @@ fn trust_ratio(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let k = workgroup.y * grid.x + workgroup.x;
+    let k = workgroup_index(workgroup, grid);
     if (k >= dispatch.tensor_count || !step_applies(current_terms().step)) {
         return;
     }
@@ -162,19 +159,17 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let chunk_in_window = workgroup.y * grid.x + workgroup.x;
     let t = current_terms();
-    if (chunk_in_window >= dispatch.chunks || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
         return;
     }
-    let tensor = tensor_at(chunk_tensor(workgroup, grid));
-    let first = element_in_tensor(tensor, chunk_index(workgroup, grid), local);
-    if (first >= tensor.len) {
+    let site = element_site(workgroup, grid, local);
+    if (site.first >= site.tensor.len) {
         return;
     }
-    let i = vec4_index(workgroup, grid, local);
+    let i = site.i;
     let p = param[i];
     let u = raw_update(t, exp_avg[i], exp_avg_sq[i], p);
-    let ratio = tensor_scalars(tensor).x;
+    let ratio = tensor_scalars(site.tensor).x;
     param[i] = decayed(p) + s.neg_lr * (u * ratio);
 }

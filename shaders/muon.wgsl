@@ -116,10 +116,6 @@ fn iterate_index(mat: Matrix, e: u32) -> u32 {
     return e;
 }
 
-fn linear_workgroup(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
-    return workgroup.y * grid.x + workgroup.x;
-}
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn momentum(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -127,7 +123,7 @@ fn momentum(
     @builtin(local_invocation_index) local: u32,
 ) {
     let mat = matrix_at(workgroup.z);
-    let q = linear_workgroup(workgroup, grid) * WORKGROUP_SIZE + local;
+    let q = workgroup_index(workgroup, grid) * WORKGROUP_SIZE + local;
     if (q * 4u >= mat.tensor.len || !step_applies_now()) {
         return;
     }
@@ -258,7 +254,7 @@ fn apply(
     @builtin(local_invocation_index) local: u32,
 ) {
     let mat = matrix_at(workgroup.z);
-    let q = linear_workgroup(workgroup, grid) * WORKGROUP_SIZE + local;
+    let q = workgroup_index(workgroup, grid) * WORKGROUP_SIZE + local;
     if (q * 4u >= mat.tensor.len || !step_applies_now()) {
         return;
     }
