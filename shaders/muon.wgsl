@@ -166,11 +166,14 @@ fn normalize(
     }
 }
 
-var<workgroup> left_tile: array<array<f32, 16>, 16>;
-var<workgroup> right_tile: array<array<f32, 16>, 16>;
+var<workgroup> left_tile: array<array<f32, 16>, 64>;     // 64 rows x 16 of the inner dimension
+var<workgroup> right_tile: array<array<f32, 64>, 16>;    // 16 of the inner dimension x 64 columns
 
-// out = alpha * (left @ right) + beta * add, over 16 x 16 output tiles (the grid's x and y).
-// args[0]: out, left, right, add regions; args[1]: product, alpha, beta (f32 bits).
+// out = alpha * (left @ right) + beta * add, in 64 x 64 output tiles (the grid's x and y): the
+// workgroup stages 16-deep slices of both factors in workgroup memory, and each invocation
+// accumulates a 4 x 4 block in registers. Every output sums its products in index order, as the
+// CPU reference does. args[0]: out, left, right, add regions; args[1]: product, alpha, beta
+// (f32 bits).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matmul(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -197,41 +200,59 @@ fn matmul(
     } else {
         cols = mat.n;
     }
-    let out = region(mat, regions.x);
     let left = region(mat, regions.y);
     let right = region(mat, regions.z);
-    let tx = local % 16u;
+    let tile_row = workgroup.y * 64u;
+    let tile_col = workgroup.x * 64u;
     let ty = local / 16u;
-    let row = workgroup.y * 16u + ty;
-    let col = workgroup.x * 16u + tx;
-    var acc = 0.0;
+    let tx = local % 16u;
+    var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < inner; k0 += 16u) {
-        var l = 0.0;
-        if (row < m && k0 + tx < inner) {
-            l = aux[left + row * left_stride + k0 + tx];
-        }
-        var r = 0.0;
-        if (k0 + ty < inner && col < cols) {
-            if (product == GRAM) {
-                r = aux[right + col * right_stride + k0 + ty];     // Xᵀ[k][col] = X[col][k]
-            } else {
-                r = aux[right + (k0 + ty) * right_stride + col];
+        // 1,024 values of each factor, four per invocation; past the edges, zeros.
+        for (var j = 0u; j < 4u; j++) {
+            let at = local * 4u + j;
+            let l_row = at / 16u;
+            let l_k = k0 + at % 16u;
+            var l = 0.0;
+            if (tile_row + l_row < m && l_k < inner) {
+                l = aux[left + (tile_row + l_row) * left_stride + l_k];
             }
+            left_tile[l_row][at % 16u] = l;
+            let r_k = k0 + at / 64u;
+            let r_col = tile_col + at % 64u;
+            var r = 0.0;
+            if (r_k < inner && r_col < cols) {
+                if (product == GRAM) {
+                    r = aux[right + r_col * right_stride + r_k];     // Xᵀ[k][col] = X[col][k]
+                } else {
+                    r = aux[right + r_k * right_stride + r_col];
+                }
+            }
+            right_tile[at / 64u][at % 64u] = r;
         }
-        left_tile[ty][tx] = l;
-        right_tile[ty][tx] = r;
         workgroupBarrier();
         for (var k = 0u; k < 16u; k++) {
-            acc += left_tile[ty][k] * right_tile[k][tx];
+            let r = vec4<f32>(right_tile[k][tx * 4u], right_tile[k][tx * 4u + 1u], right_tile[k][tx * 4u + 2u], right_tile[k][tx * 4u + 3u]);
+            for (var q = 0u; q < 4u; q++) {
+                acc[q] += left_tile[ty * 4u + q][k] * r;
+            }
         }
         workgroupBarrier();
     }
-    if (row < m && col < cols) {
-        var value = alpha * acc;
-        if (regions.w != NONE) {
-            value = value + beta * aux[region(mat, regions.w) + row * cols + col];
+    let out = region(mat, regions.x);
+    let add = region(mat, regions.w);
+    for (var q = 0u; q < 4u; q++) {
+        for (var c = 0u; c < 4u; c++) {
+            let row = tile_row + ty * 4u + q;
+            let col = tile_col + tx * 4u + c;
+            if (row < m && col < cols) {
+                var value = alpha * acc[q][c];
+                if (regions.w != NONE) {
+                    value = value + beta * aux[add + row * cols + col];
+                }
+                aux[out + row * cols + col] = in_precision(value);
+            }
         }
-        aux[out + row * cols + col] = in_precision(value);
     }
 }
 

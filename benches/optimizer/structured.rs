@@ -30,7 +30,12 @@ pub const TORCH_NS_STEPS: u32 = 5;
 
 impl Config {
     /// A model small enough for `--quick` and for the checks: width 64, 2 blocks.
-    pub const TINY: Gpt2Dims = Gpt2Dims { width: 64, vocab: 1000, context: 64, layers: 2 };
+    pub const TINY: Gpt2Dims = Gpt2Dims {
+        width: 64,
+        vocab: 1000,
+        context: 64,
+        layers: 2,
+    };
 }
 
 /// Muon (lr 0.02, torch's other defaults) on group 0, AdamW (nanoGPT's lr and betas, no weight
@@ -63,7 +68,9 @@ pub fn parse_precision(text: &str) -> Result<NsPrecision, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "bfloat16" | "bf16" => Ok(NsPrecision::Bfloat16),
         "float32" | "f32" => Ok(NsPrecision::Float32),
-        other => Err(format!("unknown Newton–Schulz precision {other:?}; use bfloat16 or float32")),
+        other => Err(format!(
+            "unknown Newton–Schulz precision {other:?}; use bfloat16 or float32"
+        )),
     }
 }
 
@@ -111,14 +118,30 @@ pub struct StepRow {
     pub clock: &'static str,
 }
 
+/// A timed optimizer: its label, Muon's (ns_steps, precision) if it has a Muon group, itself.
+type Labelled = (String, Option<(u32, NsPrecision)>, Optimizer);
+
 /// One step of AdamW alone (nanoGPT's two groups) and of Muon + AdamW in each precision, on the
 /// same model, interleaved.
-pub fn step_section(bench: &Bench, plan: &Plan, options: &OptimizerOptions, config: &Config) -> Result<Vec<StepRow>, String> {
+pub fn step_section(
+    bench: &Bench,
+    plan: &Plan,
+    options: &OptimizerOptions,
+    config: &Config,
+) -> Result<Vec<StepRow>, String> {
     let layout = Layout::gpt2(&config.timed_name, config.timed);
     let split = layout.hidden_matrices_apart();
-    let mut labelled: Vec<(String, Option<(u32, NsPrecision)>, Optimizer)> = Vec::new();
-    eprintln!("structured: building AdamW on {} (load average {:?})", layout.name, crate::gpu::load_average());
-    labelled.push(("AdamW".into(), None, build_optimizer(bench, &layout, &layout_rules(true), options)?));
+    let mut labelled: Vec<Labelled> = Vec::new();
+    eprintln!(
+        "structured: building AdamW on {} (load average {:?})",
+        layout.name,
+        crate::gpu::load_average()
+    );
+    labelled.push((
+        "AdamW".into(),
+        None,
+        build_optimizer(bench, &layout, &layout_rules(true), options)?,
+    ));
     for &ns_steps in &config.ns_steps {
         for &precision in &config.precisions {
             eprintln!(
@@ -237,7 +260,11 @@ fn muon_scratch_floats(opt: &Optimizer, bench: &Bench) -> usize {
         }
         for shape in shapes {
             let need = rule.tensor_scratch(&shape).next_multiple_of(4);
-            let count = arena.tensors.iter().filter(|&&id| opt.tensor_shape(id) == shape.as_slice()).count();
+            let count = arena
+                .tensors
+                .iter()
+                .filter(|&&id| opt.tensor_shape(id) == shape.as_slice())
+                .count();
             let per_batch = (budget / need.max(1)).max(1);
             largest = largest.max(count.min(per_batch) * need);
         }
@@ -287,7 +314,8 @@ impl StateRow {
 /// checking the count against the rules' declared shapes.
 fn counted(bench: &Bench, layout: &Layout, rules: &[Box<dyn UpdateRule>]) -> Result<(StateCount, Optimizer), String> {
     let (params, groups) = layout.build(rules);
-    let opt = Optimizer::with_options(&bench.gpu, params, groups, OptimizerOptions::default()).map_err(|e| e.to_string())?;
+    let opt =
+        Optimizer::with_options(&bench.gpu, params, groups, OptimizerOptions::default()).map_err(|e| e.to_string())?;
     let views = state_from_views(&opt)?;
     let shapes = state_from_shapes(layout, rules);
     if views != shapes {
@@ -313,7 +341,14 @@ pub fn state_section(bench: &Bench, config: &Config) -> Result<Vec<StateRow>, St
     let (count, opt) = counted(bench, &layout, &adamw)?;
     let dispatches = opt.dispatches_per_step();
     drop(opt);
-    rows.push(StateRow::new("AdamW", &layout, "state views", count, None, Some(dispatches)));
+    rows.push(StateRow::new(
+        "AdamW",
+        &layout,
+        "state views",
+        count,
+        None,
+        Some(dispatches),
+    ));
 
     eprintln!("structured: counting Muon + AdamW state on {}", layout.name);
     let split = layout.hidden_matrices_apart();
@@ -322,7 +357,14 @@ pub fn state_section(bench: &Bench, config: &Config) -> Result<Vec<StateRow>, St
     let scratch = muon_scratch_floats(&opt, bench);
     let dispatches = opt.dispatches_per_step();
     drop(opt);
-    rows.push(StateRow::new("Muon + AdamW", &split, "state views", count, Some(scratch), Some(dispatches)));
+    rows.push(StateRow::new(
+        "Muon + AdamW",
+        &split,
+        "state views",
+        count,
+        Some(scratch),
+        Some(dispatches),
+    ));
 
     eprintln!("structured: counting Adafactor state on {}", layout.name);
     let whole = layout.one_group();
@@ -335,7 +377,14 @@ pub fn state_section(bench: &Bench, config: &Config) -> Result<Vec<StateRow>, St
         .collect();
     if too_big.is_empty() {
         let (count, opt) = counted(bench, &whole, &adafactor)?;
-        rows.push(StateRow::new("Adafactor", &whole, "state views", count, None, Some(opt.dispatches_per_step())));
+        rows.push(StateRow::new(
+            "Adafactor",
+            &whole,
+            "state views",
+            count,
+            None,
+            Some(opt.dispatches_per_step()),
+        ));
     } else {
         let mut fits = whole.clone();
         for name in &too_big {
@@ -344,7 +393,14 @@ pub fn state_section(bench: &Bench, config: &Config) -> Result<Vec<StateRow>, St
         let (count, opt) = counted(bench, &fits, &adafactor)?;
         let dispatches = opt.dispatches_per_step();
         drop(opt);
-        rows.push(StateRow::new("Adafactor", &fits, "state views", count, None, Some(dispatches)));
+        rows.push(StateRow::new(
+            "Adafactor",
+            &fits,
+            "state views",
+            count,
+            None,
+            Some(dispatches),
+        ));
         rows.push(StateRow::new(
             "Adafactor",
             &whole,
@@ -370,7 +426,11 @@ pub fn checks(bench: &Bench, tolerance: f64) -> Result<Vec<CheckRow>, String> {
     for (label, layout, rules) in [
         ("AdamW", &layout, layout_rules(true)),
         ("Muon + AdamW", &split, muon_and_adamw(5, NsPrecision::Bfloat16)),
-        ("Adafactor", &layout.one_group(), vec![Box::new(Adafactor::default()) as Box<dyn UpdateRule>]),
+        (
+            "Adafactor",
+            &layout.one_group(),
+            vec![Box::new(Adafactor::default()) as Box<dyn UpdateRule>],
+        ),
     ] {
         if let Err(message) = counted(bench, layout, &rules) {
             println!("check state of {label}: {message}");
@@ -397,13 +457,20 @@ pub fn checks(bench: &Bench, tolerance: f64) -> Result<Vec<CheckRow>, String> {
         cpu.step();
         let mut worst: f64 = 0.0;
         for id in opt.tensor_ids() {
-            worst = worst.max(relative_error(&opt.read_param(id).map_err(|e| e.to_string())?, cpu.param(id)));
+            worst = worst.max(relative_error(
+                &opt.read_param(id).map_err(|e| e.to_string())?,
+                cpu.param(id),
+            ));
             for key in opt.state_keys(id) {
                 let got = opt.read_state(id, key).map_err(|e| e.to_string())?;
                 worst = worst.max(relative_error(&got, cpu.state(id, key).map_err(|e| e.to_string())?));
             }
         }
-        let limit = if precision == NsPrecision::Float32 { tolerance } else { 1e-4 };
+        let limit = if precision == NsPrecision::Float32 {
+            tolerance
+        } else {
+            1e-4
+        };
         rows.push(CheckRow {
             kernel: format!("Muon ({}) + AdamW, tiny GPT-2", precision_name(precision)),
             max_error: worst,
@@ -416,5 +483,9 @@ pub fn checks(bench: &Bench, tolerance: f64) -> Result<Vec<CheckRow>, String> {
 /// Largest absolute difference over the largest magnitude of `want`.
 fn relative_error(got: &[f32], want: &[f32]) -> f64 {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE) as f64;
-    got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / scale
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max)
+        / scale
 }

@@ -140,16 +140,16 @@ fn one_workgroup(_: &[usize]) -> (u32, u32) {
     (1, 1)
 }
 
-/// 16 × 16 tiles of an m × m product.
+/// 64 × 64 blocks of an m × m product (a workgroup's 256 invocations compute 4 × 4 each).
 fn square_tiles(shape: &[usize]) -> (u32, u32) {
     let (m, _) = iterate_dims(shape);
-    (m.div_ceil(16) as u32, m.div_ceil(16) as u32)
+    (m.div_ceil(64) as u32, m.div_ceil(64) as u32)
 }
 
-/// 16 × 16 tiles of an m × n product.
+/// 64 × 64 blocks of an m × n product.
 fn wide_tiles(shape: &[usize]) -> (u32, u32) {
     let (m, n) = iterate_dims(shape);
-    (n.div_ceil(16) as u32, m.div_ceil(16) as u32)
+    (n.div_ceil(64) as u32, m.div_ceil(64) as u32)
 }
 
 fn matmul(grid: fn(&[usize]) -> (u32, u32), out: u32, left: u32, right: u32, add: u32, product: u32, alpha: f32, beta: f32) -> Pass {
