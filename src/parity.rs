@@ -7,7 +7,11 @@
 //! | rule | ulps | why |
 //! |---|---|---|
 //! | SGD | 8 | a few multiply-adds per step; torch's CPU kernels may fuse a*b+c (FMA) where we round twice |
+//! | Rprop | 2 | every operation is exact (signs, clamps, `p ± step_size`) or one correctly rounded product (`step_size*eta`), so no ulp is lost (measured 0 on every backend); a differing sign of `g*prev` would cost thousands |
 //! | Adam, AdamW, Adagrad | 16 | plus a sqrt and a division per step, and the step size `lr / (1 - beta1^t)` or `lr / (1 + (t-1)*lr_decay)` formed in f32 (so that lr and t can change apart) where torch divides in f64: up to an ulp per step (measured 10 for Adagrad) |
+//! | RAdam | 16 | as Adam: a sqrt, a reciprocal and a division per step; the bias corrections and rect are rounded from f64 as torch's Python floats are, the products taken in torch's order (measured 2) |
+//! | Lion | 16 | two multiply-adds per step (`m*beta1 + (1-beta1)*g`, `m*beta2 + (1-beta2)*g`) that torch's vectorized `add(alpha=)` fuses (FMA) where we round twice; the update itself is `±lr`, exact, and a flipped sign would cost thousands of ulps (measured 6, on `exp_avg`) |
+//! | Adamax | 48 | the step size `lr / (1 - beta1^t)` formed in f32 (as Adam's, so that lr and t can change apart) where torch divides in f64: Adamax's update `m/u` is about ±1 whatever the gradient's scale, so every step moves a parameter by about the step size and its rounding accumulates in tensors that move far relative to their scale (measured 25.5 on `adamax-wd-max-magnitudes`, ≤ 2 elsewhere; a float32 emulation of torch's order there gives 10.5 ulps with the f64 step size and 25.5 with the f32 one, the rest being torch's fused `g + wd*p`) |
 //! | Adadelta | 24 | two square roots, a division and a product feed `acc_delta` each step (measured 18) |
 //! | NAdam | 64 | torch's own single-tensor and foreach NAdam differ by 7.6e-6 (≈ 64 ulps) on the `magnitudes` case |
 //! | RMSprop | 160 | centered RMSprop with momentum on gradients near eps divides by sqrt(var) + eps, amplifying rounding ~1/eps; torch's FMA rounding gives ≈ 130 ulps there |
@@ -30,7 +34,9 @@ use crate::replay::{read_safetensors, NamedTensor, ReplayCase};
 pub fn tolerance_ulps(rule: &str) -> f64 {
     match rule {
         "SGD" => 8.0,
-        "Adam" | "AdamW" | "Adagrad" | "Lamb" | "Muon (f32)" | "Muon (f32) + AdamW" => 16.0,
+        "Rprop" => 2.0,
+        "Adam" | "AdamW" | "Adagrad" | "Lamb" | "Muon (f32)" | "Muon (f32) + AdamW" | "RAdam" | "Lion" => 16.0,
+        "Adamax" => 48.0,
         "Adadelta" => 24.0,
         "Adafactor" => 32.0,
         "NAdam" => 64.0,

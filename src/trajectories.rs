@@ -339,7 +339,8 @@ impl FromStr for TestFunction {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
-    /// A torch class name: `SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`, `AdamW`, `NAdam`.
+    /// A torch class name: `SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`, `AdamW`, `NAdam`, ... (any of
+    /// [`crate::rules::OPTIMIZER_NAMES`]).
     pub optimizer: String,
     /// torch keyword arguments; missing ones take torch's defaults.
     #[serde(default)]

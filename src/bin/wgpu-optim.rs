@@ -83,7 +83,7 @@ struct TrajectoriesArgs {
     /// rosenbrock, beale, himmelblau, rastrigin, saddle, ill_conditioned or booth.
     #[arg(long, default_value = "rosenbrock")]
     function: String,
-    /// A torch.optim class name (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam); repeat to race several.
+    /// A torch.optim class name (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, Adamax, RAdam, Rprop, ...); repeat to race several.
     #[arg(long = "optimizer", default_value = "Adam")]
     optimizers: Vec<String>,
     /// torch keyword arguments as JSON, e.g. '{"lr": 0.05}'; the n-th applies to the n-th --optimizer.

@@ -54,21 +54,29 @@ mod adadelta;
 mod adafactor;
 mod adagrad;
 mod adam;
+mod adamax;
 mod lamb;
+mod lion;
 mod muon;
 mod nadam;
+mod radam;
 mod reduce;
 mod rmsprop;
+mod rprop;
 mod sgd;
 
 pub use adadelta::Adadelta;
 pub use adafactor::Adafactor;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use adamax::Adamax;
 pub use lamb::Lamb;
+pub use lion::Lion;
 pub use muon::{AdjustLr, Muon, NsPrecision};
 pub use nadam::NAdam;
+pub use radam::RAdam;
 pub use rmsprop::RMSprop;
+pub use rprop::Rprop;
 pub use sgd::Sgd;
 
 /// WGSL shared by every kernel; prepended to each rule's source.
@@ -295,7 +303,7 @@ pub struct StateSlot {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CycledMomentum {
     /// `"momentum"` (SGD, RMSprop: torch finds `momentum` in the optimizer's defaults) or
-    /// `"betas[0]"` (Adam, AdamW, NAdam: torch's `use_beta1`).
+    /// `"betas[0]"` (Adam, AdamW, NAdam, Adamax, RAdam, Lion: torch's `use_beta1`).
     pub key: &'static str,
     pub value: f64,
 }
@@ -395,12 +403,18 @@ pub fn kernels() -> Vec<Kernel> {
         Adafactor::default().kernel(),
         Muon::default().kernel(),
         Lamb::default().kernel(),
+        Adamax::default().kernel(),
+        RAdam::default().kernel(),
+        Rprop::default().kernel(),
+        Lion::default().kernel(),
     ]
 }
 
 /// The optimizer names [`from_config`] accepts.
-pub const OPTIMIZER_NAMES: &[&str] =
-    &["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "Adafactor", "Muon", "Lamb"];
+pub const OPTIMIZER_NAMES: &[&str] = &[
+    "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "Adafactor", "Muon", "Lamb", "Adamax", "RAdam",
+    "Rprop", "Lion",
+];
 
 /// Builds a rule from its torch class name and a JSON object of torch keyword arguments.
 /// Unknown names and unknown or ill-typed hyper-parameters are errors.
@@ -434,6 +448,10 @@ pub fn from_config(optimizer: &str, hyperparameters: &serde_json::Value) -> Resu
         "Adafactor" => parse::<Adafactor>(optimizer, hyperparameters),
         "Muon" => parse::<Muon>(optimizer, hyperparameters),
         "Lamb" => parse::<Lamb>(optimizer, hyperparameters),
+        "Adamax" => parse::<Adamax>(optimizer, hyperparameters),
+        "RAdam" => parse::<RAdam>(optimizer, hyperparameters),
+        "Rprop" => parse::<Rprop>(optimizer, hyperparameters),
+        "Lion" => parse::<Lion>(optimizer, hyperparameters),
         _ => Err(Error::UnknownOptimizer(optimizer.to_string(), OPTIMIZER_NAMES.join(", "))),
     }
 }
@@ -485,6 +503,16 @@ impl Check {
             Ok(())
         } else {
             self.fail(name, value, "must be finite")
+        }
+    }
+
+    /// A condition on a pair of values, reported with both as torch does (Rprop's
+    /// `Invalid eta values: 1.0, 1.2`).
+    pub fn require_pair(&self, ok: bool, name: &'static str, value: (f64, f64), requirement: &'static str) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidHyperparameter { optimizer: self.0, name, value: format!("{}, {}", value.0, value.1), requirement })
         }
     }
 

@@ -2,7 +2,8 @@
 """Generate the golden optimizer test cases under ``tests/golden/cases/``.
 
 Every case runs one ``torch.optim`` optimizer (SGD, Adagrad, RMSprop, Adadelta,
-Adam, AdamW, NAdam, Adafactor, Muon) or ``timm.optim.Lamb`` -- in the mixed-rule
+Adam, AdamW, NAdam, Adamax, RAdam, Rprop, Adafactor, Muon), ``timm.optim.Lamb`` or
+``lion_pytorch.Lion`` (its plain PyTorch update_fn) -- in the mixed-rule
 training loops two of them -- for a fixed number of steps on the CPU in float32
 (single-tensor path), with fixed seeds, and records everything a reimplementation
 needs to replay it:
@@ -28,8 +29,8 @@ needs to replay it:
                                            keepdim shapes)
     cases/manifest.json                    index of all cases + torch and timm versions
 
-Requirements (only to regenerate): ``pip install torch safetensors numpy timm``
-(timm provides the Lamb reference).
+Requirements (only to regenerate): ``pip install torch safetensors numpy timm lion-pytorch``
+(timm provides the Lamb reference, lion-pytorch the Lion one).
 CI does not need this script or torch: the generated files are committed and
 the Rust tests only read them.
 
@@ -57,7 +58,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-OPTIMIZERS = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam"]
+OPTIMIZERS = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
+              "Adamax", "RAdam", "Rprop", "Lion"]
 # Rules with hand-picked flag sets and problems of their own (rule_specs): torch's
 # Adafactor and Muon, and timm's Lamb (timm.optim.Lamb).
 NEW_RULES = ["Adafactor", "Muon", "Lamb"]
@@ -69,7 +71,7 @@ PROBLEMS = ["awkward", "groups", "zeros", "magnitudes", "sparse_rows"]  # + "lon
 # tied to one problem). Every optimizer meets every problem (asserted).
 PROBLEM_CYCLE = ["awkward", "groups", "zeros", "magnitudes",
                  "sparse_rows", "groups", "zeros", "magnitudes"]
-ADAM_LIKE = {"Adam", "AdamW", "NAdam"}
+ADAM_LIKE = {"Adam", "AdamW", "NAdam", "Adamax", "RAdam"}
 
 # Learning rate used by every case of an optimizer unless the variant sets one.
 BASE_LR = {
@@ -83,6 +85,11 @@ BASE_LR = {
     "Adafactor": 0.01,
     "Muon": 0.02,
     "Lamb": 0.01,
+    "Adamax": 0.01,
+    "RAdam": 0.01,
+    "Rprop": 0.01,
+    # lion-pytorch's default is 1e-4; 1e-3 moves parameters measurably in 100 steps.
+    "Lion": 0.001,
 }
 
 # Hyper-parameters of ours that torch does not have, with the value that means torch's own
@@ -104,6 +111,9 @@ STATE_KEYS = {
     "row_var",
     "col_var",
     "variance",
+    "exp_inf",
+    "prev",
+    "step_size",
 }
 
 NEVER = {"foreach", "fused", "capturable", "differentiable"}
@@ -189,6 +199,31 @@ def variants(opt):
             wdmode, mx, [{"momentum_decay": 0.004}, {"momentum_decay": 1e-2}]
         )
         return [(x, None) for x in v]
+    if opt == "Adamax":
+        return [(x, None) for x in product(wd01, mx)] + [
+            ({"betas": (0.8, 0.99), "eps": 1e-6}, "sparse_rows")
+        ]
+    if opt == "RAdam":
+        wdmode = [
+            {},
+            {"weight_decay": 1e-2},
+            {"weight_decay": 1e-2, "decoupled_weight_decay": True},
+        ]
+        # betas (0.8, 0.9): rho_inf = 19, rectified from step 3 on (step 6 with the defaults).
+        return [(x, None) for x in product(wdmode, mx)] + [({"betas": (0.8, 0.9)}, "magnitudes")]
+    if opt == "Rprop":
+        v = product(
+            [{}, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-4, 0.05)}],
+            mx,
+        )
+        return [(x, None) for x in v]
+    if opt == "Lion":
+        v = product(
+            [{"weight_decay": 0.0}, {"weight_decay": 1.0}],
+            [{"betas": (0.9, 0.99)}, {"betas": (0.95, 0.98)}],
+        )
+        # beta1 0: the update is sign(g), exactly 0 where the gradient is.
+        return [(x, None) for x in v] + [({"betas": (0.0, 0.99)}, "sparse_rows")]
     raise ValueError(opt)
 
 
@@ -201,6 +236,10 @@ def optimizer_class(opt):
         import timm.optim
 
         return timm.optim.Lamb
+    if opt == "Lion":
+        import lion_pytorch
+
+        return lion_pytorch.Lion
     return getattr(torch.optim, opt)
 
 
@@ -208,6 +247,12 @@ def timm_version():
     import timm
 
     return timm.__version__
+
+
+def lion_version():
+    from importlib.metadata import version
+
+    return version("lion-pytorch")
 
 
 def torch_defaults(opt):
@@ -315,6 +360,10 @@ def name_tokens(opt, hp):
             t.append("alwaysadapt")
         elif k == "decoupled_decay":
             t.append("decoupled")
+        elif k == "etas":
+            t.append("etas" + fmt(v[0]) + "-" + fmt(v[1]))
+        elif k == "step_sizes":
+            t.append("stepsizes" + fmt(v[0]) + "-" + fmt(v[1]))
         else:
             raise ValueError((opt, k, d.get(k)))
     return t
@@ -337,6 +386,8 @@ TOKEN_ORDER = [
     "amsgrad",
     "betas",
     "eps",
+    "etas",
+    "step_sizes",
     "momentum_decay",
     "beta2_decay",
     "d",
@@ -692,10 +743,14 @@ def build_problem(spec, rng):
 def group_overrides(opt, hp):
     """Overrides for the 2nd and 3rd group of the 'groups' problem."""
     d = torch_defaults(opt)
-    wd = hp.get("weight_decay", d["weight_decay"])
-    # 2nd group: weight_decay 0 (or 1e-2 when the case itself has none, so that
-    # the override always changes something).
-    ov1 = {"weight_decay": 0.0 if wd != 0 else 1e-2}
+    if opt == "Rprop":  # no weight_decay: the 2nd group changes the step-size bounds
+        bounds = hp.get("step_sizes", d["step_sizes"])
+        ov1 = {"step_sizes": [1e-4, 0.05] if same(bounds, d["step_sizes"]) else [1e-6, 50]}
+    else:
+        wd = hp.get("weight_decay", d["weight_decay"])
+        # 2nd group: weight_decay 0 (or 1e-2 when the case itself has none, so that
+        # the override always changes something; 1.0 for Lion, whose lr is small).
+        ov1 = {"weight_decay": 0.0 if wd != 0 else (1.0 if opt == "Lion" else 1e-2)}
     lr = hp["lr"]
     ov2 = {"lr": float(fmt(lr * 0.1))}
     if opt == "SGD":
@@ -711,6 +766,10 @@ def group_overrides(opt, hp):
     elif opt in ADAM_LIKE:
         ov2["betas"] = [0.85, 0.995]
         ov2["eps"] = 1e-6
+    elif opt == "Rprop":
+        ov2["etas"] = [0.3, 1.5] if same(hp.get("etas", d["etas"]), d["etas"]) else [0.6, 1.1]
+    elif opt == "Lion":
+        ov2["betas"] = [0.85, 0.995]
     elif opt == "Lamb":  # its default eps is 1e-6
         ov2["betas"] = [0.85, 0.995]
         ov2["eps"] = 1e-8
@@ -905,6 +964,12 @@ def training_specs():
          {"name": "CosineAnnealingWarmRestarts", "T_0": 10, "T_mult": 2}, {"max_norm": 2.0, "norm_type": 2.0}),
         ("adam-multistep-amsgrad", "Adam", {"lr": 0.01, "amsgrad": True}, "long",
          {"name": "MultiStepLR", "milestones": [100, 400, 700], "gamma": 0.3}, {"max_norm": 1.0, "norm_type": 2.0}),
+        # Rprop creates step_size at its first step from the lr then: LinearLR has already scaled it.
+        ("rprop-linear-warmup", "Rprop", {"lr": 0.01}, "zeros",
+         {"name": "LinearLR", "start_factor": 0.1, "total_iters": 20}, None),
+        # OneCycleLR cycles Lion's betas[0] (lion-pytorch's defaults have "betas").
+        ("lion-onecycle-clip2", "Lion", {"lr": 0.001}, "awkward",
+         {"name": "OneCycleLR", "max_lr": 0.003, "total_steps": 100}, {"max_norm": 5.0, "norm_type": 2.0}),
     ]
     return [{
         "name": f"train-{name}",
@@ -936,7 +1001,7 @@ def norm_type(v):
     return float("inf") if v == "inf" else float(v)
 
 
-TUPLE_KEYS = {"betas", "eps", "ns_coefficients"}
+TUPLE_KEYS = {"betas", "eps", "ns_coefficients", "etas", "step_sizes"}
 
 
 def torch_kwargs(d):
@@ -1223,7 +1288,8 @@ def main():
         else:
             missing.append(spec["name"])
 
-    manifest = {"torch_version": torch.__version__, "timm_version": timm_version(), "cases": entries}
+    manifest = {"torch_version": torch.__version__, "timm_version": timm_version(),
+                "lion_pytorch_version": lion_version(), "cases": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     if args.check:
@@ -1235,7 +1301,7 @@ def main():
     per_opt = {o: sum(1 for e in entries if e["optimizer"] == o) for o in OPTIMIZERS + NEW_RULES}
     print(f"wrote {len(written)} of {len(specs)} cases to {out} "
           f"(manifest lists {len(entries)}; {size / 1e6:.2f} MB in total; torch {torch.__version__}, "
-          f"timm {timm_version()})")
+          f"timm {timm_version()}, lion-pytorch {lion_version()})")
     print("per optimizer: " + ", ".join(f"{o} {n}" for o, n in per_opt.items()))
     if missing:
         print(f"warning: {len(missing)} defined cases have no files yet: {', '.join(missing)}")

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::replay::read_safetensors;
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, NAdam, RMSprop, Sgd};
+use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
 use wgpu_optim::{
     ClipGradNorm, CpuOptimizer, GpuContext, GradientOptions, LossScale, Optimizer, OptimizerOptions, ParamGroup, Parameters,
     TensorId, UpdateRule,
@@ -32,6 +32,10 @@ fn rules() -> Vec<Box<dyn UpdateRule>> {
         Box::new(Adam { lr: 0.01, amsgrad: true, ..Adam::default() }),
         Box::new(AdamW { lr: 0.01, ..AdamW::default() }),
         Box::new(NAdam { lr: 0.01, decoupled_weight_decay: true, weight_decay: 1e-2, ..NAdam::default() }),
+        Box::new(Adamax { lr: 0.01, weight_decay: 1e-2, ..Adamax::default() }),
+        Box::new(RAdam { lr: 0.01, decoupled_weight_decay: true, weight_decay: 1e-2, ..RAdam::default() }),
+        Box::new(Rprop { lr: 0.01, step_sizes: (1e-4, 0.05), ..Rprop::default() }),
+        Box::new(Lion { lr: 1e-3, weight_decay: 0.1, ..Lion::default() }),
     ]
 }
 

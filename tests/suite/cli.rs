@@ -125,7 +125,7 @@ fn replay_errors_are_clear_and_leave_no_output() {
     rejects("nan", Some(r#"{"optimizer": "AdamW", "hyperparameters": {"lr": NaN}}"#), None, None, "run.json");
     rejects("negative-lr", Some(r#"{"optimizer": "AdamW", "hyperparameters": {"lr": -0.1}}"#), None, None, "invalid lr value: -0.1");
     rejects("betas", Some(r#"{"optimizer": "Adam", "hyperparameters": {"betas": [0.9, 1.0]}}"#), None, None, "betas[1]");
-    rejects("unknown-optimizer", Some(r#"{"optimizer": "Lion", "hyperparameters": {}}"#), None, None, "unknown optimizer \"Lion\"");
+    rejects("unknown-optimizer", Some(r#"{"optimizer": "Yogi", "hyperparameters": {}}"#), None, None, "unknown optimizer \"Yogi\"");
     rejects("unknown-hyper", Some(r#"{"optimizer": "SGD", "hyperparameters": {"lr": 0.1, "momentun": 0.9}}"#), None, None, "unknown field `momentun`");
     rejects("unknown-key", Some(r#"{"optimizer": "SGD", "hyperparameters": {}, "schedule": {}}"#), None, None, "unknown field `schedule`");
     rejects(

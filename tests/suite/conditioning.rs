@@ -3,7 +3,7 @@
 //! everything bit-identical and do not advance the step count; many steps recorded into one
 //! submission equal steps submitted one by one.
 
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, NAdam, RMSprop, Sgd};
+use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
 use wgpu_optim::{
     ClipGradNorm, CpuOptimizer, Error, GpuContext, GradientOptions, LossScale, Optimizer, OptimizerOptions, ParamGroup,
     Parameters, StepCounters, TensorId, UpdateRule,
@@ -23,6 +23,10 @@ fn rules() -> Vec<Box<dyn UpdateRule>> {
         Box::new(Adam { lr: 0.01, amsgrad: true, ..Adam::default() }),
         Box::new(AdamW { lr: 0.01, ..AdamW::default() }),
         Box::new(NAdam { lr: 0.01, ..NAdam::default() }),
+        Box::new(Adamax { lr: 0.01, ..Adamax::default() }),
+        Box::new(RAdam { lr: 0.01, ..RAdam::default() }),
+        Box::new(Rprop { lr: 0.01, ..Rprop::default() }),
+        Box::new(Lion { lr: 1e-3, weight_decay: 0.1, ..Lion::default() }),
     ]
 }
 

@@ -8,7 +8,7 @@
 //! largest magnitude (measured: see the printed table; a wrong constant or formula gives
 //! errors of 1e-3 or more).
 
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, NAdam, Sgd, RMSprop};
+use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, Rprop, Sgd, RMSprop};
 use wgpu_optim::{OptimizerOptions, ParamGroup, TensorId, UpdateRule};
 
 use crate::common::{gpus, max_normwise_difference, run_cpu, run_gpu};
@@ -134,6 +134,54 @@ pub fn nadam_cases() -> Vec<Case> {
     cases
 }
 
+pub fn adamax_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for weight_decay in [0.0, 1e-2] {
+        for maximize in bools() {
+            let rule = Adamax { lr: 0.01, weight_decay, maximize, ..Adamax::default() };
+            cases.push((format!("{rule:?}"), groups(rule, |r| r.betas = (0.8, 0.99))));
+        }
+    }
+    cases
+}
+
+pub fn radam_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for decoupled_weight_decay in bools() {
+        for weight_decay in [0.0, 1e-2] {
+            for maximize in bools() {
+                let rule = RAdam { lr: 0.01, decoupled_weight_decay, weight_decay, maximize, ..RAdam::default() };
+                // betas (0.8, 0.9): rho_inf = 19, so the rectification starts at step 3 instead of 6.
+                cases.push((format!("{rule:?}"), groups(rule, |r| r.betas = (0.8, 0.9))));
+            }
+        }
+    }
+    cases
+}
+
+pub fn rprop_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for maximize in bools() {
+        for step_sizes in [(1e-6, 50.0), (1e-3, 0.02)] {
+            let rule = Rprop { lr: 0.01, step_sizes, maximize, ..Rprop::default() };
+            cases.push((format!("{rule:?}"), groups(rule, |r| r.etas = (0.3, 1.5))));
+        }
+    }
+    cases
+}
+
+pub fn lion_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for weight_decay in [0.0, 0.1] {
+        // beta1 0: the update is sign(g), exactly 0 where the gradient is.
+        for beta1 in [0.9, 0.0] {
+            let rule = Lion { lr: 1e-3, weight_decay, betas: (beta1, 0.99) };
+            cases.push((format!("{rule:?}"), groups(rule, |r| r.betas = (0.95, 0.98))));
+        }
+    }
+    cases
+}
+
 fn check(rule: &str, cases: Vec<Case>) {
     let mut worst = (0.0f64, String::new());
     for (seed, (label, groups)) in cases.iter().enumerate() {
@@ -182,4 +230,24 @@ fn adam_and_adamw_match_cpu_reference() {
 #[test]
 fn nadam_matches_cpu_reference() {
     check("NAdam", nadam_cases());
+}
+
+#[test]
+fn adamax_matches_cpu_reference() {
+    check("Adamax", adamax_cases());
+}
+
+#[test]
+fn radam_matches_cpu_reference() {
+    check("RAdam", radam_cases());
+}
+
+#[test]
+fn rprop_matches_cpu_reference() {
+    check("Rprop", rprop_cases());
+}
+
+#[test]
+fn lion_matches_cpu_reference() {
+    check("Lion", lion_cases());
 }

@@ -34,6 +34,10 @@ fn sensible(name: &str) -> serde_json::Value {
         // Without the global-norm clip: the CPU reference sums that norm in f64, the GPU in f32, and
         // Rosenbrock's valley amplifies the last-bit difference over 150 steps.
         "Lamb" => serde_json::json!({"lr": 0.02, "max_grad_norm": null}),
+        "Adamax" => serde_json::json!({"lr": 0.05}),
+        "RAdam" => serde_json::json!({"lr": 0.05}),
+        "Rprop" => serde_json::json!({"lr": 1e-3}),
+        "Lion" => serde_json::json!({"lr": 1e-3}),
         other => panic!("no settings for {other}"),
     }
 }
@@ -274,7 +278,7 @@ fn bad_specs_are_errors() {
     assert!(parse(&format!(r#"{{"function": "sphere", "steps": 10, "runs": {ok_run}}}"#)).contains("sphere"));
     assert!(parse(&format!(r#"{{"function": "booth", "steps": 0, "runs": {ok_run}}}"#)).contains("steps"));
     assert!(parse(r#"{"function": "booth", "steps": 10, "runs": []}"#).contains("at least one run"));
-    assert!(parse(r#"{"function": "booth", "steps": 10, "runs": [{"optimizer": "Lion"}]}"#).contains("Lion"));
+    assert!(parse(r#"{"function": "booth", "steps": 10, "runs": [{"optimizer": "Yogi"}]}"#).contains("Yogi"));
     assert!(parse(r#"{"function": "booth", "steps": 10, "runs": [{"optimizer": "Adam", "hyperparameters": {"lr": -1}}]}"#).contains("lr"));
     assert!(parse(r#"{"function": "booth", "steps": 2, "runs": [{"optimizer": "Adam", "lr": [0.1]}]}"#).contains("1 learning rates for 2 steps"));
     assert!(parse(&format!(r#"{{"function": "booth", "steps": 10, "colour": 1, "runs": {ok_run}}}"#)).contains("colour"));

@@ -2,7 +2,7 @@
 //! inconsistent parameter groups, mismatched sizes, unknown names.
 
 use serde_json::json;
-use wgpu_optim::rules::{from_config, Adadelta, Adagrad, Adam, AdamW, NAdam, RMSprop, Sgd};
+use wgpu_optim::rules::{from_config, Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
 use wgpu_optim::{CpuOptimizer, Error, Optimizer, ParamGroup, Parameters, UpdateRule};
 
 use crate::common::gpus;
@@ -39,6 +39,22 @@ fn torch_rejections_are_errors() {
     rejects(&AdamW { betas: (0.9, 1.0), ..AdamW::default() }, "betas[1]");
     rejects(&NAdam { momentum_decay: -1e-3, ..NAdam::default() }, "momentum_decay");
     rejects(&NAdam { betas: (1.2, 0.999), ..NAdam::default() }, "betas[0]");
+    rejects(&Adamax { betas: (1.0, 0.999), ..Adamax::default() }, "betas[0]");
+    rejects(&Adamax { eps: -1e-8, ..Adamax::default() }, "eps");
+    rejects(&Adamax { weight_decay: -1e-2, ..Adamax::default() }, "weight_decay");
+    rejects(&RAdam { betas: (0.9, 1.0), ..RAdam::default() }, "betas[1]");
+    rejects(&RAdam { lr: -1e-3, ..RAdam::default() }, "lr");
+    rejects(&Rprop { etas: (1.0, 1.2), ..Rprop::default() }, "etas");
+    rejects(&Rprop { etas: (0.0, 1.2), ..Rprop::default() }, "etas");
+    rejects(&Rprop { etas: (0.5, 1.0), ..Rprop::default() }, "etas");
+    assert_eq!(
+        Rprop { etas: (0.5, 1.0), ..Rprop::default() }.validate().unwrap_err().to_string(),
+        "Rprop: invalid etas value: 0.5, 1 (must satisfy 0 < etas[0] < 1 < etas[1])"
+    );
+    rejects(&Rprop { lr: -1e-2, ..Rprop::default() }, "lr");
+    rejects(&Lion { lr: -1e-4, ..Lion::default() }, "lr");
+    rejects(&Lion { betas: (1.1, 0.99), ..Lion::default() }, "betas[0]");
+    rejects(&Lion { betas: (0.9, -0.1), ..Lion::default() }, "betas[1]");
     // Non-finite values poison every parameter: rejected although torch lets some pass.
     rejects(&Sgd { lr: f64::NAN, ..Sgd::default() }, "lr");
     rejects(&Adam { lr: f64::INFINITY, ..Adam::default() }, "lr");
@@ -50,6 +66,9 @@ fn torch_boundary_values_are_accepted() {
     for rule in [
         Box::new(Adam { betas: (0.0, 0.0), lr: 0.0, eps: 0.0, ..Adam::default() }) as Box<dyn UpdateRule>,
         Box::new(Adadelta { rho: 1.0, ..Adadelta::default() }),
+        Box::new(Lion { betas: (1.0, 0.0), ..Lion::default() }), // lion-pytorch: 0 <= beta <= 1
+        Box::new(Lion { lr: 0.0, ..Lion::default() }), // a scheduled lr may reach 0 (see Lion::validate)
+        Box::new(Rprop { etas: (0.01, 10.0), ..Rprop::default() }),
         Box::new(Adadelta { rho: 0.0, ..Adadelta::default() }),
         Box::new(Sgd { nesterov: true, momentum: 0.9, ..Sgd::default() }),
         Box::new(Sgd { dampening: -0.5, momentum: 0.9, ..Sgd::default() }), // torch does not check dampening
@@ -67,16 +86,23 @@ fn defaults_are_torchs() {
     assert_eq!((Adam::default().betas, Adam::default().eps, Adam::default().weight_decay), ((0.9, 0.999), 1e-8, 0.0));
     assert_eq!(AdamW::default().weight_decay, 1e-2);
     assert_eq!((NAdam::default().lr, NAdam::default().momentum_decay), (2e-3, 4e-3));
+    assert_eq!((Adamax::default().lr, Adamax::default().betas, Adamax::default().eps), (2e-3, (0.9, 0.999), 1e-8));
+    assert_eq!((RAdam::default().lr, RAdam::default().betas, RAdam::default().decoupled_weight_decay), (1e-3, (0.9, 0.999), false));
+    assert_eq!((Rprop::default().lr, Rprop::default().etas, Rprop::default().step_sizes), (1e-2, (0.5, 1.2), (1e-6, 50.0)));
+    // lion-pytorch's Lion.
+    assert_eq!((Lion::default().lr, Lion::default().betas, Lion::default().weight_decay), (1e-4, (0.9, 0.99), 0.0));
 }
 
 #[test]
 fn configs_reject_unknown_names_and_types() {
     let message = |r: Result<Box<dyn UpdateRule>, Error>| r.unwrap_err().to_string();
-    assert!(message(from_config("Adamax", &json!({}))).contains("unknown optimizer \"Adamax\""));
+    assert!(message(from_config("Yogi", &json!({}))).contains("unknown optimizer \"Yogi\""));
     assert!(message(from_config("Adam", &json!({"beta1": 0.9}))).contains("unknown field `beta1`"));
     assert!(message(from_config("Adam", &json!({"betas": 0.9}))).contains("at \"betas\""));
     assert!(message(from_config("SGD", &json!({"lr": "fast"}))).contains("invalid type"));
     assert!(message(from_config("SGD", &json!({"lr": -1.0}))).contains("invalid lr"));
+    // lion-pytorch's decoupled_weight_decay (weight_decay / the constructor's lr) is not supported.
+    assert!(message(from_config("Lion", &json!({"decoupled_weight_decay": true}))).contains("unknown field `decoupled_weight_decay`"));
     let rule = from_config("AdamW", &json!({"lr": 3e-4, "betas": [0.9, 0.95], "amsgrad": true})).unwrap();
     assert_eq!(rule.hyperparameters()["betas"], json!([0.9, 0.95]));
     assert_eq!(rule.hyperparameters()["weight_decay"], json!(0.01));

@@ -1,0 +1,69 @@
+// Rprop: torch.optim.Rprop (resilient backpropagation).
+//
+//   g = -g                                       if maximize
+//   step_size = lr                               at step 1 (torch creates it then, with the group's lr)
+//   f = etaplus if g*prev > 0, etaminus if g*prev < 0, 1 otherwise
+//   step_size = clamp(step_size*f, step_size_min, step_size_max)
+//   g = 0                                        where f == etaminus
+//   p = p + (-sign(g))*step_size
+//   prev = g
+// The gradient is first conditioned (unscaled, clipped) when the optimizer does so.
+
+override maximize: bool = false;
+
+struct RpropTerms {
+    step: u32,
+    _padding0: f32,
+    _padding1: f32,
+    _padding2: f32,
+}
+
+struct RpropScalars {
+    terms: RpropTerms,
+    lr: f32,
+    etaminus: f32,
+    etaplus: f32,
+    step_size_min: f32,
+    step_size_max: f32,
+}
+
+@group(0) @binding(0) var<uniform> s: RpropScalars;
+@group(0) @binding(6) var<storage, read_write> prev: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> step_size: array<vec4<f32>>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || step_skipped()) {
+        return;
+    }
+    var tag = s.terms.step;
+    if (conditioned) {
+        // The step count lives on the GPU: the step's tag comes from the ring.
+        tag = ring_terms().x;
+        if (tag != tables.control.step) {
+            return;
+        }
+    }
+    let p = param[i];
+    var g = conditioned_gradient(grad[i]);
+    if (maximize) {
+        g = -g;
+    }
+    var size = step_size[i];
+    if (tag == 1u) {
+        size = vec4<f32>(s.lr);
+    }
+    let product = g * prev[i];
+    let factor = select(select(vec4<f32>(1.0), vec4<f32>(s.etaminus), product < vec4<f32>(0.0)),
+                        vec4<f32>(s.etaplus), product > vec4<f32>(0.0));
+    size = min(max(size * factor, vec4<f32>(s.step_size_min)), vec4<f32>(s.step_size_max));
+    g = select(g, vec4<f32>(0.0), factor == vec4<f32>(s.etaminus));
+    step_size[i] = size;
+    param[i] = p + -sign(g) * size;
+    prev[i] = g;
+}
