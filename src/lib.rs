@@ -9,8 +9,8 @@
 //! - [`Optimizer`] packs them into flat GPU arenas and records a step as one dispatch per
 //!   arena window, whatever the number of tensors.
 //! - [`rules`] holds the update rules (`SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`,
-//!   `AdamW`, `NAdam`, `Adamax`, `RAdam`, `Rprop`, `Adafactor`, `Muon`, timm's `Lamb` and
-//!   lion-pytorch's `Lion`), each with the reference's names, defaults and validation, a WGSL kernel and a
+//!   `AdamW`, `NAdam`, `Adamax`, `RAdam`, `Rprop`, `ASGD`, `Adafactor`, `Muon`, timm's `Lamb`,
+//!   lion-pytorch's `Lion` and the Adan authors' `Adan`), each with the reference's names, defaults and validation, a WGSL kernel and a
 //!   scalar CPU reference; [`CpuOptimizer`] runs the references.
 //! - [`replay`] applies an optimizer to recorded gradients (the `wgpu-optim replay` command).
 //! - [`schedule`] holds torch's learning-rate schedulers (`StepLR`, `CosineAnnealingLR`,

@@ -55,6 +55,8 @@ mod adafactor;
 mod adagrad;
 mod adam;
 mod adamax;
+mod adan;
+mod asgd;
 mod lamb;
 mod lion;
 mod muon;
@@ -70,6 +72,8 @@ pub use adafactor::Adafactor;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
+pub use adan::Adan;
+pub use asgd::Asgd;
 pub use lamb::Lamb;
 pub use lion::Lion;
 pub use muon::{AdjustLr, Muon, NsPrecision};
@@ -303,7 +307,7 @@ pub struct StateSlot {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CycledMomentum {
     /// `"momentum"` (SGD, RMSprop: torch finds `momentum` in the optimizer's defaults) or
-    /// `"betas[0]"` (Adam, AdamW, NAdam, Adamax, RAdam, Lion: torch's `use_beta1`).
+    /// `"betas[0]"` (Adam, AdamW, NAdam, Adamax, RAdam, Lion, Adan: torch's `use_beta1`).
     pub key: &'static str,
     pub value: f64,
 }
@@ -353,7 +357,7 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn set_lr(&mut self, lr: f64);
     /// The hyper-parameter that torch's `CyclicLR` and `OneCycleLR` cycle when
     /// `cycle_momentum=True`, with its value; `None` for rules that have neither `momentum` nor
-    /// `betas` (Adagrad, Adadelta), which those schedulers reject as torch does. Rules with one
+    /// `betas` (Adagrad, Adadelta, Rprop, ASGD), which those schedulers reject as torch does. Rules with one
     /// override this and [`set_cycled_momentum`](Self::set_cycled_momentum).
     fn cycled_momentum(&self) -> Option<CycledMomentum> {
         None
@@ -407,13 +411,15 @@ pub fn kernels() -> Vec<Kernel> {
         RAdam::default().kernel(),
         Rprop::default().kernel(),
         Lion::default().kernel(),
+        Asgd::default().kernel(),
+        Adan::default().kernel(),
     ]
 }
 
 /// The optimizer names [`from_config`] accepts.
 pub const OPTIMIZER_NAMES: &[&str] = &[
     "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "Adafactor", "Muon", "Lamb", "Adamax", "RAdam",
-    "Rprop", "Lion",
+    "Rprop", "Lion", "ASGD", "Adan",
 ];
 
 /// Builds a rule from its torch class name and a JSON object of torch keyword arguments.
@@ -452,6 +458,8 @@ pub fn from_config(optimizer: &str, hyperparameters: &serde_json::Value) -> Resu
         "RAdam" => parse::<RAdam>(optimizer, hyperparameters),
         "Rprop" => parse::<Rprop>(optimizer, hyperparameters),
         "Lion" => parse::<Lion>(optimizer, hyperparameters),
+        "ASGD" => parse::<Asgd>(optimizer, hyperparameters),
+        "Adan" => parse::<Adan>(optimizer, hyperparameters),
         _ => Err(Error::UnknownOptimizer(optimizer.to_string(), OPTIMIZER_NAMES.join(", "))),
     }
 }

@@ -2,8 +2,9 @@
 """Generate the golden optimizer test cases under ``tests/golden/cases/``.
 
 Every case runs one ``torch.optim`` optimizer (SGD, Adagrad, RMSprop, Adadelta,
-Adam, AdamW, NAdam, Adamax, RAdam, Rprop, Adafactor, Muon), ``timm.optim.Lamb`` or
-``lion_pytorch.Lion`` (its plain PyTorch update_fn) -- in the mixed-rule
+Adam, AdamW, NAdam, Adamax, RAdam, Rprop, ASGD, Adafactor, Muon), ``timm.optim.Lamb``,
+``lion_pytorch.Lion`` (its plain PyTorch update_fn) or the Adan authors' ``adan.Adan``
+(sail-sg/Adan's adan.py at ADAN_COMMIT, imported from $ADAN_REFERENCE) -- in the mixed-rule
 training loops two of them -- for a fixed number of steps on the CPU in float32
 (single-tensor path), with fixed seeds, and records everything a reimplementation
 needs to replay it:
@@ -30,7 +31,8 @@ needs to replay it:
     cases/manifest.json                    index of all cases + torch and timm versions
 
 Requirements (only to regenerate): ``pip install torch safetensors numpy timm lion-pytorch``
-(timm provides the Lamb reference, lion-pytorch the Lion one).
+(timm provides the Lamb reference, lion-pytorch the Lion one), and ADAN_REFERENCE naming a
+directory holding sail-sg/Adan's adan.py at ADAN_COMMIT (not vendored; see README.md).
 CI does not need this script or torch: the generated files are committed and
 the Rust tests only read them.
 
@@ -59,7 +61,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 OPTIMIZERS = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
-              "Adamax", "RAdam", "Rprop", "Lion"]
+              "Adamax", "RAdam", "Rprop", "Lion", "ASGD", "Adan"]
 # Rules with hand-picked flag sets and problems of their own (rule_specs): torch's
 # Adafactor and Muon, and timm's Lamb (timm.optim.Lamb).
 NEW_RULES = ["Adafactor", "Muon", "Lamb"]
@@ -90,7 +92,14 @@ BASE_LR = {
     "Rprop": 0.01,
     # lion-pytorch's default is 1e-4; 1e-3 moves parameters measurably in 100 steps.
     "Lion": 0.001,
+    "ASGD": 0.01,
+    # The authors' default is 1e-3; 1e-2 moves parameters measurably in 100 steps.
+    "Adan": 0.01,
 }
+
+# The reference Adan: adan.py of https://github.com/sail-sg/Adan at this commit, imported from
+# the directory (or file) named by the environment variable ADAN_REFERENCE (not vendored here).
+ADAN_COMMIT = "2c65beaf400775753b155da4082c3819fea689b9"
 
 # Hyper-parameters of ours that torch does not have, with the value that means torch's own
 # behaviour. They are written in every case of the rule and stripped before torch sees them.
@@ -114,6 +123,11 @@ STATE_KEYS = {
     "exp_inf",
     "prev",
     "step_size",
+    "eta",
+    "mu",
+    "ax",
+    "exp_avg_diff",
+    "neg_pre_grad",
 }
 
 NEVER = {"foreach", "fused", "capturable", "differentiable"}
@@ -224,6 +238,17 @@ def variants(opt):
         )
         # beta1 0: the update is sign(g), exactly 0 where the gradient is.
         return [(x, None) for x in v] + [({"betas": (0.0, 0.99)}, "sparse_rows")]
+    if opt == "ASGD":
+        # lambd 0.05: eta decays visibly; t0 20: the averaging (mu != 1) starts at step 22.
+        v = product(wd01, mx, [{}, {"lambd": 0.05, "t0": 20.0}])
+        return [(x, None) for x in v] + [({"lambd": 0.5, "alpha": 1.0, "t0": 3.0}, "magnitudes")]
+    if opt == "Adan":
+        v = product(
+            [{"weight_decay": 0.0}, {"weight_decay": 0.02}],
+            [{"no_prox": False}, {"no_prox": True}],
+            [{}, {"betas": (0.9, 0.9, 0.999)}],
+        )
+        return [(x, None) for x in v] + [({"eps": 1e-6, "weight_decay": 0.02}, "magnitudes")]
     raise ValueError(opt)
 
 
@@ -236,11 +261,34 @@ def optimizer_class(opt):
         import timm.optim
 
         return timm.optim.Lamb
+    if opt == "Adan":
+        return adan_class()
     if opt == "Lion":
         import lion_pytorch
 
         return lion_pytorch.Lion
     return getattr(torch.optim, opt)
+
+
+def adan_class():
+    """adan.Adan from the checkout named by ADAN_REFERENCE (a directory holding adan.py, or the
+    file itself), e.g. `git show 2c65bea:adan.py > /tmp/adan/adan.py; ADAN_REFERENCE=/tmp/adan`."""
+    import importlib.util
+    import os
+
+    where = os.environ.get("ADAN_REFERENCE")
+    if not where:
+        raise SystemExit(f"Adan cases need the reference: set ADAN_REFERENCE to a directory holding adan.py "
+                         f"from https://github.com/sail-sg/Adan at commit {ADAN_COMMIT}")
+    path = Path(where)
+    if path.is_dir():
+        path = path / "adan.py"
+    if not path.is_file():
+        raise SystemExit(f"ADAN_REFERENCE={where}: no adan.py there (sail-sg/Adan at commit {ADAN_COMMIT})")
+    spec = importlib.util.spec_from_file_location("adan_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Adan
 
 
 def timm_version():
@@ -332,7 +380,7 @@ def name_tokens(opt, hp):
         elif k == "amsgrad":
             t.append("amsgrad")
         elif k == "betas":
-            t.append("betas" + fmt(v[0]) + "-" + fmt(v[1]))
+            t.append("betas" + "-".join(fmt(x) for x in v))
         elif k == "momentum_decay":
             t.append("mdecay" + fmt(v))
         elif k == "beta2_decay":
@@ -364,6 +412,12 @@ def name_tokens(opt, hp):
             t.append("etas" + fmt(v[0]) + "-" + fmt(v[1]))
         elif k == "step_sizes":
             t.append("stepsizes" + fmt(v[0]) + "-" + fmt(v[1]))
+        elif k == "no_prox":
+            t.append("noprox")
+        elif k == "lambd":
+            t.append("lambd" + fmt(v))
+        elif k == "t0":
+            t.append("t" + fmt(v))
         else:
             raise ValueError((opt, k, d.get(k)))
     return t
@@ -388,6 +442,8 @@ TOKEN_ORDER = [
     "eps",
     "etas",
     "step_sizes",
+    "lambd",
+    "t0",
     "momentum_decay",
     "beta2_decay",
     "d",
@@ -402,6 +458,7 @@ TOKEN_ORDER = [
     "weight_decay",
     "decoupled_weight_decay",
     "decoupled_decay",
+    "no_prox",
     "maximize",
     "ns_precision",
 ]
@@ -770,6 +827,12 @@ def group_overrides(opt, hp):
         ov2["etas"] = [0.3, 1.5] if same(hp.get("etas", d["etas"]), d["etas"]) else [0.6, 1.1]
     elif opt == "Lion":
         ov2["betas"] = [0.85, 0.995]
+    elif opt == "Adan":
+        ov2["betas"] = [0.85, 0.9, 0.995]
+        ov2["eps"] = 1e-6
+    elif opt == "ASGD":
+        ov2["lambd"] = 0.2 if hp.get("lambd", d["lambd"]) != 0.2 else 0.1
+        ov2["t0"] = 10.0
     elif opt == "Lamb":  # its default eps is 1e-6
         ov2["betas"] = [0.85, 0.995]
         ov2["eps"] = 1e-8
@@ -970,6 +1033,14 @@ def training_specs():
         # OneCycleLR cycles Lion's betas[0] (lion-pytorch's defaults have "betas").
         ("lion-onecycle-clip2", "Lion", {"lr": 0.001}, "awkward",
          {"name": "OneCycleLR", "max_lr": 0.003, "total_steps": 100}, {"max_norm": 5.0, "norm_type": 2.0}),
+        # ASGD creates eta at its first step from the lr then (already scaled by LinearLR), and
+        # each step's eta comes from the previous step's lr: the warmup and then the cosine decay
+        # change it every step. lambd 0.05, t0 30: eta decays and the averaging starts in the run.
+        # Adan's bias corrections follow the step count, its step sizes the scheduled lr.
+        ("adan-exponential-clip2", "Adan", {"lr": 0.01, "weight_decay": 0.02}, "sparse_rows",
+         {"name": "ExponentialLR", "gamma": 0.98}, {"max_norm": 2.0, "norm_type": 2.0}),
+        ("asgd-warmup-cosine", "ASGD", {"lr": 0.05, "lambd": 0.05, "t0": 30.0}, "groups", warmup_cosine,
+         {"max_norm": 2.0, "norm_type": 2.0}),
     ]
     return [{
         "name": f"train-{name}",
@@ -1289,7 +1360,7 @@ def main():
             missing.append(spec["name"])
 
     manifest = {"torch_version": torch.__version__, "timm_version": timm_version(),
-                "lion_pytorch_version": lion_version(), "cases": entries}
+                "lion_pytorch_version": lion_version(), "adan_commit": ADAN_COMMIT, "cases": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     if args.check:

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::replay::read_safetensors;
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
+use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
 use wgpu_optim::{
     ClipGradNorm, CpuOptimizer, GpuContext, GradientOptions, LossScale, Optimizer, OptimizerOptions, ParamGroup, Parameters,
     TensorId, UpdateRule,
@@ -36,6 +36,8 @@ fn rules() -> Vec<Box<dyn UpdateRule>> {
         Box::new(RAdam { lr: 0.01, decoupled_weight_decay: true, weight_decay: 1e-2, ..RAdam::default() }),
         Box::new(Rprop { lr: 0.01, step_sizes: (1e-4, 0.05), ..Rprop::default() }),
         Box::new(Lion { lr: 1e-3, weight_decay: 0.1, ..Lion::default() }),
+        Box::new(Asgd { lr: 0.01, lambd: 0.5, t0: 4.0, weight_decay: 1e-2, ..Asgd::default() }),
+        Box::new(Adan { lr: 0.01, weight_decay: 0.02, ..Adan::default() }),
     ]
 }
 

@@ -3,7 +3,7 @@
 //! everything bit-identical and do not advance the step count; many steps recorded into one
 //! submission equal steps submitted one by one.
 
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
+use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
 use wgpu_optim::{
     ClipGradNorm, CpuOptimizer, Error, GpuContext, GradientOptions, LossScale, Optimizer, OptimizerOptions, ParamGroup,
     Parameters, StepCounters, TensorId, UpdateRule,
@@ -27,6 +27,8 @@ fn rules() -> Vec<Box<dyn UpdateRule>> {
         Box::new(RAdam { lr: 0.01, ..RAdam::default() }),
         Box::new(Rprop { lr: 0.01, ..Rprop::default() }),
         Box::new(Lion { lr: 1e-3, weight_decay: 0.1, ..Lion::default() }),
+        Box::new(Asgd { lr: 0.01, lambd: 0.5, t0: 4.0, ..Asgd::default() }),
+        Box::new(Adan { lr: 0.01, no_prox: true, weight_decay: 0.02, ..Adan::default() }),
     ]
 }
 
@@ -127,13 +129,15 @@ fn conditioned_steps_match_the_cpu_reference() {
             for gpu in gpus() {
                 let options = OptimizerOptions { gradients: gradients_options.clone(), ..Default::default() };
                 let mut opt = Optimizer::with_options(gpu, p.clone(), vec![ParamGroup::from_boxed(rule.clone(), ids.clone())], options).unwrap();
-                assert_eq!(opt.dispatches_per_step(), 3, "the norm pass, the finalize pass and the update: one dispatch each");
+                // ASGD's update is two passes (the elements, then each tensor's eta and mu).
+                let dispatches = 2 + rule.kernel().passes.len();
+                assert_eq!(opt.dispatches_per_step(), dispatches, "the norm pass, the finalize pass and the update's passes: one dispatch each");
                 for g in &grads {
                     for (&id, g) in ids.iter().zip(g) {
                         opt.write_grad(id, g).unwrap();
                     }
                     let mut encoder = gpu.device().create_command_encoder(&Default::default());
-                    assert_eq!(opt.step(&mut encoder), 3, "norm pass, finalize, update");
+                    assert_eq!(opt.step(&mut encoder), dispatches, "norm pass, finalize, update");
                     gpu.queue().submit([encoder.finish()]);
                 }
                 let (difference, tensor) = max_normwise_difference(&model_wise(&snapshot_gpu(&opt, &ids)), &model_wise(&expected));
@@ -294,5 +298,52 @@ fn invalid_gradient_options_are_errors() {
             let opt = Optimizer::with_options(gpu, params.clone(), vec![ParamGroup::new(Sgd::default(), [w])], OptimizerOptions { gradients: options.clone(), ..Default::default() });
             assert!(opt.err().expect("rejected").to_string().contains(message), "{message}");
         }
+    }
+}
+
+#[test]
+fn asgd_eta_follows_the_lr_history_across_skipped_steps() {
+    // ASGD's eta after step t is computed from step t's lr and t. With skipped steps the GPU's
+    // t lags behind the CPU's count until the counters are read back; eta must still come from
+    // the lr of the step that applied it (the scalars carry eta for the CPU's t and the 15
+    // before it). The lr changes every step, and nothing is read back before the end.
+    const STEPS: usize = 14;
+    let rule = Asgd { lr: 0.01, lambd: 0.5, t0: 4.0, ..Asgd::default() };
+    let lr = |k: usize| 0.01 * (1.0 + 0.25 * k as f64);
+    let gradients_options = GradientOptions { skip_nonfinite: true, ..Default::default() };
+    let mut rng = Rng::new(11);
+    let (p, ids) = params(&mut rng);
+    let mut cpu = CpuOptimizer::with_gradients(p.clone(), vec![ParamGroup::new(rule.clone(), ids.clone())], gradients_options.clone()).unwrap();
+    let grads: Vec<Vec<Vec<f32>>> = (0..STEPS).map(|k| gradients(&mut rng, k, 1.0, true)).collect();
+    for (k, g) in grads.iter().enumerate() {
+        cpu.set_lr(0, lr(k)).unwrap();
+        for (&id, g) in ids.iter().zip(g) {
+            cpu.write_grad(id, g).unwrap();
+        }
+        cpu.step();
+    }
+    let expected = snapshot_cpu(&cpu, &ids);
+    for gpu in gpus() {
+        let options = OptimizerOptions { gradients: gradients_options.clone(), ..Default::default() };
+        let mut opt = Optimizer::with_options(gpu, p.clone(), vec![ParamGroup::new(rule.clone(), ids.clone())], options).unwrap();
+        for (k, g) in grads.iter().enumerate() {
+            opt.set_lr(0, lr(k)).unwrap();
+            for (&id, g) in ids.iter().zip(g) {
+                opt.write_grad(id, g).unwrap();
+            }
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            opt.step(&mut encoder);
+            gpu.queue().submit([encoder.finish()]);
+        }
+        let actual = snapshot_gpu(&opt, &ids);
+        for ((name, a), (_, e)) in actual.iter().zip(&expected) {
+            if name.ends_with(".eta") || name.ends_with(".mu") {
+                assert_eq!(a, e, "{name} on {}", gpu.adapter());
+            }
+        }
+        assert!(actual.iter().any(|(name, _)| name.ends_with(".eta")), "the snapshot holds eta");
+        let (difference, tensor) = max_normwise_difference(&actual, &expected);
+        assert!(difference <= GPU_VS_CPU_TOLERANCE, "{} : {tensor} off by {difference:e}", gpu.adapter());
+        same_counters(opt.counters().unwrap(), cpu.counters().unwrap(), "ASGD with a changing lr");
     }
 }

@@ -8,7 +8,7 @@
 //! largest magnitude (measured: see the printed table; a wrong constant or formula gives
 //! errors of 1e-3 or more).
 
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, Rprop, Sgd, RMSprop};
+use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, Rprop, Sgd, RMSprop};
 use wgpu_optim::{OptimizerOptions, ParamGroup, TensorId, UpdateRule};
 
 use crate::common::{gpus, max_normwise_difference, run_cpu, run_gpu};
@@ -182,6 +182,30 @@ pub fn lion_cases() -> Vec<Case> {
     cases
 }
 
+pub fn asgd_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for weight_decay in [0.0, 1e-2] {
+        for maximize in bools() {
+            // lambd 0.5 so that eta decays visibly; t0 50 so that the averaging (mu != 1)
+            // starts within the run.
+            let rule = Asgd { lr: 0.01, lambd: 0.5, t0: 50.0, weight_decay, maximize, ..Asgd::default() };
+            cases.push((format!("{rule:?}"), groups(rule, |r| (r.alpha, r.t0) = (1.0, 10.0))));
+        }
+    }
+    cases
+}
+
+pub fn adan_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for no_prox in bools() {
+        for weight_decay in [0.0, 0.02] {
+            let rule = Adan { lr: 0.01, weight_decay, no_prox, ..Adan::default() };
+            cases.push((format!("{rule:?}"), groups(rule, |r| r.betas = (0.9, 0.9, 0.999))));
+        }
+    }
+    cases
+}
+
 fn check(rule: &str, cases: Vec<Case>) {
     let mut worst = (0.0f64, String::new());
     for (seed, (label, groups)) in cases.iter().enumerate() {
@@ -250,4 +274,14 @@ fn rprop_matches_cpu_reference() {
 #[test]
 fn lion_matches_cpu_reference() {
     check("Lion", lion_cases());
+}
+
+#[test]
+fn asgd_matches_cpu_reference() {
+    check("ASGD", asgd_cases());
+}
+
+#[test]
+fn adan_matches_cpu_reference() {
+    check("Adan", adan_cases());
 }

@@ -38,6 +38,8 @@ fn sensible(name: &str) -> serde_json::Value {
         "RAdam" => serde_json::json!({"lr": 0.05}),
         "Rprop" => serde_json::json!({"lr": 1e-3}),
         "Lion" => serde_json::json!({"lr": 1e-3}),
+        "ASGD" => serde_json::json!({"lr": 1e-3}),
+        "Adan" => serde_json::json!({"lr": 0.02}),
         other => panic!("no settings for {other}"),
     }
 }

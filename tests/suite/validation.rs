@@ -2,7 +2,7 @@
 //! inconsistent parameter groups, mismatched sizes, unknown names.
 
 use serde_json::json;
-use wgpu_optim::rules::{from_config, Adadelta, Adagrad, Adam, AdamW, Adamax, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
+use wgpu_optim::rules::{from_config, Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
 use wgpu_optim::{CpuOptimizer, Error, Optimizer, ParamGroup, Parameters, UpdateRule};
 
 use crate::common::gpus;
@@ -55,6 +55,15 @@ fn torch_rejections_are_errors() {
     rejects(&Lion { lr: -1e-4, ..Lion::default() }, "lr");
     rejects(&Lion { betas: (1.1, 0.99), ..Lion::default() }, "betas[0]");
     rejects(&Lion { betas: (0.9, -0.1), ..Lion::default() }, "betas[1]");
+    rejects(&Asgd { lr: -1e-2, ..Asgd::default() }, "lr");
+    rejects(&Asgd { weight_decay: -1e-4, ..Asgd::default() }, "weight_decay");
+    rejects(&Asgd { t0: f64::NAN, ..Asgd::default() }, "t0");
+    rejects(&Adan { betas: (0.98, 1.0, 0.99), ..Adan::default() }, "betas[1]");
+    rejects(&Adan { eps: -1e-8, ..Adan::default() }, "eps");
+    rejects(&Adan { max_grad_norm: -1.0, ..Adan::default() }, "max_grad_norm");
+    // The reference's global clip is not supported: a clear error, not a silent difference.
+    rejects(&Adan { max_grad_norm: 1.0, ..Adan::default() }, "max_grad_norm");
+    assert!(from_config("Adan", &json!({"max_grad_norm": 1.0})).unwrap_err().to_string().contains("not supported"));
     // Non-finite values poison every parameter: rejected although torch lets some pass.
     rejects(&Sgd { lr: f64::NAN, ..Sgd::default() }, "lr");
     rejects(&Adam { lr: f64::INFINITY, ..Adam::default() }, "lr");
@@ -89,6 +98,11 @@ fn defaults_are_torchs() {
     assert_eq!((Adamax::default().lr, Adamax::default().betas, Adamax::default().eps), (2e-3, (0.9, 0.999), 1e-8));
     assert_eq!((RAdam::default().lr, RAdam::default().betas, RAdam::default().decoupled_weight_decay), (1e-3, (0.9, 0.999), false));
     assert_eq!((Rprop::default().lr, Rprop::default().etas, Rprop::default().step_sizes), (1e-2, (0.5, 1.2), (1e-6, 50.0)));
+    let asgd = Asgd::default();
+    assert_eq!((asgd.lr, asgd.lambd, asgd.alpha, asgd.t0, asgd.weight_decay, asgd.maximize), (1e-2, 1e-4, 0.75, 1e6, 0.0, false));
+    // sail-sg/Adan's Adan.
+    let adan = Adan::default();
+    assert_eq!((adan.lr, adan.betas, adan.eps, adan.weight_decay, adan.max_grad_norm, adan.no_prox), (1e-3, (0.98, 0.92, 0.99), 1e-8, 0.0, 0.0, false));
     // lion-pytorch's Lion.
     assert_eq!((Lion::default().lr, Lion::default().betas, Lion::default().weight_decay), (1e-4, (0.9, 0.99), 0.0));
 }
