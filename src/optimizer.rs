@@ -341,10 +341,12 @@ impl Optimizer {
                 CONTROL_SIZE + at as u64 * 4
             }));
         }
+        // Each tensor's first chunk (global index); meaningful for per-tensor rules' arenas.
+        let first_chunks: Vec<usize> = tensors.iter().map(|t| plan.arenas[t.arena].3 + t.offset / CHUNK_ELEMENTS as usize).collect();
         let table = words.len();
         for (i, t) in tensors.iter().enumerate() {
             let (rows, cols, matrices) = matrix_dims(&t.shape);
-            let first_chunk = plan.arenas[t.arena].3 + t.offset / CHUNK_ELEMENTS as usize;
+            let first_chunk = first_chunks[i];
             let entry = TableEntry {
                 offset: t.offset as u32,
                 len: t.len as u32,
@@ -361,11 +363,9 @@ impl Optimizer {
         }
         let chunk_map = words.len();
         words.resize(chunk_map + plan.total_chunks, 0);
-        for t in tensors.iter().enumerate().filter(|(_, t)| kernels[t.group].per_tensor) {
-            let (id, entry) = t;
-            let first = plan.arenas[entry.arena].3 + entry.offset / CHUNK_ELEMENTS as usize;
-            let chunks = entry.len.div_ceil(CHUNK_ELEMENTS as usize);
-            words[chunk_map + first..chunk_map + first + chunks].fill(id as u32);
+        for (id, entry) in tensors.iter().enumerate().filter(|(_, t)| kernels[t.group].per_tensor) {
+            let first = chunk_map + first_chunks[id];
+            words[first..first + entry.len.div_ceil(CHUNK_ELEMENTS as usize)].fill(id as u32);
         }
         let mut list = |ids: &[TensorId]| {
             let at = words.len();
@@ -405,7 +405,7 @@ impl Optimizer {
                 records.push(record);
                 commands.push((g, pass, arena, window, grid));
             };
-            if kernel.passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. })) {
+            if kernel.has_matrix_passes() {
                 // Matrix passes share scratch between batches: each batch runs all passes.
                 for ((arena, ids), &at) in plan.batches[g].iter().zip(&batch_lists[g]) {
                     let shape = &specs[ids[0].0].shape;
@@ -1207,7 +1207,7 @@ fn plan_layout(
     let mut scratch = vec![0; specs.len()];
     for (g, group) in groups.iter().enumerate() {
         // Without matrix batches, a tensor's scratch is its own, after its state.
-        let shared_scratch = kernels[g].passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. }));
+        let shared_scratch = kernels[g].has_matrix_passes();
         for &id in &group.tensors {
             let shape = &specs[id.0].shape;
             let state: usize = group.rule.tensor_state(shape).iter().map(TensorSlot::len).sum();
@@ -1230,7 +1230,7 @@ fn plan_layout(
     let mut batches = vec![Vec::new(); groups.len()];
     let mut scratch_len = 0;
     for (g, group) in groups.iter().enumerate() {
-        if !kernels[g].passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. })) {
+        if !kernels[g].has_matrix_passes() {
             continue;
         }
         for (a, (_, ids, _, _)) in arenas.iter().enumerate().filter(|(_, arena)| arena.0 == g) {

@@ -235,6 +235,12 @@ impl Kernel {
         !self.per_tensor && self.passes.iter().all(|p| matches!(p.scope, Scope::Elements))
     }
 
+    /// Whether it runs over batches of same-shape matrices (all its passes do, sharing scratch
+    /// from one batch to the next).
+    pub fn has_matrix_passes(&self) -> bool {
+        self.passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. }))
+    }
+
     /// The distinct entry points of its passes, in order.
     pub fn entry_points(&self) -> Vec<&'static str> {
         let mut entries: Vec<&'static str> = Vec::new();
