@@ -7,7 +7,8 @@
 //      table, the chunk map and the dispatches' tensor lists (u32 words)
 //   3: param (read_write)    4: grad (read)
 //   5: aux (read_write): reduction partials, then per tensor four scalars and the rule's
-//      per-tensor state (Adafactor's row_var, col_var), then scratch (Muon's matrices)
+//      per-tensor state (Adafactor's row_var, col_var) or its gradient's row mask (SparseAdam),
+//      then scratch (Muon's matrices)
 //   6..: the rule's per-element state arrays (read_write), e.g. exp_avg, exp_avg_sq
 // Bindings 3, 4 and 6.. cover one window of an arena: a run of whole tensors, at most
 // max_storage_buffer_binding_size bytes. In an element pass one invocation updates one vec4
@@ -37,7 +38,7 @@ struct Dispatch {
     args: array<vec4<u32>, 2>,  // the pass's own words
 }
 
-// One tensor: mirrors `TableEntry` in src/optimizer.rs (10 words, the last unused).
+// One tensor: mirrors `TableEntry` in src/optimizer.rs (10 words).
 struct Tensor {
     offset: u32,            // first element in its arena
     len: u32,
@@ -48,6 +49,7 @@ struct Tensor {
     aux: u32,               // first element of its aux region: 4 scalars, then its state
     scratch: u32,           // first element of its scratch
     first_chunk: u32,       // global index of its first chunk
+    row_mask: u32,          // first element of its gradient's row mask in aux (sparse gradients)
 }
 
 @group(0) @binding(1) var<uniform> dispatch: Dispatch;
@@ -99,7 +101,7 @@ fn tensor_at(t: u32) -> Tensor {
     let w = &tables.words;
     return Tensor(
         (*w)[at], (*w)[at + 1u], (*w)[at + 2u], (*w)[at + 3u], (*w)[at + 4u],
-        (*w)[at + 5u], (*w)[at + 6u], (*w)[at + 7u], (*w)[at + 8u],
+        (*w)[at + 5u], (*w)[at + 6u], (*w)[at + 7u], (*w)[at + 8u], (*w)[at + 9u],
     );
 }
 

@@ -36,11 +36,28 @@ pub struct GroupRecord {
     pub optimizer: Option<String>,
     pub params: Vec<String>,
     pub hyperparameters: serde_json::Value,
+    /// The rule's running values after the applied steps, by the reference's group keys
+    /// (Schedule-Free's `weight_sum` and `lr_max`); absent for rules without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<std::collections::BTreeMap<String, f64>>,
+    /// Whether the parameters hold the training or the evaluation point (rules with a mode
+    /// switch, Schedule-Free); absent for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_mode: Option<bool>,
 }
 
 impl GroupRecord {
-    pub(crate) fn of(rule: &dyn UpdateRule, params: Vec<String>) -> Self {
-        GroupRecord { optimizer: Some(rule.name().to_string()), params, hyperparameters: rule.hyperparameters() }
+    /// A group's record: `running` are the values of [`UpdateRule::running_keys`] after the
+    /// applied steps, `train_mode` its mode when its rule switches modes.
+    pub(crate) fn of(rule: &dyn UpdateRule, params: Vec<String>, running: [f64; 2], train_mode: bool) -> Self {
+        let keys = rule.running_keys();
+        GroupRecord {
+            optimizer: Some(rule.name().to_string()),
+            params,
+            hyperparameters: rule.hyperparameters(),
+            running: (!keys.is_empty()).then(|| keys.iter().zip(running).map(|(k, v)| (k.to_string(), v)).collect()),
+            train_mode: rule.kernel().mode_switch.is_some().then_some(train_mode),
+        }
     }
 }
 
@@ -161,6 +178,9 @@ impl<'a> Target<'a> {
 /// values to write (parameter first, then state in the rule's slot order).
 pub(crate) struct Restore {
     pub rules: Vec<Box<dyn UpdateRule>>,
+    /// Per group: its running values after the applied steps, and its mode (train: true).
+    pub running: Vec<[f64; 2]>,
+    pub train_modes: Vec<bool>,
     pub values: HashMap<String, Vec<Vec<f32>>>,
 }
 
@@ -181,6 +201,8 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
         ));
     }
     let mut rules = Vec::new();
+    let mut running = Vec::new();
+    let mut train_modes = Vec::new();
     let mut values = HashMap::new();
     let mut expected = std::collections::HashSet::new();
     for (g, (saved, (tensors, rule))) in checkpoint.groups.iter().zip(&target.groups).enumerate() {
@@ -207,6 +229,25 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
         if pass_list(restored.kernel()) != pass_list(rule.kernel()) {
             return mismatch(format!("group {g} was saved with another pass list (e.g. Muon's ns_steps)"));
         }
+        let keys = restored.running_keys();
+        let saved_running = saved.running.clone().unwrap_or_default();
+        if saved_running.len() != keys.len() || keys.iter().any(|k| !saved_running.contains_key(*k)) {
+            return mismatch(format!(
+                "group {g} saved the running values {:?}; {} keeps {keys:?}",
+                saved_running.keys().collect::<Vec<_>>(),
+                rule.name()
+            ));
+        }
+        let mut values_after = [0.0; 2];
+        for (slot, key) in values_after.iter_mut().zip(keys) {
+            *slot = saved_running[*key];
+        }
+        running.push(values_after);
+        let switches = restored.kernel().mode_switch.is_some();
+        if saved.train_mode.is_some() != switches {
+            return mismatch(format!("group {g}'s mode (train or eval) is {:?}, which {} does not keep", saved.train_mode, rule.name()));
+        }
+        train_modes.push(saved.train_mode.unwrap_or(true));
         for (name, shape) in tensors {
             let mut tensor_values = Vec::new();
             let element = restored.state_slots().into_iter().map(|s| (format!(".{}", s.key), shape.to_vec()));
@@ -243,7 +284,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             c.applied_steps, c.skipped_steps, c.steps_recorded
         )));
     }
-    Ok(Restore { rules, values })
+    Ok(Restore { rules, running, train_modes, values })
 }
 
 impl CounterRecord {

@@ -19,6 +19,8 @@ struct Tensor {
     state: Vec<Vec<f32>>,
     /// Per-tensor state ([`UpdateRule::tensor_state`]), with its keys and shapes.
     tensor_state: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+    /// The mask of the rows its sparse gradient touches (rules with sparse gradients; else empty).
+    grad_rows: Vec<u32>,
 }
 
 struct CpuGroup {
@@ -26,6 +28,9 @@ struct CpuGroup {
     slots: Vec<StateSlot>,
     tensors: Vec<TensorId>,
     memo: TermsMemo,
+    sparse: bool,
+    /// Whether the parameters hold the training point (rules with a mode switch).
+    train_mode: bool,
 }
 
 /// An optimizer that runs on the CPU, one element at a time.
@@ -59,6 +64,8 @@ impl CpuOptimizer {
     pub fn with_gradients(params: Parameters, groups: Vec<ParamGroup>, gradients: GradientOptions) -> Result<Self> {
         check_groups(&params, &groups)?;
         gradients.validate()?;
+        let conditioned = gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
+        check_sparse_conditioning(&groups, conditioned)?;
         let mut owner = vec![0; params.len()];
         for (g, group) in groups.iter().enumerate() {
             for id in &group.tensors {
@@ -69,9 +76,11 @@ impl CpuOptimizer {
             .into_iter()
             .map(|group| CpuGroup {
                 slots: group.rule.state_slots(),
+                sparse: group.rule.kernel().sparse_rows,
                 rule: group.rule,
                 tensors: group.tensors,
                 memo: TermsMemo::default(),
+                train_mode: true,
             })
             .collect();
         let tensors = params
@@ -87,6 +96,7 @@ impl CpuOptimizer {
                     .into_iter()
                     .map(|slot| (slot.key, slot.shape.clone(), vec![slot.init; slot.len()]))
                     .collect(),
+                grad_rows: if groups[g].sparse { vec![0; rules::sparse_rows(&spec.shape).0] } else { Vec::new() },
                 name: spec.name,
                 shape: spec.shape,
                 group: g,
@@ -94,13 +104,14 @@ impl CpuOptimizer {
             })
             .collect();
         let control = Control::new(&gradients);
-        let conditioned = gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
         Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned })
     }
 
     /// One step of every group (skipped, with gradient conditioning, when a gradient is not
-    /// finite). The gradients are left as written.
+    /// finite). Dense gradients are left as written; sparse gradients' row masks are consumed.
+    /// A group in eval mode is switched back to train mode first (see [`CpuOptimizer::train`]).
     pub fn step(&mut self) {
+        self.train();
         let mut conditioned: Vec<Vec<f32>> = Vec::new();
         if self.conditioned {
             conditioned = self.tensors.iter().map(|t| t.grad.clone()).collect();
@@ -124,8 +135,52 @@ impl CpuOptimizer {
                     state: tensor.state.iter_mut().map(Vec::as_mut_slice).collect(),
                     tensor_state: tensor.tensor_state.iter_mut().map(|(_, _, values)| values.as_mut_slice()).collect(),
                     grad_norm: self.control.grad_norm * self.control.clip_coefficient,
+                    grad_rows: &tensor.grad_rows,
                 };
                 group.rule.cpu_update(&scalars, cpu_tensor);
+                tensor.grad_rows.fill(0);
+            }
+        }
+    }
+
+    /// Switches every group whose rule has training and evaluation points (Schedule-Free) to
+    /// the training point, as the reference's `optimizer.train()`; others are untouched.
+    pub fn train(&mut self) {
+        self.switch_mode(true);
+    }
+
+    /// Switches every group whose rule has training and evaluation points (Schedule-Free) to
+    /// the evaluation point, as the reference's `optimizer.eval()`; others are untouched.
+    pub fn eval(&mut self) {
+        self.switch_mode(false);
+    }
+
+    /// Whether group `group` is in train mode (always, for rules without a mode switch).
+    pub fn is_train_mode(&self, group: usize) -> bool {
+        self.groups[group].train_mode
+    }
+
+    fn switch_mode(&mut self, to_train: bool) {
+        for group in &mut self.groups {
+            if group.train_mode == to_train || group.rule.kernel().mode_switch.is_none() {
+                continue;
+            }
+            group.train_mode = to_train;
+            if self.control.step == 0 {
+                continue; // nothing to move toward before the first step creates the state
+            }
+            for id in &group.tensors {
+                let tensor = &mut self.tensors[id.0];
+                let cpu_tensor = CpuTensor {
+                    shape: &tensor.shape,
+                    param: &mut tensor.param,
+                    grad: &tensor.grad,
+                    state: tensor.state.iter_mut().map(Vec::as_mut_slice).collect(),
+                    tensor_state: Vec::new(),
+                    grad_norm: 0.0,
+                    grad_rows: &[],
+                };
+                group.rule.cpu_switch_mode(to_train, cpu_tensor);
             }
         }
     }
@@ -221,7 +276,9 @@ impl CpuOptimizer {
                 let state = element.chain(t.tensor_state.iter().cloned()).collect();
                 tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, t.param.clone(), state));
             }
-            groups.push(GroupRecord::of(group.rule.as_ref(), group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect()));
+            let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
+            let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
+            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode));
         }
         Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -243,9 +300,11 @@ impl CpuOptimizer {
         );
         let mut restore = checkpoint::check(checkpoint, &target)?;
         self.control = checkpoint.counters.control(&self.gradients)?;
-        for (group, rule) in self.groups.iter_mut().zip(restore.rules) {
+        let applied = u64::from(self.control.step);
+        for (g, (group, rule)) in self.groups.iter_mut().zip(restore.rules).enumerate() {
+            group.memo = rules::resumed_memo(rule.as_ref(), applied, restore.running[g]);
             group.rule = rule;
-            group.memo = TermsMemo::default();
+            group.train_mode = restore.train_modes[g];
         }
         for tensor in &mut self.tensors {
             let mut values = restore.values.remove(&tensor.name).expect("checked").into_iter();
@@ -260,7 +319,12 @@ impl CpuOptimizer {
         Ok(checkpoint.schedule.clone())
     }
 
+    /// Writes a dense gradient; tensors whose rule takes sparse gradients refuse one, as torch does.
     pub fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
+        let group = &self.groups[self.tensors[id.0].group];
+        if group.sparse {
+            return Err(dense_refused(group.rule.name(), &self.tensors[id.0].name));
+        }
         let tensor = &mut self.tensors[id.0];
         if data.len() != tensor.grad.len() {
             return Err(Error::SizeMismatch {
@@ -272,4 +336,70 @@ impl CpuOptimizer {
         tensor.grad.copy_from_slice(data);
         Ok(())
     }
+
+    /// Writes a row-sparse gradient (rules with sparse gradients, SparseAdam): the touched
+    /// rows' indices and their values, row after row (see [`crate::rules::sparse_rows`]). A row
+    /// listed twice gets the sum of its values, as torch's `coalesce` gives it.
+    pub fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
+        let tensor = &self.tensors[id.0];
+        let (mask, dense) = sparse_gradient(self.groups[tensor.group].sparse, &tensor.name, &tensor.shape, rows, values)?;
+        let tensor = &mut self.tensors[id.0];
+        for (row, touched) in mask.iter().enumerate().filter(|(_, &t)| t != 0) {
+            let (_, row_length) = rules::sparse_rows(&tensor.shape);
+            let at = row * row_length;
+            tensor.grad[at..at + row_length].copy_from_slice(&dense[at..at + row_length]);
+            tensor.grad_rows[row] = *touched;
+        }
+        Ok(())
+    }
+}
+
+/// torch's refusal of a dense gradient for SparseAdam.
+pub(crate) fn dense_refused(rule: &str, tensor: &str) -> Error {
+    Error::Tensor(format!(
+        "{rule} does not support dense gradients, please consider Adam instead (tensor {tensor:?}: write its \
+         gradient with write_sparse_grad, or its rows' mask with grad_rows)"
+    ))
+}
+
+/// Rejects gradient conditioning when a rule takes sparse gradients: the norm and the
+/// non-finite check would read the untouched rows of the dense buffer.
+pub(crate) fn check_sparse_conditioning(groups: &[ParamGroup], conditioned: bool) -> Result<()> {
+    match groups.iter().find(|g| g.rule.kernel().sparse_rows) {
+        Some(group) if conditioned => Err(Error::Config(format!(
+            "{} takes sparse gradients, which gradient conditioning (clipping, loss scaling, skipping non-finite \
+             steps, a rule reading the global norm) cannot read yet; condition them in your own kernel",
+            group.rule.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A sparse gradient checked and laid out: the row mask (1: touched) and the dense values
+/// (the rows' sums, zero elsewhere).
+pub(crate) fn sparse_gradient(sparse: bool, name: &str, shape: &[usize], rows: &[u32], values: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
+    if !sparse {
+        return Err(Error::Tensor(format!("tensor {name:?}'s rule takes dense gradients: use write_grad")));
+    }
+    let (row_count, row_length) = rules::sparse_rows(shape);
+    if values.len() != rows.len() * row_length {
+        return Err(Error::SizeMismatch {
+            what: format!("sparse gradient of {name:?} ({} rows of {row_length})", rows.len()),
+            expected: rows.len() * row_length,
+            actual: values.len(),
+        });
+    }
+    if let Some(&row) = rows.iter().find(|&&r| r as usize >= row_count) {
+        return Err(Error::Tensor(format!("sparse gradient of {name:?} names row {row}; the tensor has {row_count} rows")));
+    }
+    let mut mask = vec![0u32; row_count];
+    let mut dense = vec![0.0f32; row_count * row_length];
+    for (k, &row) in rows.iter().enumerate() {
+        let at = row as usize * row_length;
+        for (d, v) in dense[at..at + row_length].iter_mut().zip(&values[k * row_length..(k + 1) * row_length]) {
+            *d = if mask[row as usize] == 0 { *v } else { *d + *v };
+        }
+        mask[row as usize] = 1;
+    }
+    Ok((mask, dense))
 }

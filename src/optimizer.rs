@@ -128,6 +128,8 @@ struct TensorEntry {
     offset: usize,
     /// Element offset of its aux region (four scalars, then its per-tensor state).
     aux: Option<usize>,
+    /// Element offset of its sparse gradient's row mask in aux.
+    row_mask: Option<usize>,
 }
 
 struct Window {
@@ -156,9 +158,16 @@ struct Group {
     /// Byte offset of its ring of step terms in the tables buffer, when the step count lives on
     /// the GPU.
     terms_ring: Option<u64>,
+    /// Its gradients are row-sparse (see [`rules::Kernel::sparse_rows`]).
+    sparse: bool,
+    /// Whether the parameters hold the training point (rules with a mode switch).
+    train_mode: bool,
+    /// The dispatches of its mode switch: toward training, toward evaluation.
+    switch: Option<[Vec<Command>; 2]>,
 }
 
 /// One recorded dispatch of the plan.
+#[derive(Clone)]
 struct Command {
     group: usize,
     pipeline: usize,
@@ -195,7 +204,7 @@ struct TableEntry {
     aux: u32,
     scratch: u32,
     first_chunk: u32,
-    _padding: u32,
+    row_mask: u32,
 }
 
 /// A GPU optimizer over a set of parameter groups, each with its own update rule.
@@ -240,6 +249,8 @@ pub struct Optimizer {
     pipelines: Vec<wgpu::ComputePipeline>,
     bind_groups: Vec<wgpu::BindGroup>,
     plan: Vec<Command>,
+    /// The dispatch records (a mode switch's are rewritten with the rule's current weights).
+    records: wgpu::Buffer,
     conditioning: Option<GradientPass>,
     /// The GPU's counters as last read (the step count, when it lives on the GPU).
     known: Control,
@@ -268,6 +279,8 @@ struct Plan {
     aux_region: Vec<Option<usize>>,
     /// Per tensor: its scratch offset.
     scratch: Vec<usize>,
+    /// Per tensor: its sparse gradient's row mask (256-byte aligned, so user kernels can bind it).
+    row_mask: Vec<Option<usize>>,
     /// Per group with matrix passes: batches of (arena, tensors).
     batches: Vec<Vec<(usize, Vec<TensorId>)>>,
     aux_len: usize,
@@ -303,6 +316,7 @@ impl Optimizer {
         check_groups(&params, &groups)?;
         options.gradients.validate()?;
         let conditioned = options.gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
+        crate::cpu::check_sparse_conditioning(&groups, conditioned)?;
         let device = gpu.device();
         let limits = device.limits();
         let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
@@ -327,6 +341,7 @@ impl Optimizer {
                 arena: plan.placement[i].0,
                 offset: plan.placement[i].1,
                 aux: plan.aux_region[i],
+                row_mask: plan.row_mask[i],
             })
             .collect();
 
@@ -357,7 +372,7 @@ impl Optimizer {
                 aux: t.aux.unwrap_or(0) as u32,
                 scratch: plan.scratch[i] as u32,
                 first_chunk: first_chunk as u32,
-                _padding: 0,
+                row_mask: plan.row_mask[i].unwrap_or(0) as u32,
             };
             words.extend_from_slice(bytemuck::cast_slice(&[entry]));
         }
@@ -382,6 +397,10 @@ impl Optimizer {
         let record_stride = 64u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let mut records: Vec<DispatchRecord> = Vec::new();
         let mut commands: Vec<(usize, usize, usize, usize, (u32, u32, u32))> = Vec::new(); // group, pass, arena, window, grid
+        // Mode switches: group, direction (0: to train, 1: to eval), record, arena, window, grid.
+        // Their records follow the step's (record k is the step's command k).
+        let mut switch_entries: Vec<(usize, usize, usize, usize, usize, (u32, u32, u32))> = Vec::new();
+        let mut switch_records: Vec<DispatchRecord> = Vec::new();
         let mut arena_windows: Vec<Vec<(usize, usize, (u32, u32))>> = vec![Vec::new(); plan.arenas.len()]; // (start, len, grid)
         for (a, (g, _, len, _)) in plan.arenas.iter().enumerate() {
             let capacity = plan.capacity[*g];
@@ -459,8 +478,27 @@ impl Optimizer {
                     Scope::Matrices { .. } => unreachable!("handled above"),
                 }
             }
+            // The mode switch's element passes, recorded by train() and eval(), not by step().
+            if let Some(switch) = &kernel.mode_switch {
+                for (direction, pass) in [&switch.to_train, &switch.to_eval].into_iter().enumerate() {
+                    for &a in &group_arenas {
+                        for (w, &(start, len, (x, y))) in arena_windows[a].iter().enumerate() {
+                            let chunk = CHUNK_ELEMENTS as usize;
+                            switch_records.push(DispatchRecord {
+                                first_chunk: (plan.arenas[a].3 + start / chunk) as u32,
+                                chunks: len.div_ceil(chunk) as u32,
+                                args: pass.args,
+                                ..base
+                            });
+                            switch_entries.push((g, direction, switch_records.len() - 1, a, w, (x, y, 1)));
+                        }
+                    }
+                }
+            }
         }
 
+        let first_switch_record = records.len();
+        records.extend(switch_records);
         let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let scalar_stride = (SCALARS_BYTES as u64).next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let control_values = Control::new(&options.gradients);
@@ -473,7 +511,8 @@ impl Optimizer {
             flags.push(("conditioned", conditioned));
             let layout = kernel_layout(device, kernel.label, kernel.state_bindings.len());
             let source = kernel.wgsl();
-            for (p, pass) in kernel.passes.iter().enumerate() {
+            let switch_passes = kernel.mode_switch.iter().flat_map(|s| [&s.to_train, &s.to_eval]);
+            for (p, pass) in kernel.passes.iter().chain(switch_passes).enumerate() {
                 let key = PipelineKey {
                     label: kernel.label,
                     entry: pass.entry,
@@ -523,7 +562,7 @@ impl Optimizer {
                 let record_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("wgpu-optim dispatch records"),
                     contents: &record_bytes,
-                    usage: wgpu::BufferUsages::UNIFORM,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 });
                 let unused_slot = |binding: usize| {
                     device.create_buffer(&wgpu::BufferDescriptor {
@@ -600,11 +639,22 @@ impl Optimizer {
                         Arena { group: g, len, tensors: ids.clone(), param, grad, state, windows }
                     })
                     .collect();
-                (scalars, tables, aux, arenas, bind_groups)
+                (scalars, tables, aux, arenas, bind_groups, record_buffer)
             })
             .await?;
-        let (scalars, tables, aux, arenas, bind_groups) = built;
+        let (scalars, tables, aux, arenas, bind_groups, records_buffer) = built;
 
+        let mut switches: Vec<Option<[Vec<Command>; 2]>> = kernels.iter().map(|k| k.mode_switch.as_ref().map(|_| [Vec::new(), Vec::new()])).collect();
+        for &(g, direction, record, a, w, grid) in &switch_entries {
+            let commands = &mut switches[g].as_mut().expect("a group with a mode switch")[direction];
+            commands.push(Command {
+                group: g,
+                pipeline: pipeline_of[&(g, kernels[g].passes.len() + direction)],
+                bind_group: arenas[a].windows[w].bind_group,
+                record_offset: ((first_switch_record + record) as u64 * record_stride) as u32,
+                grid,
+            });
+        }
         let plan_commands = commands
             .iter()
             .enumerate()
@@ -633,12 +683,16 @@ impl Optimizer {
         let groups: Vec<Group> = groups
             .into_iter()
             .zip(terms_rings)
-            .map(|(group, terms_ring)| Group {
+            .zip(switches)
+            .map(|((group, terms_ring), switch)| Group {
                 slots: group.rule.state_slots(),
+                sparse: group.rule.kernel().sparse_rows,
                 tensors: group.tensors,
                 rule: group.rule,
                 memo: TermsMemo::default(),
                 terms_ring,
+                train_mode: true,
+                switch,
             })
             .collect();
         let group_count = groups.len() as u64;
@@ -659,6 +713,7 @@ impl Optimizer {
             pipelines,
             bind_groups,
             plan: plan_commands,
+            records: records_buffer,
             conditioning,
             known: control_values,
         };
@@ -681,6 +736,8 @@ impl Optimizer {
     /// kernels, or between timestamp writes); returns the number of dispatches recorded.
     /// The pass's bound pipeline and bind group 0 are changed.
     pub fn step_in_pass(&mut self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+        // Steps move the training point: a group left in eval mode goes back to it first.
+        let switched = self.record_switch(pass, true);
         let ring_base = (self.steps_recorded % self.steps_in_flight) * self.scalar_stride * self.groups.len() as u64;
         self.steps_recorded += 1;
         // Without conditioning every recorded step is applied: t is known here. With it, the
@@ -698,7 +755,7 @@ impl Optimizer {
         }
         self.gpu.queue().write_buffer(&self.scalars, ring_base, bytes);
 
-        let mut dispatches = 0;
+        let mut dispatches = switched;
         if let Some(conditioning) = &self.conditioning {
             dispatches += conditioning.record(pass);
         }
@@ -716,11 +773,75 @@ impl Optimizer {
         dispatches
     }
 
+    /// Switches every group whose rule has training and evaluation points (Schedule-Free's y
+    /// and x) to the training point, as the reference's `optimizer.train()`, recording its
+    /// passes into `encoder`; returns the dispatches recorded. Other groups are untouched, and
+    /// before the first step nothing moves (the reference's state does not exist yet).
+    pub fn train(&mut self, encoder: &mut wgpu::CommandEncoder) -> usize {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-optim train"), timestamp_writes: None });
+        self.record_switch(&mut pass, true)
+    }
+
+    /// Switches every group whose rule has training and evaluation points to the evaluation
+    /// point, as the reference's `optimizer.eval()` (Schedule-Free: the parameters become x,
+    /// the point to evaluate and to save). The next [`Optimizer::step`] switches back first.
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::{rules::AdamWScheduleFree, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+    /// # let gpu = GpuContext::new(BackendChoice::Auto)?;
+    /// # let mut params = Parameters::new();
+    /// # let w = params.add("w", &[4], vec![0.5; 4])?;
+    /// let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(AdamWScheduleFree::default(), [w])])?;
+    /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    /// opt.step(&mut encoder); // the parameters hold y
+    /// opt.eval(&mut encoder); // the parameters hold x: evaluate, checkpoint
+    /// opt.train(&mut encoder); // back to y
+    /// gpu.queue().submit([encoder.finish()]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn eval(&mut self, encoder: &mut wgpu::CommandEncoder) -> usize {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-optim eval"), timestamp_writes: None });
+        self.record_switch(&mut pass, false)
+    }
+
+    /// Whether group `group` holds its training point (always, for rules without a mode switch).
+    pub fn is_train_mode(&self, group: usize) -> bool {
+        self.groups[group].train_mode
+    }
+
+    fn record_switch(&mut self, pass: &mut wgpu::ComputePass<'_>, to_train: bool) -> usize {
+        let mut dispatches = 0;
+        for group in &mut self.groups {
+            let Some(commands) = &group.switch else { continue };
+            if group.train_mode == to_train {
+                continue;
+            }
+            group.train_mode = to_train;
+            if self.steps_recorded == 0 {
+                continue; // nothing to move toward before the first step creates the state
+            }
+            let switch = group.rule.kernel().mode_switch.expect("a group with switch commands has a mode switch");
+            let args = if to_train { switch.to_train.args } else { switch.to_eval.args };
+            for command in &commands[usize::from(!to_train)] {
+                // The weights follow the rule's hyper-parameters now (a restore may change betas).
+                let offset = u64::from(command.record_offset) + std::mem::offset_of!(DispatchRecord, args) as u64;
+                self.gpu.queue().write_buffer(&self.records, offset, bytemuck::cast_slice(&args));
+                pass.set_pipeline(&self.pipelines[command.pipeline]);
+                // The scalars slot is bound but not read by a switch pass.
+                pass.set_bind_group(0, &self.bind_groups[command.bind_group], &[0, command.record_offset]);
+                pass.dispatch_workgroups(command.grid.0, command.grid.1, command.grid.2);
+                dispatches += 1;
+            }
+        }
+        dispatches
+    }
+
     /// Writes every group's ring of step terms for the steps the GPU may reach next, given
     /// the skips known so far.
     fn fill_terms_rings(&mut self) {
+        // The GPU's next step lies between the step after the last one read and `newest`.
         let newest = self.steps_recorded + 1 - u64::from(self.known.skipped);
-        let oldest = newest.saturating_sub(STEP_TERMS_RING - 1).max(1);
+        let oldest = newest.saturating_sub(STEP_TERMS_RING - 1).max(u64::from(self.known.step) + 1);
         for group in &mut self.groups {
             let Some(ring) = group.terms_ring else { continue };
             let mut entries = vec![StepTerms::default(); STEP_TERMS_RING as usize];
@@ -800,7 +921,9 @@ impl Optimizer {
                     .collect();
                 tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, group.rule.as_ref(), counters.applied_steps, param, state));
             }
-            groups.push(GroupRecord::of(group.rule.as_ref(), group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect()));
+            let running = rules::running_after(group.rule.as_ref(), counters.applied_steps, &group.memo);
+            let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
+            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode));
         }
         Ok(Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -829,9 +952,10 @@ impl Optimizer {
         );
         let restore = checkpoint::check(checkpoint, &target)?;
         let control = checkpoint.counters.control(&self.gradients)?;
-        for (group, rule) in self.groups.iter_mut().zip(restore.rules) {
+        for (g, (group, rule)) in self.groups.iter_mut().zip(restore.rules).enumerate() {
+            group.memo = rules::resumed_memo(rule.as_ref(), u64::from(control.step), restore.running[g]);
             group.rule = rule;
-            group.memo = TermsMemo::default();
+            group.train_mode = restore.train_modes[g];
         }
         for group in &self.groups {
             for &id in &group.tensors {
@@ -1013,8 +1137,48 @@ impl Optimizer {
         self.write(&self.param(id), data, || format!("parameter {:?}", self.tensors[id.0].name))
     }
 
+    /// Uploads a dense gradient; tensors whose rule takes sparse gradients (SparseAdam) refuse
+    /// one, as torch does: use [`Optimizer::write_sparse_grad`].
     pub fn write_grad(&self, id: TensorId, data: &[f32]) -> Result<()> {
+        let group = &self.groups[self.tensors[id.0].group];
+        if group.sparse {
+            return Err(crate::cpu::dense_refused(group.rule.name(), &self.tensors[id.0].name));
+        }
         self.write(&self.grad(id), data, || format!("gradient of {:?}", self.tensors[id.0].name))
+    }
+
+    /// The mask of the rows a sparse gradient touches this step (rules with sparse gradients,
+    /// SparseAdam): one `u32` per row of [`rules::sparse_rows`], non-zero where touched. A
+    /// user's backward kernel binds it (its offset is 256-byte aligned) and sets the rows it
+    /// writes into [`Optimizer::grad`]; the step consumes it (clears every row).
+    pub fn grad_rows(&self, id: TensorId) -> Result<TensorView> {
+        let entry = &self.tensors[id.0];
+        match entry.row_mask {
+            Some(at) => Ok(TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len: rules::sparse_rows(&entry.shape).0 }),
+            None => Err(Error::Tensor(format!(
+                "tensor {:?}'s rule ({}) takes dense gradients: it has no row mask",
+                entry.name,
+                self.groups[entry.group].rule.name()
+            ))),
+        }
+    }
+
+    /// Uploads a row-sparse gradient (SparseAdam): the touched rows' indices and their
+    /// values, row after row. A row listed twice gets the sum of its values, as torch's
+    /// `coalesce` gives it. Untouched rows of the gradient buffer are not written.
+    pub fn write_sparse_grad(&self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
+        let entry = &self.tensors[id.0];
+        let sparse = self.groups[entry.group].sparse;
+        let (mask, dense) = crate::cpu::sparse_gradient(sparse, &entry.name, &entry.shape, rows, values)?;
+        let (_, row_length) = rules::sparse_rows(&entry.shape);
+        let grad = self.grad(id);
+        for (row, _) in mask.iter().enumerate().filter(|(_, &t)| t != 0) {
+            let at = row * row_length;
+            self.gpu.queue().write_buffer(&grad.buffer, grad.offset + at as u64 * 4, bytemuck::cast_slice(&dense[at..at + row_length]));
+        }
+        let rows_view = self.grad_rows(id)?;
+        self.gpu.queue().write_buffer(&rows_view.buffer, rows_view.offset, bytemuck::cast_slice(&mask));
+        Ok(())
     }
 
     pub fn write_state(&self, id: TensorId, key: &str, data: &[f32]) -> Result<()> {
@@ -1219,6 +1383,14 @@ fn plan_layout(
             }
         }
     }
+    let mut row_mask = vec![None; specs.len()];
+    for group in groups.iter().zip(kernels).filter(|(_, k)| k.sparse_rows).map(|(g, _)| g) {
+        for &id in &group.tensors {
+            aux_len = aux_len.next_multiple_of(base_align);
+            row_mask[id.0] = Some(aux_len);
+            aux_len += rules::sparse_rows(&specs[id.0].shape).0.next_multiple_of(4);
+        }
+    }
     if aux_len > binding_elements {
         return Err(Error::Tensor(format!(
             "per-tensor state and reduction partials need {} bytes, more than one storage binding ({} bytes)",
@@ -1269,7 +1441,7 @@ fn plan_layout(
         }
     }
     aux_len += scratch_len;
-    Ok(Plan { arenas, placement, capacity, aux_region, scratch, batches, aux_len, total_chunks })
+    Ok(Plan { arenas, placement, capacity, aux_region, scratch, row_mask, batches, aux_len, total_chunks })
 }
 
 /// Bind group layout of every rule's passes (see `shaders/common.wgsl`): scalars and the

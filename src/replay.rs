@@ -7,7 +7,17 @@
 //!   `{"params": [...], "optimizer": "Muon", ...}`: its hyper-parameters are then that rule's
 //!   defaults and the group's own keys, not the top-level `hyperparameters`;
 //! - params: the initial float32 tensors by name;
-//! - grads: for each parameter `w` a float32 tensor `w` of shape `[steps, *shape(w)]`.
+//! - grads: for each parameter `w` a float32 tensor `w` of shape `[steps, *shape(w)]`. A
+//!   parameter whose rule takes sparse gradients (SparseAdam) has them in this form too, zero
+//!   outside the touched rows, plus `w.rows`, float32 `[steps, rows]`: 1 where the step's
+//!   sparse gradient touches the row, 0 elsewhere. A row is a row of the last dimension (torch's
+//!   `sparse_dim = ndim - 1`, an embedding's rows), or one element of a vector
+//!   ([`crate::rules::sparse_rows`]).
+//!
+//! Rules with training and evaluation points (Schedule-Free) start in train mode; run.json's
+//! `"eval_every": K` calls `eval()` then `train()` after every K-th step, as a training loop
+//! that evaluates does, and `"eval_at_end": true` calls `eval()` after the last step (the
+//! output's parameters are then the evaluation point).
 //!
 //! Output: the final parameters under their names and the optimizer state as
 //! `<name>.<key>` with torch's state keys (`exp_avg`, `mu_product`, ...), all float32.
@@ -56,6 +66,12 @@ pub struct RunConfig {
     /// Dynamic loss scaling: the recorded gradients are scaled.
     #[serde(default)]
     pub loss_scale: Option<LossScale>,
+    /// `eval()` then `train()` after every K-th step (rules with a mode switch, Schedule-Free).
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// `eval()` after the last step.
+    #[serde(default)]
+    pub eval_at_end: bool,
 }
 
 impl RunConfig {
@@ -206,6 +222,8 @@ pub struct ReplayCase {
     pub params: Vec<NamedTensor>,
     /// `grads[k]` is the gradient of `params[k]` for every step, step-major.
     pub grads: Vec<Vec<f32>>,
+    /// `grad_rows[k]`: for a sparse gradient, the mask of its touched rows, step-major.
+    pub grad_rows: Vec<Option<Vec<f32>>>,
     pub steps: usize,
 }
 
@@ -223,6 +241,7 @@ impl ReplayCase {
         let mut by_name: BTreeMap<String, NamedTensor> = grads.into_iter().map(|g| (g.name.clone(), g)).collect();
         let mut steps = None;
         let mut per_param = Vec::with_capacity(params.len());
+        let mut grad_rows = Vec::with_capacity(params.len());
         for p in &params {
             let g = by_name
                 .remove(&p.name)
@@ -246,11 +265,26 @@ impl ReplayCase {
                 Some(_) => {}
             }
             per_param.push(g.data);
+            let rows_name = format!("{}.rows", p.name);
+            let rows = match by_name.remove(&rows_name) {
+                Some(mask) => {
+                    let (row_count, _) = rules::sparse_rows(&p.shape);
+                    if mask.shape != [g.shape[0], row_count] {
+                        return Err(Error::Tensor(format!(
+                            "sparse gradient mask {rows_name:?} has shape {:?}; expected [steps, rows] = [{}, {row_count}]",
+                            mask.shape, g.shape[0]
+                        )));
+                    }
+                    Some(mask.data)
+                }
+                None => None,
+            };
+            grad_rows.push(rows);
         }
         if let Some(extra) = by_name.keys().next() {
             return Err(Error::Tensor(format!("the grads file has tensor {extra:?}, which is not a parameter")));
         }
-        let case = ReplayCase { config, params, grads: per_param, steps: steps.unwrap_or(0) };
+        let case = ReplayCase { config, params, grads: per_param, grad_rows, steps: steps.unwrap_or(0) };
         case.config.groups(&case.parameters()?)?;
         Ok(case)
     }
@@ -323,11 +357,26 @@ impl ReplayCase {
         for step in first..self.steps {
             for (k, p) in self.params.iter().enumerate() {
                 let len = p.data.len();
-                opt.write_grad(ids[k], &self.grads[k][step * len..(step + 1) * len])?;
+                let grad = &self.grads[k][step * len..(step + 1) * len];
+                match &self.grad_rows[k] {
+                    None => opt.write_grad(ids[k], grad)?,
+                    Some(mask) => {
+                        let (row_count, row_length) = rules::sparse_rows(&p.shape);
+                        let mask = &mask[step * row_count..(step + 1) * row_count];
+                        let rows: Vec<u32> = (0..row_count as u32).filter(|&r| mask[r as usize] != 0.0).collect();
+                        let values: Vec<f32> =
+                            rows.iter().flat_map(|&r| &grad[r as usize * row_length..(r as usize + 1) * row_length]).copied().collect();
+                        opt.write_sparse_grad(ids[k], &rows, &values)?;
+                    }
+                }
             }
             opt.step()?;
             if let Some(scheduler) = &mut scheduler {
                 scheduler.step(opt.learning_rates())?;
+            }
+            if self.config.eval_every.is_some_and(|every| every > 0 && (step + 1) % every == 0) {
+                opt.switch_mode(false)?;
+                opt.switch_mode(true)?;
             }
             if let (Some(every), Some(dir)) = (options.save_every, &options.checkpoint_dir) {
                 if (step + 1) % every == 0 {
@@ -335,6 +384,9 @@ impl ReplayCase {
                     opt.checkpoint(scheduler.as_ref().map(|s| s.state()))?.save(&path)?;
                 }
             }
+        }
+        if self.config.eval_at_end {
+            opt.switch_mode(false)?;
         }
         // The output holds torch's state keys without `step`.
         let steps: std::collections::HashSet<String> = self.params.iter().map(|p| format!("{}.step", p.name)).collect();
@@ -355,7 +407,10 @@ trait ReplayTarget {
     fn learning_rates(&mut self) -> &mut dyn LearningRates;
     fn id(&self, name: &str) -> TensorId;
     fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()>;
+    fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()>;
     fn step(&mut self) -> Result<()>;
+    /// `train()` (true) or `eval()` (false).
+    fn switch_mode(&mut self, to_train: bool) -> Result<()>;
     fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint>;
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()>;
 }
@@ -370,8 +425,19 @@ impl ReplayTarget for CpuOptimizer {
     fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
         CpuOptimizer::write_grad(self, id, data)
     }
+    fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
+        CpuOptimizer::write_sparse_grad(self, id, rows, values)
+    }
     fn step(&mut self) -> Result<()> {
         CpuOptimizer::step(self);
+        Ok(())
+    }
+    fn switch_mode(&mut self, to_train: bool) -> Result<()> {
+        if to_train {
+            self.train();
+        } else {
+            self.eval();
+        }
         Ok(())
     }
     fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {
@@ -394,8 +460,21 @@ impl ReplayTarget for Optimizer {
     fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
         Optimizer::write_grad(self, id, data)
     }
+    fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
+        Optimizer::write_sparse_grad(self, id, rows, values)
+    }
     fn step(&mut self) -> Result<()> {
         self.step_and_submit();
+        Ok(())
+    }
+    fn switch_mode(&mut self, to_train: bool) -> Result<()> {
+        let mut encoder = self.gpu().device().create_command_encoder(&Default::default());
+        if to_train {
+            self.train(&mut encoder);
+        } else {
+            self.eval(&mut encoder);
+        }
+        self.gpu().queue().submit([encoder.finish()]);
         Ok(())
     }
     fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {

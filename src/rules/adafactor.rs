@@ -108,6 +108,8 @@ impl UpdateRule for Adafactor {
             ],
             per_tensor: true,
             whole_tensors: true,
+            mode_switch: None,
+            sparse_rows: false,
         }
     }
 

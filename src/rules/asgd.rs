@@ -111,6 +111,8 @@ impl UpdateRule for Asgd {
             passes: vec![Pass::new("update", Scope::Elements), Pass::new("schedule", Scope::Tensors)],
             per_tensor: true,
             whole_tensors: false,
+            mode_switch: None,
+            sparse_rows: false,
         }
     }
 

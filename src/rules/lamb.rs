@@ -173,6 +173,8 @@ impl UpdateRule for Lamb {
             ],
             per_tensor: true,
             whole_tensors: false,
+            mode_switch: None,
+            sparse_rows: false,
         }
     }
 

@@ -65,7 +65,9 @@ mod radam;
 mod reduce;
 mod rmsprop;
 mod rprop;
+mod schedulefree;
 mod sgd;
+mod sparse_adam;
 
 pub use adadelta::Adadelta;
 pub use adafactor::Adafactor;
@@ -81,7 +83,9 @@ pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RMSprop;
 pub use rprop::Rprop;
+pub use schedulefree::AdamWScheduleFree;
 pub use sgd::Sgd;
+pub use sparse_adam::SparseAdam;
 
 /// WGSL shared by every kernel; prepended to each rule's source.
 pub const COMMON_WGSL: &str = concat!(include_str!("../../shaders/control.wgsl"), "\n", include_str!("../../shaders/common.wgsl"));
@@ -136,12 +140,34 @@ impl StepScalars {
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepTerms(pub [u32; 4]);
 
-/// A running value carried from step t to t+1 so that [`UpdateRule::step_terms`] costs O(1)
-/// per step (NAdam's float32 `mu_product`). `step == 0` means nothing is cached yet.
+/// Running values carried from step t to t+1 so that [`UpdateRule::step_terms`] costs O(1)
+/// per step: NAdam's float32 `mu_product`, Schedule-Free's `weight_sum` and `lr_max`.
+/// `values` hold what they are after step `step` (`step == 0`: nothing computed yet, the
+/// rule's initial values apply), `previous` what they were after step `step - 1`, so that a
+/// step's terms can be computed again with a new lr.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TermsMemo {
     pub step: u64,
-    pub value: f32,
+    pub values: [f64; 2],
+    pub previous: [f64; 2],
+}
+
+impl TermsMemo {
+    /// The values after step `step - 1` (those step `step` starts from), when known.
+    pub fn before(&self, step: u64) -> Option<[f64; 2]> {
+        if self.step + 1 == step {
+            Some(self.values)
+        } else if self.step == step && step >= 2 {
+            Some(self.previous)
+        } else {
+            None
+        }
+    }
+
+    /// Records the values after step `step`, computed from `base` (the values after `step - 1`).
+    pub fn advance(&mut self, step: u64, base: [f64; 2], values: [f64; 2]) {
+        *self = TermsMemo { step, values, previous: base };
+    }
 }
 
 /// Where a pass runs, and so how the dispatcher sizes its grid.
@@ -208,6 +234,33 @@ pub struct Kernel {
     /// matrices), so each tensor must lie in one storage binding. Without it (Lamb, whose
     /// per-tensor pass reads only partial sums) a tensor larger than a binding is swept in windows.
     pub whole_tensors: bool,
+    /// The passes that switch the parameters the model reads between training and
+    /// evaluation (Schedule-Free's y and x), run by `Optimizer::train` and `Optimizer::eval`.
+    pub mode_switch: Option<ModeSwitch>,
+    /// Gradients are row-sparse (SparseAdam): each tensor has a mask of the rows its gradient
+    /// touches this step, one `u32` per row in the aux buffer (see [`sparse_rows`]), and the
+    /// step leaves the other rows' parameters and state untouched.
+    pub sparse_rows: bool,
+}
+
+/// The two passes of a [`Kernel::mode_switch`], each an element pass whose `dispatch.args`
+/// the rule fills (e.g. the interpolation weight as `f32` bits).
+#[derive(Clone, Debug)]
+pub struct ModeSwitch {
+    /// From evaluation to training parameters (Schedule-Free: x to y).
+    pub to_train: Pass,
+    /// From training to evaluation parameters (Schedule-Free: y to x).
+    pub to_eval: Pass,
+}
+
+/// The rows of a tensor as a row-sparse gradient sees them: rows of its last dimension (an
+/// embedding table's rows), or single elements for a vector. Returns (rows, row length).
+pub fn sparse_rows(shape: &[usize]) -> (usize, usize) {
+    let len: usize = shape.iter().product();
+    match shape.len() {
+        0 | 1 => (len, 1),
+        n => (len / shape[n - 1].max(1), shape[n - 1]),
+    }
 }
 
 impl Kernel {
@@ -226,6 +279,8 @@ impl Kernel {
             passes: vec![Pass::new("main", Scope::Elements)],
             per_tensor: false,
             whole_tensors: false,
+            mode_switch: None,
+            sparse_rows: false,
         }
     }
 
@@ -299,6 +354,9 @@ pub struct CpuTensor<'a> {
     /// The total norm of the step's gradients after gradient conditioning (clipped), as the
     /// GPU computes it; meaningful for rules whose [`UpdateRule::needs_grad_norm`] is true.
     pub grad_norm: f32,
+    /// With [`Kernel::sparse_rows`]: the mask of the rows the gradient touches (non-zero:
+    /// touched), one per row of [`sparse_rows`]; empty otherwise.
+    pub grad_rows: &'a [u32],
 }
 
 /// A per-element state tensor a rule configuration keeps (torch's state key).
@@ -352,6 +410,12 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn scalar_state(&self, _step: u64) -> Vec<(&'static str, f32)> {
         Vec::new()
     }
+    /// Torch's names of the running values the rule keeps in its [`TermsMemo`] that are not
+    /// a function of the step alone (Schedule-Free's group keys `weight_sum` and `lr_max`):
+    /// checkpoints save them, so a resume continues the same history. Empty for most rules.
+    fn running_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The terms of step `step` (1-based).
     fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms;
     /// The scalars of a step: its terms and the current hyper-parameters.
@@ -359,6 +423,9 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     /// The CPU reference: one step on one tensor. The gradient is already conditioned
     /// (unscaled, clipped) when the optimizer does so.
     fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>);
+    /// The CPU twin of the [`Kernel::mode_switch`] pass toward training (`to_train`) or
+    /// evaluation parameters, on one tensor; rules without one do nothing.
+    fn cpu_switch_mode(&self, _to_train: bool, _tensor: CpuTensor<'_>) {}
     fn lr(&self) -> f64;
     fn set_lr(&mut self, lr: f64);
     /// The hyper-parameter that torch's `CyclicLR` and `OneCycleLR` cycle when
@@ -401,6 +468,24 @@ pub(crate) fn changed(
     Ok(rule)
 }
 
+/// The running values of `rule` after step `step` (see [`UpdateRule::running_keys`]), from
+/// `memo` when it holds them, else computed again; `memo` is left as it was.
+pub(crate) fn running_after(rule: &dyn UpdateRule, step: u64, memo: &TermsMemo) -> [f64; 2] {
+    let mut probe = *memo;
+    rule.step_terms(step + 1, &mut probe);
+    probe.previous
+}
+
+/// The memo of a rule resumed after `step` applied steps with its saved running values
+/// (rules without running values start from an empty memo, as they do after any jump).
+pub(crate) fn resumed_memo(rule: &dyn UpdateRule, step: u64, running: [f64; 2]) -> TermsMemo {
+    if rule.running_keys().is_empty() || step == 0 {
+        TermsMemo::default()
+    } else {
+        TermsMemo { step, values: running, previous: running }
+    }
+}
+
 /// The kernel of every rule (flags at their defaults), one per shader.
 pub fn kernels() -> Vec<Kernel> {
     vec![
@@ -419,13 +504,15 @@ pub fn kernels() -> Vec<Kernel> {
         Lion::default().kernel(),
         Asgd::default().kernel(),
         Adan::default().kernel(),
+        SparseAdam::default().kernel(),
+        AdamWScheduleFree::default().kernel(),
     ]
 }
 
 /// The optimizer names [`from_config`] accepts.
 pub const OPTIMIZER_NAMES: &[&str] = &[
     "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "Adafactor", "Muon", "Lamb", "Adamax", "RAdam",
-    "Rprop", "Lion", "ASGD", "Adan",
+    "Rprop", "Lion", "ASGD", "Adan", "SparseAdam", "AdamWScheduleFree",
 ];
 
 /// Builds a rule from its torch class name and a JSON object of torch keyword arguments.
@@ -466,6 +553,8 @@ pub fn from_config(optimizer: &str, hyperparameters: &serde_json::Value) -> Resu
         "Lion" => parse::<Lion>(optimizer, hyperparameters),
         "ASGD" => parse::<Asgd>(optimizer, hyperparameters),
         "Adan" => parse::<Adan>(optimizer, hyperparameters),
+        "SparseAdam" => parse::<SparseAdam>(optimizer, hyperparameters),
+        "AdamWScheduleFree" => parse::<AdamWScheduleFree>(optimizer, hyperparameters),
         _ => Err(Error::UnknownOptimizer(optimizer.to_string(), OPTIMIZER_NAMES.join(", "))),
     }
 }

@@ -244,6 +244,8 @@ impl UpdateRule for Muon {
             passes,
             per_tensor: false,
             whole_tensors: true,
+            mode_switch: None,
+            sparse_rows: false,
         }
     }
 

@@ -86,13 +86,13 @@ impl NAdam {
     /// torch's float32 `mu_product` after `step` steps, continuing from `memo` when it can.
     fn mu_product(&self, step: u64, memo: &mut TermsMemo) -> f32 {
         if memo.step == 0 || memo.step > step {
-            *memo = TermsMemo { step: 0, value: 1.0 };
+            *memo = TermsMemo { step: 0, values: [1.0, 0.0], previous: [1.0, 0.0] };
         }
         while memo.step < step {
-            memo.step += 1;
-            memo.value *= self.mu(memo.step as f64) as f32;
+            let product = memo.values[0] as f32 * self.mu((memo.step + 1) as f64) as f32;
+            memo.advance(memo.step + 1, memo.values, [f64::from(product), 0.0]);
         }
-        memo.value
+        memo.values[0] as f32
     }
 }
 

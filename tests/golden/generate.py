@@ -2,9 +2,10 @@
 """Generate the golden optimizer test cases under ``tests/golden/cases/``.
 
 Every case runs one ``torch.optim`` optimizer (SGD, Adagrad, RMSprop, Adadelta,
-Adam, AdamW, NAdam, Adamax, RAdam, Rprop, ASGD, Adafactor, Muon), ``timm.optim.Lamb``,
-``lion_pytorch.Lion`` (its plain PyTorch update_fn) or the Adan authors' ``adan.Adan``
-(sail-sg/Adan's adan.py at ADAN_COMMIT, imported from $ADAN_REFERENCE) -- in the mixed-rule
+Adam, AdamW, NAdam, Adamax, RAdam, Rprop, ASGD, Adafactor, Muon, SparseAdam), ``timm.optim.Lamb``,
+``lion_pytorch.Lion`` (its plain PyTorch update_fn), the Adan authors' ``adan.Adan``
+(sail-sg/Adan's adan.py at ADAN_COMMIT, imported from $ADAN_REFERENCE) or Meta's
+``schedulefree.AdamWScheduleFree`` -- in the mixed-rule
 training loops two of them -- for a fixed number of steps on the CPU in float32
 (single-tensor path), with fixed seeds, and records everything a reimplementation
 needs to replay it:
@@ -16,22 +17,27 @@ needs to replay it:
                                            optional "param_groups" (a group may name
                                            its own "optimizer"), optional training-loop
                                            keys ("scheduler", "clip_grad_norm",
-                                           "loss_scale")
+                                           "loss_scale"), AdamWScheduleFree's
+                                           "eval_every" / "eval_at_end"
     cases/<case_name>/params.safetensors   initial parameters, float32, by name
     cases/<case_name>/grads.safetensors    per parameter ``w``: ``w`` with shape
                                            [steps, *shape(w)], the gradient of
-                                           every step
+                                           every step; SparseAdam cases add
+                                           ``w.rows`` [steps, rows], 1.0 where a
+                                           row is in the step's sparse gradient
     cases/<case_name>/expected.safetensors final parameters (by name) and final
                                            optimizer state as ``<name>.<key>``
                                            (torch's state keys, ``step`` omitted,
                                            None entries omitted; NAdam's
                                            ``mu_product`` is 0-d; Adafactor's
                                            ``row_var``/``col_var`` in torch's
-                                           keepdim shapes)
-    cases/manifest.json                    index of all cases + torch and timm versions
+                                           keepdim shapes; AdamWScheduleFree's
+                                           ``z`` beside ``exp_avg_sq``)
+    cases/manifest.json                    index of all cases + the references' versions
 
-Requirements (only to regenerate): ``pip install torch safetensors numpy timm lion-pytorch``
-(timm provides the Lamb reference, lion-pytorch the Lion one), and ADAN_REFERENCE naming a
+Requirements (only to regenerate): ``pip install torch safetensors numpy timm lion-pytorch
+schedulefree==1.4.1`` (timm provides the Lamb reference, lion-pytorch the Lion one,
+schedulefree AdamWScheduleFree), and ADAN_REFERENCE naming a
 directory holding sail-sg/Adan's adan.py at ADAN_COMMIT (not vendored; see README.md).
 CI does not need this script or torch: the generated files are committed and
 the Rust tests only read them.
@@ -62,9 +68,10 @@ from safetensors.torch import load_file, save_file
 
 OPTIMIZERS = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
               "Adamax", "RAdam", "Rprop", "Lion", "ASGD", "Adan"]
-# Rules with hand-picked flag sets and problems of their own (rule_specs): torch's
-# Adafactor and Muon, and timm's Lamb (timm.optim.Lamb).
-NEW_RULES = ["Adafactor", "Muon", "Lamb"]
+# Rules with hand-picked flag sets and problems of their own (rule_specs,
+# sparse_schedulefree_specs): torch's Adafactor, Muon and SparseAdam, timm's Lamb
+# (timm.optim.Lamb) and schedulefree's AdamWScheduleFree.
+NEW_RULES = ["Adafactor", "Muon", "Lamb", "SparseAdam", "AdamWScheduleFree"]
 PROBLEMS = ["awkward", "groups", "zeros", "magnitudes", "sparse_rows"]  # + "long"
 # Problems are assigned to an optimizer's flag combinations with quotas taken
 # from this cycle (the two big problems, awkward and sparse_rows, come up half
@@ -95,6 +102,11 @@ BASE_LR = {
     "ASGD": 0.01,
     # The authors' default is 1e-3; 1e-2 moves parameters measurably in 100 steps.
     "Adan": 0.01,
+    # torch's default is 1e-3, too small to move much in 60 steps.
+    "SparseAdam": 0.01,
+    # schedulefree's default is 0.0025 (the parameters move by ~0.04 in 100 steps); 1e-2 as
+    # for Adam.
+    "AdamWScheduleFree": 0.01,
 }
 
 # The reference Adan: adan.py of https://github.com/sail-sg/Adan at this commit, imported from
@@ -128,7 +140,13 @@ STATE_KEYS = {
     "ax",
     "exp_avg_diff",
     "neg_pre_grad",
+    "z",
 }
+
+# Optimizers with schedulefree's train()/eval() modes: train() once before the first step;
+# run.json's "eval_every" (eval() then train() after every K-th step) and "eval_at_end"
+# (eval() after the last step: the expected parameters are then x, not y).
+SCHEDULE_FREE = {"AdamWScheduleFree"}
 
 NEVER = {"foreach", "fused", "capturable", "differentiable"}
 
@@ -267,6 +285,10 @@ def optimizer_class(opt):
         import lion_pytorch
 
         return lion_pytorch.Lion
+    if opt == "AdamWScheduleFree":
+        import schedulefree
+
+        return schedulefree.AdamWScheduleFree
     return getattr(torch.optim, opt)
 
 
@@ -301,6 +323,12 @@ def lion_version():
     from importlib.metadata import version
 
     return version("lion-pytorch")
+
+
+def schedulefree_version():
+    from importlib.metadata import version
+
+    return version("schedulefree")
 
 
 def torch_defaults(opt):
@@ -418,6 +446,12 @@ def name_tokens(opt, hp):
             t.append("lambd" + fmt(v))
         elif k == "t0":
             t.append("t" + fmt(v))
+        elif k == "warmup_steps":
+            t.append("warmup" + fmt(v))
+        elif k == "r":
+            t.append("r" + fmt(v))
+        elif k == "weight_lr_power":
+            t.append("wlrpow" + fmt(v))
         else:
             raise ValueError((opt, k, d.get(k)))
     return t
@@ -444,6 +478,9 @@ TOKEN_ORDER = [
     "step_sizes",
     "lambd",
     "t0",
+    "warmup_steps",
+    "r",
+    "weight_lr_power",
     "momentum_decay",
     "beta2_decay",
     "d",
@@ -481,10 +518,12 @@ class Problem:
     grads: {name: np.float32 [steps, *shape]} or None;
     grad_fn: callable(step, {name: current param np array}) -> {name: grad}, or with
     scales_loss, callable(step, params, loss_scale) -> the gradients of the loss
-    multiplied by loss_scale (otherwise loss-scaled cases multiply the gradients)."""
+    multiplied by loss_scale (otherwise loss-scaled cases multiply the gradients);
+    rows: None, or (sparse-gradient problems, SparseAdam) {name: bool [steps, R]}, the rows
+    (see sparse_rows_of) in each step's sparse gradient; the gradients are 0 elsewhere."""
 
     def __init__(self, kind, shapes, init, groups, steps, grads=None, grad_fn=None,
-                 scales_loss=False):
+                 scales_loss=False, rows=None):
         self.kind = kind
         self.shapes = shapes
         self.init = init
@@ -493,6 +532,7 @@ class Problem:
         self.grads = grads
         self.grad_fn = grad_fn
         self.scales_loss = scales_loss
+        self.rows = rows
 
     @property
     def names(self):
@@ -761,6 +801,101 @@ def problem_mlp(rng, overflow=False):
                    grad_fn=grad_fn, scales_loss=True)
 
 
+# Sparse-gradient problems (SparseAdam). A "row" is a row of the last dimension: a tensor
+# of shape S with ndim >= 2 has prod(S[:-1]) rows of S[-1] elements (row r: the flat
+# elements [r*S[-1], (r+1)*S[-1])), a vector S[0] rows of one element. torch gets
+# each step's gradient as a sparse COO tensor listing the touched rows (sparse_grad).
+
+
+def sparse_rows_of(shape):
+    """(number of rows, elements per row) of a tensor of this shape."""
+    if len(shape) == 1:
+        return shape[0], 1
+    return int(np.prod(shape[:-1])), shape[-1]
+
+
+def sparse_grad(dense, rows):
+    """The sparse COO gradient torch's SparseAdam gets: the rows marked in `rows` (bool [R]) of
+    `dense` (a torch float32 tensor, 0 outside those rows), indices over the first ndim-1
+    dims (sparse_dim = ndim-1, values [nnz, S[-1]]; a vector: sparse_dim 1, values [nnz]).
+    Coalesced with sorted indices; rows whose values are all 0 are listed all the same."""
+    shape = tuple(dense.shape)
+    count, length = sparse_rows_of(shape)
+    touched = np.flatnonzero(np.asarray(rows))
+    assert len(rows) == count
+    if len(shape) == 1:
+        indices = torch.from_numpy(touched.astype(np.int64)).reshape(1, -1)
+        values = dense[torch.from_numpy(touched.astype(np.int64))]
+    else:
+        indices = torch.from_numpy(np.stack(np.unravel_index(touched, shape[:-1])).astype(np.int64))
+        indices = indices.reshape(len(shape) - 1, len(touched))
+        values = dense.reshape(count, length)[torch.from_numpy(touched.astype(np.int64))]
+    g = torch.sparse_coo_tensor(indices, values.clone(), shape, check_invariants=True).coalesce()
+    assert g._nnz() == len(touched) and torch.equal(g._indices(), indices)
+    assert torch.equal(g.to_dense(), dense), "the dense gradient must be 0 outside its rows"
+    return g
+
+
+def sparse_values(rng, steps, shape, touched, zero_rows=0.1):
+    """N(0,1) gradients [steps, *shape] in the touched rows (bool [steps, R]), 0 elsewhere; a
+    `zero_rows` share of the touched rows have all-zero values (still listed: SparseAdam
+    decays the moments there), and about 5% of the other touched elements are 0."""
+    count, length = sparse_rows_of(shape)
+    g = rng.normal(0.0, 1.0, size=(steps, count, length))
+    g[rng.random(size=(steps, count, length)) < 0.05] = 0.0
+    g[rng.random(size=(steps, count)) < zero_rows] = 0.0
+    g[~touched] = 0.0
+    return f32(g.reshape((steps,) + shape))
+
+
+def problem_embedding(rng):
+    # SparseAdam: an embedding table (rows of 7: not a multiple of 4 elements), a 3-D tensor
+    # (rows of its last dim, indices over the first two) and a vector (rows of one element);
+    # ~30% of the rows touched per step, ~10% of those with all-zero values. vec has no
+    # touched row at step 0 (state created, step counted, nothing updated), cube none at
+    # steps 17-19, emb none at the last step, nothing at all is touched at step 33, and
+    # emb's row 49 never is. Two groups for cases that split them.
+    shapes = {"emb": (50, 7), "cube": (4, 5, 6), "vec": (37,)}
+    steps = 60
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    rows, grads = {}, {}
+    for n, s in shapes.items():
+        rows[n] = rng.random(size=(steps, sparse_rows_of(s)[0])) < 0.3
+    rows["vec"][0] = False
+    rows["cube"][17:20] = False
+    rows["emb"][steps - 1] = False
+    rows["emb"][:, 49] = False
+    for n in shapes:
+        rows[n][33] = False
+    for n, s in shapes.items():
+        grads[n] = sparse_values(rng, steps, s, rows[n])
+    groups = [["emb"], ["cube", "vec"]]
+    return Problem("embedding", shapes, init, groups, steps, grads=grads, rows=rows)
+
+
+def problem_sparse_long(rng):
+    # SparseAdam over 300 steps: one 64x9 table whose rows are touched with probabilities
+    # from 0.01 to 0.5 (log-uniform; some rows stay untouched for a long time while the bias
+    # corrections move on), gradients g = h*(p - target) + 0.05 noise in the touched rows
+    # computed from torch's current parameters (recorded), 3% of the touched rows all 0.
+    shapes = {"table": (64, 9)}
+    steps = 300
+    target = rng.normal(0.0, 1.0, size=shapes["table"])
+    curv = np.exp(rng.uniform(np.log(0.1), np.log(4.0), size=shapes["table"]))
+    noise = rng.normal(0.0, 1.0, size=(steps,) + shapes["table"])
+    init = {"table": f32(target + rng.normal(0.0, 2.0, size=shapes["table"]))}
+    prob = np.exp(rng.uniform(np.log(0.01), np.log(0.5), size=64))
+    rows = {"table": rng.random(size=(steps, 64)) < prob}
+    zero = rng.random(size=(steps, 64)) < 0.03
+
+    def grad_fn(t, cur):
+        g = curv * (cur["table"].astype(np.float64) - target) + 0.05 * noise[t]
+        g[~rows["table"][t] | zero[t]] = 0.0
+        return {"table": f32(g)}
+
+    return Problem("sparse_long", shapes, init, [list(shapes)], steps, grad_fn=grad_fn, rows=rows)
+
+
 PROBLEM_FNS = {
     "awkward": problem_awkward,
     "groups": problem_groups,
@@ -777,6 +912,8 @@ PROBLEM_FNS = {
     "scaled": problem_scaled,
     "mlp": problem_mlp,
     "mlp_inf": lambda rng: problem_mlp(rng, overflow=True),
+    "embedding": problem_embedding,
+    "sparse_long": problem_sparse_long,
 }
 
 
@@ -789,6 +926,8 @@ def build_problem(spec, rng):
         prob.steps = steps
         if prob.grads is not None:
             prob.grads = {n: g[:steps] for n, g in prob.grads.items()}
+        if prob.rows is not None:
+            prob.rows = {n: r[:steps] for n, r in prob.rows.items()}
     return prob
 
 
@@ -836,6 +975,10 @@ def group_overrides(opt, hp):
     elif opt == "Lamb":  # its default eps is 1e-6
         ov2["betas"] = [0.85, 0.995]
         ov2["eps"] = 1e-8
+    elif opt == "AdamWScheduleFree":  # lr_max, weight_sum and k are per group
+        ov2["betas"] = [0.85, 0.995]
+        ov2["eps"] = 1e-6
+        ov2["warmup_steps"] = 5
     for ov in (ov1, ov2):
         for k, v in ov.items():
             top = hp.get(k, d[k])
@@ -900,6 +1043,7 @@ def build_specs():
             "explicit_single_group": oi % 2 == 0,
         })
     specs.extend(rule_specs())
+    specs.extend(sparse_schedulefree_specs())
     specs.extend(training_specs())
     specs.extend(mixed_specs())
     names = [s["name"] for s in specs]
@@ -968,6 +1112,60 @@ def rule_specs():
     return specs
 
 
+def sparse_schedulefree_specs():
+    """SparseAdam (torch.optim.SparseAdam, sparse COO gradients: the problem's rows) and
+    AdamWScheduleFree (schedulefree 1.4.1): hand-picked flag sets. Entries: (optimizer, varied
+    flags, problem, steps or None, group overrides or None, schedule-free modes ({"eval_every":
+    K, "eval_at_end": True}) or None, extra name token or None)."""
+    sf = "AdamWScheduleFree"
+    table = [
+        ("SparseAdam", {}, "embedding", None, None, None, None),
+        ("SparseAdam", {"betas": (0.8, 0.99)}, "embedding", None, None, None, None),
+        ("SparseAdam", {"eps": 1e-6}, "embedding", None, None, None, None),
+        ("SparseAdam", {"maximize": True}, "embedding", None, None, None, None),
+        ("SparseAdam", {}, "embedding", None, [{}, {"lr": 0.05}], None, "2groups"),
+        ("SparseAdam", {}, "sparse_long", None, None, None, None),
+        (sf, {}, "awkward", None, None, None, None),
+        # groups: group 2 weight_decay 0.01, group 3 lr x0.1, betas (0.85, 0.995), eps 1e-6,
+        # warmup_steps 5 (group_overrides).
+        (sf, {}, "groups", None, None, None, None),
+        (sf, {}, "long", None, None, None, None),
+        (sf, {"warmup_steps": 10}, "zeros", None, None, None, None),
+        (sf, {"r": 1.0}, "groups", None, None, None, None),
+        # weight_lr_power only matters while lr_max changes: with the warmup.
+        (sf, {"weight_lr_power": 0.0, "warmup_steps": 10}, "magnitudes", None, None, None, None),
+        (sf, {"weight_decay": 0.01}, "sparse_rows", 100, None, None, None),
+        (sf, {"betas": (0.95, 0.99), "eps": 1e-6}, "magnitudes", None, None, None, None),
+        # eval() / train() every 7 steps (the y -> x -> y lerps do not round-trip exactly;
+        # beta1 differs per group), eval() after the last step (expected: x).
+        (sf, {}, "groups", None, None, {"eval_every": 7, "eval_at_end": True}, "eval7-evalend"),
+        (sf, {}, "zeros", None, None, {"eval_at_end": True}, "evalend"),
+    ]
+    specs = []
+    for i, (opt, variant, problem, steps, overrides, modes, token) in enumerate(table):
+        hp = ordered(hyperparameters(opt, variant))
+        tokens = (name_tokens(opt, hp) or ["default"]) + ([token] if token else [])
+        spec = {
+            "name": "-".join([opt.lower()] + tokens + [problem.replace("_", "-")]),
+            "optimizer": opt,
+            "hyperparameters": hp,
+            "problem": problem,
+            "explicit_single_group": i % 3 == 1,
+        }
+        if steps is not None:
+            spec["steps"] = steps
+        if overrides is not None:
+            spec["group_overrides"] = overrides
+        if modes is not None:
+            spec["training"] = modes
+        specs.append(spec)
+    return specs
+
+
+# torch.amp.GradScaler("cpu", **LOSS_SCALE) in the loss-scaled training loops.
+LOSS_SCALE = {"init_scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 5}
+
+
 def mixed_specs():
     """Training loops with two rules in one optimizer: Muon for the hidden matrices, AdamW
     (a group's "optimizer" key) for the embedding, the norm weight and the biases. Torch
@@ -980,7 +1178,7 @@ def mixed_specs():
         {"optimizer": "AdamW", "lr": 0.01, "weight_decay": 0.0},
     ]
     clip = {"max_norm": 1.0, "norm_type": 2.0}
-    scaler = {"init_scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 5}
+    scaler = LOSS_SCALE
     cases = [
         ("train-muon-adamw", "mlp", {}),
         ("train-muon-adamw-clip2", "mlp", {"clip_grad_norm": clip}),
@@ -1041,8 +1239,18 @@ def training_specs():
          {"name": "ExponentialLR", "gamma": 0.98}, {"max_norm": 2.0, "norm_type": 2.0}),
         ("asgd-warmup-cosine", "ASGD", {"lr": 0.05, "lambd": 0.05, "t0": 30.0}, "groups", warmup_cosine,
          {"max_norm": 2.0, "norm_type": 2.0}),
+        # SparseAdam's state step counts every step with a (possibly empty) sparse gradient; the
+        # lr halves at steps 20 and 40. No clip_grad_norm: sparse gradients are not clipped.
+        ("sparseadam-steplr", "SparseAdam", {"lr": 0.01}, "embedding",
+         {"name": "StepLR", "step_size": 20, "gamma": 0.5}, None),
+        # AdamWScheduleFree: its warmup (10 steps) raises lr_max, StepLR then halves the lr every
+        # 25 steps (lr_max stays): the weights (k+1)^r * lr_max^2 and the y update follow the
+        # lr history (group 3 has its own warmup of 5 steps and lr x0.1). clip_grad_norm_ 1.0 is
+        # active in every step.
+        ("schedulefree-steplr-clip2", "AdamWScheduleFree", {"lr": 0.01, "warmup_steps": 10}, "groups",
+         {"name": "StepLR", "step_size": 25, "gamma": 0.5}, {"max_norm": 1.0, "norm_type": 2.0}),
     ]
-    return [{
+    specs = [{
         "name": f"train-{name}",
         "optimizer": opt,
         "hyperparameters": hp,
@@ -1050,6 +1258,17 @@ def training_specs():
         "explicit_single_group": False,
         "training": {"scheduler": scheduler, "clip_grad_norm": clip},
     } for name, opt, hp, problem, scheduler, clip in cases]
+    # AdamWScheduleFree under a GradScaler (the mixed cases' config) on mlp_inf: steps 7, 8
+    # and 23 have non-finite gradients and are skipped (k does not advance); constant lr.
+    specs.append({
+        "name": "train-schedulefree-lossscale",
+        "optimizer": "AdamWScheduleFree",
+        "hyperparameters": {"lr": BASE_LR["AdamWScheduleFree"]},
+        "problem": "mlp_inf",
+        "explicit_single_group": False,
+        "training": {"scheduler": None, "clip_grad_norm": None, "loss_scale": LOSS_SCALE},
+    })
+    return specs
 
 
 # --------------------------------------------------------------------------
@@ -1114,12 +1333,13 @@ def ns_precision(precision):
         module._zeropower_via_newtonschulz = original
 
 
-def build_optimizers(optimizer, hp, param_groups, params):
+def build_optimizers(optimizer, hp, param_groups, params, foreach=False):
     """The torch optimizers of a run. A group without "optimizer" belongs to the top-level
     optimizer (constructor kwargs hp); a group with "optimizer": X to an X built with X's
     defaults (the group's keys are its overrides). Groups of one class go into one torch
     optimizer, in order, split further by our own keys (Muon's ns_precision, applied around
-    step()). Single-tensor path everywhere (foreach=False where the class has it).
+    step()). Single-tensor path everywhere (foreach=False where the class has it; foreach=True
+    only to compare the paths). Schedule-free optimizers are put in train mode.
     Returns [(torch optimizer, step context factory)] in order of first appearance."""
     parts = {}
     for g in param_groups:
@@ -1136,8 +1356,10 @@ def build_optimizers(optimizer, hp, param_groups, params):
     for (cls_name, top, _), (ours, groups) in parts.items():
         kwargs = {k: v for k, v in hp.items() if k not in OUR_KEYS.get(cls_name, {})} if top else {}
         if "foreach" in torch_defaults(cls_name):
-            kwargs["foreach"] = False
+            kwargs["foreach"] = foreach
         opt = optimizer_class(cls_name)(groups, **torch_kwargs(kwargs))
+        if cls_name in SCHEDULE_FREE:
+            opt.train()
         if cls_name == "Muon":
             context = (lambda precision: lambda: ns_precision(precision))(ours["ns_precision"])
         else:
@@ -1146,16 +1368,28 @@ def build_optimizers(optimizer, hp, param_groups, params):
     return out
 
 
-def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None):
+def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None, rows_at=None,
+              foreach=False):
     """Run torch.optim. param_groups: list of {"params": [names], **overrides} (a group may
     name another "optimizer", see build_optimizers).
     grad_at(step, {name: current param tensor}, loss scale) -> {name: float32 tensor}.
+    rows_at: None, or (SparseAdam) rows_at(step) -> {name: bool [R]}: every gradient is then
+    given as the sparse COO tensor of those rows (sparse_grad).
     training: "scheduler", "clip_grad_norm", "loss_scale" (GradScaler arguments; the
-    gradients grad_at gives are then scaled: unscale_, clip, step, update).
+    gradients grad_at gives are then scaled: unscale_, clip, step, update), and for
+    schedule-free optimizers "eval_every" (K: eval() then train() after steps K, 2K, ...,
+    counting loop iterations) and "eval_at_end" (eval() after the last step).
     Returns (final params, final state) as {name: tensor}."""
     params = {n: torch.tensor(a, dtype=torch.float32).requires_grad_(True) for n, a in init.items()}
-    opts = build_optimizers(optimizer, hp, param_groups, params)
+    opts = build_optimizers(optimizer, hp, param_groups, params, foreach=foreach)
     training = training or {}
+    assert (rows_at is not None) == (optimizer == "SparseAdam"), "sparse gradients are SparseAdam's"
+    assert rows_at is None or not (training.get("clip_grad_norm") or training.get("loss_scale")), \
+        "sparse gradients are neither clipped nor loss-scaled"
+    eval_every = training.get("eval_every")
+    eval_at_end = training.get("eval_at_end", False)
+    if eval_every or eval_at_end:
+        assert all(type(o).__name__ in SCHEDULE_FREE for o, _ in opts), "eval modes are schedule-free's"
     scheduler = None
     if training.get("scheduler"):
         assert len(opts) == 1, "a scheduler needs a single optimizer"
@@ -1167,8 +1401,9 @@ def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None):
             # The scale the backward pass multiplies the loss by (GradScaler.scale(loss)).
             scale = float(scaler.scale(torch.ones((), dtype=torch.float32))) if scaler else 1.0
             grads = grad_at(t, params, scale)
+            rows = rows_at(t) if rows_at is not None else None
             for n, p in params.items():
-                p.grad = grads[n].clone()
+                p.grad = grads[n].clone() if rows is None else sparse_grad(grads[n], rows[n])
             if scaler is not None:
                 for opt, _ in opts:
                     scaler.unscale_(opt)
@@ -1186,6 +1421,13 @@ def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None):
                 scaler.update()
             if scheduler is not None:
                 scheduler.step()
+            if eval_every and (t + 1) % eval_every == 0:
+                for opt, _ in opts:
+                    opt.eval()
+                    opt.train()
+        if eval_at_end:
+            for opt, _ in opts:
+                opt.eval()
     final = {n: p.detach().clone() for n, p in params.items()}
     state = {}
     for n, p in params.items():
@@ -1241,7 +1483,22 @@ def run_case(spec, out_dir):
             out[n] = torch.from_numpy(np.array(g[n], dtype=np.float32))
         return out
 
-    final, state = run_torch(opt, hp, param_groups, prob.init, steps, grad_at, spec.get("training"))
+    rows_at = None
+    if prob.rows is not None:
+        def rows_at(t):
+            return {n: prob.rows[n][t] for n in prob.names}
+
+    final, state = run_torch(opt, hp, param_groups, prob.init, steps, grad_at, spec.get("training"),
+                             rows_at=rows_at)
+
+    if opt in SCHEDULE_FREE:
+        # The foreach path must give the same bits (replayed from the recorded gradients).
+        final_fe, state_fe = run_torch(
+            opt, hp, param_groups, prob.init, steps,
+            lambda t, _p, _scale: {n: torch.from_numpy(recorded[n][t].copy()) for n in prob.names},
+            spec.get("training"), foreach=True)
+        for k, v in {**final, **state}.items():
+            assert torch.equal(v, {**final_fe, **state_fe}[k]), f"{spec['name']}: foreach differs in {k}"
 
     for k, v in {**final, **state}.items():
         if not torch.isfinite(v).all():
@@ -1263,7 +1520,10 @@ def run_case(spec, out_dir):
     (case_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     save_file({n: torch.from_numpy(prob.init[n].copy()) for n in prob.names},
               str(case_dir / "params.safetensors"))
-    save_file({n: torch.from_numpy(recorded[n]) for n in prob.names},
+    rows = {}
+    if prob.rows is not None:
+        rows = {f"{n}.rows": torch.from_numpy(f32(prob.rows[n])) for n in prob.names}
+    save_file({**{n: torch.from_numpy(recorded[n]) for n in prob.names}, **rows},
               str(case_dir / "grads.safetensors"))
     save_file({**final, **state}, str(case_dir / "expected.safetensors"))
     return prob, sorted({k.split(".", 1)[1] for k in state})
@@ -1294,8 +1554,10 @@ def check_case(case_dir):
     params = load_file(str(case_dir / "params.safetensors"))
     grads = load_file(str(case_dir / "grads.safetensors"))
     expected = load_file(str(case_dir / "expected.safetensors"))
+    rows = {k[:-len(".rows")]: grads.pop(k) for k in list(grads) if k.endswith(".rows")}
     assert set(params) == set(grads), case_dir
     names = sorted(params)
+    assert not rows or set(rows) == set(names), "w.rows for every parameter or none"
     groups = run.get("param_groups", [{"params": names}])
     in_groups = [n for g in groups for n in g["params"]]
     assert sorted(in_groups) == names, "every tensor in exactly one group"
@@ -1306,11 +1568,23 @@ def check_case(case_dir):
         assert params[n].dtype == torch.float32 and params[n].dim() >= 1
         assert grads[n].dtype == torch.float32
         assert tuple(grads[n].shape) == (steps,) + tuple(params[n].shape)
+    for n, r in rows.items():
+        count, length = sparse_rows_of(tuple(params[n].shape))
+        assert r.dtype == torch.float32 and tuple(r.shape) == (steps, count), (n, r.shape)
+        assert bool(((r == 0) | (r == 1)).all()), n
+        outside = grads[n].reshape(steps, count, length)[r == 0]
+        assert bool((outside == 0).all()), f"{n}: nonzero gradient outside its rows"
+    rows_at = None
+    if rows:
+        def rows_at(t):
+            return {n: (rows[n][t] == 1).numpy() for n in names}
     final, state = run_torch(
         run["optimizer"], run["hyperparameters"], groups,
         {n: params[n].numpy() for n in names}, steps,
         lambda t, _p, _scale: {n: grads[n][t] for n in names},
-        {k: run[k] for k in ("scheduler", "clip_grad_norm", "loss_scale") if k in run},
+        {k: run[k] for k in ("scheduler", "clip_grad_norm", "loss_scale", "eval_every", "eval_at_end")
+         if k in run},
+        rows_at=rows_at,
     )
     got = {**final, **state}
     assert set(got) == set(expected), (sorted(got), sorted(expected))
@@ -1360,7 +1634,8 @@ def main():
             missing.append(spec["name"])
 
     manifest = {"torch_version": torch.__version__, "timm_version": timm_version(),
-                "lion_pytorch_version": lion_version(), "adan_commit": ADAN_COMMIT, "cases": entries}
+                "lion_pytorch_version": lion_version(), "adan_commit": ADAN_COMMIT,
+                "schedulefree_version": schedulefree_version(), "cases": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     if args.check:
@@ -1372,7 +1647,7 @@ def main():
     per_opt = {o: sum(1 for e in entries if e["optimizer"] == o) for o in OPTIMIZERS + NEW_RULES}
     print(f"wrote {len(written)} of {len(specs)} cases to {out} "
           f"(manifest lists {len(entries)}; {size / 1e6:.2f} MB in total; torch {torch.__version__}, "
-          f"timm {timm_version()}, lion-pytorch {lion_version()})")
+          f"timm {timm_version()}, lion-pytorch {lion_version()}, schedulefree {schedulefree_version()})")
     print("per optimizer: " + ", ".join(f"{o} {n}" for o, n in per_opt.items()))
     if missing:
         print(f"warning: {len(missing)} defined cases have no files yet: {', '.join(missing)}")

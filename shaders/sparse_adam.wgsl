@@ -1,0 +1,99 @@
+// SparseAdam: torch.optim.SparseAdam (torch 2.15, _functional.sparse_adam). Only the rows the
+// gradient touches this step are updated; a tensor's row mask (one u32 per row, non-zero:
+// touched) lies in aux at tensor.row_mask. A row is a row of the last dimension, or one element
+// of a vector.
+//
+//   update     (every element of a touched row)
+//     g = -g                                      if maximize
+//     m_update = (g - m)*(1 - beta1);   m = m + m_update
+//     v_update = (g*g - v)*(1 - beta2); v = v + v_update
+//     p = p + (-step_size) * ((m_update + m_old) / (sqrt(v_update + v_old) + eps))
+//   clear_rows (per tensor): the mask is consumed, every row set untouched
+// step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t), in f64 on the CPU.
+
+override maximize: bool = false;
+
+struct SparseAdamTerms {
+    step: u32,
+    _padding0: u32,
+    _padding1: u32,
+    _padding2: u32,
+}
+
+struct SparseAdamScalars {
+    terms: SparseAdamTerms,
+    neg_step_size: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> s: SparseAdamScalars;
+@group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+
+// The elements of a row: the last dimension's length, or 1 for a vector.
+fn row_length(tensor: Tensor) -> u32 {
+    if (tensor.dims < 2u) {
+        return 1u;
+    }
+    return tensor.cols;
+}
+
+fn row_touched(tensor: Tensor, element: u32) -> bool {
+    return element < tensor.len && bitcast<u32>(aux[tensor.row_mask + element / row_length(tensor)]) != 0u;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn update(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    if (!in_window(workgroup, grid)) {
+        return;
+    }
+    let site = element_site(workgroup, grid, local);
+    let tensor = site.tensor;
+    let touched = vec4<bool>(
+        row_touched(tensor, site.first),
+        row_touched(tensor, site.first + 1u),
+        row_touched(tensor, site.first + 2u),
+        row_touched(tensor, site.first + 3u),
+    );
+    if (!any(touched)) {
+        return;
+    }
+    let i = site.i;
+    var g = grad[i];
+    if (maximize) {
+        g = -g;
+    }
+    let m_old = exp_avg[i];
+    let v_old = exp_avg_sq[i];
+    let m_update = (g - m_old) * s.one_minus_beta1;
+    let v_update = (g * g - v_old) * s.one_minus_beta2;
+    let numer = m_update + m_old;
+    let denom = sqrt(v_update + v_old) + s.eps;
+    let p = param[i];
+    exp_avg[i] = select(m_old, m_old + m_update, touched);
+    exp_avg_sq[i] = select(v_old, v_old + v_update, touched);
+    param[i] = select(p, p + s.neg_step_size * (numer / denom), touched);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn clear_rows(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let k = workgroup_index(workgroup, grid);
+    if (k >= dispatch.tensor_count) {
+        return;
+    }
+    let tensor = tensor_at(dispatch_tensor(k));
+    let rows = tensor.len / row_length(tensor);
+    for (var r = local; r < rows; r += WORKGROUP_SIZE) {
+        aux[tensor.row_mask + r] = 0.0;
+    }
+}
