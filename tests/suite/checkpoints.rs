@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::replay::read_safetensors;
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
+use wgpu_optim::rules::{
+    Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
+};
 use wgpu_optim::{
     ClipGradNorm, CpuOptimizer, GpuContext, GradientOptions, LossScale, Optimizer, OptimizerOptions, ParamGroup, Parameters,
     TensorId, UpdateRule,
@@ -38,6 +40,7 @@ fn rules() -> Vec<Box<dyn UpdateRule>> {
         Box::new(Lion { lr: 1e-3, weight_decay: 0.1, ..Lion::default() }),
         Box::new(Asgd { lr: 0.01, lambd: 0.5, t0: 4.0, weight_decay: 1e-2, ..Asgd::default() }),
         Box::new(Adan { lr: 0.01, weight_decay: 0.02, ..Adan::default() }),
+        Box::new(AdamWScheduleFree { lr: 0.01, warmup_steps: 3, weight_decay: 1e-2, ..AdamWScheduleFree::default() }),
     ]
 }
 

@@ -8,7 +8,9 @@
 //! largest magnitude (measured: see the printed table; a wrong constant or formula gives
 //! errors of 1e-3 or more).
 
-use wgpu_optim::rules::{Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, Rprop, Sgd, RMSprop};
+use wgpu_optim::rules::{
+    Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Adan, Asgd, Lion, NAdam, RAdam, Rprop, Sgd, RMSprop,
+};
 use wgpu_optim::{OptimizerOptions, ParamGroup, TensorId, UpdateRule};
 
 use crate::common::{gpus, max_normwise_difference, run_cpu, run_gpu};
@@ -206,6 +208,17 @@ pub fn adan_cases() -> Vec<Case> {
     cases
 }
 
+pub fn schedulefree_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for weight_decay in [0.0, 1e-2] {
+        for (warmup_steps, r) in [(0, 0.0), (10, 1.0)] {
+            let rule = AdamWScheduleFree { lr: 0.01, weight_decay, warmup_steps, r, ..AdamWScheduleFree::default() };
+            cases.push((format!("{rule:?}"), groups(rule, |r| (r.betas, r.weight_lr_power) = ((0.8, 0.99), 0.0))));
+        }
+    }
+    cases
+}
+
 fn check(rule: &str, cases: Vec<Case>) {
     let mut worst = (0.0f64, String::new());
     for (seed, (label, groups)) in cases.iter().enumerate() {
@@ -284,4 +297,9 @@ fn asgd_matches_cpu_reference() {
 #[test]
 fn adan_matches_cpu_reference() {
     check("Adan", adan_cases());
+}
+
+#[test]
+fn schedulefree_matches_cpu_reference() {
+    check("AdamWScheduleFree", schedulefree_cases());
 }

@@ -2,7 +2,10 @@
 //! inconsistent parameter groups, mismatched sizes, unknown names.
 
 use serde_json::json;
-use wgpu_optim::rules::{from_config, Adadelta, Adagrad, Adam, AdamW, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd};
+use wgpu_optim::rules::{
+    from_config, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Adan, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
+    SparseAdam,
+};
 use wgpu_optim::{CpuOptimizer, Error, Optimizer, ParamGroup, Parameters, UpdateRule};
 
 use crate::common::gpus;
@@ -64,6 +67,18 @@ fn torch_rejections_are_errors() {
     // The reference's global clip is not supported: a clear error, not a silent difference.
     rejects(&Adan { max_grad_norm: 1.0, ..Adan::default() }, "max_grad_norm");
     assert!(from_config("Adan", &json!({"max_grad_norm": 1.0})).unwrap_err().to_string().contains("not supported"));
+    // SparseAdam checks 0 < lr and 0 < eps, strictly (Adam allows 0).
+    rejects(&SparseAdam { lr: 0.0, ..SparseAdam::default() }, "lr");
+    rejects(&SparseAdam { eps: 0.0, ..SparseAdam::default() }, "eps");
+    rejects(&SparseAdam { betas: (0.9, 1.0), ..SparseAdam::default() }, "betas[1]");
+    // schedulefree validates nothing; its eval() divides by betas[0] and its arithmetic
+    // needs the rest finite and in range.
+    rejects(&AdamWScheduleFree { betas: (0.0, 0.999), ..AdamWScheduleFree::default() }, "betas[0]");
+    rejects(&AdamWScheduleFree { betas: (0.9, 1.0), ..AdamWScheduleFree::default() }, "betas[1]");
+    rejects(&AdamWScheduleFree { lr: -1.0, ..AdamWScheduleFree::default() }, "lr");
+    rejects(&AdamWScheduleFree { r: f64::NAN, ..AdamWScheduleFree::default() }, "r");
+    rejects(&AdamWScheduleFree { weight_lr_power: f64::INFINITY, ..AdamWScheduleFree::default() }, "weight_lr_power");
+    assert!(from_config("AdamWScheduleFree", &json!({"warmup_steps": -1})).is_err(), "warmup_steps is a count");
     // Non-finite values poison every parameter: rejected although torch lets some pass.
     rejects(&Sgd { lr: f64::NAN, ..Sgd::default() }, "lr");
     rejects(&Adam { lr: f64::INFINITY, ..Adam::default() }, "lr");
@@ -103,6 +118,12 @@ fn defaults_are_torchs() {
     // sail-sg/Adan's Adan.
     let adan = Adan::default();
     assert_eq!((adan.lr, adan.betas, adan.eps, adan.weight_decay, adan.max_grad_norm, adan.no_prox), (1e-3, (0.98, 0.92, 0.99), 1e-8, 0.0, 0.0, false));
+    let sparse = SparseAdam::default();
+    assert_eq!((sparse.lr, sparse.betas, sparse.eps, sparse.maximize), (1e-3, (0.9, 0.999), 1e-8, false));
+    // schedulefree 1.4.1's AdamWScheduleFree.
+    let sf = AdamWScheduleFree::default();
+    assert_eq!((sf.lr, sf.betas, sf.eps, sf.weight_decay), (0.0025, (0.9, 0.999), 1e-8, 0.0));
+    assert_eq!((sf.warmup_steps, sf.r, sf.weight_lr_power), (0, 0.0, 2.0));
     // lion-pytorch's Lion.
     assert_eq!((Lion::default().lr, Lion::default().betas, Lion::default().weight_decay), (1e-4, (0.9, 0.99), 0.0));
 }
