@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release --example train                          # AdamW on the UCI digits, plots in target/train/
 //! cargo run --release --example train -- --optimizer sgd:momentum=0.9:nesterov=true --lr 0.05
+//! cargo run --release --example train -- --optimizer schedulefree   # Schedule-Free AdamW: no schedule, eval() at x
 //! cargo run --release --example train -- --compare adamw,adam:weight_decay=0.1,sgd
 //! cargo run --release --example train -- --save ckpt.safetensors --stop-after 10   # then --resume ckpt.safetensors
 //! cargo run --release --example train -- --mnist ~/data/mnist --hidden 256,128 --epochs 5
@@ -33,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use wgpu_optim::rules::{self, UpdateRule};
-use wgpu_optim::schedule::{CosineAnnealingLR, LinearLR, SequentialLR};
+use wgpu_optim::schedule::{ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR};
 use wgpu_optim::{BackendChoice, ClipGradNorm, GpuContext, GradientOptions, Optimizer, OptimizerOptions, ParamGroup, Scheduler};
 
 use data::Dataset;
@@ -56,6 +57,7 @@ fn defaults(rule: &str) -> Value {
         "AdamW" => json!({"lr": 1e-2, "weight_decay": 0.1}),
         "NAdam" => json!({"lr": 1e-2}),
         "Muon" => json!({"lr": 2e-2}),
+        "AdamWScheduleFree" => json!({"lr": 1e-2, "weight_decay": 0.1}),
         _ => json!({}),
     }
 }
@@ -70,6 +72,8 @@ struct Args {
     /// hyper-parameters: NAME[:key=value...], e.g. sgd:momentum=0.9:nesterov=true or
     /// adam:betas=[0.9,0.95]. Unset ones take this example's per-rule defaults, then torch's. `muon`
     /// steps the hidden weight matrices with Muon and the rest with AdamW, in one optimizer.
+    /// `schedulefree` (AdamWScheduleFree) runs without the warmup-cosine schedule (its own
+    /// warmup takes --warmup-steps) and is evaluated at its averaged point x.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
     /// Train the same model with several rules (comma-separated, each as --optimizer takes it)
@@ -179,7 +183,10 @@ struct RuleSpec {
 impl RuleSpec {
     fn parse(text: &str) -> Result<Self, String> {
         let mut parts = text.split(':');
-        let given = parts.next().unwrap_or_default().trim();
+        let mut given = parts.next().unwrap_or_default().trim();
+        if given.eq_ignore_ascii_case("schedulefree") {
+            given = "AdamWScheduleFree";
+        }
         let name = rules::OPTIMIZER_NAMES
             .iter()
             .copied()
@@ -197,13 +204,22 @@ impl RuleSpec {
         Ok(RuleSpec { text: text.to_string(), name, hyper })
     }
 
+    /// Schedule-Free needs no schedule: its own warmup replaces the warmup and cosine decay.
+    fn schedule_free(&self) -> bool {
+        self.name == "AdamWScheduleFree"
+    }
+
     /// The rules of the two parameter groups (weights, then biases without weight decay):
-    /// per-rule defaults, then --lr/--weight-decay, then the spec's own values.
-    fn rules(&self, lr: Option<f64>, weight_decay: Option<f64>) -> Result<[Box<dyn UpdateRule>; 2], Box<dyn Error>> {
+    /// per-rule defaults, then --lr/--weight-decay (and --warmup-steps for Schedule-Free), then
+    /// the spec's own values.
+    fn rules(&self, lr: Option<f64>, weight_decay: Option<f64>, warmup: usize) -> Result<[Box<dyn UpdateRule>; 2], Box<dyn Error>> {
         let mut hyper = match defaults(self.name) {
             Value::Object(map) => map,
             _ => Map::new(),
         };
+        if self.schedule_free() {
+            hyper.insert("warmup_steps".into(), json!(warmup));
+        }
         if let Some(lr) = lr {
             hyper.insert("lr".into(), json!(lr));
         }
@@ -221,8 +237,8 @@ impl RuleSpec {
     /// hidden matrices: with it, the hidden layers' weights take Muon, and the input and output
     /// layers' weights and all biases take AdamW (this example's AdamW, in two groups), all in
     /// one optimizer sharing the gradient clipping.
-    fn groups(&self, lr: Option<f64>, weight_decay: Option<f64>, layers: &[Layer]) -> Result<Vec<ParamGroup>, Box<dyn Error>> {
-        let [weights, biases] = self.rules(lr, weight_decay)?;
+    fn groups(&self, lr: Option<f64>, weight_decay: Option<f64>, warmup: usize, layers: &[Layer]) -> Result<Vec<ParamGroup>, Box<dyn Error>> {
+        let [weights, biases] = self.rules(lr, weight_decay, warmup)?;
         if self.name != "Muon" {
             return Ok(vec![
                 ParamGroup::from_boxed(weights, layers.iter().map(|l| l.w)),
@@ -233,7 +249,7 @@ impl RuleSpec {
             return Err("Muon needs at least one hidden layer (its matrices); give --hidden".into());
         }
         let last = layers.len() - 1;
-        let [edge_weights, edge_biases] = RuleSpec::parse("adamw")?.rules(None, None)?;
+        let [edge_weights, edge_biases] = RuleSpec::parse("adamw")?.rules(None, None, 0)?;
         Ok(vec![
             ParamGroup::from_boxed(weights, layers[1..last].iter().map(|l| l.w)),
             ParamGroup::from_boxed(edge_weights, [layers[0].w, layers[last].w]),
@@ -281,7 +297,7 @@ impl Setup {
 /// The setup of a run with `spec`, its curves still empty.
 fn plan(setup: &Setup, spec: &RuleSpec) -> Result<Run, Box<dyn Error>> {
     let args = &setup.args;
-    let [weight_rule, _] = spec.rules(args.lr, args.weight_decay)?;
+    let [weight_rule, _] = spec.rules(args.lr, args.weight_decay, args.warmup_steps)?;
     Ok(Run {
         label: spec.text.clone(),
         trainer: format!("wgpu-optim on {}", setup.gpu.adapter().name),
@@ -306,7 +322,7 @@ fn plan(setup: &Setup, spec: &RuleSpec) -> Result<Run, Box<dyn Error>> {
 fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<dyn Error>> {
     let args = &setup.args;
     let (params, layers) = model::init_parameters(&setup.sizes, args.seed)?;
-    let groups = spec.groups(args.lr, args.weight_decay, &layers)?;
+    let groups = spec.groups(args.lr, args.weight_decay, args.warmup_steps, &layers)?;
     let clip = (args.clip_grad_norm > 0.0).then_some(ClipGradNorm {
         max_norm: args.clip_grad_norm,
         norm_type: 2.0,
@@ -314,12 +330,24 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
     });
     let options = OptimizerOptions { gradients: GradientOptions { clip_grad_norm: clip, ..Default::default() }, ..Default::default() };
     let mut opt = Optimizer::with_options(&setup.gpu, params, groups, options)?;
+    let device = setup.gpu.device();
     let mlp = Mlp::new(&opt, &setup.kernels, &layers, args.batch, &setup.data.train, &setup.data.test, &setup.order)?;
-    let mut schedule = warmup_cosine(&mut opt, args.warmup_steps, setup.total_steps(), args.warmup_start)?;
+    let mut schedule: Box<dyn Scheduler> = if spec.schedule_free() {
+        Box::new(ConstantLR::new(&mut opt, 1.0, 0)?) // the lr stays: Schedule-Free warms up itself
+    } else {
+        warmup_cosine(&mut opt, args.warmup_steps, setup.total_steps(), args.warmup_start)?
+    };
 
     let mut run = plan(setup, spec)?;
-    let record_eval = |run: &mut Run, step: usize| -> Result<(), Box<dyn Error>> {
+    // Schedule-Free evaluates x (eval()) and trains from y (train()); other rules have one point.
+    let record_eval = |run: &mut Run, step: usize, opt: &mut Optimizer| -> Result<(), Box<dyn Error>> {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        opt.eval(&mut encoder);
+        setup.gpu.queue().submit([encoder.finish()]);
         let (loss, accuracy) = mlp.evaluate()?;
+        let mut encoder = device.create_command_encoder(&Default::default());
+        opt.train(&mut encoder);
+        setup.gpu.queue().submit([encoder.finish()]);
         run.evals.step.push(step);
         run.evals.test_loss.push(loss);
         run.evals.test_accuracy.push(accuracy);
@@ -355,11 +383,10 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
                 bar.println(note);
             }
         }
-        None => record_eval(&mut run, 0)?,
+        None => record_eval(&mut run, 0, &mut opt)?,
     }
     let stop_epoch = args.stop_after.unwrap_or(args.epochs).min(args.epochs);
 
-    let device = setup.gpu.device();
     let start = Instant::now();
     let first_step = step;
     for epoch in step / setup.steps_per_epoch..stop_epoch {
@@ -395,7 +422,7 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
                 samples_per_second
             ));
         }
-        record_eval(&mut run, step)?;
+        record_eval(&mut run, step, &mut opt)?;
         if let Some(path) = &args.save {
             let seconds = run.seconds + start.elapsed().as_secs_f64();
             let saved = Saved { step, scheduler: schedule.state(), run: Run { seconds, ..run.clone() } };
