@@ -840,6 +840,10 @@ pub struct GpuRunner {
     lr: Option<Vec<f64>>,
     history: wgpu::Buffer,
     steps_per_submission: u32,
+    /// Rules with sparse gradients (SparseAdam): each step's gradient touches every row, so
+    /// before each step the row masks are filled from `ones`.
+    row_masks: Vec<TensorView>,
+    ones: Option<wgpu::Buffer>,
 }
 
 impl GpuRunner {
@@ -901,6 +905,15 @@ impl GpuRunner {
                 (bind_group, history)
             })
             .await?;
+        let row_masks: Vec<TensorView> = xy.iter().filter_map(|&id| opt.grad_rows(id).ok()).collect();
+        let ones = row_masks.iter().map(|m| m.len).max().map(|len| {
+            use wgpu::util::DeviceExt;
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("trajectory row masks"),
+                contents: bytemuck::cast_slice(&vec![1u32; len]),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            })
+        });
         let workgroups = (starts as u32).div_ceil(GRAD_WORKGROUP_SIZE);
         let max = device.limits().max_compute_workgroups_per_dimension.max(1);
         let x = workgroups.min(max);
@@ -918,6 +931,8 @@ impl GpuRunner {
             lr: run.lr.clone(),
             history,
             steps_per_submission,
+            row_masks,
+            ones,
         })
     }
 
@@ -947,7 +962,14 @@ impl GpuRunner {
         while step < self.steps {
             // A segment: steps up to the next sample or the end of this submission.
             let submission_end = (step / self.steps_per_submission + 1) * self.steps_per_submission;
-            let end = self.samples[next_sample].min(submission_end);
+            let mut end = self.samples[next_sample].min(submission_end);
+            if let Some(ones) = &self.ones {
+                // A dense function's gradient touches every row; the step consumes the masks.
+                end = step + 1;
+                for mask in &self.row_masks {
+                    encoder.copy_buffer_to_buffer(ones, 0, &mask.buffer, mask.offset, mask.byte_size());
+                }
+            }
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("trajectory steps"),
@@ -988,6 +1010,7 @@ pub struct CpuRunner {
     steps: u32,
     samples: Vec<u32>,
     lr: Option<Vec<f64>>,
+    sparse: bool,
 }
 
 impl CpuRunner {
@@ -1003,6 +1026,7 @@ impl CpuRunner {
             steps: run.steps,
             samples: sampled_steps(run.steps, run.sample_every),
             lr: run.lr.clone(),
+            sparse: run.rule.kernel().sparse_rows,
         })
     }
 
@@ -1018,7 +1042,13 @@ impl CpuRunner {
             }
             for &id in &self.xy {
                 let grad: Vec<f32> = self.opt.param(id).chunks(2).flat_map(|p| self.function.gradient_f32(p[0], p[1])).collect();
-                self.opt.write_grad(id, &grad)?;
+                if self.sparse {
+                    // A dense function's gradient touches every row.
+                    let rows: Vec<u32> = (0..crate::rules::sparse_rows(self.opt.tensor_shape(id)).0 as u32).collect();
+                    self.opt.write_sparse_grad(id, &rows, &grad)?;
+                } else {
+                    self.opt.write_grad(id, &grad)?;
+                }
             }
             self.opt.step();
             if step == self.samples[next_sample] {

@@ -40,6 +40,8 @@ fn sensible(name: &str) -> serde_json::Value {
         "Lion" => serde_json::json!({"lr": 1e-3}),
         "ASGD" => serde_json::json!({"lr": 1e-3}),
         "Adan" => serde_json::json!({"lr": 0.02}),
+        "SparseAdam" => serde_json::json!({"lr": 0.05}),
+        "AdamWScheduleFree" => serde_json::json!({"lr": 0.05, "warmup_steps": 10}),
         other => panic!("no settings for {other}"),
     }
 }

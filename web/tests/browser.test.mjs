@@ -111,7 +111,8 @@ const CASES = [
     { optimizer: 'Adagrad', hyperparameters: { lr: 0.5 } } ] },
   { function: 'beale', runs: [
     { optimizer: 'Adadelta', hyperparameters: { lr: 1.0 } },
-    { optimizer: 'AdamW', hyperparameters: { lr: 0.01, weight_decay: 0.01, amsgrad: true } } ] },
+    { optimizer: 'AdamW', hyperparameters: { lr: 0.01, weight_decay: 0.01, amsgrad: true } },
+    { optimizer: 'AdamWScheduleFree', hyperparameters: { lr: 0.05, warmup_steps: 10 } } ] },
   { function: 'rastrigin', runs: [{ optimizer: 'SGD', hyperparameters: { lr: 0.002 } }] },
   { function: 'saddle', runs: [{ optimizer: 'Adam', hyperparameters: { lr: 0.01 } }] },
   { function: 'ill_conditioned', runs: [{ optimizer: 'SGD', hyperparameters: { lr: 0.015, momentum: 0.5 } }] },
@@ -129,7 +130,8 @@ const CASES = [
     { optimizer: 'Lamb', hyperparameters: { lr: 0.02, max_grad_norm: null } },
     { optimizer: 'Adafactor', hyperparameters: { lr: 0.05 } },
     { optimizer: 'Muon', hyperparameters: { lr: 0.02, weight_decay: 0 } },
-    { optimizer: 'Muon', hyperparameters: { lr: 0.02, weight_decay: 0, ns_precision: 'float32', nesterov: false } }] },
+    { optimizer: 'Muon', hyperparameters: { lr: 0.02, weight_decay: 0, ns_precision: 'float32', nesterov: false } },
+    { optimizer: 'SparseAdam', hyperparameters: { lr: 0.05 } }] },
 ];
 
 before(async () => {
