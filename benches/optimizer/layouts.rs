@@ -33,6 +33,15 @@ impl Layout {
         }
     }
 
+    /// An embedding table of `elements` elements (rounded down to whole rows) in rows of `row`.
+    pub fn embedding(elements: usize, row: usize) -> Self {
+        let rows = (elements / row).max(1);
+        Layout {
+            name: format!("{} as a {rows}×{row} embedding", format_count(rows * row)),
+            tensors: vec![("embedding".into(), vec![rows, row], 0)],
+        }
+    }
+
     /// GPT-2 small (124 M parameters, 148 tensors; the LM head is tied to `wte`), with
     /// nanoGPT's groups: weight decay on the 2-D weights (group 0), none on biases and
     /// LayerNorm parameters (group 1). `benches/torch_adamw.py` builds the same layout.

@@ -22,7 +22,7 @@ use serde_json::json;
 use wgpu_optim::rules::{from_config, AdamW};
 use wgpu_optim::{BackendChoice, CpuOptimizer, Optimizer, OptimizerOptions, UpdateRule};
 
-use gpu::{measure, median, time_recording, Bench, Copy, Plan, Step, Timing, Workload};
+use gpu::{measure, median, time_recording, Bench, Copy, Plan, SparseStep, Step, Timing, Workload};
 use layouts::{format_count, parse_count, Gpt2Dims, Layout};
 use naive::NaiveAdamW;
 use report::{print_bandwidth, print_layouts, print_naive, print_state, print_structured_steps, print_tuning};
@@ -163,9 +163,18 @@ fn measure_step(
     copy: &mut Copy,
     opt: &mut Optimizer,
     naive: Option<&mut NaiveAdamW<'_>>,
+    touched_rows: f64,
 ) -> (Measured, Measured, Option<Measured>) {
+    let masks = sparse_masks(bench, opt, touched_rows);
     let mut step = Step(opt);
-    let mut workloads: Vec<&mut dyn Workload> = vec![copy, &mut step];
+    let mut sparse_step;
+    let mut workloads: Vec<&mut dyn Workload> = vec![copy];
+    if masks.is_empty() {
+        workloads.push(&mut step);
+    } else {
+        sparse_step = SparseStep { opt: step.0, masks };
+        workloads.push(&mut sparse_step);
+    }
     if let Some(naive) = naive {
         workloads.push(naive);
     }
@@ -232,6 +241,39 @@ fn bytes_per_element(rule: &dyn UpdateRule) -> u64 {
     4 * ((2 + states) + (1 + states))
 }
 
+/// Row length of the embedding a rule with sparse gradients is measured on (GPT-2's width).
+const SPARSE_ROW: usize = 768;
+
+/// Bytes a step moves on `elements` elements: for sparse gradients, the touched rows' share of
+/// [`bytes_per_element`] plus the row mask, read by the update and cleared after it.
+fn step_bytes(rule: &dyn UpdateRule, elements: usize, touched_rows: f64) -> u64 {
+    if rule.kernel().sparse_rows {
+        let rows = (elements / SPARSE_ROW) as f64;
+        (rows * touched_rows).round() as u64 * SPARSE_ROW as u64 * bytes_per_element(rule) + 2 * 4 * rows as u64
+    } else {
+        elements as u64 * bytes_per_element(rule)
+    }
+}
+
+/// For an optimizer with sparse gradients: each tensor's row mask and a buffer holding the
+/// mask of a step touching `touched_rows` of its rows (every k-th row), to copy in before each step.
+fn sparse_masks(bench: &Bench, opt: &Optimizer, touched_rows: f64) -> Vec<(wgpu::Buffer, wgpu_optim::TensorView)> {
+    use wgpu::util::DeviceExt;
+    let every = (1.0 / touched_rows).round().max(1.0) as usize;
+    opt.tensor_ids()
+        .filter_map(|id| opt.grad_rows(id).ok())
+        .map(|mask| {
+            let values: Vec<u32> = (0..mask.len).map(|r| u32::from(r % every == 0)).collect();
+            let source = bench.gpu.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bench row mask"),
+                contents: bytemuck::cast_slice(&values),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            (source, mask)
+        })
+        .collect()
+}
+
 /// `CpuOptimizer::step` (single-threaded scalar Rust), median of a few steps.
 #[derive(Clone, Debug, Serialize)]
 struct CpuBaseline {
@@ -243,7 +285,8 @@ struct CpuBaseline {
 struct RuleRow {
     rule: String,
     elements: usize,
-    bytes_per_element: u64,
+    /// Bytes moved per element (a fraction for sparse gradients touching few rows).
+    bytes_per_element: f64,
     dispatches: usize,
     step: Measured,
     copy: Measured,
@@ -572,7 +615,12 @@ fn build_optimizer(
     let (params, groups) = layout.build(rules);
     let opt = Optimizer::with_options(&bench.gpu, params, groups, options.clone()).map_err(|e| e.to_string())?;
     for (t, id) in opt.tensor_ids().enumerate() {
-        opt.write_grad(id, &layout.grad(t)).map_err(|e| e.to_string())?;
+        match opt.grad_rows(id) {
+            // Sparse gradients: values in every row; each step's mask says which are touched.
+            Ok(mask) => opt.write_sparse_grad(id, &(0..mask.len as u32).collect::<Vec<_>>(), &layout.grad(t)),
+            Err(_) => opt.write_grad(id, &layout.grad(t)),
+        }
+        .map_err(|e| e.to_string())?;
     }
     Ok(opt)
 }
@@ -614,8 +662,15 @@ fn bandwidth_section(
     let mut rows = Vec::new();
     let mut naive_rows = Vec::new();
     for &elements in sizes {
-        let layout = Layout::single(elements);
-        for (label, rule) in rules {
+        let runs = rules.iter().flat_map(|(label, rule)| {
+            // Sparse gradients: an embedding with every row touched, then 1 % of its rows.
+            let fractions: &[f64] = if rule.kernel().sparse_rows { &[1.0, 0.01] } else { &[1.0] };
+            fractions.iter().map(move |&touched| (label, rule, touched))
+        });
+        for (label, rule, touched) in runs {
+            let sparse = rule.kernel().sparse_rows;
+            let layout = if sparse { Layout::embedding(elements, SPARSE_ROW) } else { Layout::single(elements) };
+            let label = if sparse { format!("{label} ({} % of rows)", touched * 100.0) } else { label.clone() };
             eprintln!(
                 "bandwidth: {label}, {} (load average {:?})",
                 format_count(elements),
@@ -623,12 +678,12 @@ fn bandwidth_section(
             );
             let rule_set = [rule.clone()];
             let mut opt = build_optimizer(bench, &layout, &rule_set, options)?;
-            let bytes = elements as u64 * bytes_per_element(rule.as_ref());
+            let bytes = step_bytes(rule.as_ref(), elements, touched);
             let mut copy = Copy::new(bench, bytes);
             let mut naive =
                 (baselines && rule.name() == "AdamW").then(|| NaiveAdamW::new(bench, &opt, u64::from(plan.max_batch)));
             let dispatches = opt.dispatches_per_step();
-            let (copy_m, step_m, naive_m) = measure_step(bench, plan, &mut copy, &mut opt, naive.as_mut());
+            let (copy_m, step_m, naive_m) = measure_step(bench, plan, &mut copy, &mut opt, naive.as_mut(), touched);
             if let (Some(naive_m), Some(naive)) = (naive_m, naive.as_ref()) {
                 naive_rows.push(naive_row(
                     "bandwidth",
@@ -653,7 +708,7 @@ fn bandwidth_section(
             rows.push(RuleRow {
                 rule: label.clone(),
                 elements,
-                bytes_per_element: bytes_per_element(rule.as_ref()),
+                bytes_per_element: bytes as f64 / elements as f64,
                 dispatches,
                 step: step_m,
                 copy: copy_m,
@@ -757,7 +812,7 @@ fn layout_section(
 
         let dispatches = opt.dispatches_per_step();
         let arenas = opt.arenas().len();
-        let (copy_m, step_m, naive_m) = measure_step(bench, plan, &mut copy, &mut opt, naive.as_mut());
+        let (copy_m, step_m, naive_m) = measure_step(bench, plan, &mut copy, &mut opt, naive.as_mut(), 1.0);
         let naive_row = match (naive_m, naive.as_ref()) {
             (Some(m), Some(naive)) => Some(naive_row(
                 if gpt2 { "gpt2" } else { "scaling" },

@@ -95,7 +95,7 @@ impl Columns {
 }
 
 pub(crate) fn print_bandwidth(rows: &[RuleRow], software: bool) {
-    let mut copies: Vec<(usize, u64, Vec<f64>)> = Vec::new();
+    let mut copies: Vec<(usize, f64, Vec<f64>)> = Vec::new();
     for row in rows {
         let samples = if row.copy.samples.gpu.is_empty() {
             &row.copy.samples.wall
@@ -113,14 +113,14 @@ pub(crate) fn print_bandwidth(rows: &[RuleRow], software: bool) {
     let copy_rows: Vec<Vec<String>> = copies
         .iter()
         .map(|(elements, b, samples)| {
-            let bytes = *elements as u64 * b;
+            let bytes = (*elements as f64 * b).round();
             let s = median(samples);
             vec![
                 format_count(*elements),
-                format!("{b}"),
-                format!("{:.0}", bytes as f64 / 1e6),
+                format!("{b:.3}").trim_end_matches('0').trim_end_matches('.').to_string(),
+                format!("{:.0}", bytes / 1e6),
                 ms(s),
-                format!("{:.1}", bytes as f64 / s / 1e9),
+                format!("{:.1}", bytes / s / 1e9),
             ]
         })
         .collect();
@@ -152,13 +152,13 @@ pub(crate) fn print_bandwidth(rows: &[RuleRow], software: bool) {
         let cpu_ref_gbps = r.cpu.as_ref().map(|c| {
             format!(
                 "{:.1}",
-                (r.elements as u64 * r.bytes_per_element) as f64 / c.wall_s / 1e9
+                r.elements as f64 * r.bytes_per_element / c.wall_s / 1e9
             )
         });
         columns.row(vec![
             (r.rule.clone(), false),
             (format_count(r.elements), false),
-            (r.bytes_per_element.to_string(), false),
+            (format!("{:.3}", r.bytes_per_element).trim_end_matches('0').trim_end_matches('.').to_string(), false),
             (r.dispatches.to_string(), false),
             (ms(best(&r.step)), false),
             (format!("{:.1}", r.ratio.step_gbps), false),

@@ -296,10 +296,11 @@ impl Kernel {
         self.passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. }))
     }
 
-    /// The distinct entry points of its passes, in order.
+    /// The distinct entry points of its passes (then of its mode switch), in order.
     pub fn entry_points(&self) -> Vec<&'static str> {
         let mut entries: Vec<&'static str> = Vec::new();
-        for pass in &self.passes {
+        let switch = self.mode_switch.iter().flat_map(|s| [&s.to_train, &s.to_eval]);
+        for pass in self.passes.iter().chain(switch) {
             if !entries.contains(&pass.entry) {
                 entries.push(pass.entry);
             }

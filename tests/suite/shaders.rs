@@ -7,7 +7,7 @@ use wgpu_optim::rules::kernels;
 #[test]
 fn every_kernel_translates_to_every_backend_language() {
     let kernels = kernels();
-    assert_eq!(kernels.len(), 15, "one shader per rule (AdamW shares Adam's)");
+    assert_eq!(kernels.len(), 17, "one shader per rule (AdamW shares Adam's)");
     for kernel in &kernels {
         let variants = translate_all(kernel).unwrap_or_else(|e| panic!("{e}"));
         // The rule's flags, plus `conditioned` (gradient conditioning on the GPU) from common.wgsl.
