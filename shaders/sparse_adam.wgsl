@@ -40,8 +40,31 @@ fn row_length(tensor: Tensor) -> u32 {
     return tensor.cols;
 }
 
-fn row_touched(tensor: Tensor, element: u32) -> bool {
-    return element < tensor.len && bitcast<u32>(aux[tensor.row_mask + element / row_length(tensor)]) != 0u;
+fn row_touched(tensor: Tensor, row: u32) -> bool {
+    return bitcast<u32>(aux[tensor.row_mask + row]) != 0u;
+}
+
+// Which of the four elements from `first` on lie in touched rows: one division and at most
+// two mask reads when rows hold 4 or more elements (a vec4 then spans at most two rows).
+fn lanes_touched(tensor: Tensor, first: u32) -> vec4<bool> {
+    let length = row_length(tensor);
+    let lanes = first + vec4<u32>(0u, 1u, 2u, 3u);
+    let inside = lanes < vec4<u32>(tensor.len);
+    if (length < 4u) {
+        let rows = lanes / length;
+        return inside & vec4<bool>(
+            row_touched(tensor, rows.x), inside.y && row_touched(tensor, rows.y),
+            inside.z && row_touched(tensor, rows.z), inside.w && row_touched(tensor, rows.w),
+        );
+    }
+    let row = first / length;
+    let in_next_row = lanes - vec4<u32>(row * length) >= vec4<u32>(length);
+    let this_row = row_touched(tensor, row);
+    var next_row = false;
+    if (any(in_next_row) && (row + 1u) * length < tensor.len) {
+        next_row = row_touched(tensor, row + 1u);
+    }
+    return inside & select(vec4<bool>(this_row), vec4<bool>(next_row), in_next_row);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -55,12 +78,10 @@ fn update(
     }
     let site = element_site(workgroup, grid, local);
     let tensor = site.tensor;
-    let touched = vec4<bool>(
-        row_touched(tensor, site.first),
-        row_touched(tensor, site.first + 1u),
-        row_touched(tensor, site.first + 2u),
-        row_touched(tensor, site.first + 3u),
-    );
+    if (site.first >= tensor.len) {
+        return;
+    }
+    let touched = lanes_touched(tensor, site.first);
     if (!any(touched)) {
         return;
     }

@@ -151,8 +151,13 @@ pub fn run_cpu(layout: Layout, groups: &dyn Fn(&[Vec<TensorId>]) -> Vec<ParamGro
         }
         opt.step();
     }
+    snapshot_cpu(&opt, &all)
+}
+
+/// Every parameter and state tensor of `ids` on the CPU reference, by name (`w`, `w.exp_avg`).
+pub fn snapshot_cpu(opt: &CpuOptimizer, ids: &[TensorId]) -> Snapshot {
     let mut out = Vec::new();
-    for &id in &all {
+    for &id in ids {
         out.push((opt.tensor_name(id).to_string(), opt.param(id).to_vec()));
         for key in opt.state_keys(id) {
             out.push((format!("{}.{key}", opt.tensor_name(id)), opt.state(id, key).unwrap().to_vec()));

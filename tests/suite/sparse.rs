@@ -5,7 +5,7 @@
 use wgpu_optim::rules::{sparse_rows, AdamW, SparseAdam};
 use wgpu_optim::{ClipGradNorm, CpuOptimizer, GradientOptions, Optimizer, OptimizerOptions, ParamGroup, Parameters, TensorId};
 
-use crate::common::{gpus, max_normwise_difference, snapshot_gpu, Rng, Snapshot};
+use crate::common::{gpus, max_normwise_difference, snapshot_cpu, snapshot_gpu, Rng, Snapshot};
 use crate::rules::GPU_VS_CPU_TOLERANCE;
 
 const STEPS: usize = 30;
@@ -63,14 +63,7 @@ fn cpu_run() -> Snapshot {
         }
         opt.step();
     }
-    let mut out = Vec::new();
-    for &id in &ids {
-        out.push((opt.tensor_name(id).to_string(), opt.param(id).to_vec()));
-        for key in opt.state_keys(id) {
-            out.push((format!("{}.{key}", opt.tensor_name(id)), opt.state(id, key).unwrap().to_vec()));
-        }
-    }
-    out
+    snapshot_cpu(&opt, &ids)
 }
 
 #[test]

@@ -18,7 +18,7 @@ use wgpu_optim::{
     TensorId, UpdateRule,
 };
 
-use crate::common::{gpus, max_normwise_difference, snapshot_gpu, Rng, Snapshot};
+use crate::common::{gpus, max_normwise_difference, snapshot_cpu, snapshot_gpu, Rng, Snapshot};
 use crate::rules::GPU_VS_CPU_TOLERANCE;
 
 /// The shapes the issue names: 1×n, n×1, 3×1000, 17×33, 512×512, and 5×7×9 (Adafactor only).
@@ -57,14 +57,7 @@ fn cpu_snapshot(shapes: &[&[usize]], groups: &Groups, gradients: &GradientOption
         }
         opt.step();
     }
-    let mut out = Vec::new();
-    for &id in &ids {
-        out.push((opt.tensor_name(id).to_string(), opt.param(id).to_vec()));
-        for key in opt.state_keys(id) {
-            out.push((format!("{}.{key}", opt.tensor_name(id)), opt.state(id, key).unwrap().to_vec()));
-        }
-    }
-    out
+    snapshot_cpu(&opt, &ids)
 }
 
 fn gpu_optimizer(gpu: &GpuContext, shapes: &[&[usize]], groups: &Groups, gradients: &GradientOptions) -> (Optimizer, Vec<TensorId>) {
