@@ -80,9 +80,18 @@ fn norm_partials(
     }
     reduce_value[local] = value;
     reduce_flag[local] = flag;
-    reduce(local);
+    // One barrier, then one invocation folds the workgroup's values in order: a software
+    // adapter (llvmpipe) pays for each barrier with a switch between all the invocations, which
+    // costs more than the 255 additions.
+    workgroupBarrier();
     if (local == 0u) {
-        partials[window.first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(reduce_value[0], reduce_flag[0]);
+        var total = reduce_value[0];
+        var any_flag = reduce_flag[0];
+        for (var k = 1u; k < WORKGROUP_SIZE; k++) {
+            total = combine(total, reduce_value[k]);
+            any_flag = max(any_flag, reduce_flag[k]);
+        }
+        partials[window.first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(total, any_flag);
     }
 }
 

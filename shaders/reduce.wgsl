@@ -4,14 +4,19 @@
 
 var<workgroup> reduce_sums: array<vec4<f32>, WORKGROUP_SIZE>;
 
-// The sum of `value` over the workgroup, returned to every invocation.
+// The sum of `value` over the workgroup, returned to every invocation: invocation 0 adds the
+// workgroup's values in order. Three barriers where a binary tree needs nine: a software
+// adapter (llvmpipe) pays for each barrier with a switch between all the workgroup's
+// invocations, which costs more than the 255 additions.
 fn workgroup_sum(local: u32, value: vec4<f32>) -> vec4<f32> {
     reduce_sums[local] = value;
-    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride = stride / 2u) {
-        workgroupBarrier();
-        if (local < stride) {
-            reduce_sums[local] = reduce_sums[local] + reduce_sums[local + stride];
+    workgroupBarrier();
+    if (local == 0u) {
+        var sum = reduce_sums[0];
+        for (var k = 1u; k < WORKGROUP_SIZE; k++) {
+            sum += reduce_sums[k];
         }
+        reduce_sums[0] = sum;
     }
     workgroupBarrier();
     let total = reduce_sums[0];
