@@ -1,4 +1,4 @@
-// Deterministic workgroup reductions (a fixed tree, no atomics), for rules that reduce per
+// Deterministic workgroup reductions (a fixed order, no atomics), for rules that reduce per
 // tensor: an element pass writes one vec4 of partial sums per chunk, and a per-tensor pass
 // sums its tensor's chunks in a fixed order.
 

@@ -1093,23 +1093,30 @@ def rule_specs():
         ("Lamb", {"grad_averaging": False, "max_grad_norm": None}, "groups", 100, None, None),
         ("Lamb", {"weight_decay": 0.0}, "groups", 100, None, None),
     ]
-    specs = []
-    for i, (opt, variant, problem, steps, overrides, token) in enumerate(table):
-        hp = ordered(hyperparameters(opt, variant))
-        tokens = (name_tokens(opt, hp) or ["default"]) + ([token] if token else [])
-        spec = {
-            "name": "-".join([opt.lower()] + tokens + [problem.replace("_", "-")]),
-            "optimizer": opt,
-            "hyperparameters": hp,
-            "problem": problem,
-            "explicit_single_group": i % 3 == 1,
-        }
-        if steps is not None:
-            spec["steps"] = steps
-        if overrides is not None:
-            spec["group_overrides"] = overrides
-        specs.append(spec)
-    return specs
+    return [table_spec(i, opt, variant, problem, steps, overrides, None, token)
+            for i, (opt, variant, problem, steps, overrides, token) in enumerate(table)]
+
+
+def table_spec(i, opt, variant, problem, steps, overrides, training, token):
+    """The spec of row `i` of a hand-picked table: its name from the flags (and `token`),
+    every third case with an explicit single group, the optional step count, group overrides
+    and training-loop keys."""
+    hp = ordered(hyperparameters(opt, variant))
+    tokens = (name_tokens(opt, hp) or ["default"]) + ([token] if token else [])
+    spec = {
+        "name": "-".join([opt.lower()] + tokens + [problem.replace("_", "-")]),
+        "optimizer": opt,
+        "hyperparameters": hp,
+        "problem": problem,
+        "explicit_single_group": i % 3 == 1,
+    }
+    if steps is not None:
+        spec["steps"] = steps
+    if overrides is not None:
+        spec["group_overrides"] = overrides
+    if training is not None:
+        spec["training"] = training
+    return spec
 
 
 def sparse_schedulefree_specs():
@@ -1141,25 +1148,8 @@ def sparse_schedulefree_specs():
         (sf, {}, "groups", None, None, {"eval_every": 7, "eval_at_end": True}, "eval7-evalend"),
         (sf, {}, "zeros", None, None, {"eval_at_end": True}, "evalend"),
     ]
-    specs = []
-    for i, (opt, variant, problem, steps, overrides, modes, token) in enumerate(table):
-        hp = ordered(hyperparameters(opt, variant))
-        tokens = (name_tokens(opt, hp) or ["default"]) + ([token] if token else [])
-        spec = {
-            "name": "-".join([opt.lower()] + tokens + [problem.replace("_", "-")]),
-            "optimizer": opt,
-            "hyperparameters": hp,
-            "problem": problem,
-            "explicit_single_group": i % 3 == 1,
-        }
-        if steps is not None:
-            spec["steps"] = steps
-        if overrides is not None:
-            spec["group_overrides"] = overrides
-        if modes is not None:
-            spec["training"] = modes
-        specs.append(spec)
-    return specs
+    return [table_spec(i, opt, variant, problem, steps, overrides, modes, token)
+            for i, (opt, variant, problem, steps, overrides, modes, token) in enumerate(table)]
 
 
 # torch.amp.GradScaler("cpu", **LOSS_SCALE) in the loss-scaled training loops.
