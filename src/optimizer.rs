@@ -316,7 +316,7 @@ impl Optimizer {
         check_groups(&params, &groups)?;
         options.gradients.validate()?;
         let conditioned = options.gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
-        crate::cpu::check_sparse_conditioning(&groups, conditioned)?;
+        crate::params::check_sparse_conditioning(&groups, conditioned)?;
         let device = gpu.device();
         let limits = device.limits();
         let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
@@ -1142,7 +1142,7 @@ impl Optimizer {
     pub fn write_grad(&self, id: TensorId, data: &[f32]) -> Result<()> {
         let group = &self.groups[self.tensors[id.0].group];
         if group.sparse {
-            return Err(crate::cpu::dense_refused(group.rule.name(), &self.tensors[id.0].name));
+            return Err(crate::params::dense_refused(group.rule.name(), &self.tensors[id.0].name));
         }
         self.write(&self.grad(id), data, || format!("gradient of {:?}", self.tensors[id.0].name))
     }
@@ -1169,7 +1169,7 @@ impl Optimizer {
     pub fn write_sparse_grad(&self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
         let entry = &self.tensors[id.0];
         let sparse = self.groups[entry.group].sparse;
-        let (mask, dense) = crate::cpu::sparse_gradient(sparse, &entry.name, &entry.shape, rows, values)?;
+        let (mask, dense) = crate::params::sparse_gradient(sparse, &entry.name, &entry.shape, rows, values)?;
         let (_, row_length) = rules::sparse_rows(&entry.shape);
         let grad = self.grad(id);
         for (row, _) in mask.iter().enumerate().filter(|(_, &t)| t != 0) {

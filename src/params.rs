@@ -157,3 +157,53 @@ pub(crate) fn check_groups(params: &Parameters, groups: &[ParamGroup]) -> Result
     }
     Ok(())
 }
+
+/// torch's refusal of a dense gradient for SparseAdam.
+pub(crate) fn dense_refused(rule: &str, tensor: &str) -> Error {
+    Error::Tensor(format!(
+        "{rule} does not support dense gradients, please consider Adam instead (tensor {tensor:?}: write its \
+         gradient with write_sparse_grad, or its rows' mask with grad_rows)"
+    ))
+}
+
+/// Rejects gradient conditioning when a rule takes sparse gradients: the norm and the
+/// non-finite check would read the untouched rows of the dense buffer.
+pub(crate) fn check_sparse_conditioning(groups: &[ParamGroup], conditioned: bool) -> Result<()> {
+    match groups.iter().find(|g| g.rule.kernel().sparse_rows) {
+        Some(group) if conditioned => Err(Error::Config(format!(
+            "{} takes sparse gradients, which gradient conditioning (clipping, loss scaling, skipping non-finite \
+             steps, a rule reading the global norm) cannot read yet; condition them in your own kernel",
+            group.rule.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A sparse gradient checked and laid out: the row mask (1: touched) and the dense values
+/// (the rows' sums, zero elsewhere).
+pub(crate) fn sparse_gradient(sparse: bool, name: &str, shape: &[usize], rows: &[u32], values: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
+    if !sparse {
+        return Err(Error::Tensor(format!("tensor {name:?}'s rule takes dense gradients: use write_grad")));
+    }
+    let (row_count, row_length) = crate::rules::sparse_rows(shape);
+    if values.len() != rows.len() * row_length {
+        return Err(Error::SizeMismatch {
+            what: format!("sparse gradient of {name:?} ({} rows of {row_length})", rows.len()),
+            expected: rows.len() * row_length,
+            actual: values.len(),
+        });
+    }
+    if let Some(&row) = rows.iter().find(|&&r| r as usize >= row_count) {
+        return Err(Error::Tensor(format!("sparse gradient of {name:?} names row {row}; the tensor has {row_count} rows")));
+    }
+    let mut mask = vec![0u32; row_count];
+    let mut dense = vec![0.0f32; row_count * row_length];
+    for (k, &row) in rows.iter().enumerate() {
+        let at = row as usize * row_length;
+        for (d, v) in dense[at..at + row_length].iter_mut().zip(&values[k * row_length..(k + 1) * row_length]) {
+            *d = if mask[row as usize] == 0 { *v } else { *d + *v };
+        }
+        mask[row as usize] = 1;
+    }
+    Ok((mask, dense))
+}
