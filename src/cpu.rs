@@ -29,6 +29,8 @@ struct CpuGroup {
     tensors: Vec<TensorId>,
     memo: TermsMemo,
     sparse: bool,
+    /// Its rule has training and evaluation points (a mode switch).
+    switches: bool,
     /// Whether the parameters hold the training point (rules with a mode switch).
     train_mode: bool,
 }
@@ -74,13 +76,17 @@ impl CpuOptimizer {
         }
         let groups: Vec<CpuGroup> = groups
             .into_iter()
-            .map(|group| CpuGroup {
-                slots: group.rule.state_slots(),
-                sparse: group.rule.kernel().sparse_rows,
-                rule: group.rule,
-                tensors: group.tensors,
-                memo: TermsMemo::default(),
-                train_mode: true,
+            .map(|group| {
+                let kernel = group.rule.kernel();
+                CpuGroup {
+                    slots: group.rule.state_slots(),
+                    sparse: kernel.sparse_rows,
+                    switches: kernel.mode_switch.is_some(),
+                    rule: group.rule,
+                    tensors: group.tensors,
+                    memo: TermsMemo::default(),
+                    train_mode: true,
+                }
             })
             .collect();
         let tensors = params
@@ -162,7 +168,7 @@ impl CpuOptimizer {
 
     fn switch_mode(&mut self, to_train: bool) {
         for group in &mut self.groups {
-            if group.train_mode == to_train || group.rule.kernel().mode_switch.is_none() {
+            if group.train_mode == to_train || !group.switches {
                 continue;
             }
             group.train_mode = to_train;
@@ -344,8 +350,8 @@ impl CpuOptimizer {
         let tensor = &self.tensors[id.0];
         let (mask, dense) = sparse_gradient(self.groups[tensor.group].sparse, &tensor.name, &tensor.shape, rows, values)?;
         let tensor = &mut self.tensors[id.0];
+        let (_, row_length) = rules::sparse_rows(&tensor.shape);
         for (row, touched) in mask.iter().enumerate().filter(|(_, &t)| t != 0) {
-            let (_, row_length) = rules::sparse_rows(&tensor.shape);
             let at = row * row_length;
             tensor.grad[at..at + row_length].copy_from_slice(&dense[at..at + row_length]);
             tensor.grad_rows[row] = *touched;

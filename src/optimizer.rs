@@ -167,7 +167,6 @@ struct Group {
 }
 
 /// One recorded dispatch of the plan.
-#[derive(Clone)]
 struct Command {
     group: usize,
     pipeline: usize,
@@ -397,10 +396,6 @@ impl Optimizer {
         let record_stride = 64u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let mut records: Vec<DispatchRecord> = Vec::new();
         let mut commands: Vec<(usize, usize, usize, usize, (u32, u32, u32))> = Vec::new(); // group, pass, arena, window, grid
-        // Mode switches: group, direction (0: to train, 1: to eval), record, arena, window, grid.
-        // Their records follow the step's (record k is the step's command k).
-        let mut switch_entries: Vec<(usize, usize, usize, usize, usize, (u32, u32, u32))> = Vec::new();
-        let mut switch_records: Vec<DispatchRecord> = Vec::new();
         let mut arena_windows: Vec<Vec<(usize, usize, (u32, u32))>> = vec![Vec::new(); plan.arenas.len()]; // (start, len, grid)
         for (a, (g, _, len, _)) in plan.arenas.iter().enumerate() {
             let capacity = plan.capacity[*g];
@@ -437,7 +432,9 @@ impl Optimizer {
                 }
                 continue;
             }
-            for (p, pass) in kernel.passes.iter().enumerate() {
+            // The mode switch's passes follow the step's (train() and eval() record them, step()
+            // does not); see `Kernel::passes_and_switches`.
+            for (p, pass) in kernel.passes_and_switches().enumerate() {
                 match pass.scope {
                     Scope::Elements => {
                         for &a in &group_arenas {
@@ -478,27 +475,8 @@ impl Optimizer {
                     Scope::Matrices { .. } => unreachable!("handled above"),
                 }
             }
-            // The mode switch's element passes, recorded by train() and eval(), not by step().
-            if let Some(switch) = &kernel.mode_switch {
-                for (direction, pass) in [&switch.to_train, &switch.to_eval].into_iter().enumerate() {
-                    for &a in &group_arenas {
-                        for (w, &(start, len, (x, y))) in arena_windows[a].iter().enumerate() {
-                            let chunk = CHUNK_ELEMENTS as usize;
-                            switch_records.push(DispatchRecord {
-                                first_chunk: (plan.arenas[a].3 + start / chunk) as u32,
-                                chunks: len.div_ceil(chunk) as u32,
-                                args: pass.args,
-                                ..base
-                            });
-                            switch_entries.push((g, direction, switch_records.len() - 1, a, w, (x, y, 1)));
-                        }
-                    }
-                }
-            }
         }
 
-        let first_switch_record = records.len();
-        records.extend(switch_records);
         let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let scalar_stride = (SCALARS_BYTES as u64).next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let control_values = Control::new(&options.gradients);
@@ -511,8 +489,7 @@ impl Optimizer {
             flags.push(("conditioned", conditioned));
             let layout = kernel_layout(device, kernel.label, kernel.state_bindings.len());
             let source = kernel.wgsl();
-            let switch_passes = kernel.mode_switch.iter().flat_map(|s| [&s.to_train, &s.to_eval]);
-            for (p, pass) in kernel.passes.iter().chain(switch_passes).enumerate() {
+            for (p, pass) in kernel.passes_and_switches().enumerate() {
                 let key = PipelineKey {
                     label: kernel.label,
                     entry: pass.entry,
@@ -644,28 +621,24 @@ impl Optimizer {
             .await?;
         let (scalars, tables, aux, arenas, bind_groups, records_buffer) = built;
 
-        let mut switches: Vec<Option<[Vec<Command>; 2]>> = kernels.iter().map(|k| k.mode_switch.as_ref().map(|_| [Vec::new(), Vec::new()])).collect();
-        for &(g, direction, record, a, w, grid) in &switch_entries {
-            let commands = &mut switches[g].as_mut().expect("a group with a mode switch")[direction];
-            commands.push(Command {
-                group: g,
-                pipeline: pipeline_of[&(g, kernels[g].passes.len() + direction)],
-                bind_group: arenas[a].windows[w].bind_group,
-                record_offset: ((first_switch_record + record) as u64 * record_stride) as u32,
-                grid,
-            });
-        }
-        let plan_commands = commands
-            .iter()
-            .enumerate()
-            .map(|(k, &(g, p, a, w, grid))| Command {
+        // Command k uses record k. A pass index past the rule's passes is a mode switch's:
+        // toward training, then toward evaluation.
+        let mut plan_commands = Vec::new();
+        let mut switches: Vec<Option<[Vec<Command>; 2]>> =
+            kernels.iter().map(|k| k.mode_switch.as_ref().map(|_| [Vec::new(), Vec::new()])).collect();
+        for (k, &(g, p, a, w, grid)) in commands.iter().enumerate() {
+            let command = Command {
                 group: g,
                 pipeline: pipeline_of[&(g, p)],
                 bind_group: arenas[a].windows[w].bind_group,
                 record_offset: (k as u64 * record_stride) as u32,
                 grid,
-            })
-            .collect();
+            };
+            match p.checked_sub(kernels[g].passes.len()) {
+                None => plan_commands.push(command),
+                Some(direction) => switches[g].as_mut().expect("a group with a mode switch")[direction].push(command),
+            }
+        }
 
         let conditioning = if conditioned {
             let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32))> = arenas
@@ -684,9 +657,10 @@ impl Optimizer {
             .into_iter()
             .zip(terms_rings)
             .zip(switches)
-            .map(|((group, terms_ring), switch)| Group {
+            .zip(&kernels)
+            .map(|(((group, terms_ring), switch), kernel)| Group {
                 slots: group.rule.state_slots(),
-                sparse: group.rule.kernel().sparse_rows,
+                sparse: kernel.sparse_rows,
                 tensors: group.tensors,
                 rule: group.rule,
                 memo: TermsMemo::default(),
@@ -1292,6 +1266,9 @@ fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits) -
     }
     if kernel.passes.is_empty() {
         return Err(Error::Config(format!("{} declares no passes", rule.name())));
+    }
+    if matrices > 0 && kernel.mode_switch.is_some() {
+        return Err(Error::Config(format!("{}: a rule with matrix passes cannot have a mode switch", rule.name())));
     }
     Ok(())
 }

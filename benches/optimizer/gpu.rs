@@ -417,38 +417,30 @@ impl Workload for Copy {
     }
 }
 
-/// One optimizer step per unit, in a compute pass of its own.
-pub struct Step<'a>(pub &'a mut wgpu_optim::Optimizer);
-
-impl Workload for Step<'_> {
-    fn record(&mut self, encoder: &mut wgpu::CommandEncoder, stamp: Option<Stamp<'_>>) {
-        record_step(self.0, encoder, stamp);
-    }
-}
-
-/// One step of an optimizer with sparse gradients (SparseAdam): before it, each row mask is
-/// copied from its source (what the user's backward kernel would write; outside the timed
-/// pass), since the step consumes the masks.
-pub struct SparseStep<'a> {
+/// One optimizer step per unit, in a compute pass of its own. For an optimizer with sparse
+/// gradients (SparseAdam), each row mask is first copied from its source in `masks` (what the
+/// user's backward kernel would write; outside the timed pass), since the step consumes it.
+pub struct Step<'a> {
     pub opt: &'a mut wgpu_optim::Optimizer,
     pub masks: Vec<(wgpu::Buffer, wgpu_optim::TensorView)>,
 }
 
-impl Workload for SparseStep<'_> {
+impl<'a> Step<'a> {
+    /// A step of an optimizer with dense gradients.
+    pub fn new(opt: &'a mut wgpu_optim::Optimizer) -> Self {
+        Step { opt, masks: Vec::new() }
+    }
+}
+
+impl Workload for Step<'_> {
     fn record(&mut self, encoder: &mut wgpu::CommandEncoder, stamp: Option<Stamp<'_>>) {
         for (source, mask) in &self.masks {
             encoder.copy_buffer_to_buffer(source, 0, &mask.buffer, mask.offset, mask.byte_size());
         }
-        record_step(self.opt, encoder, stamp);
-    }
-}
-
-fn record_step(opt: &mut wgpu_optim::Optimizer, encoder: &mut wgpu::CommandEncoder, stamp: Option<Stamp<'_>>) {
-    {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("bench optimizer step"),
             timestamp_writes: stamp.as_ref().map(Stamp::pass_writes),
         });
-        opt.step_in_pass(&mut pass);
+        self.opt.step_in_pass(&mut pass);
     }
 }

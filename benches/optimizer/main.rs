@@ -22,7 +22,7 @@ use serde_json::json;
 use wgpu_optim::rules::{from_config, AdamW};
 use wgpu_optim::{BackendChoice, CpuOptimizer, Optimizer, OptimizerOptions, UpdateRule};
 
-use gpu::{measure, median, time_recording, Bench, Copy, Plan, SparseStep, Step, Timing, Workload};
+use gpu::{measure, median, time_recording, Bench, Copy, Plan, Step, Timing, Workload};
 use layouts::{format_count, parse_count, Gpt2Dims, Layout};
 use naive::NaiveAdamW;
 use report::{print_bandwidth, print_layouts, print_naive, print_state, print_structured_steps, print_tuning};
@@ -166,15 +166,8 @@ fn measure_step(
     touched_rows: f64,
 ) -> (Measured, Measured, Option<Measured>) {
     let masks = sparse_masks(bench, opt, touched_rows);
-    let mut step = Step(opt);
-    let mut sparse_step;
-    let mut workloads: Vec<&mut dyn Workload> = vec![copy];
-    if masks.is_empty() {
-        workloads.push(&mut step);
-    } else {
-        sparse_step = SparseStep { opt: step.0, masks };
-        workloads.push(&mut sparse_step);
-    }
+    let mut step = Step { opt, masks };
+    let mut workloads: Vec<&mut dyn Workload> = vec![copy, &mut step];
     if let Some(naive) = naive {
         workloads.push(naive);
     }
@@ -885,7 +878,7 @@ fn tuning_section(
             .map(|v| VariantStep::new(bench, v, &buffers))
             .collect();
         let timings = {
-            let mut library = Step(&mut opt);
+            let mut library = Step::new(&mut opt);
             let mut workloads: Vec<&mut dyn Workload> = vec![&mut copy, &mut copy_kernel, &mut library];
             workloads.extend(steps.iter_mut().map(|s| s as &mut dyn Workload));
             measure(bench, plan, &mut workloads)

@@ -164,7 +164,7 @@ pub fn step_section(
         crate::gpu::load_average()
     );
     let timings = {
-        let mut steps: Vec<Step> = labelled.iter_mut().map(|(_, _, opt)| Step(opt)).collect();
+        let mut steps: Vec<Step> = labelled.iter_mut().map(|(_, _, opt)| Step::new(opt)).collect();
         let mut workloads: Vec<&mut dyn Workload> = steps.iter_mut().map(|s| s as &mut dyn Workload).collect();
         measure(bench, plan, &mut workloads)
     };

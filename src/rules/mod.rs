@@ -296,11 +296,15 @@ impl Kernel {
         self.passes.iter().any(|p| matches!(p.scope, Scope::Matrices { .. }))
     }
 
+    /// Its step's passes, then its mode switch's (toward training, toward evaluation).
+    pub fn passes_and_switches(&self) -> impl Iterator<Item = &Pass> {
+        self.passes.iter().chain(self.mode_switch.iter().flat_map(|s| [&s.to_train, &s.to_eval]))
+    }
+
     /// The distinct entry points of its passes (then of its mode switch), in order.
     pub fn entry_points(&self) -> Vec<&'static str> {
         let mut entries: Vec<&'static str> = Vec::new();
-        let switch = self.mode_switch.iter().flat_map(|s| [&s.to_train, &s.to_eval]);
-        for pass in self.passes.iter().chain(switch) {
+        for pass in self.passes_and_switches() {
             if !entries.contains(&pass.entry) {
                 entries.push(pass.entry);
             }
