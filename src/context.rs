@@ -16,6 +16,10 @@ const INSTALL_HINT: &str = "Install a GPU driver for it; on a Debian or Ubuntu m
 `apt-get install -y mesa-vulkan-drivers libvulkan1` gives a software Vulkan adapter (llvmpipe) \
 and `apt-get install -y libegl1 libegl-mesa0 libgles2` a software GL one.";
 
+const NO_COMPUTE_HINT: &str = "On OpenGL, compute needs GL 4.3 or GLES 3.1, and wgpu opens a desktop GL 3.3 \
+context where the driver offers desktop OpenGL (NVIDIA's EGL does); use the same GPU through \
+Vulkan (--backend vulkan).";
+
 /// Which graphics API to open the GPU through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendChoice {
@@ -168,11 +172,24 @@ impl GpuContext {
         Self::from_adapter(adapter).await
     }
 
-    /// Every adapter the machine offers for the chosen backend(s), best first.
+    /// Every adapter the machine offers for the chosen backend(s), best first: those that can
+    /// run compute shaders before those that cannot (see [`GpuContext::unusable`]), then
+    /// discrete, integrated, virtual and software adapters.
     pub async fn adapters(choice: BackendChoice) -> Vec<wgpu::Adapter> {
         let mut adapters = instance(choice.backends()).enumerate_adapters(choice.backends()).await;
-        adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
+        adapters.sort_by_key(|a| (Self::unusable(a).is_some(), device_type_rank(a.get_info().device_type)));
         adapters
+    }
+
+    /// Why the optimizer cannot run on this adapter, or `None` when it can. An adapter without
+    /// compute shaders is listed by wgpu but fails at the first pipeline: NVIDIA's EGL offers
+    /// desktop OpenGL, for which wgpu opens a GL 3.3 context, and compute needs GL 4.3.
+    pub fn unusable(adapter: &wgpu::Adapter) -> Option<Error> {
+        let flags = adapter.get_downlevel_capabilities().flags;
+        (!flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)).then(|| Error::NoComputeShaders {
+            adapter: AdapterReport::from(&adapter.get_info()).to_string(),
+            reason: NO_COMPUTE_HINT,
+        })
     }
 
     async fn find_adapter(choice: BackendChoice) -> Result<wgpu::Adapter> {
@@ -182,10 +199,17 @@ impl GpuContext {
                 ..Default::default()
             };
             if let Ok(adapter) = instance(choice.backends()).request_adapter(&options).await {
-                return Ok(adapter);
+                if Self::unusable(&adapter).is_none() {
+                    return Ok(adapter);
+                }
             }
-        } else if let Some(adapter) = Self::adapters(choice).await.into_iter().next() {
-            return Ok(adapter);
+        }
+        let adapters = Self::adapters(choice).await;
+        if let Some(adapter) = adapters.iter().find(|a| Self::unusable(a).is_none()) {
+            return Ok(adapter.clone());
+        }
+        if let Some(error) = adapters.first().and_then(Self::unusable) {
+            return Err(error);
         }
         let present = Self::adapters(BackendChoice::Auto)
             .await
@@ -205,10 +229,19 @@ impl GpuContext {
     /// Opens a device on the given adapter with every limit the adapter offers (the kernels
     /// themselves stay inside WebGPU's default limits).
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        if let Some(error) = Self::unusable(&adapter) {
+            return Err(error);
+        }
         let (device, queue) = adapter
             .request_device(&Self::device_descriptor(&adapter))
             .await
-            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+            .map_err(|e| {
+                let mut message = e.to_string();
+                if adapter.get_info().backend == wgpu::Backend::Gl {
+                    message.push_str(". wgpu's OpenGL backend builds compute pipelines when it opens the device, and they fail where the driver gives a GL context older than 4.3 (NVIDIA's EGL gives 3.3); use the same GPU through Vulkan");
+                }
+                Error::RequestDevice(message)
+            })?;
         Ok(Self::from_device(device, queue, &adapter.get_info()))
     }
 

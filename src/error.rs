@@ -10,6 +10,9 @@ pub enum Error {
         present: String,
         hint: &'static str,
     },
+    /// The adapter exists but cannot run compute shaders (e.g. a desktop OpenGL 3.3 context).
+    #[error("{adapter} cannot run compute shaders, which every optimizer step needs. {reason}")]
+    NoComputeShaders { adapter: String, reason: &'static str },
     /// `wgpu::Adapter::request_device` failed.
     #[error("could not open the GPU device: {0}")]
     RequestDevice(String),

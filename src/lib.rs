@@ -40,6 +40,7 @@ pub mod optimizer;
 pub mod parity;
 pub mod params;
 pub mod portability;
+pub mod probe;
 pub mod replay;
 pub mod rules;
 pub mod schedule;

@@ -26,6 +26,7 @@ use gpu::{measure, median, time_recording, Bench, Copy, Plan, Step, Timing, Work
 use layouts::{format_count, parse_count, Gpt2Dims, Layout};
 use naive::NaiveAdamW;
 use report::{print_bandwidth, print_layouts, print_naive, print_state, print_structured_steps, print_tuning};
+use structured::BF16_CHECK_TOLERANCE;
 use variants::{AdamBuffers, CopyKernel, Variant, VariantStep};
 
 /// Counts heap allocations, to see whether recording a step allocates.
@@ -1025,7 +1026,7 @@ fn run_checks(bench: &Bench, verbose: bool) -> Result<Vec<CheckRow>, String> {
     if rows.iter().any(|r| !r.passed) {
         return Err(format!(
             "a check failed: a kernel disagrees with the CPU reference by more than its tolerance \
-             ({CHECK_TOLERANCE:e} of a tensor's scale; 1e-4 for Muon in bfloat16), or the state accounting differs"
+             ({CHECK_TOLERANCE:e} of a tensor's scale; {BF16_CHECK_TOLERANCE:e} for Muon in bfloat16), or the state accounting differs"
         ));
     }
     Ok(rows)

@@ -67,7 +67,12 @@ enum Command {
         markdown: Option<PathBuf>,
     },
     /// List the GPU adapters this machine offers.
-    Adapters,
+    Adapters {
+        /// Also measure each usable adapter's f32 arithmetic: whether it fuses a*b+c into an
+        /// FMA, and how far its division and square root are from correctly rounded.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Optimizer paths on a 2-D test function (the browser demo's runs, natively): writes the
     /// positions at every sampled step as JSON, and optionally a PNG plot.
     Trajectories(TrajectoriesArgs),
@@ -130,14 +135,29 @@ fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
     match cli.command {
         Command::Parity { backend, cases, json, markdown } => parity(&backend, &cases, json, markdown),
         Command::Trajectories(args) => trajectories(args),
-        Command::Adapters => {
+        Command::Adapters { probe } => {
             let adapters = pollster::block_on(GpuContext::adapters(BackendChoice::Auto));
             if adapters.is_empty() {
                 // Produces the error that says what to install.
                 GpuContext::new(BackendChoice::Auto)?;
             }
             for adapter in adapters {
-                println!("{}", wgpu_optim::AdapterReport::from(&adapter.get_info()));
+                let report = wgpu_optim::AdapterReport::from(&adapter.get_info());
+                if let Some(error) = GpuContext::unusable(&adapter) {
+                    println!("{report}: not usable: {error}");
+                    continue;
+                }
+                if !probe {
+                    println!("{report}");
+                    continue;
+                }
+                match pollster::block_on(GpuContext::from_adapter(adapter)) {
+                    Ok(gpu) => {
+                        let found = pollster::block_on(wgpu_optim::probe::probe_float_semantics(&gpu))?;
+                        println!("{report}\n  f32 arithmetic: {found}");
+                    }
+                    Err(error) => println!("{report}: not usable: {error}"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -202,7 +222,11 @@ fn parity(
     if backend == "all" {
         backends.push(None);
         for adapter in pollster::block_on(GpuContext::adapters(BackendChoice::Auto)) {
-            backends.push(Some(pollster::block_on(GpuContext::from_adapter(adapter))?));
+            let report = wgpu_optim::AdapterReport::from(&adapter.get_info());
+            match pollster::block_on(GpuContext::from_adapter(adapter)) {
+                Ok(gpu) => backends.push(Some(gpu)),
+                Err(error) => println!("skipped {report}: {error}"),
+            }
         }
     } else {
         match backend.parse()? {

@@ -43,3 +43,40 @@ fn a_broken_shader_is_reported_not_panicked() {
     let error = translate_all(&kernel).unwrap_err().to_string();
     assert!(error.contains("parsing of the sgd kernel"), "{error}");
 }
+
+/// The float probe tells fused from twice-rounded multiply-adds and exact from approximate
+/// division: checked on synthetic adapter results, then on every adapter. Software adapters
+/// (llvmpipe) round as the CPU twins do, which is why the twins match them bit for bit.
+#[test]
+fn the_float_probe_sees_how_each_adapter_rounds() {
+    use crate::common::gpus;
+    use wgpu_optim::probe::{compare, probe_float_semantics, probe_operands, PROBE_ELEMENTS};
+    let [a, b, c] = probe_operands();
+    let results = |fuse: bool, approximate_division: bool| -> Vec<f32> {
+        (0..PROBE_ELEMENTS)
+            .flat_map(|i| {
+                let multiply_add = if fuse { a[i].mul_add(b[i], c[i]) } else { a[i] * b[i] + c[i] };
+                let quotient = if approximate_division { a[i] * (1.0 / b[i]) } else { a[i] / b[i] };
+                [multiply_add, quotient, a[i].sqrt(), a[i] * b[i]]
+            })
+            .collect()
+    };
+    let exact = compare(&a, &b, &c, &results(false, false));
+    assert!(exact.matches_cpu(), "{exact:?}");
+    assert!(exact.multiply_add_cases > 1000, "the operands must show fusion often: {exact:?}");
+    assert_eq!(exact.multiply_add_separate, exact.multiply_add_cases);
+    let fused = compare(&a, &b, &c, &results(true, true));
+    assert_eq!(fused.multiply_add_fused, fused.multiply_add_cases, "{fused:?}");
+    assert!(fused.division_inexact > 0 && fused.division_max_ulps >= 1, "{fused:?}");
+    assert!(!fused.matches_cpu());
+
+    for gpu in gpus() {
+        let found = pollster::block_on(probe_float_semantics(gpu)).unwrap();
+        println!("{}: {found}", gpu.adapter());
+        assert_eq!(found.multiply_inexact, 0, "{}: IEEE multiplication is exact: {found:?}", gpu.adapter());
+        assert!(found.multiply_add_fused + found.multiply_add_separate <= found.multiply_add_cases);
+        if gpu.adapter().device_type == wgpu::DeviceType::Cpu {
+            assert!(found.matches_cpu(), "{}: {found}", gpu.adapter());
+        }
+    }
+}
