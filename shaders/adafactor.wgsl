@@ -1,10 +1,11 @@
 // Adafactor: torch.optim.Adafactor (torch 2.15, _single_tensor_adafactor). Tensors of two or
 // more dimensions keep factored second moments over their last two dimensions (row_var,
-// col_var); vectors keep a full `variance`. Four passes:
+// col_var); vectors keep a full `variance`. Five passes:
 //
-//   factor       (per tensor)      alpha = max(eps2, ‖p‖ / sqrt(n)) * min(lr, 1/sqrt(t))
+//   moments      (every element)   partials: Σ p²  (for ‖p‖, before weight decay)
 //                                  row_var = lerp(row_var, ‖g_row‖² / cols, t^beta2_decay)
 //                                  col_var = lerp(col_var, ‖g_col‖² / rows, t^beta2_decay)
+//   factor       (per tensor)      alpha = max(eps2, ‖p‖ / sqrt(n)) * min(lr, 1/sqrt(t))
 //                                  row_mean = max(mean over rows of row_var, eps1)
 //   update_norm  (every element)   est = row_var*col_var / row_mean   (factored)
 //                                  variance = lerp(variance, g*g, t^beta2_decay); est = variance
@@ -13,7 +14,9 @@
 //   apply        (every element)   p = p*(1 - lr*wd) if wd != 0;  p = p + coefficient*u
 //
 // g = -g if maximize. A tensor's aux region holds its scalars (‖p‖, coefficient), then its
-// state (row_var then col_var, or variance); its scratch holds row_mean per matrix.
+// state (row_var then col_var, or variance); its scratch holds row_mean per matrix. The row and
+// column sums run in the element pass, one row or four columns per invocation of the tensor's
+// chunks, so a large matrix spreads over many workgroups instead of one.
 
 override maximize: bool = false;
 
@@ -72,22 +75,150 @@ fn factored(tensor: Tensor) -> bool {
     return tensor.dims >= 2u;
 }
 
-// Element e's second-moment estimate (after this step's factor pass).
-fn estimate(tensor: Tensor, e: u32) -> f32 {
+// The second-moment estimates of the four elements from `first` (after this step's moments):
+// the element's row and column, found once and then stepped, not divided out per element.
+fn estimates(tensor: Tensor, first: u32) -> vec4<f32> {
     let state = tensor.aux + 4u;
+    var est = vec4<f32>(0.0);
     if (!factored(tensor)) {
-        return aux[state + e];
+        for (var j = 0u; j < 4u; j++) {
+            if (first + j < tensor.len) {
+                est[j] = aux[state + first + j];
+            }
+        }
+        return est;
     }
-    let per_matrix = tensor.rows * tensor.cols;
-    let b = e / per_matrix;
-    let r = (e / tensor.cols) % tensor.rows;
-    let c = e % tensor.cols;
     let col_var = state + tensor.matrices * tensor.rows;
-    return aux[state + b * tensor.rows + r] * aux[col_var + b * tensor.cols + c] / aux[tensor.scratch + b];
+    var row = first / tensor.cols;              // b * rows + r: the index into row_var
+    var c = first % tensor.cols;
+    var r = row % tensor.rows;
+    var b = row / tensor.rows;
+    if (c + 4u <= tensor.cols) {
+        // The common case: all four in one row.
+        let row_value = aux[state + row];
+        let row_mean = aux[tensor.scratch + b];
+        let at = col_var + b * tensor.cols + c;
+        let col_values = vec4<f32>(aux[at], aux[at + 1u], aux[at + 2u], aux[at + 3u]);
+        return row_value * col_values / row_mean;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (first + j < tensor.len) {
+            est[j] = aux[state + row] * aux[col_var + b * tensor.cols + c] / aux[tensor.scratch + b];
+        }
+        c += 1u;
+        if (c == tensor.cols) {
+            c = 0u;
+            row += 1u;
+            r += 1u;
+            if (r == tensor.rows) {
+                r = 0u;
+                b += 1u;
+            }
+        }
+    }
+    return est;
 }
 
 fn update(estimate: f32, g: f32) -> f32 {
     return (1.0 / sqrt(max(estimate, s.eps1_squared))) * g;
+}
+
+// Column groups of a matrix: four adjacent columns read as one vec4 per row where rows are
+// whole vec4s (cols a multiple of 4), else single columns.
+fn column_groups(tensor: Tensor) -> u32 {
+    return select(tensor.cols, tensor.cols / 4u, tensor.cols % 4u == 0u);
+}
+
+// One item of the row and column sums of squared gradients, into their moments: item
+// q < matrices*rows is row q, the rest are column groups. Each sum adds its elements in order.
+fn factor_item(tensor: Tensor, q: u32, beta2_t: f32) {
+    let rows = tensor.rows;
+    let cols = tensor.cols;
+    let row_var = tensor.aux + 4u;
+    let col_var = row_var + tensor.matrices * rows;
+    let whole_vec4s = cols % 4u == 0u;
+    if (q < tensor.matrices * rows) {
+        let row = tensor.offset + q * cols;
+        var sum = 0.0;
+        if (whole_vec4s) {
+            for (var v = row / 4u; v < (row + cols) / 4u; v++) {
+                let g = signed_gradient(v);
+                sum += g.x * g.x;
+                sum += g.y * g.y;
+                sum += g.z * g.z;
+                sum += g.w * g.w;
+            }
+        } else {
+            for (var c = 0u; c < cols; c++) {
+                let g = gradient_at(row + c);
+                sum += g * g;
+            }
+        }
+        let norm = sqrt(sum);
+        aux[row_var + q] = lerp1(aux[row_var + q], norm * norm / f32(cols), beta2_t);
+        return;
+    }
+    let k = q - tensor.matrices * rows;
+    let groups = column_groups(tensor);
+    let b = k / groups;
+    let matrix = tensor.offset + b * rows * cols;
+    if (whole_vec4s) {
+        let c = (k % groups) * 4u;
+        var sum = vec4<f32>(0.0);
+        for (var r = 0u; r < rows; r++) {
+            let g = signed_gradient((matrix + r * cols + c) / 4u);
+            sum += g * g;
+        }
+        let norm = sqrt(sum);
+        let at = col_var + b * cols + c;
+        for (var j = 0u; j < 4u; j++) {
+            aux[at + j] = lerp1(aux[at + j], norm[j] * norm[j] / f32(rows), beta2_t);
+        }
+        return;
+    }
+    let c = k % groups;
+    var sum = 0.0;
+    for (var r = 0u; r < rows; r++) {
+        let g = gradient_at(matrix + r * cols + c);
+        sum += g * g;
+    }
+    let norm = sqrt(sum);
+    aux[col_var + b * cols + c] = lerp1(aux[col_var + b * cols + c], norm * norm / f32(rows), beta2_t);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn moments(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let t = current_terms();
+    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+        return;
+    }
+    let site = element_site(workgroup, grid, local);
+    let tensor = site.tensor;
+    var p_sq = 0.0;
+    if (site.first < tensor.len) {
+        let p = param[site.i];
+        for (var j = 0u; j < 4u; j++) {
+            if (site.first + j < tensor.len) {
+                p_sq += p[j] * p[j];
+            }
+        }
+    }
+    if (factored(tensor)) {
+        // Invocation q of the tensor's chunks takes items q, q + invocations, ...
+        let invocations = (tensor.len + CHUNK_ELEMENTS - 1u) / CHUNK_ELEMENTS * WORKGROUP_SIZE;
+        let items = tensor.matrices * (tensor.rows + column_groups(tensor));
+        for (var q = site.first / 4u; q < items; q += invocations) {
+            factor_item(tensor, q, t.beta2_t);
+        }
+    }
+    let total = workgroup_sum(local, vec4<f32>(p_sq, 0.0, 0.0, 0.0));
+    if (local == 0u) {
+        write_partials(site.chunk, total);
+    }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -97,25 +228,11 @@ fn factor(
     @builtin(local_invocation_index) local: u32,
 ) {
     let k = workgroup_index(workgroup, grid);
-    let t = current_terms();
-    if (k >= dispatch.tensor_count || !step_applies(t.step)) {
+    if (k >= dispatch.tensor_count || !step_applies(current_terms().step)) {
         return;
     }
     let tensor = tensor_at(dispatch_tensor(k));
-    // ‖p‖ (before weight decay): invocation l adds the vec4s l, l + 256, ...
-    let first = tensor.offset / 4u;
-    var p_sq = 0.0;
-    for (var q = local; q * 4u < tensor.len; q += WORKGROUP_SIZE) {
-        let p = param[first + q];
-        var part = 0.0;
-        for (var j = 0u; j < 4u; j++) {
-            if (q * 4u + j < tensor.len) {
-                part += p[j] * p[j];
-            }
-        }
-        p_sq += part;
-    }
-    let p_norm = sqrt(workgroup_sum(local, vec4<f32>(p_sq, 0.0, 0.0, 0.0)).x);
+    let p_norm = sqrt(tensor_sum(local, tensor).x);
     if (local == 0u) {
         aux[tensor.aux] = p_norm;
     }
@@ -123,32 +240,7 @@ fn factor(
         return;
     }
     let rows = tensor.rows;
-    let cols = tensor.cols;
     let row_var = tensor.aux + 4u;
-    let col_var = row_var + tensor.matrices * rows;
-    for (var q = local; q < tensor.matrices * rows; q += WORKGROUP_SIZE) {
-        let row = tensor.offset + q * cols;
-        var sum = 0.0;
-        for (var c = 0u; c < cols; c++) {
-            let g = gradient_at(row + c);
-            sum += g * g;
-        }
-        let norm = sqrt(sum);
-        aux[row_var + q] = lerp1(aux[row_var + q], norm * norm / f32(cols), t.beta2_t);
-    }
-    for (var q = local; q < tensor.matrices * cols; q += WORKGROUP_SIZE) {
-        let b = q / cols;
-        let column = tensor.offset + b * rows * cols + q % cols;
-        var sum = 0.0;
-        for (var r = 0u; r < rows; r++) {
-            let g = gradient_at(column + r * cols);
-            sum += g * g;
-        }
-        let norm = sqrt(sum);
-        aux[col_var + q] = lerp1(aux[col_var + q], norm * norm / f32(rows), t.beta2_t);
-    }
-    storageBarrier();
-    workgroupBarrier();
     for (var b = local; b < tensor.matrices; b += WORKGROUP_SIZE) {
         var sum = 0.0;
         for (var r = 0u; r < rows; r++) {
@@ -173,14 +265,18 @@ fn update_norm(
     var u_sq = 0.0;
     if (site.first < tensor.len) {
         let g = signed_gradient(site.i);
-        for (var j = 0u; j < 4u; j++) {
-            let e = site.first + j;
-            if (e < tensor.len) {
-                if (!factored(tensor)) {
-                    let at = tensor.aux + 4u + e;
+        if (!factored(tensor)) {
+            for (var j = 0u; j < 4u; j++) {
+                let at = tensor.aux + 4u + site.first + j;
+                if (site.first + j < tensor.len) {
                     aux[at] = lerp1(aux[at], g[j] * g[j], t.beta2_t);
                 }
-                let u = update(estimate(tensor, e), g[j]);
+            }
+        }
+        let est = estimates(tensor, site.first);
+        for (var j = 0u; j < 4u; j++) {
+            if (site.first + j < tensor.len) {
+                let u = update(est[j], g[j]);
                 u_sq += u * u;
             }
         }
@@ -236,9 +332,10 @@ fn apply(
         p = p * s.decay_factor;
     }
     let coefficient = aux[tensor.aux + 1u];
+    let est = estimates(tensor, first);
     for (var j = 0u; j < 4u; j++) {
         if (first + j < tensor.len) {
-            p[j] = p[j] + coefficient * update(estimate(tensor, first + j), g[j]);
+            p[j] = p[j] + coefficient * update(est[j], g[j]);
         }
     }
     param[i] = p;

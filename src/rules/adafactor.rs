@@ -17,14 +17,15 @@
 //!     u = (1/sqrt(max(est, eps1²))) * g
 //!     p = p + (-alpha / max(1, ‖u‖ / (sqrt(n)*d))) * u
 //! ```
-//! Passes: `factor` (per tensor: ‖p‖, the row and column moments), `update_norm` (every
+//! Passes: `moments` (every element: the partials of ‖p‖², the row and column moments, one row
+//! or column per invocation), `factor` (per tensor: ‖p‖, the row mean), `update_norm` (every
 //! element: the variance of vectors, the partials of ‖u‖²), `step_size` (per tensor), `apply`
 //! (every element). torch computes alpha and the step size in Python floats from `.item()`
 //! norms; here they are f32 on the GPU, within a few ulps.
 
 use serde::{Deserialize, Serialize};
 
-use super::reduce::{strided_sum, tensor_sum};
+use super::reduce::tensor_sum;
 use super::{lerp, matrix_dims, step_tag, Check, CpuTensor, Kernel, Pass, Scope, StateSlot, StepScalars, StepTerms, TensorSlot, TermsMemo, UpdateRule};
 use crate::error::Result;
 
@@ -101,6 +102,7 @@ impl UpdateRule for Adafactor {
             state_bindings: &[],
             flags: vec![("maximize", self.maximize)],
             passes: vec![
+                Pass::new("moments", Scope::Elements),
                 Pass::new("factor", Scope::Tensors),
                 Pass::new("update_norm", Scope::Elements),
                 Pass::new("step_size", Scope::Tensors),
@@ -169,7 +171,8 @@ impl UpdateRule for Adafactor {
         let CpuTensor { shape, param, grad, mut tensor_state, .. } = tensor;
         let g = |e: usize| if self.maximize { -grad[e] } else { grad[e] };
         let len = param.len();
-        let p_norm = strided_sum(len.div_ceil(4), |q| (q * 4..(q * 4 + 4).min(len)).fold(0.0, |a, e| a + param[e] * param[e])).sqrt();
+        let [p_sq] = tensor_sum(len, |e| [param[e] * param[e]]);
+        let p_norm = p_sq.sqrt();
         let (rows, cols, matrices) = matrix_dims(shape);
         let factored = shape.len() >= 2;
         let mut row_mean = Vec::new();
