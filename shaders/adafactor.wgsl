@@ -2,10 +2,11 @@
 // more dimensions keep factored second moments over their last two dimensions (row_var,
 // col_var); vectors keep a full `variance`. Five passes:
 //
-//   moments      (every element)   partials: Σ p²  (for ‖p‖, before weight decay)
+//   moments      (every element)   partials: Σ p²  (for ‖p‖, before weight decay);
+//                                  segments of ‖g_row‖² and ‖g_col‖²
+//   factor       (per tensor)      alpha = max(eps2, ‖p‖ / sqrt(n)) * min(lr, 1/sqrt(t))
 //                                  row_var = lerp(row_var, ‖g_row‖² / cols, t^beta2_decay)
 //                                  col_var = lerp(col_var, ‖g_col‖² / rows, t^beta2_decay)
-//   factor       (per tensor)      alpha = max(eps2, ‖p‖ / sqrt(n)) * min(lr, 1/sqrt(t))
 //                                  row_mean = max(mean over rows of row_var, eps1)
 //   update_norm  (every element)   est = row_var*col_var / row_mean   (factored)
 //                                  variance = lerp(variance, g*g, t^beta2_decay); est = variance
@@ -14,9 +15,10 @@
 //   apply        (every element)   p = p*(1 - lr*wd) if wd != 0;  p = p + coefficient*u
 //
 // g = -g if maximize. A tensor's aux region holds its scalars (‖p‖, coefficient), then its
-// state (row_var then col_var, or variance); its scratch holds row_mean per matrix. The row and
-// column sums run in the element pass, one row or four columns per invocation of the tensor's
-// chunks, so a large matrix spreads over many workgroups instead of one.
+// state (row_var then col_var, or variance); its scratch holds row_mean per matrix, then the
+// segment sums. The row and column sums run in the element pass, one segment of a row or of
+// four columns per invocation of the tensor's chunks, so a large matrix spreads over many
+// workgroups instead of one.
 
 override maximize: bool = false;
 
@@ -123,25 +125,51 @@ fn update(estimate: f32, g: f32) -> f32 {
     return (1.0 / sqrt(max(estimate, s.eps1_squared))) * g;
 }
 
+// The row and column sums of squared gradients are split into segments, summed in the element
+// pass (one segment per invocation) and added segment by segment, in order, in the factor pass:
+// a row's segments are 1,024 of its elements, a column's 256 of its rows.
+const ROW_SEGMENT: u32 = 1024u;
+const COLUMN_SEGMENT: u32 = 256u;
+
+fn row_segments(tensor: Tensor) -> u32 {
+    return (tensor.cols + ROW_SEGMENT - 1u) / ROW_SEGMENT;
+}
+
+fn column_segments(tensor: Tensor) -> u32 {
+    return (tensor.rows + COLUMN_SEGMENT - 1u) / COLUMN_SEGMENT;
+}
+
 // Column groups of a matrix: four adjacent columns read as one vec4 per row where rows are
 // whole vec4s (cols a multiple of 4), else single columns.
 fn column_groups(tensor: Tensor) -> u32 {
     return select(tensor.cols, tensor.cols / 4u, tensor.cols % 4u == 0u);
 }
 
-// One item of the row and column sums of squared gradients, into their moments: item
-// q < matrices*rows is row q, the rest are column groups. Each sum adds its elements in order.
-fn factor_item(tensor: Tensor, q: u32, beta2_t: f32) {
+// Where the segment sums go in the tensor's scratch (after row_mean, one per matrix): row q's
+// segment k at rows + q*row_segments + k, column q's at columns + q*column_segments + k.
+fn row_partials(tensor: Tensor) -> u32 {
+    return tensor.scratch + tensor.matrices;
+}
+
+fn column_partials(tensor: Tensor) -> u32 {
+    return row_partials(tensor) + tensor.matrices * tensor.rows * row_segments(tensor);
+}
+
+// One item of the moments pass: a row segment (items below matrices*rows*row_segments), else a
+// column-group segment. Each segment adds its elements in order.
+fn factor_item(tensor: Tensor, item: u32) {
     let rows = tensor.rows;
     let cols = tensor.cols;
-    let row_var = tensor.aux + 4u;
-    let col_var = row_var + tensor.matrices * rows;
     let whole_vec4s = cols % 4u == 0u;
-    if (q < tensor.matrices * rows) {
-        let row = tensor.offset + q * cols;
+    let row_items = tensor.matrices * rows * row_segments(tensor);
+    if (item < row_items) {
+        let q = item / row_segments(tensor);
+        let k = item % row_segments(tensor);
+        let start = tensor.offset + q * cols + k * ROW_SEGMENT;
+        let end = tensor.offset + q * cols + min(cols, (k + 1u) * ROW_SEGMENT);
         var sum = 0.0;
         if (whole_vec4s) {
-            for (var v = row / 4u; v < (row + cols) / 4u; v++) {
+            for (var v = start / 4u; v < end / 4u; v++) {
                 let g = signed_gradient(v);
                 sum += g.x * g.x;
                 sum += g.y * g.y;
@@ -149,41 +177,42 @@ fn factor_item(tensor: Tensor, q: u32, beta2_t: f32) {
                 sum += g.w * g.w;
             }
         } else {
-            for (var c = 0u; c < cols; c++) {
-                let g = gradient_at(row + c);
+            for (var e = start; e < end; e++) {
+                let g = gradient_at(e);
                 sum += g * g;
             }
         }
-        let norm = sqrt(sum);
-        aux[row_var + q] = lerp1(aux[row_var + q], norm * norm / f32(cols), beta2_t);
+        aux[row_partials(tensor) + item] = sum;
         return;
     }
-    let k = q - tensor.matrices * rows;
+    let segments = column_segments(tensor);
+    let group = (item - row_items) / segments;   // over all matrices
+    let k = (item - row_items) % segments;
     let groups = column_groups(tensor);
-    let b = k / groups;
+    let b = group / groups;
     let matrix = tensor.offset + b * rows * cols;
+    let first_row = k * COLUMN_SEGMENT;
+    let last_row = min(rows, first_row + COLUMN_SEGMENT);
     if (whole_vec4s) {
-        let c = (k % groups) * 4u;
+        let c = (group % groups) * 4u;
         var sum = vec4<f32>(0.0);
-        for (var r = 0u; r < rows; r++) {
+        for (var r = first_row; r < last_row; r++) {
             let g = signed_gradient((matrix + r * cols + c) / 4u);
             sum += g * g;
         }
-        let norm = sqrt(sum);
-        let at = col_var + b * cols + c;
+        let column = b * cols + c;
         for (var j = 0u; j < 4u; j++) {
-            aux[at + j] = lerp1(aux[at + j], norm[j] * norm[j] / f32(rows), beta2_t);
+            aux[column_partials(tensor) + (column + j) * segments + k] = sum[j];
         }
         return;
     }
-    let c = k % groups;
+    let c = group % groups;
     var sum = 0.0;
-    for (var r = 0u; r < rows; r++) {
+    for (var r = first_row; r < last_row; r++) {
         let g = gradient_at(matrix + r * cols + c);
         sum += g * g;
     }
-    let norm = sqrt(sum);
-    aux[col_var + b * cols + c] = lerp1(aux[col_var + b * cols + c], norm * norm / f32(rows), beta2_t);
+    aux[column_partials(tensor) + (b * cols + c) * segments + k] = sum;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -210,15 +239,25 @@ fn moments(
     if (factored(tensor)) {
         // Invocation q of the tensor's chunks takes items q, q + invocations, ...
         let invocations = (tensor.len + CHUNK_ELEMENTS - 1u) / CHUNK_ELEMENTS * WORKGROUP_SIZE;
-        let items = tensor.matrices * (tensor.rows + column_groups(tensor));
+        let items = tensor.matrices * (tensor.rows * row_segments(tensor) + column_groups(tensor) * column_segments(tensor));
         for (var q = site.first / 4u; q < items; q += invocations) {
-            factor_item(tensor, q, t.beta2_t);
+            factor_item(tensor, q);
         }
     }
     let total = workgroup_sum(local, vec4<f32>(p_sq, 0.0, 0.0, 0.0));
     if (local == 0u) {
         write_partials(site.chunk, total);
     }
+}
+
+// A second moment from its sum's segments, added in order: lerp(moment, ‖g‖² / count, beta2_t).
+fn update_moment(at: u32, partials: u32, segments: u32, count: u32, beta2_t: f32) {
+    var sum = 0.0;
+    for (var k = 0u; k < segments; k++) {
+        sum += aux[partials + k];
+    }
+    let norm = sqrt(sum);
+    aux[at] = lerp1(aux[at], norm * norm / f32(count), beta2_t);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -228,7 +267,8 @@ fn factor(
     @builtin(local_invocation_index) local: u32,
 ) {
     let k = workgroup_index(workgroup, grid);
-    if (k >= dispatch.tensor_count || !step_applies(current_terms().step)) {
+    let t = current_terms();
+    if (k >= dispatch.tensor_count || !step_applies(t.step)) {
         return;
     }
     let tensor = tensor_at(dispatch_tensor(k));
@@ -240,7 +280,19 @@ fn factor(
         return;
     }
     let rows = tensor.rows;
+    let cols = tensor.cols;
     let row_var = tensor.aux + 4u;
+    let col_var = row_var + tensor.matrices * rows;
+    let row_segs = row_segments(tensor);
+    let column_segs = column_segments(tensor);
+    for (var q = local; q < tensor.matrices * rows; q += WORKGROUP_SIZE) {
+        update_moment(row_var + q, row_partials(tensor) + q * row_segs, row_segs, cols, t.beta2_t);
+    }
+    for (var q = local; q < tensor.matrices * cols; q += WORKGROUP_SIZE) {
+        update_moment(col_var + q, column_partials(tensor) + q * column_segs, column_segs, rows, t.beta2_t);
+    }
+    storageBarrier();
+    workgroupBarrier();
     for (var b = local; b < tensor.matrices; b += WORKGROUP_SIZE) {
         var sum = 0.0;
         for (var r = 0u; r < rows; r++) {

@@ -158,7 +158,8 @@ pub async fn probe_float_semantics(gpu: &GpuContext) -> Result<FloatSemantics> {
     Ok(compare(&a, &b, &c, &got))
 }
 
-/// Compares the adapter's results (four per element, as the kernel writes them) with the CPU's.
+/// Compares the adapter's results (four per element, as the kernel writes them: a*b+c, a/b,
+/// sqrt(a), a*c) with the CPU's.
 pub fn compare(a: &[f32], b: &[f32], c: &[f32], got: &[f32]) -> FloatSemantics {
     let mut found = FloatSemantics {
         multiply_add_cases: 0,
@@ -189,7 +190,7 @@ pub fn compare(a: &[f32], b: &[f32], c: &[f32], got: &[f32]) -> FloatSemantics {
             found.sqrt_inexact += 1;
             found.sqrt_max_ulps = found.sqrt_max_ulps.max(ulps(root, exact_root));
         }
-        found.multiply_inexact += (product != a[i] * b[i]) as usize;
+        found.multiply_inexact += (product != a[i] * c[i]) as usize;
     }
     found
 }

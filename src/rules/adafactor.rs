@@ -17,8 +17,9 @@
 //!     u = (1/sqrt(max(est, eps1²))) * g
 //!     p = p + (-alpha / max(1, ‖u‖ / (sqrt(n)*d))) * u
 //! ```
-//! Passes: `moments` (every element: the partials of ‖p‖², the row and column moments, one row
-//! or column per invocation), `factor` (per tensor: ‖p‖, the row mean), `update_norm` (every
+//! Passes: `moments` (every element: the partials of ‖p‖², the row and column sums of squared
+//! gradients in segments, one per invocation), `factor` (per tensor: ‖p‖, the row and column
+//! moments from their segments, the row mean), `update_norm` (every
 //! element: the variance of vectors, the partials of ‖u‖²), `step_size` (per tensor), `apply`
 //! (every element). torch computes alpha and the step size in Python floats from `.item()`
 //! norms; here they are f32 on the GPU, within a few ulps.
@@ -28,6 +29,11 @@ use serde::{Deserialize, Serialize};
 use super::reduce::tensor_sum;
 use super::{lerp, matrix_dims, step_tag, Check, CpuTensor, Kernel, Pass, Scope, StateSlot, StepScalars, StepTerms, TensorSlot, TermsMemo, UpdateRule};
 use crate::error::Result;
+
+/// Elements per segment of a row's sum of squared gradients (`ROW_SEGMENT` in the kernel).
+const ROW_SEGMENT: usize = 1024;
+/// Rows per segment of a column's sum (`COLUMN_SEGMENT` in the kernel).
+const COLUMN_SEGMENT: usize = 256;
 
 /// `torch.optim.Adafactor`, with torch's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,12 +139,14 @@ impl UpdateRule for Adafactor {
         vec![TensorSlot { key: "row_var", shape: row, init: 0.0 }, TensorSlot { key: "col_var", shape: col, init: 0.0 }]
     }
 
-    /// The row mean of `row_var`, one per matrix.
+    /// The row mean of `row_var`, one per matrix, then the segment sums of the rows' and
+    /// columns' squared gradients.
     fn tensor_scratch(&self, shape: &[usize]) -> usize {
         if shape.len() < 2 {
             0
         } else {
-            matrix_dims(shape).2
+            let (rows, cols, matrices) = matrix_dims(shape);
+            matrices * (1 + rows * cols.div_ceil(ROW_SEGMENT) + cols * rows.div_ceil(COLUMN_SEGMENT))
         }
     }
 
@@ -178,13 +186,21 @@ impl UpdateRule for Adafactor {
         let mut row_mean = Vec::new();
         if factored {
             let [row_var, col_var] = tensor_state.as_mut_slice() else { panic!("Adafactor keeps row_var and col_var") };
+            // Each sum in segments, added in order (the kernel's moments and factor passes).
+            let squares = |elements: &mut dyn Iterator<Item = usize>| elements.fold(0.0f32, |a, e| a + g(e) * g(e));
             for q in 0..matrices * rows {
-                let norm = (0..cols).fold(0.0f32, |a, c| a + g(q * cols + c) * g(q * cols + c)).sqrt();
+                let norm = (0..cols.div_ceil(ROW_SEGMENT))
+                    .map(|k| squares(&mut (k * ROW_SEGMENT..cols.min((k + 1) * ROW_SEGMENT)).map(|c| q * cols + c)))
+                    .fold(0.0f32, |a, segment| a + segment)
+                    .sqrt();
                 row_var[q] = lerp(row_var[q], norm * norm / cols as f32, s.terms.beta2_t);
             }
             for q in 0..matrices * cols {
                 let column = (q / cols) * rows * cols + q % cols;
-                let norm = (0..rows).fold(0.0f32, |a, r| a + g(column + r * cols) * g(column + r * cols)).sqrt();
+                let norm = (0..rows.div_ceil(COLUMN_SEGMENT))
+                    .map(|k| squares(&mut (k * COLUMN_SEGMENT..rows.min((k + 1) * COLUMN_SEGMENT)).map(|r| column + r * cols)))
+                    .fold(0.0f32, |a, segment| a + segment)
+                    .sqrt();
                 col_var[q] = lerp(col_var[q], norm * norm / rows as f32, s.terms.beta2_t);
             }
             row_mean = (0..matrices).map(|b| ((0..rows).fold(0.0, |a, r| a + row_var[b * rows + r]) / rows as f32).max(s.eps1)).collect();

@@ -57,7 +57,7 @@ fn the_float_probe_sees_how_each_adapter_rounds() {
             .flat_map(|i| {
                 let multiply_add = if fuse { a[i].mul_add(b[i], c[i]) } else { a[i] * b[i] + c[i] };
                 let quotient = if approximate_division { a[i] * (1.0 / b[i]) } else { a[i] / b[i] };
-                [multiply_add, quotient, a[i].sqrt(), a[i] * b[i]]
+                [multiply_add, quotient, a[i].sqrt(), a[i] * c[i]]
             })
             .collect()
     };

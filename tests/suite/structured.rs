@@ -171,6 +171,16 @@ fn adafactor_matches_cpu_reference() {
         check(&format!("{rule:?}"), ALL_SHAPES, one_group(rule).as_ref(), &gradients, 12, GPU_VS_CPU_TOLERANCE);
     }
     check("Adafactor 512x512", &[BIG], one_group(Adafactor::default()).as_ref(), &GradientOptions::default(), 2, GPU_VS_CPU_TOLERANCE);
+    // Rows longer than one 1,024-element segment and columns longer than one 256-row segment,
+    // with rows of whole vec4s (2,048) and not (2,051), as the kernel sums them in pieces.
+    check(
+        "Adafactor, multi-segment sums",
+        &[&[3, 2048], &[2, 3, 2051], &[600, 12], &[300, 5]],
+        one_group(Adafactor::default()).as_ref(),
+        &GradientOptions::default(),
+        3,
+        GPU_VS_CPU_TOLERANCE,
+    );
 }
 
 #[test]
