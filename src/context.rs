@@ -137,7 +137,9 @@ pub struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: AdapterReport,
-    pipelines: Arc<Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>>,
+    /// Keyed by the variant and a hash of the full WGSL source, so that two rules with the same
+    /// label but different shaders (a user's rule named like a built-in one) never share one.
+    pipelines: Arc<Mutex<HashMap<(PipelineKey, u64), wgpu::ComputePipeline>>>,
 }
 
 impl fmt::Debug for GpuContext {
@@ -309,9 +311,11 @@ impl GpuContext {
         source: &str,
         layout: &wgpu::PipelineLayout,
     ) -> Result<wgpu::ComputePipeline> {
-        if let Some(pipeline) = self.pipelines.lock().expect("pipeline cache poisoned").get(&key) {
+        let cache_key = (key, source_hash(source));
+        if let Some(pipeline) = self.pipelines.lock().expect("pipeline cache poisoned").get(&cache_key) {
             return Ok(pipeline.clone());
         }
+        let key = &cache_key.0;
         let constants: Vec<(&str, f64)> =
             key.constants.iter().map(|&(name, bits)| (name, f64::from_bits(bits))).collect();
         let pipeline = self
@@ -336,9 +340,17 @@ impl GpuContext {
         self.pipelines
             .lock()
             .expect("pipeline cache poisoned")
-            .insert(key, pipeline.clone());
+            .insert(cache_key, pipeline.clone());
         Ok(pipeline)
     }
+}
+
+/// A hash of a shader's source for the pipeline cache (the same within a process).
+fn source_hash(source: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A compute-stage storage-buffer binding of a bind group layout.

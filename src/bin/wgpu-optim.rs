@@ -121,6 +121,12 @@ struct TrajectoriesArgs {
 }
 
 fn main() -> ExitCode {
+    // libwayland, which the drivers load to look for a display, prints "XDG_RUNTIME_DIR is
+    // invalid or not set" where it is unset (a fresh server or container). There is no display
+    // to find either way; a set directory keeps the message away.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run(Cli::parse()) {
         Ok(code) => code,

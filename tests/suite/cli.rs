@@ -197,3 +197,11 @@ fn replay_resumes_from_its_checkpoints_exactly() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn no_xdg_runtime_dir_message_on_a_fresh_machine() {
+    let _turn = crate::common::gpus();
+    let output = Command::new(env!("CARGO_BIN_EXE_wgpu-optim")).arg("adapters").env_remove("XDG_RUNTIME_DIR").output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!text(&output).contains("XDG_RUNTIME_DIR"), "a driver's message leaks through: {}", text(&output));
+}

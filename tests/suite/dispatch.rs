@@ -180,3 +180,69 @@ fn a_host_applications_device_can_be_shared() {
     opt.step_and_submit();
     assert_eq!(opt.read_param(w).unwrap(), [0.5, 1.5]);
 }
+
+/// A user's rule whose kernel has a built-in rule's label but its own WGSL: SGD that steps
+/// twice as far. It must get its own pipeline, not the built-in one cached on the same device.
+#[derive(Clone, Debug)]
+struct DoubledSgd(Sgd);
+
+impl wgpu_optim::UpdateRule for DoubledSgd {
+    fn name(&self) -> &'static str {
+        "DoubledSgd"
+    }
+    fn validate(&self) -> wgpu_optim::Result<()> {
+        self.0.validate()
+    }
+    fn kernel(&self) -> wgpu_optim::rules::Kernel {
+        let mut kernel = self.0.kernel();
+        let doubled = kernel.source.replace("param[i] = p + s.neg_lr * g;", "param[i] = p + 2.0 * s.neg_lr * g;");
+        assert_ne!(doubled, kernel.source, "the SGD kernel's update line");
+        kernel.source = Box::leak(doubled.into_boxed_str());
+        kernel
+    }
+    fn state_slots(&self) -> Vec<wgpu_optim::rules::StateSlot> {
+        self.0.state_slots()
+    }
+    fn step_terms(&self, step: u64, memo: &mut wgpu_optim::rules::TermsMemo) -> wgpu_optim::rules::StepTerms {
+        self.0.step_terms(step, memo)
+    }
+    fn step_scalars(&self, terms: wgpu_optim::rules::StepTerms) -> wgpu_optim::rules::StepScalars {
+        self.0.step_scalars(terms)
+    }
+    fn cpu_update(&self, scalars: &wgpu_optim::rules::StepScalars, tensor: wgpu_optim::rules::CpuTensor<'_>) {
+        self.0.cpu_update(scalars, tensor)
+    }
+    fn lr(&self) -> f64 {
+        self.0.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.0.lr = lr;
+    }
+    fn hyperparameters(&self) -> serde_json::Value {
+        self.0.hyperparameters()
+    }
+    fn clone_box(&self) -> Box<dyn wgpu_optim::UpdateRule> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn a_user_rule_named_like_a_built_in_one_gets_its_own_pipeline() {
+    let mut params = Parameters::new();
+    let w = params.add("w", &[8], vec![1.0; 8]).unwrap();
+    let grad = vec![0.5f32; 8];
+    for gpu in gpus() {
+        let mut steps = Vec::new();
+        // The built-in SGD first, so its pipeline is in the device's cache under label "sgd".
+        for rule in [Box::new(Sgd { lr: 0.1, ..Sgd::default() }) as Box<dyn wgpu_optim::UpdateRule>, Box::new(DoubledSgd(Sgd { lr: 0.1, ..Sgd::default() }))] {
+            let mut opt = Optimizer::new(gpu, params.clone(), vec![ParamGroup::from_boxed(rule, [w])]).unwrap();
+            opt.write_grad(w, &grad).unwrap();
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            opt.step(&mut encoder);
+            gpu.queue().submit([encoder.finish()]);
+            steps.push(1.0 - opt.read_param(w).unwrap()[0]);
+        }
+        assert!((steps[0] - 0.05).abs() < 1e-6, "{}: SGD steps lr * g: {}", gpu.adapter(), steps[0]);
+        assert!((steps[1] - 0.1).abs() < 1e-6, "{}: the user's kernel steps twice as far: {}", gpu.adapter(), steps[1]);
+    }
+}
