@@ -230,7 +230,22 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             return mismatch(format!("group {g} was saved with another pass list (e.g. Muon's ns_steps)"));
         }
         let keys = restored.running_keys();
-        let saved_running = saved.running.clone().unwrap_or_default();
+        // Checkpoints written before NAdam kept `mu_product` as a running value hold it only
+        // per tensor, where it is the same for the whole group.
+        let from_tensors = || -> Option<std::collections::BTreeMap<String, f64>> {
+            let first = names.first()?;
+            keys.iter()
+                .map(|key| {
+                    let name = format!("{first}.{key}");
+                    let tensor = checkpoint.tensors.iter().find(|t| t.name == name && t.data.len() == 1)?;
+                    Some((key.to_string(), f64::from(tensor.data[0])))
+                })
+                .collect()
+        };
+        let saved_running = match &saved.running {
+            Some(running) => running.clone(),
+            None => from_tensors().unwrap_or_default(),
+        };
         if saved_running.len() != keys.len() || keys.iter().any(|k| !saved_running.contains_key(*k)) {
             return mismatch(format!(
                 "group {g} saved the running values {:?}; {} keeps {keys:?}",
@@ -269,7 +284,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
                 expected.insert(key);
             }
             expected.insert(format!("{name}.step"));
-            expected.extend(restored.scalar_state(0).into_iter().map(|(key, _)| format!("{name}.{key}")));
+            expected.extend(restored.scalar_state(0, [1.0, 0.0]).into_iter().map(|(key, _)| format!("{name}.{key}")));
             values.insert(name.to_string(), tensor_values);
         }
         rules.push(restored);
@@ -322,6 +337,7 @@ pub(crate) fn tensors_of(
     shape: &[usize],
     rule: &dyn UpdateRule,
     applied_steps: u64,
+    running: [f64; 2],
     param: Vec<f32>,
     state: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 ) -> Vec<NamedTensor> {
@@ -330,7 +346,7 @@ pub(crate) fn tensors_of(
         out.push(NamedTensor { name: format!("{name}.{key}"), shape, data });
     }
     out.push(NamedTensor { name: format!("{name}.step"), shape: Vec::new(), data: vec![applied_steps as f32] });
-    for (key, value) in rule.scalar_state(applied_steps) {
+    for (key, value) in rule.scalar_state(applied_steps, running) {
         out.push(NamedTensor { name: format!("{name}.{key}"), shape: Vec::new(), data: vec![value] });
     }
     out

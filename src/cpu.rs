@@ -276,13 +276,13 @@ impl CpuOptimizer {
         let mut tensors = Vec::new();
         let mut groups = Vec::new();
         for group in &self.groups {
+            let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
             for id in &group.tensors {
                 let t = &self.tensors[id.0];
                 let element = group.slots.iter().zip(&t.state).map(|(slot, values)| (slot.key, t.shape.clone(), values.clone()));
                 let state = element.chain(t.tensor_state.iter().cloned()).collect();
-                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, t.param.clone(), state));
+                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, running, t.param.clone(), state));
             }
-            let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
             let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
             groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode));
         }

@@ -885,6 +885,7 @@ impl Optimizer {
         let mut tensors = Vec::new();
         let mut groups = Vec::new();
         for group in &self.groups {
+            let running = rules::running_after(group.rule.as_ref(), counters.applied_steps, &group.memo);
             for &id in &group.tensors {
                 let entry = &self.tensors[id.0];
                 let param = values.next().expect("one read per view");
@@ -893,9 +894,9 @@ impl Optimizer {
                     .into_iter()
                     .map(|(key, shape, _)| (key, shape, values.next().expect("one read per view")))
                     .collect();
-                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, group.rule.as_ref(), counters.applied_steps, param, state));
+                let rule = group.rule.as_ref();
+                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, rule, counters.applied_steps, running, param, state));
             }
-            let running = rules::running_after(group.rule.as_ref(), counters.applied_steps, &group.memo);
             let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
             groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode));
         }

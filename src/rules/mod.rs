@@ -410,13 +410,14 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn needs_grad_norm(&self) -> bool {
         false
     }
-    /// State torch keeps per tensor that is a function of the step count alone, after
-    /// `step` steps: NAdam's `mu_product`.
-    fn scalar_state(&self, _step: u64) -> Vec<(&'static str, f32)> {
+    /// Scalar state torch keeps per tensor, after `step` steps, from the group's running values
+    /// ([`running_keys`](Self::running_keys)): NAdam's `mu_product`.
+    fn scalar_state(&self, _step: u64, _running: [f64; 2]) -> Vec<(&'static str, f32)> {
         Vec::new()
     }
     /// Torch's names of the running values the rule keeps in its [`TermsMemo`] that are not
-    /// a function of the step alone (Schedule-Free's group keys `weight_sum` and `lr_max`):
+    /// a function of the step alone (Schedule-Free's group keys `weight_sum` and `lr_max`;
+    /// NAdam's `mu_product`, a product over steps whose `betas[0]` a scheduler may cycle):
     /// checkpoints save them, so a resume continues the same history. Empty for most rules.
     fn running_keys(&self) -> &'static [&'static str] {
         &[]

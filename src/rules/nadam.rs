@@ -122,8 +122,13 @@ impl UpdateRule for NAdam {
         vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }]
     }
 
-    fn scalar_state(&self, step: u64) -> Vec<(&'static str, f32)> {
-        vec![("mu_product", self.mu_product(step, &mut TermsMemo::default()))]
+    /// torch's per-tensor `mu_product`: the group's running product.
+    fn scalar_state(&self, _step: u64, running: [f64; 2]) -> Vec<(&'static str, f32)> {
+        vec![("mu_product", running[0] as f32)]
+    }
+
+    fn running_keys(&self) -> &'static [&'static str] {
+        &["mu_product"]
     }
 
     fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms {

@@ -219,3 +219,64 @@ fn checkpoints_that_do_not_fit_are_rejected() {
     wgpu_optim::replay::write_safetensors(&path, &Checkpoint::load(&good).unwrap().tensors).unwrap();
     rejected(&path, &adam, GradientOptions::default(), "not a wgpu-optim checkpoint");
 }
+
+/// NAdam's `mu_product` is a product over steps of terms in `betas[0]`, which CyclicLR and
+/// OneCycleLR cycle: a resume must continue the saved product, not recompute it with the
+/// current `betas[0]`.
+#[test]
+fn nadam_resumes_its_mu_product_under_a_cycled_momentum() {
+    let rule = NAdam { lr: 0.01, ..NAdam::default() };
+    let beta1 = |step: usize| 0.95 - 0.02 * (step % 4) as f64;
+    let gpu_steps = |gpu: &GpuContext, steps: std::ops::Range<usize>, resume: Option<&Checkpoint>| {
+        let (params, groups, ids) = model(&rule);
+        let mut opt = Optimizer::new(gpu, params, groups).unwrap();
+        if let Some(checkpoint) = resume {
+            opt.restore(checkpoint).unwrap();
+        }
+        for step in steps {
+            for group in 0..2 {
+                opt.set_cycled_momentum(group, beta1(step)).unwrap();
+            }
+            for &id in &ids {
+                opt.write_grad(id, &gradient(step, id, opt.param(id).len, false)).unwrap();
+            }
+            opt.step_and_submit();
+        }
+        opt.checkpoint(None).unwrap()
+    };
+    let cpu_steps = |steps: std::ops::Range<usize>, resume: Option<&Checkpoint>| {
+        let (params, groups, ids) = model(&rule);
+        let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+        let mut opt = CpuOptimizer::new(params, groups).unwrap();
+        if let Some(checkpoint) = resume {
+            opt.restore(checkpoint).unwrap();
+        }
+        for step in steps {
+            for group in 0..2 {
+                opt.set_cycled_momentum(group, beta1(step)).unwrap();
+            }
+            for (&id, &len) in ids.iter().zip(&lens) {
+                opt.write_grad(id, &gradient(step, id, len, false)).unwrap();
+            }
+            opt.step();
+        }
+        opt.checkpoint(None)
+    };
+    // torch's mu_product after SAVED_AT steps: the float32 product of each step's mu_t.
+    let mu = |step: usize| beta1(step) * (1.0 - 0.5 * 0.96f64.powf((step + 1) as f64 * 0.004));
+    let expected = (0..SAVED_AT).fold(1.0f32, |product, step| product * mu(step) as f32);
+    let saved = cpu_steps(0..SAVED_AT, None);
+    let mu_product = saved.tensors.iter().find(|t| t.name == "v.mu_product").expect("v.mu_product");
+    assert_eq!(mu_product.data, vec![expected], "the running product, not one recomputed with the last betas[0]");
+    let path = scratch("nadam-cycled.safetensors");
+    saved.save(&path).unwrap();
+    let straight = cpu_steps(0..STEPS, None);
+    let resumed = cpu_steps(SAVED_AT..STEPS, Some(&Checkpoint::load(&path).unwrap()));
+    assert_eq!(bits(&resumed), bits(&straight), "on the CPU reference");
+    for gpu in gpus() {
+        let saved = gpu_steps(gpu, 0..SAVED_AT, None);
+        let straight = gpu_steps(gpu, 0..STEPS, None);
+        let resumed = gpu_steps(gpu, SAVED_AT..STEPS, Some(&saved));
+        assert_eq!(bits(&resumed), bits(&straight), "on {}", gpu.adapter());
+    }
+}
