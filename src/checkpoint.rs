@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gradients::GradientOptions;
-use crate::replay::{read_safetensors_bytes, write_safetensors_with_metadata, NamedTensor};
+use crate::tensor_file::{read_safetensors_bytes, write_safetensors_with_metadata, NamedTensor};
 use crate::rules::{self, UpdateRule};
 
 pub const CHECKPOINT_FORMAT: &str = "wgpu-optim-checkpoint";

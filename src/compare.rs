@@ -1,7 +1,7 @@
 //! Comparing tensors: largest absolute, relative and ulp differences, for parity checks.
 
 use crate::error::{Error, Result};
-use crate::replay::NamedTensor;
+use crate::tensor_file::NamedTensor;
 
 /// Distance in units in the last place between two floats: how many representable `f32`
 /// lie between them (0 when equal; +0 and -0 are equal; NaN against a number is `u32::MAX`).

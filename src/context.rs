@@ -244,7 +244,7 @@ impl GpuContext {
                 }
                 Error::RequestDevice(message)
             })?;
-        Ok(Self::from_device(device, queue, &adapter.get_info()))
+        Ok(Self::from_device(device, queue))
     }
 
     /// The device [`GpuContext::from_adapter`] requests: no extra features, every limit the
@@ -262,13 +262,38 @@ impl GpuContext {
 
     /// Shares a host application's device and queue, so the optimizer steps the same buffers
     /// its own kernels use.
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter: &wgpu::AdapterInfo) -> Self {
-        GpuContext {
-            device,
-            queue,
-            adapter: AdapterReport::from(adapter),
-            pipelines: Arc::default(),
-        }
+    ///
+    /// What the device needs:
+    /// - no optional [`wgpu::Features`]: the kernels are plain WGSL compute shaders;
+    /// - WebGPU's default limits suffice for every rule: 256 invocations per workgroup, and 4
+    ///   storage buffers per shader stage plus one per per-element state array (Adan's four use
+    ///   all 8 of WebGPU's default). A device with fewer is refused with the count;
+    /// - `max_storage_buffer_binding_size` and `max_buffer_size` bound an arena window: larger
+    ///   groups are split into windows (one dispatch each), and a single tensor larger than
+    ///   `max_buffer_size` is refused. Request the adapter's limits
+    ///   ([`GpuContext::device_descriptor`]) to get the fewest dispatches;
+    /// - compute shaders: on OpenGL, a GL 4.3 or GLES 3.1 context.
+    ///
+    /// The optimizer creates its own buffers, pipelines and bind groups on the device and
+    /// submits only when asked (`step_and_submit`, reads, checkpoints); `step` records into the
+    /// host's encoder.
+    ///
+    /// ```no_run
+    /// # async fn host(adapter: wgpu::Adapter) -> Result<(), Box<dyn std::error::Error>> {
+    /// let (device, queue) = adapter.request_device(&wgpu_optim::GpuContext::device_descriptor(&adapter)).await?;
+    /// let gpu = wgpu_optim::GpuContext::from_device(device.clone(), queue.clone());
+    /// # Ok(()) }
+    /// ```
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let adapter = AdapterReport::from(&device.adapter_info());
+        GpuContext { device, queue, adapter, pipelines: Arc::default() }
+    }
+
+    /// The same context with the adapter's name set, for hosts whose driver reports none
+    /// (some browsers' WebGPU adapters).
+    pub fn with_adapter_name(mut self, name: impl Into<String>) -> Self {
+        self.adapter.name = name.into();
+        self
     }
 
     pub fn device(&self) -> &wgpu::Device {

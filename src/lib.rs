@@ -44,7 +44,11 @@ pub mod probe;
 pub mod replay;
 pub mod rules;
 pub mod schedule;
+pub mod tensor_file;
 pub mod trajectories;
+
+/// The wgpu this crate is built against, so a host application uses the same version.
+pub use wgpu;
 
 pub use context::{AdapterReport, BackendChoice, GpuContext, BACKEND_ENV};
 pub use cpu::CpuOptimizer;

@@ -32,7 +32,8 @@ use serde::Serialize;
 
 use crate::compare::compare;
 use crate::error::{Error, Result};
-use crate::replay::{read_safetensors, NamedTensor, ReplayCase};
+use crate::replay::ReplayCase;
+use crate::tensor_file::{read_safetensors, NamedTensor};
 
 /// The allowed error of a rule, in ulps of each tensor's largest magnitude.
 pub fn tolerance_ulps(rule: &str) -> f64 {

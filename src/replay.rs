@@ -22,10 +22,9 @@
 //! Output: the final parameters under their names and the optimizer state as
 //! `<name>.<key>` with torch's state keys (`exp_avg`, `mu_product`, ...), all float32.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::checkpoint::Checkpoint;
@@ -40,6 +39,7 @@ use crate::optimizer::{Optimizer, OptimizerOptions};
 use crate::params::{ParamGroup, Parameters, TensorId};
 use crate::rules;
 use crate::schedule::{self, LearningRates};
+pub use crate::tensor_file::{read_safetensors, write_safetensors, NamedTensor};
 
 /// The contents of `run.json`.
 #[derive(Clone, Debug, Deserialize)]
@@ -154,65 +154,6 @@ impl RunConfig {
             })
             .collect()
     }
-}
-
-/// A named float32 tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NamedTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// Reads every tensor of a safetensors file; all must be float32.
-pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    read_safetensors_bytes(&bytes)
-        .map(|(tensors, _)| tensors)
-        .map_err(|message| Error::Safetensors { path: path.display().to_string(), message })
-}
-
-/// The float32 tensors (sorted by name) and the metadata of safetensors bytes.
-pub(crate) fn read_safetensors_bytes(bytes: &[u8]) -> Result<(Vec<NamedTensor>, HashMap<String, String>), String> {
-    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    let file = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
-    let mut tensors = Vec::new();
-    for (name, view) in file.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(format!("tensor {name:?} is {:?}; only float32 is supported", view.dtype()));
-        }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        tensors.push(NamedTensor { name, shape: view.shape().to_vec(), data });
-    }
-    tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
-}
-
-/// Writes float32 tensors as safetensors, through a temporary file so a failure leaves no
-/// partial output.
-pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
-    write_safetensors_with_metadata(path, tensors, HashMap::new())
-}
-
-pub(crate) fn write_safetensors_with_metadata(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
-    let fail = |e: safetensors::SafeTensorError| Error::Safetensors { path: path.display().to_string(), message: e.to_string() };
-    let views = tensors
-        .iter()
-        .map(|t| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data)).map_err(fail)?;
-            Ok((t.name.clone(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = (!metadata.is_empty()).then_some(metadata);
-    let bytes = safetensors::serialize(views, metadata).map_err(fail)?;
-    let partial = path.with_extension("safetensors.partial");
-    std::fs::write(&partial, bytes).map_err(io)?;
-    std::fs::rename(&partial, path).map_err(io)
 }
 
 /// A replay, loaded and checked: parameters, per-step gradients and groups.

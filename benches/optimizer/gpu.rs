@@ -40,7 +40,7 @@ impl Bench {
             .then(|| Timer::new(&device, &queue, max_batch));
         let info = adapter.get_info();
         Ok(Bench {
-            gpu: GpuContext::from_device(device, queue, &info),
+            gpu: GpuContext::from_device(device, queue),
             info,
             timer,
             encoder_timestamps: features.contains(wanted),

@@ -92,6 +92,7 @@
 mod composite;
 mod cosine;
 mod cyclic;
+mod one_cycle;
 mod lambda;
 mod leaf;
 mod multiplicative;
@@ -107,7 +108,8 @@ use crate::rules::CycledMomentum;
 
 pub use composite::{ChainedScheduler, SequentialLR};
 pub use cosine::{CosineAnnealingLR, CosineAnnealingWarmRestarts};
-pub use cyclic::{AnnealStrategy, CyclicLR, CyclicLRArgs, CyclicMode, OneCycleLR, OneCycleLRArgs, ScaleMode};
+pub use cyclic::{CyclicLR, CyclicLRArgs, CyclicMode, ScaleMode};
+pub use one_cycle::{AnnealStrategy, OneCycleLR, OneCycleLRArgs};
 pub use lambda::{EpochFn, LambdaLR, MultiplicativeLR};
 pub use multiplicative::{ConstantLR, ExponentialLR, InverseTimeLR, LinearLR, MultiStepLR, PolynomialLR, StepLR};
 pub use plateau::{PlateauMode, ReduceLROnPlateau, ReduceLROnPlateauArgs, ThresholdMode};
@@ -309,7 +311,8 @@ pub(crate) fn single_from_config(name: &str, args: Map<String, Value>, opt: &mut
             multiplicative::from_config(name, args, opt)
         }
         "CosineAnnealingLR" | "CosineAnnealingWarmRestarts" => cosine::from_config(name, args, opt),
-        "CyclicLR" | "OneCycleLR" => cyclic::from_config(name, args, opt),
+        "CyclicLR" => cyclic::from_config(name, args, opt),
+        "OneCycleLR" => one_cycle::from_config(name, args, opt),
         "SequentialLR" | "ChainedScheduler" => Err(Error::Config(format!(
             "{name} inside SequentialLR or ChainedScheduler: nested composites are not supported \
              (torch's SequentialLR cannot restart one at a milestone either)"

@@ -172,7 +172,8 @@ fn a_host_applications_device_can_be_shared() {
         .next()
         .expect("an adapter");
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    let gpu = GpuContext::from_device(device, queue, &adapter.get_info());
+    let gpu = GpuContext::from_device(device, queue);
+    assert_eq!(gpu.adapter().name, adapter.get_info().name, "the device reports its adapter");
     let mut params = Parameters::new();
     let w = params.add("w", &[2], vec![1.0, 1.0]).unwrap();
     let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(Sgd { lr: 1.0, ..Sgd::default() }, [w])]).unwrap();

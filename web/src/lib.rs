@@ -120,16 +120,13 @@ async fn open_webgpu(adapter_label: &str) -> Result<GpuContext, String> {
         .request_adapter(&options)
         .await
         .map_err(|e| format!("the browser offers no WebGPU adapter ({e})"))?;
-    let mut info = adapter.get_info();
-    if info.name.is_empty() {
-        info.name = adapter_label.to_string();
-    }
-    // GpuContext::from_adapter's device request, with the adapter info completed.
+    // GpuContext::from_adapter's device request, with the adapter's name completed.
     let (device, queue) = adapter
         .request_device(&GpuContext::device_descriptor(&adapter))
         .await
         .map_err(|e| format!("could not open the WebGPU device: {e}"))?;
-    Ok(GpuContext::from_device(device, queue, &info))
+    let gpu = GpuContext::from_device(device, queue);
+    Ok(if gpu.adapter().name.is_empty() { gpu.with_adapter_name(adapter_label) } else { gpu })
 }
 
 /// The test functions as JSON: name, title, formula, domain, default start, minima, log scale.

@@ -1,0 +1,68 @@
+//! safetensors files of named float32 tensors: what replays read and write, and what
+//! checkpoints are made of (with their JSON metadata).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A named float32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Reads every tensor of a safetensors file; all must be float32.
+pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    read_safetensors_bytes(&bytes)
+        .map(|(tensors, _)| tensors)
+        .map_err(|message| Error::Safetensors { path: path.display().to_string(), message })
+}
+
+/// The float32 tensors (sorted by name) and the metadata of safetensors bytes.
+pub(crate) fn read_safetensors_bytes(bytes: &[u8]) -> Result<(Vec<NamedTensor>, HashMap<String, String>), String> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let mut tensors = Vec::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(format!("tensor {name:?} is {:?}; only float32 is supported", view.dtype()));
+        }
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        tensors.push(NamedTensor { name, shape: view.shape().to_vec(), data });
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
+}
+
+/// Writes float32 tensors as safetensors, through a temporary file so a failure leaves no
+/// partial output.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    write_safetensors_with_metadata(path, tensors, HashMap::new())
+}
+
+pub(crate) fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let fail = |e: safetensors::SafeTensorError| Error::Safetensors { path: path.display().to_string(), message: e.to_string() };
+    let views = tensors
+        .iter()
+        .map(|t| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data)).map_err(fail)?;
+            Ok((t.name.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    let bytes = safetensors::serialize(views, metadata).map_err(fail)?;
+    let partial = path.with_extension("safetensors.partial");
+    std::fs::write(&partial, bytes).map_err(io)?;
+    std::fs::rename(&partial, path).map_err(io)
+}
