@@ -284,7 +284,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
                 expected.insert(key);
             }
             expected.insert(format!("{name}.step"));
-            expected.extend(restored.scalar_state(0, [1.0, 0.0]).into_iter().map(|(key, _)| format!("{name}.{key}")));
+            expected.extend(restored.scalar_state([1.0, 0.0]).into_iter().map(|(key, _)| format!("{name}.{key}")));
             values.insert(name.to_string(), tensor_values);
         }
         rules.push(restored);
@@ -346,7 +346,7 @@ pub(crate) fn tensors_of(
         out.push(NamedTensor { name: format!("{name}.{key}"), shape, data });
     }
     out.push(NamedTensor { name: format!("{name}.step"), shape: Vec::new(), data: vec![applied_steps as f32] });
-    for (key, value) in rule.scalar_state(applied_steps, running) {
+    for (key, value) in rule.scalar_state(running) {
         out.push(NamedTensor { name: format!("{name}.{key}"), shape: Vec::new(), data: vec![value] });
     }
     out

@@ -240,7 +240,9 @@ impl GpuContext {
             .map_err(|e| {
                 let mut message = e.to_string();
                 if adapter.get_info().backend == wgpu::Backend::Gl {
-                    message.push_str(". wgpu's OpenGL backend builds compute pipelines when it opens the device, and they fail where the driver gives a GL context older than 4.3 (NVIDIA's EGL gives 3.3); use the same GPU through Vulkan");
+                    // wgpu's GL backend builds compute pipelines of its own when it opens the device.
+                    message.push_str(". ");
+                    message.push_str(NO_COMPUTE_HINT);
                 }
                 Error::RequestDevice(message)
             })?;
@@ -281,7 +283,7 @@ impl GpuContext {
     /// ```no_run
     /// # async fn host(adapter: wgpu::Adapter) -> Result<(), Box<dyn std::error::Error>> {
     /// let (device, queue) = adapter.request_device(&wgpu_optim::GpuContext::device_descriptor(&adapter)).await?;
-    /// let gpu = wgpu_optim::GpuContext::from_device(device.clone(), queue.clone());
+    /// let gpu = wgpu_optim::GpuContext::from_device(device, queue);
     /// # Ok(()) }
     /// ```
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {

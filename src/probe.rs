@@ -15,7 +15,7 @@ use wgpu::util::DeviceExt;
 pub const PROBE_ELEMENTS: usize = 1 << 16;
 
 /// The probe's findings on one adapter.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FloatSemantics {
     /// Elements where the fused and the separately rounded `a * b + c` differ.
     pub multiply_add_cases: usize,
@@ -161,16 +161,7 @@ pub async fn probe_float_semantics(gpu: &GpuContext) -> Result<FloatSemantics> {
 /// Compares the adapter's results (four per element, as the kernel writes them: a*b+c, a/b,
 /// sqrt(a), a*c) with the CPU's.
 pub fn compare(a: &[f32], b: &[f32], c: &[f32], got: &[f32]) -> FloatSemantics {
-    let mut found = FloatSemantics {
-        multiply_add_cases: 0,
-        multiply_add_fused: 0,
-        multiply_add_separate: 0,
-        division_inexact: 0,
-        division_max_ulps: 0,
-        sqrt_inexact: 0,
-        sqrt_max_ulps: 0,
-        multiply_inexact: 0,
-    };
+    let mut found = FloatSemantics::default();
     for i in 0..a.len() {
         let [multiply_add, quotient, root, product] = [got[4 * i], got[4 * i + 1], got[4 * i + 2], got[4 * i + 3]];
         let separate = a[i] * b[i] + c[i];

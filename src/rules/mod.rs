@@ -410,9 +410,9 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     fn needs_grad_norm(&self) -> bool {
         false
     }
-    /// Scalar state torch keeps per tensor, after `step` steps, from the group's running values
+    /// Scalar state torch keeps per tensor, from the group's running values
     /// ([`running_keys`](Self::running_keys)): NAdam's `mu_product`.
-    fn scalar_state(&self, _step: u64, _running: [f64; 2]) -> Vec<(&'static str, f32)> {
+    fn scalar_state(&self, _running: [f64; 2]) -> Vec<(&'static str, f32)> {
         Vec::new()
     }
     /// Torch's names of the running values the rule keeps in its [`TermsMemo`] that are not

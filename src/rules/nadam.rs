@@ -123,7 +123,7 @@ impl UpdateRule for NAdam {
     }
 
     /// torch's per-tensor `mu_product`: the group's running product.
-    fn scalar_state(&self, _step: u64, running: [f64; 2]) -> Vec<(&'static str, f32)> {
+    fn scalar_state(&self, running: [f64; 2]) -> Vec<(&'static str, f32)> {
         vec![("mu_product", running[0] as f32)]
     }
 
