@@ -94,10 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         entries: &[
             wgpu::BindGroupEntry { binding: 0, resource: x_buffer.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 1, resource: y_buffer.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 2, resource: opt.param(w).binding() },
-            wgpu::BindGroupEntry { binding: 3, resource: opt.param(b).binding() },
-            wgpu::BindGroupEntry { binding: 4, resource: opt.grad(w).binding() },
-            wgpu::BindGroupEntry { binding: 5, resource: opt.grad(b).binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: opt.param(w)?.binding() },
+            wgpu::BindGroupEntry { binding: 3, resource: opt.param(b)?.binding() },
+            wgpu::BindGroupEntry { binding: 4, resource: opt.grad(w)?.binding() },
+            wgpu::BindGroupEntry { binding: 5, resource: opt.grad(b)?.binding() },
         ],
     });
 
@@ -110,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(1, 1, 1);
         }
-        opt.step(&mut encoder);
+        opt.step(&mut encoder)?;
         // Submit in batches (at most SCALAR_RING_STEPS recorded steps may wait unsubmitted).
         if step % 50 == 0 {
             gpu.queue().submit([std::mem::replace(&mut encoder, device.create_command_encoder(&Default::default())).finish()]);

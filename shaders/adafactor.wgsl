@@ -48,10 +48,7 @@ struct AdafactorScalars {
 @group(0) @binding(0) var<uniform> s: AdafactorScalars;
 
 fn current_terms() -> AdafactorTerms {
-    if (conditioned) {
-        return adafactor_terms(ring_terms());
-    }
-    return s.terms;
+    return adafactor_terms(ring_terms());
 }
 
 // torch.lerp for one value.

@@ -57,12 +57,10 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    var t = s.terms;
-    if (conditioned) {
-        t = adan_terms(ring_terms());
-        if (t.step != tables.control.step) {
-            return;
-        }
+    // The step count lives on the GPU: this step's terms come from the ring.
+    let t = adan_terms(ring_terms());
+    if (!step_applies(t.step)) {
+        return;
     }
     let g = conditioned_gradient(grad[i]);
     var pre = neg_pre_grad[i];

@@ -37,10 +37,7 @@ struct AsgdScalars {
 @group(0) @binding(6) var<storage, read_write> ax: array<vec4<f32>>;
 
 fn current_terms() -> AsgdTerms {
-    if (conditioned) {
-        return asgd_terms(ring_terms());
-    }
-    return s.terms;
+    return asgd_terms(ring_terms());
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)

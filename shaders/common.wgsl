@@ -17,8 +17,13 @@
 
 // Set when the optimizer conditions gradients on the GPU before the step (loss-scale
 // unscaling, value and norm clipping, skipping non-finite steps, a rule reading the global
-// norm): the step count then lives on the GPU too, and the step's terms come from the ring.
+// norm).
 override conditioned: bool = false;
+
+// The step count lives on the GPU (tables.control.step), advanced when a step executes, so a
+// recorded step that never reaches the GPU shifts nothing. A step's terms (bias corrections,
+// ...) come from its group's ring by the group's count (group_step); the copy in the step's
+// scalars is the CPU reference's.
 
 struct Tables {
     control: Control,
@@ -34,7 +39,7 @@ struct Dispatch {
     table: u32,             // tables word of the tensor table
     chunk_map: u32,         // tables word of the chunk map (global chunk -> tensor)
     chunks: u32,            // element passes: the window's chunks (workgroups beyond them return)
-    _padding: u32,
+    step_offset: u32,       // the GPU's step count when the group was added (see group_step)
     args: array<vec4<u32>, 2>,  // the pass's own words
 }
 
@@ -58,9 +63,15 @@ struct Tensor {
 @group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> aux: array<f32>;
 
-// The words of this step's terms in the group's ring, by the GPU's step count.
+// The group's step count: the steps applied since it was added (torch's `state['step']` of
+// its parameters). A group added after construction counts from its own first step.
+fn group_step() -> u32 {
+    return tables.control.step - dispatch.step_offset;
+}
+
+// The words of this step's terms in the group's ring, by the group's step count.
 fn ring_terms() -> vec4<u32> {
-    let at = dispatch.terms + (tables.control.step % STEP_TERMS_RING) * 4u;
+    let at = dispatch.terms + (group_step() % STEP_TERMS_RING) * 4u;
     return vec4<u32>(tables.words[at], tables.words[at + 1u], tables.words[at + 2u], tables.words[at + 3u]);
 }
 
@@ -81,9 +92,9 @@ fn step_skipped() -> bool {
 }
 
 // Whether this step updates anything: it is not skipped, and the terms tagged `step` are the
-// GPU's step's (always, without conditioning). Workgroup-uniform.
+// group's step's. Workgroup-uniform.
 fn step_applies(step: u32) -> bool {
-    return !step_skipped() && (!conditioned || step == tables.control.step);
+    return !step_skipped() && step == group_step();
 }
 
 // torch.lerp(start, end, weight), computed from the nearer end as ATen does.

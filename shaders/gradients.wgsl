@@ -4,6 +4,7 @@
 //   finalize:      one workgroup reduces the partials to the total norm, decides whether the
 //                  step is skipped, counts the step, sets the clip coefficient and updates the
 //                  dynamic loss scale (torch's clip_grad_norm_ and GradScaler semantics).
+//   advance:       without conditioning, counts the step (it always applies).
 // `Control`, `WORKGROUP_SIZE` and `vec4_index` come from control.wgsl.
 
 struct Settings {
@@ -93,6 +94,11 @@ fn norm_partials(
         }
         partials[window.first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(total, any_flag);
     }
+}
+
+@compute @workgroup_size(1)
+fn advance() {
+    control_rw.step = control_rw.step + 1u;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)

@@ -47,12 +47,9 @@ struct LambScalars {
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-// This step's terms: recorded with the step, or from the ring by the GPU's step count.
+// This step's terms, from the ring by the GPU's step count.
 fn current_terms() -> LambTerms {
-    if (conditioned) {
-        return lamb_terms(ring_terms());
-    }
-    return s.terms;
+    return lamb_terms(ring_terms());
 }
 
 // The gradient timm's Lamb sees: conditioned, then divided by its global-norm clip.

@@ -35,7 +35,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    if (conditioned && ring_terms().x != tables.control.step) {
+    if (!step_applies(ring_terms().x)) {
         // The step count lives on the GPU: only the step whose terms the ring holds applies.
         return;
     }

@@ -59,10 +59,7 @@ const UPDATE: u32 = 1u;     // m x m, inner m
 const COMBINE: u32 = 2u;    // m x n, inner m
 
 fn step_applies_now() -> bool {
-    if (conditioned) {
-        return step_applies(muon_terms(ring_terms()).step);
-    }
-    return step_applies(s.terms.step);
+    return step_applies(muon_terms(ring_terms()).step);
 }
 
 // bfloat16 rounding (to nearest, ties to even), as torch converts float to bfloat16.

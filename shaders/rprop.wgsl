@@ -41,13 +41,10 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    var tag = s.terms.step;
-    if (conditioned) {
-        // The step count lives on the GPU: the step's tag comes from the ring.
-        tag = ring_terms().x;
-        if (tag != tables.control.step) {
-            return;
-        }
+    // The step count lives on the GPU: the step's tag comes from the ring.
+    let tag = ring_terms().x;
+    if (!step_applies(tag)) {
+        return;
     }
     let p = param[i];
     var g = conditioned_gradient(grad[i]);

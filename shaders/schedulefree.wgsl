@@ -50,13 +50,10 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    var t = s.terms;
-    if (conditioned) {
-        // The step count lives on the GPU: this step's terms come from the ring.
-        t = schedulefree_terms(ring_terms());
-        if (t.step != tables.control.step) {
-            return;
-        }
+    // The step count lives on the GPU: this step's terms come from the ring.
+    let t = schedulefree_terms(ring_terms());
+    if (!step_applies(t.step)) {
+        return;
     }
     let y = param[i];
     let g = conditioned_gradient(grad[i]);
@@ -84,7 +81,7 @@ fn switch_mode(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || (conditioned && tables.control.step == 0u)) {
+    if (i >= arrayLength(&param) || group_step() == 0u) {
         return;
     }
     param[i] = torch_lerp(param[i], z[i], bitcast<f32>(dispatch.args[0].x));

@@ -45,13 +45,10 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    var t = s.terms;
-    if (conditioned) {
-        // The step count lives on the GPU: this step's terms come from the ring.
-        t = sgd_terms(ring_terms());
-        if (t.step != tables.control.step) {
-            return;
-        }
+    // The step count lives on the GPU: this step's terms come from the ring.
+    let t = sgd_terms(ring_terms());
+    if (!step_applies(t.step)) {
+        return;
     }
     let p = param[i];
     var g = conditioned_gradient(grad[i]);

@@ -13,19 +13,25 @@
 
 override maximize: bool = false;
 
+// What depends on the step number t.
 struct SparseAdamTerms {
     step: u32,
+    neg_step_size: f32,
     _padding0: u32,
     _padding1: u32,
-    _padding2: u32,
+}
+
+// SparseAdamTerms from its four words in the ring.
+fn sparse_adam_terms(w: vec4<u32>) -> SparseAdamTerms {
+    return SparseAdamTerms(w.x, bitcast<f32>(w.y), w.z, w.w);
 }
 
 struct SparseAdamScalars {
     terms: SparseAdamTerms,
-    neg_step_size: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
     eps: f32,
+    _padding: f32,
 }
 
 @group(0) @binding(0) var<uniform> s: SparseAdamScalars;
@@ -73,7 +79,9 @@ fn update(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid)) {
+    // The step count lives on the GPU: this step's terms come from the ring.
+    let t = sparse_adam_terms(ring_terms());
+    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
@@ -99,7 +107,7 @@ fn update(
     let p = param[i];
     exp_avg[i] = select(m_old, m_old + m_update, touched);
     exp_avg_sq[i] = select(v_old, v_old + v_update, touched);
-    param[i] = select(p, p + s.neg_step_size * (numer / denom), touched);
+    param[i] = select(p, p + t.neg_step_size * (numer / denom), touched);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)

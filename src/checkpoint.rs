@@ -87,8 +87,8 @@ pub struct Checkpoint {
     pub tensors: Vec<NamedTensor>,
 }
 
-fn corrupt(path: &Path, message: impl std::fmt::Display) -> Error {
-    Error::Checkpoint(format!("{}: {message}", path.display()))
+fn corrupt(origin: &str, message: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!("{origin}: {message}"))
 }
 
 impl Checkpoint {
@@ -112,34 +112,44 @@ impl Checkpoint {
     /// Reads and checks a checkpoint file.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-        let (tensors, metadata) = read_safetensors_bytes(&bytes).map_err(|e| corrupt(path, e))?;
+        Self::decode(&bytes, &path.display().to_string())
+    }
+
+    /// [`Checkpoint::load`] of bytes already in memory (errors begin with "checkpoint: ").
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::decode(bytes, "checkpoint")
+    }
+
+    /// `origin` (the file name) prefixes every error.
+    fn decode(bytes: &[u8], origin: &str) -> Result<Self> {
+        let (tensors, metadata) = read_safetensors_bytes(bytes).map_err(|e| corrupt(origin, e))?;
         let field = |name: &str| {
             metadata
                 .get(name)
-                .ok_or_else(|| corrupt(path, format!("not a wgpu-optim checkpoint (no {name:?} in its metadata)")))
+                .ok_or_else(|| corrupt(origin, format!("not a wgpu-optim checkpoint (no {name:?} in its metadata)")))
         };
         if field("format")? != CHECKPOINT_FORMAT {
-            return Err(corrupt(path, format!("format {:?} is not {CHECKPOINT_FORMAT:?}", field("format")?)));
+            return Err(corrupt(origin, format!("format {:?} is not {CHECKPOINT_FORMAT:?}", field("format")?)));
         }
-        let version: u32 = field("version")?.parse().map_err(|_| corrupt(path, "unreadable format version"))?;
+        let version: u32 = field("version")?.parse().map_err(|_| corrupt(origin, "unreadable format version"))?;
         if version > CHECKPOINT_VERSION {
             return Err(corrupt(
-                path,
+                origin,
                 format!("format version {version} is newer than this build reads ({CHECKPOINT_VERSION}); upgrade wgpu-optim"),
             ));
         }
         let parse = |name: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(field(name)?).map_err(|e| corrupt(path, format!("metadata {name:?}: {e}")))
+            serde_json::from_str(field(name)?).map_err(|e| corrupt(origin, format!("metadata {name:?}: {e}")))
         };
-        fn typed<T: serde::de::DeserializeOwned>(path: &Path, name: &str, value: serde_json::Value) -> Result<T> {
-            serde_json::from_value(value).map_err(|e| corrupt(path, format!("metadata {name:?}: {e}")))
+        fn typed<T: serde::de::DeserializeOwned>(origin: &str, name: &str, value: serde_json::Value) -> Result<T> {
+            serde_json::from_value(value).map_err(|e| corrupt(origin, format!("metadata {name:?}: {e}")))
         }
         Ok(Checkpoint {
             optimizer: field("optimizer")?.clone(),
-            groups: typed(path, "param_groups", parse("param_groups")?)?,
-            counters: typed(path, "counters", parse("counters")?)?,
-            gradients: typed(path, "gradients", parse("gradients")?)?,
-            schedule: typed(path, "schedule", parse("schedule")?)?,
+            groups: typed(origin, "param_groups", parse("param_groups")?)?,
+            counters: typed(origin, "counters", parse("counters")?)?,
+            gradients: typed(origin, "gradients", parse("gradients")?)?,
+            schedule: typed(origin, "schedule", parse("schedule")?)?,
             tensors,
         })
     }
@@ -293,7 +303,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
         return mismatch(format!("it has tensor {:?}, which this optimizer does not", extra.name));
     }
     let c = &checkpoint.counters;
-    if c.applied_steps + c.skipped_steps != c.steps_recorded {
+    if c.applied_steps.checked_add(c.skipped_steps) != Some(c.steps_recorded) {
         return Err(Error::Checkpoint(format!(
             "corrupt counters: {} applied + {} skipped != {} recorded",
             c.applied_steps, c.skipped_steps, c.steps_recorded
@@ -319,6 +329,24 @@ impl CounterRecord {
         let narrow = |what: &str, value: u64| {
             u32::try_from(value).map_err(|_| Error::Checkpoint(format!("corrupt counters: {what} = {value}")))
         };
+        // A scale the GPU could have reached: finite (GradScaler never grows it to infinity)
+        // and not negative; its reciprocal may be infinite only if the scale underflowed to 0.
+        if !(self.loss_scale.is_finite() && self.loss_scale >= 0.0) || self.inv_scale.is_nan() || self.inv_scale < 0.0 {
+            return Err(Error::Checkpoint(format!(
+                "corrupt counters: loss_scale = {}, inv_scale = {}",
+                self.loss_scale, self.inv_scale
+            )));
+        }
+        // The tracker restarts at 0 when it reaches the growth interval; a larger one would
+        // count past u32::MAX.
+        if let Some(scale) = &gradients.loss_scale {
+            if self.growth_tracker >= scale.growth_interval {
+                return Err(Error::Checkpoint(format!(
+                    "corrupt counters: growth_tracker = {} is not below the growth interval {}",
+                    self.growth_tracker, scale.growth_interval
+                )));
+            }
+        }
         let mut control = crate::gradients::Control::new(gradients);
         control.step = narrow("applied_steps", self.applied_steps)?;
         control.skipped = narrow("skipped_steps", self.skipped_steps)?;

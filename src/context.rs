@@ -25,9 +25,13 @@ Vulkan (--backend vulkan).";
 pub enum BackendChoice {
     /// Let wgpu pick the best adapter of any backend (Vulkan first on Linux).
     Auto,
+    /// Vulkan (Linux, Windows, Android).
     Vulkan,
+    /// OpenGL or OpenGL ES; compute shaders need GL 4.3 or GLES 3.1.
     Gl,
+    /// Metal (macOS, iOS).
     Metal,
+    /// Direct3D 12 (Windows).
     Dx12,
     /// The browser's WebGPU implementation (wasm only).
     BrowserWebGpu,
@@ -86,10 +90,15 @@ impl fmt::Display for BackendChoice {
 /// What ran: the adapter's name, backend and driver, as reported by wgpu.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterReport {
+    /// The adapter's name (e.g. `"NVIDIA GeForce RTX 4090"`, `"llvmpipe (LLVM 15.0.7, 256 bits)"`).
     pub name: String,
+    /// The graphics API it is opened through.
     pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU (software) or other.
     pub device_type: wgpu::DeviceType,
+    /// The driver's name; may be empty.
     pub driver: String,
+    /// The driver's version or other information; may be empty.
     pub driver_info: String,
 }
 
@@ -298,10 +307,12 @@ impl GpuContext {
         self
     }
 
+    /// The device the optimizers create their buffers and pipelines on.
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
 
+    /// The queue the optimizers write and submit to.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }

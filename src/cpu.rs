@@ -7,7 +7,7 @@
 use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, StepCounters};
-use crate::params::{check_groups, check_sparse_conditioning, dense_refused, sparse_gradient, ParamGroup, Parameters, TensorId};
+use crate::params::{check_groups, check_sparse_conditioning, dense_refused, sparse_gradient, CollectionTag, ParamGroup, Parameters, TensorId};
 use crate::rules::{self, CpuTensor, StateSlot, TermsMemo, UpdateRule};
 
 struct Tensor {
@@ -44,7 +44,7 @@ struct CpuGroup {
 /// let mut opt = CpuOptimizer::new(params, vec![ParamGroup::new(Sgd { lr: 0.5, ..Sgd::default() }, [w])])?;
 /// opt.write_grad(w, &[1.0, -1.0])?;
 /// opt.step();
-/// assert_eq!(opt.param(w), [0.5, 2.5]);
+/// assert_eq!(opt.param(w)?, [0.5, 2.5]);
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
 pub struct CpuOptimizer {
@@ -54,9 +54,14 @@ pub struct CpuOptimizer {
     control: Control,
     /// Gradients are conditioned (and the norm computed) before each step.
     conditioned: bool,
+    /// The [`Parameters`] collection whose ids name these tensors.
+    tag: CollectionTag,
 }
 
 impl CpuOptimizer {
+    /// Builds the optimizer without gradient conditioning. Errors as torch's constructor does
+    /// for invalid hyper-parameters ([`Error::InvalidHyperparameter`]), and with
+    /// [`Error::Tensor`] for groups that leave a tensor out, name it twice or are empty.
     pub fn new(params: Parameters, groups: Vec<ParamGroup>) -> Result<Self> {
         Self::with_gradients(params, groups, GradientOptions::default())
     }
@@ -89,6 +94,7 @@ impl CpuOptimizer {
                 }
             })
             .collect();
+        let tag = params.tag();
         let tensors = params
             .into_specs()
             .into_iter()
@@ -110,7 +116,7 @@ impl CpuOptimizer {
             })
             .collect();
         let control = Control::new(&gradients);
-        Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned })
+        Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned, tag })
     }
 
     /// One step of every group (skipped, with gradient conditioning, when a gradient is not
@@ -198,43 +204,63 @@ impl CpuOptimizer {
         Ok(self.control.counters())
     }
 
+    /// The id of the tensor registered as `name`.
     pub fn tensor_id(&self, name: &str) -> Option<TensorId> {
-        self.tensors.iter().position(|t| t.name == name).map(TensorId)
+        self.tensors.iter().position(|t| t.name == name).map(|i| TensorId(i, self.tag))
     }
 
-    pub fn tensor_name(&self, id: TensorId) -> &str {
-        &self.tensors[id.0].name
+    /// The tensor an id names here; [`Error::ForeignTensor`] for an id another
+    /// [`Parameters`] issued (as for every method taking a [`TensorId`]).
+    fn tensor(&self, id: TensorId) -> Result<&Tensor> {
+        match id.1 == self.tag {
+            true => self.tensors.get(id.0).ok_or(Error::ForeignTensor { index: id.0 }),
+            false => Err(Error::ForeignTensor { index: id.0 }),
+        }
     }
 
-    pub fn tensor_shape(&self, id: TensorId) -> &[usize] {
-        &self.tensors[id.0].shape
+    /// The name a tensor was registered under.
+    pub fn tensor_name(&self, id: TensorId) -> Result<&str> {
+        Ok(&self.tensor(id)?.name)
     }
 
-    pub fn group_of(&self, id: TensorId) -> usize {
-        self.tensors[id.0].group
+    /// A tensor's shape.
+    pub fn tensor_shape(&self, id: TensorId) -> Result<&[usize]> {
+        Ok(&self.tensor(id)?.shape)
     }
 
+    /// The parameter group a tensor belongs to.
+    pub fn group_of(&self, id: TensorId) -> Result<usize> {
+        Ok(self.tensor(id)?.group)
+    }
+
+    /// The number of parameter groups.
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }
 
     /// State keys kept for a tensor: per-element state, then per-tensor state.
-    pub fn state_keys(&self, id: TensorId) -> Vec<&'static str> {
-        let tensor = &self.tensors[id.0];
+    pub fn state_keys(&self, id: TensorId) -> Result<Vec<&'static str>> {
+        let tensor = self.tensor(id)?;
         let element = self.groups[tensor.group].slots.iter().map(|s| s.key);
-        element.chain(tensor.tensor_state.iter().map(|(key, _, _)| *key)).collect()
+        Ok(element.chain(tensor.tensor_state.iter().map(|(key, _, _)| *key)).collect())
     }
 
-    pub fn param(&self, id: TensorId) -> &[f32] {
-        &self.tensors[id.0].param
+    /// A tensor's current parameter values (at the training point unless [`CpuOptimizer::eval`]
+    /// was called).
+    pub fn param(&self, id: TensorId) -> Result<&[f32]> {
+        Ok(&self.tensor(id)?.param)
     }
 
-    pub fn grad(&self, id: TensorId) -> &[f32] {
-        &self.tensors[id.0].grad
+    /// A tensor's gradient as last written (dense; a sparse gradient's untouched rows keep
+    /// their earlier values).
+    pub fn grad(&self, id: TensorId) -> Result<&[f32]> {
+        Ok(&self.tensor(id)?.grad)
     }
 
+    /// A state tensor by torch's key (per-element or per-tensor state); [`Error::Tensor`]
+    /// naming the keys this tensor has when it has no `key`.
     pub fn state(&self, id: TensorId, key: &str) -> Result<&[f32]> {
-        let tensor = &self.tensors[id.0];
+        let tensor = self.tensor(id)?;
         let slots = &self.groups[tensor.group].slots;
         let per_tensor = tensor.tensor_state.iter().find(|(name, _, _)| *name == key);
         match slots.iter().position(|s| s.key == key) {
@@ -243,7 +269,7 @@ impl CpuOptimizer {
             None => Err(Error::Tensor(format!(
                 "tensor {:?} has no state {key:?}; it has {:?}",
                 tensor.name,
-                self.state_keys(id)
+                self.state_keys(id)?
             ))),
         }
     }
@@ -261,12 +287,28 @@ impl CpuOptimizer {
         Ok(())
     }
 
+    /// Sets a group's learning rate, as a scheduler does; takes effect at the next step. A
+    /// value the rule rejects ([`Error::InvalidHyperparameter`]) leaves the rule as it was.
     pub fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
         let group = &mut self.groups[group];
         group.rule = rules::changed(group.rule.as_ref(), |rule| {
             rule.set_lr(lr);
             Ok(())
         })?;
+        Ok(())
+    }
+
+    /// Changes a group's hyper-parameters between steps, as
+    /// [`Optimizer::set_hyperparameters`](crate::Optimizer::set_hyperparameters) does (the
+    /// same checks); a refused change leaves the group as it was.
+    pub fn set_hyperparameters(&mut self, group: usize, changes: serde_json::Value) -> Result<()> {
+        let count = self.groups.len();
+        let current = self.groups.get(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))?;
+        let rule = rules::with_changes(current.rule.as_ref(), &changes)?;
+        let tensors: Vec<(&str, &[usize])> =
+            current.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
+        rules::check_rule_change(current.rule.as_ref(), rule.as_ref(), &tensors)?;
+        self.groups[group].rule = rule;
         Ok(())
     }
 
@@ -327,7 +369,7 @@ impl CpuOptimizer {
 
     /// Writes a dense gradient; tensors whose rule takes sparse gradients refuse one, as torch does.
     pub fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
-        let group = &self.groups[self.tensors[id.0].group];
+        let group = &self.groups[self.tensor(id)?.group];
         if group.sparse {
             return Err(dense_refused(group.rule.name(), &self.tensors[id.0].name));
         }
@@ -347,7 +389,7 @@ impl CpuOptimizer {
     /// rows' indices and their values, row after row (see [`crate::rules::sparse_rows`]). A row
     /// listed twice gets the sum of its values, as torch's `coalesce` gives it.
     pub fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
-        let tensor = &self.tensors[id.0];
+        let tensor = self.tensor(id)?;
         let (mask, dense) = sparse_gradient(self.groups[tensor.group].sparse, &tensor.name, &tensor.shape, rows, values)?;
         let tensor = &mut self.tensors[id.0];
         let (_, row_length) = rules::sparse_rows(&tensor.shape);

@@ -327,30 +327,37 @@ pub(crate) fn gradients_wgsl() -> String {
     concat!(include_str!("../shaders/control.wgsl"), "\n", include_str!("../shaders/gradients.wgsl")).to_string()
 }
 
-/// The built-in passes that run before every rule's: the norm pass over every gradient
-/// window, then the finalize pass that decides the step (`shaders/gradients.wgsl`).
-pub(crate) fn conditioning_passes() -> [Pass; 2] {
-    [Pass::new("norm_partials", Scope::Elements), Pass::new("finalize", Scope::Once)]
+/// The built-in passes that run before every rule's (`shaders/gradients.wgsl`). With
+/// conditioning: the norm pass over every gradient window, then the finalize pass that
+/// decides the step and counts it. Without: one pass that counts the step.
+pub(crate) fn conditioning_passes(conditioned: bool) -> Vec<Pass> {
+    if conditioned {
+        vec![Pass::new("norm_partials", Scope::Elements), Pass::new("finalize", Scope::Once)]
+    } else {
+        vec![Pass::new("advance", Scope::Once)]
+    }
 }
 
 /// The GPU side of [`conditioning_passes`]: its pipelines and bind groups. It has bindings of
 /// its own (it writes the control block, which the rules only read).
 pub(crate) struct GradientPass {
-    norm: wgpu::ComputePipeline,
-    finalize: wgpu::ComputePipeline,
+    passes: Vec<(wgpu::ComputePipeline, Scope)>,
     shared: wgpu::BindGroup,
     /// Per gradient window: its bind group and workgroup grid.
     windows: Vec<(wgpu::BindGroup, (u32, u32))>,
 }
 
 impl GradientPass {
-    /// `windows`: each gradient window's buffer range and grid, in dispatch order.
+    /// `windows`: each gradient window's buffer range and grid, in dispatch order (read only
+    /// when `conditioned`).
     pub async fn new(
         gpu: &crate::GpuContext,
         options: &GradientOptions,
+        conditioned: bool,
         control: &wgpu::Buffer,
         windows: &[(wgpu::Buffer, u64, u64, (u32, u32))],
     ) -> Result<Self> {
+        let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
         let device = gpu.device();
         let partial_count: u32 = windows.iter().map(|w| w.3 .0 * w.3 .1).sum();
@@ -374,9 +381,11 @@ impl GradientPass {
                 label: Some("wgpu-optim gradient window"),
                 entries: &[uniform(0, 16), storage(1, true, 16)],
             });
+            // Without conditioning only the step counter runs: it reads no gradient window.
+            let layouts = [Some(&shared_layout), Some(&window_layout)];
             let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some("wgpu-optim gradients"),
-                bind_group_layouts: &[Some(&shared_layout), Some(&window_layout)],
+                bind_group_layouts: if conditioned { &layouts } else { &layouts[..1] },
                 immediate_size: 0,
             });
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -441,8 +450,8 @@ impl GradientPass {
                     (bind_group, *grid)
                 })
                 .collect();
-            let [norm, finalize] = conditioning_passes();
-            GradientPass { norm: pipeline(norm.entry), finalize: pipeline(finalize.entry), shared, windows }
+            let passes = conditioning_passes(conditioned).into_iter().map(|pass| (pipeline(pass.entry), pass.scope)).collect();
+            GradientPass { passes, shared, windows }
         })
         .await
     }
@@ -450,9 +459,9 @@ impl GradientPass {
     /// Records the passes; returns the dispatches recorded.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         pass.set_bind_group(0, &self.shared, &[]);
-        for (pipeline, declared) in [&self.norm, &self.finalize].into_iter().zip(conditioning_passes()) {
+        for (pipeline, scope) in &self.passes {
             pass.set_pipeline(pipeline);
-            match declared.scope {
+            match scope {
                 Scope::Elements => {
                     for (bind_group, grid) in &self.windows {
                         pass.set_bind_group(1, bind_group, &[]);
@@ -466,7 +475,8 @@ impl GradientPass {
         self.dispatches()
     }
 
-    /// Dispatches [`record`](Self::record) records: one per gradient window, then one.
+    /// Dispatches [`record`](Self::record) records: one per gradient window when
+    /// conditioning, then one.
     pub fn dispatches(&self) -> usize {
         self.windows.len() + 1
     }

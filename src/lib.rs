@@ -25,7 +25,7 @@
 //! for _ in 0..100 {
 //!     let p = opt.read_param(w)?;                       // or compute the gradient on the GPU
 //!     opt.write_grad(w, &p.iter().map(|x| 2.0 * x).collect::<Vec<_>>())?;
-//!     opt.step_and_submit();
+//!     opt.step_and_submit()?;
 //! }
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```

@@ -21,21 +21,26 @@
 //! batches of same-shape matrices, or once. The dispatch plan is built once: a step replays it,
 //! with one uniform record per dispatch (its window, tensor list and the pass's own words).
 //!
-//! Per-step scalars (bias corrections, learning rate) are computed on the CPU in f64 and
-//! written with `queue.write_buffer` into a ring of uniform slots, one slot per recorded step,
-//! selected by a dynamic offset: up to [`OptimizerOptions::steps_in_flight`] steps (default
-//! [`SCALAR_RING_STEPS`]) may be recorded before the encoders holding them are submitted.
+//! Per-step scalars (learning rate, ...) are computed on the CPU in f64 and written with
+//! `queue.write_buffer` into a ring of uniform slots, one slot per recorded step, selected by
+//! a dynamic offset: up to [`OptimizerOptions::steps_in_flight`] steps (default
+//! [`SCALAR_RING_STEPS`]) may be recorded before the encoders holding them are submitted, and
+//! recording one more is an error. A slot is freed when its step has run or its commands were
+//! dropped (a callback on the pass tells). The step count lives on the GPU: the first pass of
+//! every step advances it (or, with gradient conditioning, decides whether the step is
+//! skipped), and the rules read the terms that depend on t (bias corrections) from their
+//! group's ring by that count. So a step that never reaches the GPU shifts nothing.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
-use crate::checkpoint::{self, Checkpoint};
-#[cfg(not(target_arch = "wasm32"))]
-use crate::checkpoint::{CounterRecord, GroupRecord};
+use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, GradientPass, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
-use crate::params::{check_groups, ParamGroup, Parameters, TensorId};
+use crate::params::{check_groups, CollectionTag, ParamGroup, Parameters, TensorId};
 use crate::rules::{
     self, matrix_dims, Kernel, Scope, StateSlot, StepTerms, TensorSlot, TermsMemo, UpdateRule, CHUNK_ELEMENTS,
     ELEMENTS_PER_INVOCATION, FIRST_STATE_BINDING, SCALARS_BYTES, WORKGROUP_SIZE,
@@ -155,24 +160,46 @@ struct Group {
     tensors: Vec<TensorId>,
     slots: Vec<StateSlot>,
     memo: TermsMemo,
-    /// Byte offset of its ring of step terms in the tables buffer, when the step count lives on
-    /// the GPU.
-    terms_ring: Option<u64>,
+    /// Byte offset of its ring of step terms in the tables buffer (read by the GPU's step count).
+    terms_ring: u64,
     /// Its gradients are row-sparse (see [`rules::Kernel::sparse_rows`]).
     sparse: bool,
     /// Whether the parameters hold the training point (rules with a mode switch).
     train_mode: bool,
     /// The dispatches of its mode switch: toward training, toward evaluation.
     switch: Option<[Vec<Command>; 2]>,
+    /// Its pipelines are `pipelines[first_pipeline..]`, one per pass of
+    /// [`Kernel::passes_and_switches`].
+    first_pipeline: usize,
 }
 
 /// One recorded dispatch of the plan.
 struct Command {
     group: usize,
+    /// Its pass in the rule's [`Kernel::passes_and_switches`].
+    pass: usize,
     pipeline: usize,
     bind_group: usize,
     record_offset: u32,
     grid: (u32, u32, u32),
+}
+
+/// The pipelines of a rule's passes ([`Kernel::passes_and_switches`]), from the context's cache.
+async fn kernel_pipelines(gpu: &GpuContext, kernel: &Kernel, conditioned: bool) -> Result<Vec<wgpu::ComputePipeline>> {
+    let mut flags = kernel.flags.clone();
+    flags.push(("conditioned", conditioned));
+    let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len());
+    let source = kernel.wgsl();
+    let mut pipelines = Vec::new();
+    for pass in kernel.passes_and_switches() {
+        let key = PipelineKey {
+            label: kernel.label,
+            entry: pass.entry,
+            constants: flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
+        };
+        pipelines.push(gpu.pipeline(key, &source, &layout).await?);
+    }
+    Ok(pipelines)
 }
 
 /// Mirrors `struct Dispatch` in `shaders/common.wgsl`.
@@ -218,11 +245,11 @@ struct TableEntry {
 ///     ParamGroup::new(AdamW::default(), [w]),
 ///     ParamGroup::new(AdamW { weight_decay: 0.0, ..AdamW::default() }, [b]),
 /// ])?;
-/// // Your backward kernel writes into opt.grad(w).binding(); here we upload from the CPU.
+/// // Your backward kernel writes into opt.grad(w)?.binding(); here we upload from the CPU.
 /// opt.write_grad(w, &[0.1; 16])?;
 /// opt.write_grad(b, &[0.1; 4])?;
 /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
-/// let dispatches = opt.step(&mut encoder);
+/// let dispatches = opt.step(&mut encoder)?;
 /// gpu.queue().submit([encoder.finish()]);
 /// assert_eq!(dispatches, opt.dispatches_per_step());
 /// let w_now = opt.read_param(w)?;
@@ -230,6 +257,8 @@ struct TableEntry {
 /// ```
 pub struct Optimizer {
     gpu: GpuContext,
+    /// The [`Parameters`] collection whose ids name this optimizer's tensors.
+    tag: CollectionTag,
     tensors: Vec<TensorEntry>,
     by_name: HashMap<String, TensorId>,
     groups: Vec<Group>,
@@ -250,7 +279,15 @@ pub struct Optimizer {
     plan: Vec<Command>,
     /// The dispatch records (a mode switch's are rewritten with the rule's current weights).
     records: wgpu::Buffer,
-    conditioning: Option<GradientPass>,
+    /// Gradient conditioning (when on) and the step counter: the passes before the rules'.
+    before_step: GradientPass,
+    /// Gradients are conditioned (or a rule reads their global norm): a pipeline constant.
+    conditioned: bool,
+    /// Per slot of the scalar ring: taken by a recorded step until its commands have run or
+    /// were dropped unsubmitted.
+    scalar_slots: Vec<Arc<AtomicBool>>,
+    /// Recorded steps whose commands were dropped unsubmitted.
+    dropped_steps: Arc<AtomicU64>,
     /// The GPU's counters as last read (the step count, when it lives on the GPU).
     known: Control,
 }
@@ -322,6 +359,7 @@ impl Optimizer {
         for (group, kernel) in groups.iter().zip(&kernels) {
             check_kernel(group.rule.as_ref(), kernel, &limits)?;
         }
+        let tag = params.tag();
         let specs = params.into_specs();
         let plan = plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements)?;
         let max_grid = options
@@ -349,11 +387,9 @@ impl Optimizer {
         let mut words: Vec<u32> = Vec::new();
         let mut terms_rings = Vec::new();
         for _ in &groups {
-            terms_rings.push(conditioned.then(|| {
-                let at = words.len();
-                words.resize(at + (STEP_TERMS_RING * TERMS_SIZE / 4) as usize, 0);
-                CONTROL_SIZE + at as u64 * 4
-            }));
+            let at = words.len();
+            words.resize(at + (STEP_TERMS_RING * TERMS_SIZE / 4) as usize, 0);
+            terms_rings.push(CONTROL_SIZE + at as u64 * 4);
         }
         // Each tensor's first chunk (global index); meaningful for per-tensor rules' arenas.
         let first_chunks: Vec<usize> = tensors.iter().map(|t| plan.arenas[t.arena].3 + t.offset / CHUNK_ELEMENTS as usize).collect();
@@ -409,7 +445,7 @@ impl Optimizer {
         }
         for (g, kernel) in kernels.iter().enumerate() {
             let base = DispatchRecord {
-                terms: terms_rings[g].map_or(0, |byte| ((byte - CONTROL_SIZE) / 4) as u32),
+                terms: ((terms_rings[g] - CONTROL_SIZE) / 4) as u32,
                 table: table as u32,
                 chunk_map: chunk_map as u32,
                 ..Default::default()
@@ -485,18 +521,9 @@ impl Optimizer {
         let mut pipelines = Vec::new();
         let mut pipeline_of: HashMap<(usize, usize), usize> = HashMap::new();
         for (g, kernel) in kernels.iter().enumerate() {
-            let mut flags = kernel.flags.clone();
-            flags.push(("conditioned", conditioned));
-            let layout = kernel_layout(device, kernel.label, kernel.state_bindings.len());
-            let source = kernel.wgsl();
-            for (p, pass) in kernel.passes_and_switches().enumerate() {
-                let key = PipelineKey {
-                    label: kernel.label,
-                    entry: pass.entry,
-                    constants: flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
-                };
+            for (p, pipeline) in kernel_pipelines(gpu, kernel, conditioned).await?.into_iter().enumerate() {
                 pipeline_of.insert((g, p), pipelines.len());
-                pipelines.push(gpu.pipeline(key, &source, &layout).await?);
+                pipelines.push(pipeline);
             }
         }
 
@@ -629,6 +656,7 @@ impl Optimizer {
         for (k, &(g, p, a, w, grid)) in commands.iter().enumerate() {
             let command = Command {
                 group: g,
+                pass: p,
                 pipeline: pipeline_of[&(g, p)],
                 bind_group: arenas[a].windows[w].bind_group,
                 record_offset: (k as u64 * record_stride) as u32,
@@ -640,25 +668,20 @@ impl Optimizer {
             }
         }
 
-        let conditioning = if conditioned {
-            let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32))> = arenas
-                .iter()
-                .flat_map(|arena: &Arena| {
-                    arena.windows.iter().map(move |w| (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid))
-                })
-                .collect();
-            Some(GradientPass::new(gpu, &options.gradients, &tables, &windows).await?)
-        } else {
-            None
-        };
+        let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32))> = arenas
+            .iter()
+            .flat_map(|arena: &Arena| arena.windows.iter().map(move |w| (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid)))
+            .collect();
+        let before_step = GradientPass::new(gpu, &options.gradients, conditioned, &tables, &windows).await?;
 
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i))).collect();
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i, tag))).collect();
         let groups: Vec<Group> = groups
             .into_iter()
             .zip(terms_rings)
             .zip(switches)
             .zip(&kernels)
-            .map(|(((group, terms_ring), switch), kernel)| Group {
+            .enumerate()
+            .map(|(g, (((group, terms_ring), switch), kernel))| Group {
                 slots: group.rule.state_slots(),
                 sparse: kernel.sparse_rows,
                 tensors: group.tensors,
@@ -667,11 +690,13 @@ impl Optimizer {
                 terms_ring,
                 train_mode: true,
                 switch,
+                first_pipeline: pipeline_of[&(g, 0)],
             })
             .collect();
         let group_count = groups.len() as u64;
         let mut optimizer = Optimizer {
             gpu: gpu.clone(),
+            tag,
             tensors,
             by_name,
             groups,
@@ -688,7 +713,10 @@ impl Optimizer {
             bind_groups,
             plan: plan_commands,
             records: records_buffer,
-            conditioning,
+            before_step,
+            conditioned,
+            scalar_slots: (0..steps_in_flight).map(|_| Arc::new(AtomicBool::new(false))).collect(),
+            dropped_steps: Arc::new(AtomicU64::new(0)),
             known: control_values,
         };
         optimizer.fill_terms_rings();
@@ -696,9 +724,15 @@ impl Optimizer {
     }
 
     /// Records one optimizer step (every group) into `encoder`, in a compute pass of its own;
-    /// returns the number of dispatches recorded. The step's scalars are written with
-    /// `queue.write_buffer`, so they reach the GPU with the next `queue.submit`.
-    pub fn step(&mut self, encoder: &mut wgpu::CommandEncoder) -> usize {
+    /// returns the number of dispatches recorded. The step's scalars (learning rate, ...) are
+    /// written with `queue.write_buffer`, so they reach the GPU with the next `queue.submit`.
+    ///
+    /// The step count lives on the GPU and advances when the step runs: a step whose encoder
+    /// is dropped unsubmitted changes nothing, and later steps keep their bias corrections.
+    /// Up to [`OptimizerOptions::steps_in_flight`] steps may wait unsubmitted; recording one
+    /// more is [`Error::StepsInFlight`] and records nothing. (A slot whose step was submitted
+    /// but has not run yet is waited for on native; see [`Optimizer::submit_steps`].)
+    pub fn step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<usize> {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgpu-optim step"),
             timestamp_writes: None,
@@ -708,31 +742,32 @@ impl Optimizer {
 
     /// Records one optimizer step into the caller's compute pass (e.g. after the backward
     /// kernels, or between timestamp writes); returns the number of dispatches recorded.
-    /// The pass's bound pipeline and bind group 0 are changed.
-    pub fn step_in_pass(&mut self, pass: &mut wgpu::ComputePass<'_>) -> usize {
+    /// The pass's bound pipeline and bind group 0 are changed. Errors as [`Optimizer::step`].
+    pub fn step_in_pass(&mut self, pass: &mut wgpu::ComputePass<'_>) -> Result<usize> {
+        let slot = self.take_scalar_slot()?;
         // Steps move the training point: a group left in eval mode goes back to it first.
         let switched = self.record_switch(pass, true);
-        let ring_base = (self.steps_recorded % self.steps_in_flight) * self.scalar_stride * self.groups.len() as u64;
+        let ring_base = slot as u64 * self.scalar_stride * self.groups.len() as u64;
         self.steps_recorded += 1;
-        // Without conditioning every recorded step is applied: t is known here. With it, the
-        // GPU decides; this is the largest t the step can have (no further skips).
-        let step = self.steps_recorded - u64::from(self.known.skipped);
+        // The GPU decides t; this is the largest t the step can have (every earlier recorded
+        // step applied). Its terms go to the ring too, where the GPU finds them by t.
+        let step = self.newest_step();
         let bytes = &mut self.scalar_bytes;
         for (g, group) in self.groups.iter_mut().enumerate() {
             let terms = group.rule.step_terms(step, &mut group.memo);
-            if let Some(ring) = group.terms_ring {
-                self.gpu.queue().write_buffer(&self.tables, ring + (step % STEP_TERMS_RING) * TERMS_SIZE, bytemuck::bytes_of(&terms));
-            }
+            let entry = group.terms_ring + (step % STEP_TERMS_RING) * TERMS_SIZE;
+            self.gpu.queue().write_buffer(&self.tables, entry, bytemuck::bytes_of(&terms));
             let scalars = group.rule.step_scalars(terms);
             let at = g * self.scalar_stride as usize;
             bytes[at..at + SCALARS_BYTES].copy_from_slice(bytemuck::bytes_of(&scalars));
         }
         self.gpu.queue().write_buffer(&self.scalars, ring_base, bytes);
+        // The slot is free again once the step has run on the GPU, or when its commands are
+        // dropped unsubmitted (the callback is then dropped uncalled, and so is the release).
+        let release = SlotRelease { slot: self.scalar_slots[slot].clone(), dropped: self.dropped_steps.clone(), ran: false };
+        pass.on_submitted_work_done(move || release.ran());
 
-        let mut dispatches = switched;
-        if let Some(conditioning) = &self.conditioning {
-            dispatches += conditioning.record(pass);
-        }
+        let mut dispatches = switched + self.before_step.record(pass);
         let mut bound = usize::MAX;
         for command in &self.plan {
             if command.pipeline != bound {
@@ -744,7 +779,50 @@ impl Optimizer {
             pass.dispatch_workgroups(command.grid.0, command.grid.1, command.grid.2);
             dispatches += 1;
         }
-        dispatches
+        Ok(dispatches)
+    }
+
+    /// The t of the newest recorded step if every recorded step not yet known to be skipped or
+    /// dropped applies.
+    fn newest_step(&self) -> u64 {
+        self.steps_recorded - u64::from(self.known.skipped) - self.dropped_steps.load(Ordering::Acquire)
+    }
+
+    /// The scalar ring's slot for the next step, taken; waits on native for a submitted step
+    /// still holding it to run. An error when it belongs to a step not yet submitted.
+    fn take_scalar_slot(&mut self) -> Result<usize> {
+        let slot = (self.steps_recorded % self.steps_in_flight) as usize;
+        let taken = &self.scalar_slots[slot];
+        if taken.load(Ordering::Acquire) {
+            // Runs the callbacks of every finished submission; a slot still taken then
+            // belongs to a step that was never submitted.
+            #[cfg(not(target_arch = "wasm32"))]
+            self.gpu.device().poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu {
+                context: "waiting for a submitted step".into(),
+                message: e.to_string(),
+            })?;
+            if taken.load(Ordering::Acquire) {
+                return Err(Error::StepsInFlight { in_flight: self.steps_in_flight });
+            }
+        }
+        taken.store(true, Ordering::Release);
+        Ok(slot)
+    }
+
+    /// Records setting every gradient to zero into `encoder` (torch's
+    /// `zero_grad(set_to_none=False)`): one buffer clear per arena, and for rules with sparse
+    /// gradients every row mask cleared (no row touched). [`Optimizer::step`] reads the
+    /// gradients and leaves them as they were, so kernels that accumulate gradients over
+    /// micro-batches (`grad += ...`) start each step from here.
+    pub fn zero_grad(&self, encoder: &mut wgpu::CommandEncoder) {
+        for arena in &self.arenas {
+            encoder.clear_buffer(&arena.grad, 0, None);
+        }
+        for entry in self.tensors.iter().filter(|t| t.row_mask.is_some()) {
+            let at = entry.row_mask.expect("filtered") as u64 * 4;
+            let rows = rules::sparse_rows(&entry.shape).0 as u64;
+            encoder.clear_buffer(&self.aux, at, Some(rows * 4));
+        }
     }
 
     /// Switches every group whose rule has training and evaluation points (Schedule-Free's y
@@ -767,7 +845,7 @@ impl Optimizer {
     /// # let w = params.add("w", &[4], vec![0.5; 4])?;
     /// let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(AdamWScheduleFree::default(), [w])])?;
     /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    /// opt.step(&mut encoder); // the parameters hold y
+    /// opt.step(&mut encoder)?; // the parameters hold y
     /// opt.eval(&mut encoder); // the parameters hold x: evaluate, checkpoint
     /// opt.train(&mut encoder); // back to y
     /// gpu.queue().submit([encoder.finish()]);
@@ -814,10 +892,10 @@ impl Optimizer {
     /// the skips known so far.
     fn fill_terms_rings(&mut self) {
         // The GPU's next step lies between the step after the last one read and `newest`.
-        let newest = self.steps_recorded + 1 - u64::from(self.known.skipped);
+        let newest = self.newest_step() + 1;
         let oldest = newest.saturating_sub(STEP_TERMS_RING - 1).max(u64::from(self.known.step) + 1);
         for group in &mut self.groups {
-            let Some(ring) = group.terms_ring else { continue };
+            let ring = group.terms_ring;
             let mut entries = vec![StepTerms::default(); STEP_TERMS_RING as usize];
             for step in oldest..=newest {
                 entries[(step % STEP_TERMS_RING) as usize] = group.rule.step_terms(step, &mut group.memo);
@@ -827,9 +905,9 @@ impl Optimizer {
     }
 
     /// What the GPU counted: applied and skipped steps, loss scale, last gradient norm
-    /// (blocking read; native only). Without gradient conditioning nothing is skipped and
-    /// this needs no read. Reports the error torch would have raised (a non-finite norm with
-    /// `error_if_nonfinite`) once.
+    /// (blocking read; native only). Steps recorded but not yet submitted are not counted.
+    /// Reports the error torch would have raised (a non-finite norm with `error_if_nonfinite`)
+    /// once.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn counters(&mut self) -> Result<StepCounters> {
         pollster::block_on(self.counters_async())
@@ -837,11 +915,6 @@ impl Optimizer {
 
     /// [`Optimizer::counters`], async.
     pub async fn counters_async(&mut self) -> Result<StepCounters> {
-        if self.conditioning.is_none() {
-            let mut counters = self.known.counters();
-            counters.applied_steps = self.steps_recorded;
-            return Ok(counters);
-        }
         let view = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
         let words = read_views(&self.gpu, std::slice::from_ref(&view)).await?.remove(0);
         let mut control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
@@ -866,22 +939,25 @@ impl Optimizer {
     }
 
     /// Everything needed to resume exactly: parameters, state, counters, hyper-parameters,
-    /// and the caller's schedule state (blocking read; native only).
+    /// and the caller's schedule state (blocking read; native only). The GPU is read in
+    /// batches of bounded size, so a model larger than one GPU buffer can be saved.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn checkpoint(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {
-        let counters = self.counters()?;
-        let mut control = self.known;
-        if self.conditioning.is_none() {
-            control.step = u32::try_from(self.steps_recorded).map_err(|_| Error::Checkpoint("more than 2^32 steps".into()))?;
-        }
+        pollster::block_on(self.checkpoint_async(schedule))
+    }
+
+    /// [`Optimizer::checkpoint`], async: the form to use on the web.
+    pub async fn checkpoint_async(&mut self, schedule: Option<serde_json::Value>) -> Result<Checkpoint> {
+        let counters = self.counters_async().await?;
+        let control = self.known;
         let mut views = Vec::new();
         for group in &self.groups {
             for &id in &group.tensors {
-                views.push(self.param(id));
-                views.extend(self.state_entries(id).into_iter().map(|(_, _, view)| view));
+                views.push(self.param(id)?);
+                views.extend(self.state_entries(id)?.into_iter().map(|(_, _, view)| view));
             }
         }
-        let mut values = self.read_many(&views)?.into_iter();
+        let mut values = read_views(&self.gpu, &views).await?.into_iter();
         let mut tensors = Vec::new();
         let mut groups = Vec::new();
         for group in &self.groups {
@@ -890,7 +966,7 @@ impl Optimizer {
                 let entry = &self.tensors[id.0];
                 let param = values.next().expect("one read per view");
                 let state = self
-                    .state_entries(id)
+                    .state_entries(id)?
                     .into_iter()
                     .map(|(key, shape, _)| (key, shape, values.next().expect("one read per view")))
                     .collect();
@@ -936,7 +1012,7 @@ impl Optimizer {
             for &id in &group.tensors {
                 let values = &restore.values[&self.tensors[id.0].name];
                 self.write_param(id, &values[0])?;
-                for ((key, _, _), data) in self.state_entries(id).into_iter().zip(&values[1..]) {
+                for ((key, _, _), data) in self.state_entries(id)?.into_iter().zip(&values[1..]) {
                     self.write_state(id, key, data)?;
                 }
             }
@@ -944,6 +1020,8 @@ impl Optimizer {
         self.gpu.queue().write_buffer(&self.tables, 0, bytemuck::bytes_of(&control));
         self.known = control;
         self.steps_recorded = checkpoint.counters.steps_recorded;
+        let unapplied = self.steps_recorded.saturating_sub(u64::from(control.step) + u64::from(control.skipped));
+        self.dropped_steps.store(unapplied, Ordering::Release);
         self.fill_terms_rings();
         Ok(checkpoint.schedule.clone())
     }
@@ -970,18 +1048,59 @@ impl Optimizer {
     }
 
     /// Records one step and submits it.
-    pub fn step_and_submit(&mut self) -> wgpu::SubmissionIndex {
+    pub fn step_and_submit(&mut self) -> Result<wgpu::SubmissionIndex> {
         let mut encoder = self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("wgpu-optim step"),
         });
-        self.step(&mut encoder);
-        self.gpu.queue().submit([encoder.finish()])
+        self.step(&mut encoder)?;
+        Ok(self.gpu.queue().submit([encoder.finish()]))
     }
 
-    /// Dispatches every step records: the gradient conditioning's (when on), then each
-    /// group's passes (an element pass costs one dispatch per arena window).
+    /// Runs `steps` training steps, submitting them in batches that fit the scalar ring
+    /// ([`OptimizerOptions::steps_in_flight`]), so that recording can never overrun it.
+    /// Before each step, `record(optimizer, encoder, k)` records step k's own work (forward
+    /// and backward kernels writing [`Optimizer::grad`]) and may change hyper-parameters
+    /// (a schedule's [`Optimizer::set_lr`]); then the step is recorded after it.
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::{rules::Adam, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+    /// # let gpu = GpuContext::new(BackendChoice::Auto)?;
+    /// # let mut params = Parameters::new();
+    /// # let w = params.add("w", &[4], vec![0.5; 4])?;
+    /// let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(Adam::default(), [w])])?;
+    /// opt.submit_steps(1_000, |opt, encoder, k| {
+    ///     opt.set_lr(0, 1e-3 * 0.999f64.powi(k as i32))?;
+    ///     // your backward kernel: encoder.begin_compute_pass(..), writing opt.grad(w)?.binding()
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn submit_steps(
+        &mut self,
+        steps: u64,
+        mut record: impl FnMut(&mut Self, &mut wgpu::CommandEncoder, u64) -> Result<()>,
+    ) -> Result<()> {
+        let mut k = 0;
+        while k < steps {
+            let batch = self.steps_in_flight.min(steps - k);
+            let mut encoder = self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim steps"),
+            });
+            for _ in 0..batch {
+                record(self, &mut encoder, k)?;
+                self.step(&mut encoder)?;
+                k += 1;
+            }
+            self.gpu.queue().submit([encoder.finish()]);
+        }
+        Ok(())
+    }
+
+    /// Dispatches every step records: the gradient conditioning's (one per arena window and
+    /// one, when on) or the step counter's (one), then each group's passes (an element pass
+    /// costs one dispatch per arena window).
     pub fn dispatches_per_step(&self) -> usize {
-        self.conditioning.as_ref().map_or(0, GradientPass::dispatches) + self.plan.len()
+        self.before_step.dispatches() + self.plan.len()
     }
 
     /// The arenas, in layout order.
@@ -997,38 +1116,53 @@ impl Optimizer {
     }
 
     // ---- tensors ----
+    //
+    // Every method taking a TensorId returns Error::ForeignTensor for an id that this
+    // optimizer's Parameters (or a clone of it) did not issue.
 
+    /// The id of the tensor registered as `name`.
     pub fn tensor_id(&self, name: &str) -> Option<TensorId> {
         self.by_name.get(name).copied()
     }
 
-    pub fn tensor_ids(&self) -> impl Iterator<Item = TensorId> {
-        (0..self.tensors.len()).map(TensorId)
+    /// Every tensor's id, in registration order.
+    pub fn tensor_ids(&self) -> impl Iterator<Item = TensorId> + '_ {
+        (0..self.tensors.len()).map(|i| TensorId(i, self.tag))
     }
 
-    pub fn tensor_name(&self, id: TensorId) -> &str {
-        &self.tensors[id.0].name
+    /// The tensor an id names here.
+    fn entry(&self, id: TensorId) -> Result<&TensorEntry> {
+        match id.1 == self.tag {
+            true => self.tensors.get(id.0).ok_or(Error::ForeignTensor { index: id.0 }),
+            false => Err(Error::ForeignTensor { index: id.0 }),
+        }
     }
 
-    pub fn tensor_shape(&self, id: TensorId) -> &[usize] {
-        &self.tensors[id.0].shape
+    /// The name a tensor was registered under.
+    pub fn tensor_name(&self, id: TensorId) -> Result<&str> {
+        Ok(&self.entry(id)?.name)
+    }
+
+    /// A tensor's shape.
+    pub fn tensor_shape(&self, id: TensorId) -> Result<&[usize]> {
+        Ok(&self.entry(id)?.shape)
     }
 
     /// The parameter group a tensor belongs to.
-    pub fn group_of(&self, id: TensorId) -> usize {
-        self.tensors[id.0].group
+    pub fn group_of(&self, id: TensorId) -> Result<usize> {
+        Ok(self.entry(id)?.group)
     }
 
     /// State keys kept for a tensor (torch's names), e.g. `["exp_avg", "exp_avg_sq"]` or
     /// Adafactor's `["row_var", "col_var"]`.
-    pub fn state_keys(&self, id: TensorId) -> Vec<&'static str> {
-        self.state_entries(id).into_iter().map(|(key, _, _)| key).collect()
+    pub fn state_keys(&self, id: TensorId) -> Result<Vec<&'static str>> {
+        Ok(self.state_entries(id)?.into_iter().map(|(key, _, _)| key).collect())
     }
 
     /// Every state tensor of a tensor: key, shape and where it lives (per-element state in its
     /// arena, per-tensor state in the aux buffer).
-    fn state_entries(&self, id: TensorId) -> Vec<(&'static str, Vec<usize>, TensorView)> {
-        let entry = &self.tensors[id.0];
+    fn state_entries(&self, id: TensorId) -> Result<Vec<(&'static str, Vec<usize>, TensorView)>> {
+        let entry = self.entry(id)?;
         let group = &self.groups[entry.group];
         let mut out: Vec<(&'static str, Vec<usize>, TensorView)> = group
             .slots
@@ -1046,39 +1180,41 @@ impl Optimizer {
                 at += len;
             }
         }
-        out
+        Ok(out)
     }
 
-    pub fn param(&self, id: TensorId) -> TensorView {
+    /// Where a parameter lives: bind it in your own kernels (forward passes read it).
+    pub fn param(&self, id: TensorId) -> Result<TensorView> {
         self.view(id, |a| &a.param)
     }
 
-    pub fn grad(&self, id: TensorId) -> TensorView {
+    /// Where a tensor's gradient lives: your backward kernels write it; the step reads it
+    /// and leaves it as it was (see [`Optimizer::zero_grad`]).
+    pub fn grad(&self, id: TensorId) -> Result<TensorView> {
         self.view(id, |a| &a.grad)
     }
 
     /// A state tensor by torch's key; an error names the keys this tensor has.
     pub fn state(&self, id: TensorId, key: &str) -> Result<TensorView> {
-        match self.state_entries(id).into_iter().find(|(name, _, _)| *name == key) {
-            Some((_, _, view)) => Ok(view),
-            None => Err(Error::Tensor(format!(
-                "tensor {:?} has no state {key:?}; it has {:?}",
-                self.tensors[id.0].name,
-                self.state_keys(id)
-            ))),
+        let entries = self.state_entries(id)?;
+        let keys: Vec<&str> = entries.iter().map(|(name, _, _)| *name).collect();
+        match entries.iter().find(|(name, _, _)| *name == key) {
+            Some((_, _, view)) => Ok(view.clone()),
+            None => Err(Error::Tensor(format!("tensor {:?} has no state {key:?}; it has {keys:?}", self.tensors[id.0].name))),
         }
     }
 
-    fn view(&self, id: TensorId, buffer: impl Fn(&Arena) -> &wgpu::Buffer) -> TensorView {
-        let entry = &self.tensors[id.0];
-        TensorView {
-            buffer: buffer(&self.arenas[entry.arena]).clone(),
-            offset: entry.offset as u64 * 4,
-            len: entry.len,
-        }
+    fn view(&self, id: TensorId, buffer: impl Fn(&Arena) -> &wgpu::Buffer) -> Result<TensorView> {
+        let entry = self.entry(id)?;
+        Ok(TensorView { buffer: buffer(&self.arenas[entry.arena]).clone(), offset: entry.offset as u64 * 4, len: entry.len })
     }
 
     // ---- groups ----
+
+    fn group_mut(&mut self, group: usize) -> Result<&mut Group> {
+        let count = self.groups.len();
+        self.groups.get_mut(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))
+    }
 
     pub fn group_count(&self) -> usize {
         self.groups.len()
@@ -1090,7 +1226,7 @@ impl Optimizer {
 
     /// Sets a group's learning rate (what a schedule does); takes effect at the next step.
     pub fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        let group = &mut self.groups[group];
+        let group = self.group_mut(group)?;
         group.rule = rules::changed(group.rule.as_ref(), |rule| {
             rule.set_lr(lr);
             Ok(())
@@ -1098,28 +1234,93 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Changes a group's hyper-parameters between steps, as torch's
+    /// `opt.param_groups[g][key] = value` does: `changes` is a JSON object of torch's names
+    /// and values, merged into the current ones. Validated as at construction; a flag change
+    /// (`maximize`, `nesterov`, `decoupled_weight_decay`, ...) selects other pipelines, compiled
+    /// once per context. Refused, leaving the group as it was: unknown names, invalid values,
+    /// and changes that would change the state kept (Adam's `amsgrad`) or the passes (Muon's
+    /// `ns_steps`). Blocking on native (a new flag compiles a pipeline); see
+    /// [`Optimizer::set_rule_async`].
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::{rules::AdamW, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+    /// # let gpu = GpuContext::new(BackendChoice::Auto)?;
+    /// # let mut params = Parameters::new();
+    /// # let w = params.add("w", &[4], vec![0.5; 4])?;
+    /// let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(AdamW::default(), [w])])?;
+    /// opt.set_hyperparameters(0, serde_json::json!({"weight_decay": 0.0, "betas": [0.9, 0.95], "maximize": true}))?;
+    /// assert!(opt.set_hyperparameters(0, serde_json::json!({"amsgrad": true})).is_err());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn set_hyperparameters(&mut self, group: usize, changes: serde_json::Value) -> Result<()> {
+        let rule = rules::with_changes(self.group(group)?.rule.as_ref(), &changes)?;
+        pollster::block_on(self.set_rule_async(group, rule))
+    }
+
+    /// Replaces a group's rule by another configuration of the same class (see
+    /// [`Optimizer::set_hyperparameters`]), async: the form to use on the web.
+    pub async fn set_rule_async(&mut self, group: usize, rule: Box<dyn UpdateRule>) -> Result<()> {
+        let g = group;
+        let group = self.group(g)?;
+        let tensors: Vec<(&str, &[usize])> =
+            group.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
+        rules::check_rule_change(group.rule.as_ref(), rule.as_ref(), &tensors)?;
+        let (old, new) = (group.rule.kernel(), rule.kernel());
+        let pipelines = if old.flags == new.flags { Vec::new() } else { kernel_pipelines(&self.gpu, &new, self.conditioned).await? };
+        // The pass words of every dispatch record of the group, rewritten from the new rule.
+        let args: Vec<[u32; 8]> = new.passes_and_switches().map(|pass| pass.args).collect();
+        let switches = group.switch.iter().flatten().flatten();
+        let records: Vec<(u64, usize)> = self
+            .plan
+            .iter()
+            .filter(|c| c.group == g)
+            .chain(switches)
+            .map(|c| (u64::from(c.record_offset) + std::mem::offset_of!(DispatchRecord, args) as u64, c.pass))
+            .collect();
+        // Nothing fails from here on: the change is applied whole.
+        let first = group.first_pipeline;
+        for (p, pipeline) in pipelines.into_iter().enumerate() {
+            self.pipelines[first + p] = pipeline;
+        }
+        for (offset, pass) in records {
+            self.gpu.queue().write_buffer(&self.records, offset, bytemuck::cast_slice(&args[pass]));
+        }
+        self.groups[g].rule = rule;
+        self.fill_terms_rings();
+        Ok(())
+    }
+
+    fn group(&self, group: usize) -> Result<&Group> {
+        let count = self.groups.len();
+        self.groups.get(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))
+    }
+
     /// Sets a group's `momentum` or `betas[0]`, the hyper-parameter torch's `CyclicLR` and
     /// `OneCycleLR` cycle (see [`UpdateRule::cycled_momentum`]); like lr, it travels in each
     /// step's scalars, so it takes effect at the next step recorded.
     pub fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
-        let group = &mut self.groups[group];
+        let group = self.group_mut(group)?;
         group.rule = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
         Ok(())
     }
     // ---- CPU access ----
 
+    /// Uploads a parameter's values (with the next submission).
     pub fn write_param(&self, id: TensorId, data: &[f32]) -> Result<()> {
-        self.write(&self.param(id), data, || format!("parameter {:?}", self.tensors[id.0].name))
+        self.write(&self.param(id)?, data, || format!("parameter {:?}", self.tensors[id.0].name))
     }
 
     /// Uploads a dense gradient; tensors whose rule takes sparse gradients (SparseAdam) refuse
     /// one, as torch does: use [`Optimizer::write_sparse_grad`].
     pub fn write_grad(&self, id: TensorId, data: &[f32]) -> Result<()> {
-        let group = &self.groups[self.tensors[id.0].group];
+        let entry = self.entry(id)?;
+        let group = &self.groups[entry.group];
         if group.sparse {
-            return Err(crate::params::dense_refused(group.rule.name(), &self.tensors[id.0].name));
+            return Err(crate::params::dense_refused(group.rule.name(), &entry.name));
         }
-        self.write(&self.grad(id), data, || format!("gradient of {:?}", self.tensors[id.0].name))
+        self.write(&self.grad(id)?, data, || format!("gradient of {:?}", entry.name))
     }
 
     /// The mask of the rows a sparse gradient touches this step (rules with sparse gradients,
@@ -1127,7 +1328,7 @@ impl Optimizer {
     /// user's backward kernel binds it (its offset is 256-byte aligned) and sets the rows it
     /// writes into [`Optimizer::grad`]; the step consumes it (clears every row).
     pub fn grad_rows(&self, id: TensorId) -> Result<TensorView> {
-        let entry = &self.tensors[id.0];
+        let entry = self.entry(id)?;
         match entry.row_mask {
             Some(at) => Ok(TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len: rules::sparse_rows(&entry.shape).0 }),
             None => Err(Error::Tensor(format!(
@@ -1142,11 +1343,11 @@ impl Optimizer {
     /// values, row after row. A row listed twice gets the sum of its values, as torch's
     /// `coalesce` gives it. Untouched rows of the gradient buffer are not written.
     pub fn write_sparse_grad(&self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
-        let entry = &self.tensors[id.0];
+        let entry = self.entry(id)?;
         let sparse = self.groups[entry.group].sparse;
         let (mask, dense) = crate::params::sparse_gradient(sparse, &entry.name, &entry.shape, rows, values)?;
         let (_, row_length) = rules::sparse_rows(&entry.shape);
-        let grad = self.grad(id);
+        let grad = self.grad(id)?;
         for (row, _) in mask.iter().enumerate().filter(|(_, &t)| t != 0) {
             let at = row * row_length;
             self.gpu.queue().write_buffer(&grad.buffer, grad.offset + at as u64 * 4, bytemuck::cast_slice(&dense[at..at + row_length]));
@@ -1156,6 +1357,7 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Uploads a state tensor's values by torch's key (with the next submission).
     pub fn write_state(&self, id: TensorId, key: &str, data: &[f32]) -> Result<()> {
         self.write(&self.state(id, key)?, data, || format!("{key} of {:?}", self.tensors[id.0].name))
     }
@@ -1168,16 +1370,19 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Reads a parameter back (blocking: submits a copy and waits; native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_param(&self, id: TensorId) -> Result<Vec<f32>> {
-        self.read(&self.param(id))
+        self.read(&self.param(id)?)
     }
 
+    /// Reads a gradient back (blocking; native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_grad(&self, id: TensorId) -> Result<Vec<f32>> {
-        self.read(&self.grad(id))
+        self.read(&self.grad(id)?)
     }
 
+    /// Reads a state tensor back by torch's key (blocking; native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_state(&self, id: TensorId, key: &str) -> Result<Vec<f32>> {
         self.read(&self.state(id, key)?)
@@ -1189,6 +1394,21 @@ impl Optimizer {
         Ok(self.read_many(std::slice::from_ref(view))?.remove(0))
     }
 
+    /// Reads one view back, async (the form to use on the web; see [`read_views`]).
+    pub async fn read_async(&self, view: &TensorView) -> Result<Vec<f32>> {
+        Ok(read_views(&self.gpu, std::slice::from_ref(view)).await?.remove(0))
+    }
+
+    /// Reads a parameter back, async.
+    pub async fn read_param_async(&self, id: TensorId) -> Result<Vec<f32>> {
+        self.read_async(&self.param(id)?).await
+    }
+
+    /// Reads a state tensor back by torch's key, async.
+    pub async fn read_state_async(&self, id: TensorId, key: &str) -> Result<Vec<f32>> {
+        self.read_async(&self.state(id, key)?).await
+    }
+
     /// Reads several views back with one copy submission (blocking; native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_many(&self, views: &[TensorView]) -> Result<Vec<Vec<f32>>> {
@@ -1196,18 +1416,71 @@ impl Optimizer {
     }
 }
 
-/// Reads views back to the CPU: copies them into one staging buffer and maps it.
-pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Vec<f32>>> {
-    let total: u64 = views.iter().map(TensorView::byte_size).sum();
-    if total == 0 {
-        return Ok(views.iter().map(|_| Vec::new()).collect());
+/// Frees a slot of the scalar ring when its step has run (the callback sets `ran`) or when
+/// its commands are dropped unsubmitted (the callback is dropped uncalled): then the step is
+/// counted as dropped, so later steps know their t.
+struct SlotRelease {
+    slot: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+    ran: bool,
+}
+
+impl SlotRelease {
+    fn ran(mut self) {
+        self.ran = true;
     }
+}
+
+impl Drop for SlotRelease {
+    fn drop(&mut self) {
+        if !self.ran {
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+        }
+        self.slot.store(false, Ordering::Release);
+    }
+}
+
+/// Largest staging buffer a read uses: a model larger than this (or than the device's
+/// `max_buffer_size`) is read in several copies, so checkpoints of any size can be saved.
+const READ_BATCH_BYTES: u64 = 64 << 20;
+
+/// Reads views back to the CPU: copies them into staging buffers of at most
+/// [`READ_BATCH_BYTES`] (and `max_buffer_size`), one batch at a time, and maps them.
+pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Vec<f32>>> {
+    let capacity = gpu.device().limits().max_buffer_size.min(READ_BATCH_BYTES) / 4 * 4;
+    let mut out: Vec<Vec<f32>> = views.iter().map(|view| Vec::with_capacity(view.len)).collect();
+    // Pieces of views (view, buffer offset, bytes) that fill the next staging buffer.
+    let mut batch: Vec<(usize, u64, u64)> = Vec::new();
+    let mut batch_bytes = 0;
+    for (k, view) in views.iter().enumerate() {
+        let mut done = 0;
+        while done < view.byte_size() {
+            let bytes = (view.byte_size() - done).min(capacity - batch_bytes);
+            batch.push((k, view.offset + done, bytes));
+            batch_bytes += bytes;
+            done += bytes;
+            if batch_bytes == capacity {
+                read_batch(gpu, views, &batch, batch_bytes, &mut out).await?;
+                batch.clear();
+                batch_bytes = 0;
+            }
+        }
+    }
+    if batch_bytes > 0 {
+        read_batch(gpu, views, &batch, batch_bytes, &mut out).await?;
+    }
+    Ok(out)
+}
+
+/// Copies the pieces into one staging buffer, maps it and appends each piece to its view's
+/// values.
+async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u64, u64)], bytes: u64, out: &mut [Vec<f32>]) -> Result<()> {
     let device = gpu.device();
     let staging = gpu
         .checked("allocating a read-back buffer", || {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-optim read-back"),
-                size: total,
+                size: bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
@@ -1215,9 +1488,9 @@ pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Ve
         .await?;
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-optim read-back") });
     let mut at = 0;
-    for view in views {
-        encoder.copy_buffer_to_buffer(&view.buffer, view.offset, &staging, at, view.byte_size());
-        at += view.byte_size();
+    for &(k, offset, size) in pieces {
+        encoder.copy_buffer_to_buffer(&views[k].buffer, offset, &staging, at, size);
+        at += size;
     }
     gpu.queue().submit([encoder.finish()]);
     let (sender, receiver) = futures_channel::oneshot::channel();
@@ -1234,15 +1507,15 @@ pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Ve
         .map_err(|e| Error::ReadBack(e.to_string()))?;
     let mapped = staging.get_mapped_range(..).map_err(|e| Error::ReadBack(e.to_string()))?;
     let all: &[f32] = bytemuck::cast_slice(&mapped);
-    let mut out = Vec::with_capacity(views.len());
     let mut at = 0;
-    for view in views {
-        out.push(all[at..at + view.len].to_vec());
-        at += view.len;
+    for &(k, _, size) in pieces {
+        let len = (size / 4) as usize;
+        out[k].extend_from_slice(&all[at..at + len]);
+        at += len;
     }
     drop(mapped);
     staging.unmap();
-    Ok(out)
+    Ok(())
 }
 
 
@@ -1482,4 +1755,87 @@ fn grid(len: usize, max_per_dim: u32) -> (u32, u32) {
     let x = workgroups.min(max_per_dim as usize);
     let y = workgroups.div_ceil(x);
     (x as u32, y as u32)
+}
+
+/// The layout plan is pure: these tests run it on the CPU against a device's limits.
+#[cfg(test)]
+mod layout_plan {
+    use super::*;
+    use crate::rules::{Adafactor, Adam, Muon, SparseAdam};
+
+    fn plan(params: &Parameters, groups: &[ParamGroup], limits: &wgpu::Limits, max_arena: Option<usize>) -> Result<Plan> {
+        let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
+        plan_layout(&params.clone().into_specs(), groups, &kernels, limits, max_arena)
+    }
+
+    fn tensors(shapes: &[&[usize]]) -> (Parameters, Vec<TensorId>) {
+        let mut params = Parameters::new();
+        let ids = shapes
+            .iter()
+            .enumerate()
+            .map(|(t, shape)| params.zeros(&format!("t{t}"), shape).expect("a valid tensor"))
+            .collect();
+        (params, ids)
+    }
+
+    #[test]
+    fn element_wise_tensors_pack_at_256_bytes() {
+        let (params, ids) = tensors(&[&[5], &[64], &[65], &[3, 7]]);
+        let plan = plan(&params, &[ParamGroup::new(Adam::default(), ids.clone())], &wgpu::Limits::default(), None).unwrap();
+        assert_eq!(plan.arenas.len(), 1);
+        let offsets: Vec<usize> = ids.iter().map(|id| plan.placement[id.0].1).collect();
+        assert_eq!(offsets, [0, 64, 128, 256], "each tensor starts at the next 64-element (256-byte) boundary");
+        assert_eq!(plan.arenas[0].2, 320);
+        assert_eq!(plan.total_chunks, 0, "an element-wise rule needs no chunk map");
+        assert!(plan.aux_region.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn per_tensor_rules_start_tensors_at_chunks_and_get_aux_regions() {
+        let (params, ids) = tensors(&[&[5, 3], &[1500], &[40, 30]]);
+        let plan = plan(&params, &[ParamGroup::new(Adafactor::default(), ids.clone())], &wgpu::Limits::default(), None).unwrap();
+        let offsets: Vec<usize> = ids.iter().map(|id| plan.placement[id.0].1).collect();
+        assert_eq!(offsets, [0, 1024, 3072], "whole 1,024-element chunks per tensor");
+        assert_eq!(plan.total_chunks, 1 + 2 + 2);
+        let regions: Vec<usize> = plan.aux_region.iter().map(|r| r.expect("every tensor has an aux region")).collect();
+        assert_eq!(regions[0], 4 * plan.total_chunks, "after one vec4 of partials per chunk");
+        assert!(regions.windows(2).all(|r| r[0] < r[1] && r[1] % 4 == 0), "increasing, 16-byte aligned: {regions:?}");
+        assert!(plan.aux_len > regions[2]);
+    }
+
+    #[test]
+    fn arenas_split_at_the_binding_limit_and_a_larger_tensor_gets_its_own() {
+        let limits = wgpu::Limits { max_storage_buffer_binding_size: 4096, ..wgpu::Limits::default() };
+        // 1,024 elements per binding: 600 + 300 share one, 2,000 gets its own (two windows), 100 opens a new one.
+        let (params, ids) = tensors(&[&[600], &[300], &[2000], &[100]]);
+        let plan = plan(&params, &[ParamGroup::new(Adam::default(), ids.clone())], &limits, None).unwrap();
+        let arenas: Vec<(Vec<usize>, usize)> = plan.arenas.iter().map(|a| (a.1.iter().map(|id| id.0).collect(), a.2)).collect();
+        assert_eq!(arenas, [(vec![0, 1], 960), (vec![2], 2048), (vec![3], 128)]);
+        assert_eq!(plan.capacity, [1024]);
+        // A smaller requested arena is honoured; a tensor beyond max_buffer_size is refused.
+        let smaller = plan_with_max(&params, &ids, 256);
+        assert_eq!(smaller.arenas.len(), 4, "every tensor but the last exceeds 256 elements: an arena each");
+        let tiny = wgpu::Limits { max_buffer_size: 4000, ..limits };
+        let error = plan_layout(&params.clone().into_specs(), &[ParamGroup::new(Adam::default(), ids.clone())], &[Adam::default().kernel()], &tiny, None)
+            .err()
+            .expect("a tensor larger than max_buffer_size is refused");
+        assert!(error.to_string().contains("max_buffer_size"), "{error}");
+    }
+
+    fn plan_with_max(params: &Parameters, ids: &[TensorId], max: usize) -> Plan {
+        plan(params, &[ParamGroup::new(Adam::default(), ids.to_vec())], &wgpu::Limits::default(), Some(max)).unwrap()
+    }
+
+    #[test]
+    fn same_shape_matrices_share_scratch_batches_and_sparse_masks_are_bindable() {
+        let (params, ids) = tensors(&[&[8, 4], &[8, 4], &[4, 8], &[8, 4], &[6, 5]]);
+        let groups = [ParamGroup::new(Muon::default(), ids[..4].to_vec()), ParamGroup::new(SparseAdam::default(), [ids[4]])];
+        let plan = plan(&params, &groups, &wgpu::Limits::default(), None).unwrap();
+        let batches: Vec<Vec<usize>> = plan.batches[0].iter().map(|(_, b)| b.iter().map(|id| id.0).collect()).collect();
+        assert_eq!(batches, [vec![0, 1, 3], vec![2]], "one batch per shape, in first-seen order");
+        assert!(plan.batches[1].is_empty());
+        let mask = plan.row_mask[4].expect("a sparse rule's tensor has a row mask");
+        assert_eq!(mask % 64, 0, "256-byte aligned, so a user's kernel can bind it");
+        assert!(plan.row_mask[..4].iter().all(Option::is_none));
+    }
 }

@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::rules::UpdateRule;
 
-/// Handle of a registered tensor.
+/// Handle of a registered tensor: its registration index and the [`Parameters`] that issued
+/// it (and its clones), so an id from another collection is an error, not another tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TensorId(pub(crate) usize);
+pub struct TensorId(pub(crate) usize, pub(crate) CollectionTag);
+
+/// Which [`Parameters`] issued a [`TensorId`].
+pub(crate) type CollectionTag = u32;
 
 impl TensorId {
     /// Registration order, from 0.
@@ -16,11 +20,20 @@ impl TensorId {
     }
 }
 
+/// A tag no other [`Parameters`] of this process has.
+fn new_collection_tag() -> CollectionTag {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A registered tensor: name, shape and initial values.
 #[derive(Clone, Debug)]
 pub struct TensorSpec {
+    /// Its unique, non-empty name (the checkpoint and `.safetensors` key).
     pub name: String,
+    /// Its shape, as torch's `tensor.shape`.
     pub shape: Vec<usize>,
+    /// Its initial values, row-major; as many as the product of `shape`.
     pub data: Vec<f32>,
 }
 
@@ -32,21 +45,32 @@ pub struct TensorSpec {
 /// let w = params.add("w", &[2, 3], vec![0.1; 6])?;
 /// let b = params.zeros("b", &[3])?;
 /// assert_eq!(params.id("b"), Some(b));
-/// assert_eq!(params.spec(w).shape, [2, 3]);
+/// assert_eq!(params.spec(w)?.shape, [2, 3]);
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Parameters {
     tensors: Vec<TensorSpec>,
     by_name: HashMap<String, TensorId>,
+    tag: CollectionTag,
+}
+
+impl Default for Parameters {
+    fn default() -> Self {
+        Parameters { tensors: Vec::new(), by_name: HashMap::new(), tag: new_collection_tag() }
+    }
 }
 
 impl Parameters {
+    /// No tensors yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Registers a tensor; `data.len()` must equal the product of `shape`.
+    /// Registers a tensor and returns its handle.
+    ///
+    /// Errors: [`Error::Tensor`] for an empty name, a name registered before or a shape with no
+    /// elements; [`Error::SizeMismatch`] when `data.len()` is not the product of `shape`.
     pub fn add(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> Result<TensorId> {
         if name.is_empty() {
             return Err(Error::Tensor("a tensor name must not be empty".into()));
@@ -65,7 +89,7 @@ impl Parameters {
         if len == 0 {
             return Err(Error::Tensor(format!("tensor {name:?} has no elements (shape {shape:?})")));
         }
-        let id = TensorId(self.tensors.len());
+        let id = TensorId(self.tensors.len(), self.tag);
         self.tensors.push(TensorSpec { name: name.to_string(), shape: shape.to_vec(), data });
         self.by_name.insert(name.to_string(), id);
         Ok(id)
@@ -76,25 +100,43 @@ impl Parameters {
         self.add(name, shape, vec![0.0; shape.iter().product()])
     }
 
+    /// The handle of the tensor named `name`, if one is registered.
     pub fn id(&self, name: &str) -> Option<TensorId> {
         self.by_name.get(name).copied()
     }
 
-    pub fn spec(&self, id: TensorId) -> &TensorSpec {
-        &self.tensors[id.0]
+    /// A tensor's name, shape and initial values; an id from another collection is
+    /// [`Error::ForeignTensor`].
+    pub fn spec(&self, id: TensorId) -> Result<&TensorSpec> {
+        self.check(id)?;
+        Ok(&self.tensors[id.0])
     }
 
+    /// Whether this collection (or the one it was cloned from) issued `id`.
+    pub(crate) fn check(&self, id: TensorId) -> Result<()> {
+        match id.1 == self.tag && id.0 < self.tensors.len() {
+            true => Ok(()),
+            false => Err(Error::ForeignTensor { index: id.0 }),
+        }
+    }
+
+    pub(crate) fn tag(&self) -> CollectionTag {
+        self.tag
+    }
+
+    /// The number of registered tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
+    /// Whether no tensor is registered.
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
 
     /// All tensors in registration order.
     pub fn iter(&self) -> impl Iterator<Item = (TensorId, &TensorSpec)> {
-        self.tensors.iter().enumerate().map(|(i, t)| (TensorId(i), t))
+        self.tensors.iter().enumerate().map(|(i, t)| (TensorId(i, self.tag), t))
     }
 
     pub(crate) fn into_specs(self) -> Vec<TensorSpec> {
@@ -106,15 +148,36 @@ impl Parameters {
 /// (torch's `{"params": [...], "weight_decay": 0.0, ...}`).
 #[derive(Clone, Debug)]
 pub struct ParamGroup {
+    /// The update rule and its hyper-parameters.
     pub rule: Box<dyn UpdateRule>,
+    /// The tensors it updates; each tensor belongs to exactly one group of an optimizer.
     pub tensors: Vec<TensorId>,
 }
 
 impl ParamGroup {
+    /// A group updating `tensors` with `rule`. Nothing is checked until an optimizer is built
+    /// from it, which rejects invalid hyper-parameters, an empty group, and a tensor in no group
+    /// or in two.
+    ///
+    /// ```
+    /// use wgpu_optim::{rules::{AdamW, Sgd}, ParamGroup, Parameters};
+    /// let mut params = Parameters::new();
+    /// let w = params.zeros("w", &[4, 4])?;
+    /// let b = params.zeros("b", &[4])?;
+    /// let groups = vec![
+    ///     ParamGroup::new(AdamW::default(), [w]),
+    ///     ParamGroup::new(Sgd { lr: 0.1, ..Sgd::default() }, [b]),
+    /// ];
+    /// assert_eq!(groups[1].rule.name(), "SGD");
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn new(rule: impl UpdateRule + 'static, tensors: impl IntoIterator<Item = TensorId>) -> Self {
         Self::from_boxed(Box::new(rule), tensors)
     }
 
+    /// [`ParamGroup::new`] with a rule already boxed (e.g. from [`rules::from_config`]).
+    ///
+    /// [`rules::from_config`]: crate::rules::from_config
     pub fn from_boxed(rule: Box<dyn UpdateRule>, tensors: impl IntoIterator<Item = TensorId>) -> Self {
         ParamGroup { rule, tensors: tensors.into_iter().collect() }
     }
@@ -135,24 +198,24 @@ pub(crate) fn check_groups(params: &Parameters, groups: &[ParamGroup]) -> Result
             return Err(Error::Tensor(format!("parameter group {g} has no tensors")));
         }
         for &id in &group.tensors {
-            let slot = owner
-                .get_mut(id.0)
-                .ok_or_else(|| Error::Tensor(format!("parameter group {g} names an unknown tensor id {}", id.0)))?;
+            let spec = params.spec(id).map_err(|_| {
+                Error::Tensor(format!("parameter group {g} names tensor id {}, which these Parameters did not issue", id.0))
+            })?;
+            let slot = &mut owner[id.0];
             if let Some(other) = slot {
                 return Err(Error::Tensor(format!(
                     "tensor {:?} appears in parameter groups {other} and {g}; some parameters appear in more than one parameter group",
-                    params.spec(id).name
+                    spec.name
                 )));
             }
             *slot = Some(g);
-            let spec = params.spec(id);
             group.rule.check_tensor(&spec.name, &spec.shape)?;
         }
     }
     if let Some(missing) = owner.iter().position(Option::is_none) {
         return Err(Error::Tensor(format!(
             "tensor {:?} is in no parameter group",
-            params.spec(TensorId(missing)).name
+            params.tensors[missing].name
         )));
     }
     Ok(())

@@ -23,11 +23,13 @@ pub struct FloatSemantics {
     pub multiply_add_fused: usize,
     /// Of those, how many it computed with two roundings, as the CPU twins do.
     pub multiply_add_separate: usize,
-    /// Divisions that differ from the correctly rounded quotient, and the largest distance.
+    /// Divisions that differ from the correctly rounded quotient.
     pub division_inexact: usize,
+    /// The largest distance of a quotient from the correctly rounded one, in ulps.
     pub division_max_ulps: u32,
-    /// Square roots that differ from the correctly rounded root, and the largest distance.
+    /// Square roots that differ from the correctly rounded root.
     pub sqrt_inexact: usize,
+    /// The largest distance of a root from the correctly rounded one, in ulps.
     pub sqrt_max_ulps: u32,
     /// Products that differ from the correctly rounded product (IEEE requires none).
     pub multiply_inexact: usize,

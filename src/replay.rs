@@ -405,8 +405,7 @@ impl ReplayTarget for Optimizer {
         Optimizer::write_sparse_grad(self, id, rows, values)
     }
     fn step(&mut self) -> Result<()> {
-        self.step_and_submit();
-        Ok(())
+        self.step_and_submit().map(drop)
     }
     fn switch_mode(&mut self, to_train: bool) -> Result<()> {
         let mut encoder = self.gpu().device().create_command_encoder(&Default::default());

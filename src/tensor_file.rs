@@ -19,9 +19,14 @@ pub struct NamedTensor {
 /// Reads every tensor of a safetensors file; all must be float32.
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    read_safetensors_bytes(&bytes)
+    parse_safetensors(&bytes, &path.display().to_string())
+}
+
+/// [`read_safetensors`] of bytes already in memory; `origin` (e.g. the file name) prefixes errors.
+pub fn parse_safetensors(bytes: &[u8], origin: &str) -> Result<Vec<NamedTensor>> {
+    read_safetensors_bytes(bytes)
         .map(|(tensors, _)| tensors)
-        .map_err(|message| Error::Safetensors { path: path.display().to_string(), message })
+        .map_err(|message| Error::Safetensors { path: origin.to_string(), message })
 }
 
 /// The float32 tensors (sorted by name) and the metadata of safetensors bytes.

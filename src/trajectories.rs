@@ -860,13 +860,13 @@ impl GpuRunner {
         }
         // The positions the gradient kernel reads: from the first start to the last, `stride`
         // vec2 apart (1 for one tensor; the tensors' alignment for one tensor per start).
-        let (first, last) = (opt.param(xy[0]), opt.param(xy[xy.len() - 1]));
-        let stride = if xy.len() > 1 { (opt.param(xy[1]).offset - first.offset) / 8 } else { 1 };
+        let (first, last) = (opt.param(xy[0])?, opt.param(xy[xy.len() - 1])?);
+        let stride = if xy.len() > 1 { (opt.param(xy[1])?.offset - first.offset) / 8 } else { 1 };
         let span = last.offset + last.byte_size() - first.offset;
         fn range(view: &TensorView, span: u64) -> wgpu::BindingResource<'_> {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &view.buffer, offset: view.offset, size: std::num::NonZeroU64::new(span) })
         }
-        let grad_first = opt.grad(xy[0]);
+        let grad_first = opt.grad(xy[0])?;
 
         let device = gpu.device();
         let storage = |binding, read_only| crate::context::storage_binding(binding, read_only, 8);
@@ -944,7 +944,7 @@ impl GpuRunner {
     /// Records every step, submits (at most [`MAX_STEPS_PER_SUBMISSION`] steps per
     /// submission), and reads the sampled positions back.
     pub async fn run(mut self) -> Result<Paths> {
-        let views: Vec<TensorView> = self.xy.iter().map(|&id| self.opt.param(id)).collect();
+        let views = self.xy.iter().map(|&id| self.opt.param(id)).collect::<Result<Vec<TensorView>>>()?;
         let row = (self.starts * 8) as u64;
         let sample = |encoder: &mut wgpu::CommandEncoder, history: &wgpu::Buffer, at: u64| {
             let mut to = at;
@@ -982,7 +982,7 @@ impl GpuRunner {
                     pass.set_pipeline(&self.pipeline);
                     pass.set_bind_group(0, &self.bind_group, &[]);
                     pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
-                    self.opt.step_in_pass(&mut pass);
+                    self.opt.step_in_pass(&mut pass)?;
                     step += 1;
                 }
             }
@@ -1033,7 +1033,7 @@ impl CpuRunner {
     pub fn run(mut self) -> Result<Paths> {
         let mut positions = Vec::with_capacity(self.samples.len() * self.starts * 2);
         for &id in &self.xy {
-            positions.extend_from_slice(self.opt.param(id));
+            positions.extend_from_slice(self.opt.param(id)?);
         }
         let mut next_sample = 1;
         for step in 1..=self.steps {
@@ -1041,10 +1041,10 @@ impl CpuRunner {
                 self.opt.set_lr(0, lr[step as usize - 1])?;
             }
             for &id in &self.xy {
-                let grad: Vec<f32> = self.opt.param(id).chunks(2).flat_map(|p| self.function.gradient_f32(p[0], p[1])).collect();
+                let grad: Vec<f32> = self.opt.param(id)?.chunks(2).flat_map(|p| self.function.gradient_f32(p[0], p[1])).collect();
                 if self.sparse {
                     // A dense function's gradient touches every row.
-                    let rows: Vec<u32> = (0..crate::rules::sparse_rows(self.opt.tensor_shape(id)).0 as u32).collect();
+                    let rows: Vec<u32> = (0..crate::rules::sparse_rows(self.opt.tensor_shape(id)?).0 as u32).collect();
                     self.opt.write_sparse_grad(id, &rows, &grad)?;
                 } else {
                     self.opt.write_grad(id, &grad)?;
@@ -1053,7 +1053,7 @@ impl CpuRunner {
             self.opt.step();
             if step == self.samples[next_sample] {
                 for &id in &self.xy {
-                    positions.extend_from_slice(self.opt.param(id));
+                    positions.extend_from_slice(self.opt.param(id)?);
                 }
                 next_sample += 1;
             }

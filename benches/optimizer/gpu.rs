@@ -441,6 +441,6 @@ impl Workload for Step<'_> {
             label: Some("bench optimizer step"),
             timestamp_writes: stamp.as_ref().map(Stamp::pass_writes),
         });
-        self.opt.step_in_pass(&mut pass);
+        self.opt.step_in_pass(&mut pass).expect("a batch of steps fits the scalar ring");
     }
 }

@@ -204,7 +204,7 @@ impl<'a> NaiveAdamW<'a> {
         let window = bench.binding_elements();
         let largest = opt
             .tensor_ids()
-            .map(|id| opt.param(id).len.next_multiple_of(64))
+            .map(|id| opt.param(id).expect("the optimizer's own tensor").len.next_multiple_of(64))
             .max()
             .unwrap_or(64);
         let denom = device.create_buffer(&wgpu::BufferDescriptor {
@@ -216,11 +216,11 @@ impl<'a> NaiveAdamW<'a> {
 
         let mut dispatches = Vec::new();
         for id in opt.tensor_ids() {
-            let group = opt.group_of(id);
+            let group = opt.group_of(id).expect("the optimizer's own tensor");
             let decays = rules[group].hyperparameters()["weight_decay"].as_f64().unwrap_or(0.0) != 0.0;
             let views = [
-                opt.param(id),
-                opt.grad(id),
+                opt.param(id).expect("the optimizer's own tensor"),
+                opt.grad(id).expect("the optimizer's own tensor"),
                 opt.state(id, "exp_avg").expect("AdamW keeps exp_avg"),
                 opt.state(id, "exp_avg_sq").expect("AdamW keeps exp_avg_sq"),
             ];

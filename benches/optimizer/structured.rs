@@ -219,7 +219,7 @@ impl StateCount {
 pub fn state_from_views(opt: &Optimizer) -> Result<StateCount, String> {
     let mut count = StateCount::default();
     for id in opt.tensor_ids() {
-        for key in opt.state_keys(id) {
+        for key in opt.state_keys(id).map_err(|e| e.to_string())? {
             count.add(key, opt.state(id, key).map_err(|e| e.to_string())?.len);
         }
     }
@@ -253,7 +253,7 @@ fn muon_scratch_floats(opt: &Optimizer, bench: &Bench) -> usize {
     for arena in opt.arenas().iter().filter(|a| a.group == 0) {
         let mut shapes: Vec<Vec<usize>> = Vec::new();
         for &id in &arena.tensors {
-            let shape = opt.tensor_shape(id).to_vec();
+            let shape = opt.tensor_shape(id).expect("the optimizer's own tensor").to_vec();
             if !shapes.contains(&shape) {
                 shapes.push(shape);
             }
@@ -263,7 +263,7 @@ fn muon_scratch_floats(opt: &Optimizer, bench: &Bench) -> usize {
             let count = arena
                 .tensors
                 .iter()
-                .filter(|&&id| opt.tensor_shape(id) == shape.as_slice())
+                .filter(|&&id| opt.tensor_shape(id).expect("the optimizer's own tensor") == shape.as_slice())
                 .count();
             let per_batch = (budget / need.max(1)).max(1);
             largest = largest.max(count.min(per_batch) * need);
@@ -450,23 +450,25 @@ pub fn checks(bench: &Bench, tolerance: f64) -> Result<Vec<CheckRow>, String> {
         let rules = muon_and_adamw(5, precision);
         let mut opt = build_optimizer(bench, &split, &rules, &OptimizerOptions::default())?;
         let mut encoder = bench.device().create_command_encoder(&Default::default());
-        opt.step(&mut encoder);
+        opt.step(&mut encoder).map_err(|e| e.to_string())?;
         bench.queue().submit([encoder.finish()]);
         let (params, groups) = split.build(&rules);
+        // The reference's own ids (ids name the tensors of one Parameters only), in layout order.
+        let cpu_ids: Vec<_> = params.iter().map(|(id, _)| id).collect();
         let mut cpu = CpuOptimizer::new(params, groups).map_err(|e| e.to_string())?;
-        for (t, id) in opt.tensor_ids().enumerate() {
+        for (t, &id) in cpu_ids.iter().enumerate() {
             cpu.write_grad(id, &split.grad(t)).map_err(|e| e.to_string())?;
         }
         cpu.step();
         let mut worst: f64 = 0.0;
-        for id in opt.tensor_ids() {
+        for (id, &cpu_id) in opt.tensor_ids().zip(&cpu_ids) {
             worst = worst.max(relative_error(
                 &opt.read_param(id).map_err(|e| e.to_string())?,
-                cpu.param(id),
+                cpu.param(cpu_id).map_err(|e| e.to_string())?,
             ));
-            for key in opt.state_keys(id) {
+            for key in opt.state_keys(id).map_err(|e| e.to_string())? {
                 let got = opt.read_state(id, key).map_err(|e| e.to_string())?;
-                worst = worst.max(relative_error(&got, cpu.state(id, key).map_err(|e| e.to_string())?));
+                worst = worst.max(relative_error(&got, cpu.state(cpu_id, key).map_err(|e| e.to_string())?));
             }
         }
         let limit = if precision == NsPrecision::Float32 {

@@ -398,7 +398,7 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
                 run.steps.lr.push(opt.rule(0).lr());
                 mlp.record_forward_backward(&mut encoder, s)?;
                 // Clips the gradients (on the GPU) and steps the parameters in place.
-                opt.step(&mut encoder);
+                opt.step(&mut encoder)?;
                 mlp.record_metrics(&mut encoder, s)?;
                 schedule.step(&mut opt)?;
             }

@@ -279,6 +279,8 @@ impl Mlp {
             )));
         }
         let steps = order.len() / batch;
+        let params = layers.iter().map(|l| Ok((opt.param(l.w)?, opt.param(l.b)?))).collect::<Result<Vec<_>, ModelError>>()?;
+        let grads = layers.iter().map(|l| Ok((opt.grad(l.w)?, opt.grad(l.b)?))).collect::<Result<Vec<_>, ModelError>>()?;
 
         checked(device, "building the model's buffers and bind groups", || {
             let build = Builder { device, max_per_dimension: limits.max_compute_workgroups_per_dimension };
@@ -302,8 +304,6 @@ impl Mlp {
             let eval_acts: Vec<wgpu::Buffer> =
                 widths[1..].iter().map(|&w| build.storage("test activation", test.len() * w, none)).collect();
 
-            let params: Vec<(TensorView, TensorView)> = layers.iter().map(|l| (opt.param(l.w), opt.param(l.b))).collect();
-            let grads: Vec<(TensorView, TensorView)> = layers.iter().map(|l| (opt.grad(l.w), opt.grad(l.b))).collect();
             let n = layers.len();
 
             let mut train_pass = vec![build.dispatch(

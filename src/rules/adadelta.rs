@@ -22,10 +22,18 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adadelta {
+    /// Coefficient that scales the update `delta` before it is applied (Zeiler's paper has none).
+    /// Default 1.0; finite, >= 0.
     pub lr: f64,
+    /// Coefficient of the running averages of the squared gradient (`square_avg`) and of the
+    /// squared update (`acc_delta`). Default 0.9; in [0, 1].
     pub rho: f64,
+    /// Added inside both square roots, for numerical stability. Default 1e-6; finite, >= 0.
     pub eps: f64,
+    /// Weight decay: the L2 penalty added to the gradient (`g + weight_decay*p`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

@@ -39,12 +39,19 @@ const COLUMN_SEGMENT: usize = 256;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adafactor {
+    /// Learning rate; the relative step size is `min(lr, 1/sqrt(t))`. Default 1e-2; finite, >= 0.
     pub lr: f64,
+    /// Decay exponent of the second-moment averages: step t mixes the new squared gradient in with
+    /// weight `t^beta2_decay`. Default -0.8; finite, <= 0.
     pub beta2_decay: f64,
     /// (eps1, eps2); eps1 `None` (JSON null) is float32's machine epsilon, as in torch.
     pub eps: (Option<f64>, f64),
+    /// Clipping threshold of the update's root-mean-square. Default 1.0; finite, >= 1.
     pub d: f64,
+    /// Decoupled weight decay: each step multiplies the parameters by `1 - lr*weight_decay`.
+    /// Default 0; finite, >= 0.
     pub weight_decay: f64,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

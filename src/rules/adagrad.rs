@@ -21,11 +21,19 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adagrad {
+    /// Learning rate. Default 1e-2; finite, >= 0.
     pub lr: f64,
+    /// Learning-rate decay: step t uses `lr / (1 + (t - 1)*lr_decay)`. Default 0; finite, >= 0.
     pub lr_decay: f64,
+    /// Weight decay: the L2 penalty added to the gradient (`g + weight_decay*p`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// The value every element of the `sum` state starts at. Default 0; finite, >= 0.
     pub initial_accumulator_value: f64,
+    /// Added to `sqrt(sum)` in the denominator, for numerical stability. Default 1e-10; finite, >=
+    /// 0.
     pub eps: f64,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

@@ -25,12 +25,24 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adam {
+    /// Learning rate. Default 1e-3; finite, >= 0.
     pub lr: f64,
+    /// Coefficients of the running averages of the gradient (`exp_avg`, torch's `betas[0]`) and of
+    /// its square (`exp_avg_sq`, `betas[1]`). Default (0.9, 0.999); each in [0, 1).
     pub betas: (f64, f64),
+    /// Added to the root of the second moment in the denominator, for numerical stability. Default
+    /// 1e-8; finite, >= 0.
     pub eps: f64,
+    /// Weight decay. Coupled (L2, `g + weight_decay*p`) by default; with `decoupled_weight_decay`,
+    /// AdamW's `p*(1 - lr*weight_decay)`. Default 0; finite, >= 0.
     pub weight_decay: f64,
+    /// AMSGrad: divides by the running maximum of `exp_avg_sq` (kept as `max_exp_avg_sq`) instead
+    /// of `exp_avg_sq`. Default false.
     pub amsgrad: bool,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
+    /// Applies `weight_decay` to the parameters (`p*(1 - lr*weight_decay)`, as AdamW) instead of
+    /// adding it to the gradient. Default false. `AdamW` is Adam with this set.
     pub decoupled_weight_decay: bool,
 }
 
@@ -52,11 +64,21 @@ impl Default for Adam {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamW {
+    /// Learning rate. Default 1e-3; finite, >= 0.
     pub lr: f64,
+    /// Coefficients of the running averages of the gradient (`exp_avg`, torch's `betas[0]`) and of
+    /// its square (`exp_avg_sq`, `betas[1]`). Default (0.9, 0.999); each in [0, 1).
     pub betas: (f64, f64),
+    /// Added to the root of the second moment in the denominator, for numerical stability. Default
+    /// 1e-8; finite, >= 0.
     pub eps: f64,
+    /// Decoupled weight decay: each step multiplies the parameters by `1 - lr*weight_decay`.
+    /// Default 1e-2; finite, >= 0.
     pub weight_decay: f64,
+    /// AMSGrad: divides by the running maximum of `exp_avg_sq` (kept as `max_exp_avg_sq`) instead
+    /// of `exp_avg_sq`. Default false.
     pub amsgrad: bool,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

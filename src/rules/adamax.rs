@@ -25,10 +25,19 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adamax {
+    /// Learning rate. Default 2e-3; finite, >= 0.
     pub lr: f64,
+    /// Coefficient of the running average of the gradient (`exp_avg`, torch's `betas[0]`) and decay
+    /// of the exponentially weighted infinity norm (`exp_inf`, `betas[1]`). Default (0.9, 0.999);
+    /// each in [0, 1).
     pub betas: (f64, f64),
+    /// Added to `|g|` before the maximum that forms `exp_inf`, for numerical stability. Default
+    /// 1e-8; finite, >= 0.
     pub eps: f64,
+    /// Weight decay: the L2 penalty added to the gradient (`g + weight_decay*p`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

@@ -41,12 +41,22 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adan {
+    /// Learning rate. Default 1e-3; finite, >= 0.
     pub lr: f64,
+    /// Coefficients of the running averages of the gradient (`exp_avg`, `betas[0]`), of the
+    /// gradient difference (`exp_avg_diff`, `betas[1]`) and of the squared Nesterov-corrected
+    /// gradient (`exp_avg_sq`, `betas[2]`). Default (0.98, 0.92, 0.99); each in [0, 1).
     pub betas: (f64, f64, f64),
+    /// Added to the bias-corrected root of `exp_avg_sq` in the denominator, for numerical
+    /// stability. Default 1e-8; finite, >= 0.
     pub eps: f64,
+    /// Weight decay: proximal (`p / (1 + lr*weight_decay)` after the update), or decoupled before
+    /// it with `no_prox`. Default 0; any finite value.
     pub weight_decay: f64,
     /// Must be 0 (no clip): the reference's global clip is not supported.
     pub max_grad_norm: f64,
+    /// Decays the parameters as AdamW does (`p*(1 - lr*weight_decay)` before the update) instead of
+    /// the proximal division after it. Default false.
     pub no_prox: bool,
 }
 

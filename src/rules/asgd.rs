@@ -43,11 +43,21 @@ const ETA_CANDIDATES: usize = 16;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Asgd {
+    /// Learning rate; the step size `eta` starts at the lr of the first step. Default 1e-2;
+    /// finite, >= 0.
     pub lr: f64,
+    /// Decay term: each step multiplies the parameters by `1 - lambd*eta`, and `eta` decays as
+    /// `lr / (1 + lambd*lr*t)^alpha`. Default 1e-4; any finite value.
     pub lambd: f64,
+    /// Power of the decay of `eta`. Default 0.75; any finite value.
     pub alpha: f64,
+    /// The step at which averaging starts: `ax` averages the iterates with weight
+    /// `mu = 1 / max(1, t - t0)`. Default 1e6; any finite value.
     pub t0: f64,
+    /// Weight decay: the L2 penalty added to the gradient (`g + weight_decay*p`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

@@ -34,16 +34,31 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lamb {
+    /// Learning rate. Default 1e-3; finite, >= 0.
     pub lr: f64,
+    /// Divides the moments by their bias corrections `1 - beta^t`. Default true.
     pub bias_correction: bool,
+    /// Coefficients of the running averages of the gradient (`exp_avg`, torch's `betas[0]`) and of
+    /// its square (`exp_avg_sq`, `betas[1]`). Default (0.9, 0.999); each in [0, 1) (timm checks
+    /// neither).
     pub betas: (f64, f64),
+    /// Added to the root of the second moment in the denominator, for numerical stability. Default
+    /// 1e-6; finite, >= 0.
     pub eps: f64,
+    /// Weight decay: added to the update (`u + weight_decay*p`), or applied to the parameters with
+    /// `decoupled_decay`; non-zero also turns the trust ratio on. Default 0.01; finite, >= 0.
     pub weight_decay: f64,
+    /// Weights the gradient by `1 - beta1` in the first moment; without it `m = m*beta1 + g`.
+    /// Default true.
     pub grad_averaging: bool,
     /// `None` (JSON null) turns the global-norm clip off.
     pub max_grad_norm: Option<f64>,
+    /// Clips the trust ratio `‖p‖ / ‖u‖` at 1. Default false.
     pub trust_clip: bool,
+    /// Applies the trust ratio even when `weight_decay` is 0. Default false.
     pub always_adapt: bool,
+    /// Applies `weight_decay` to the parameters (`p + p*(-lr*weight_decay)`) instead of adding it
+    /// to the update. Default false.
     pub decoupled_decay: bool,
     /// Not implemented: must be false.
     pub caution: bool,

@@ -26,8 +26,14 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lion {
+    /// Learning rate: the size of every element's signed step. Default 1e-4; finite, >= 0
+    /// (lion-pytorch asserts `lr > 0` at construction only; a scheduler may reach 0).
     pub lr: f64,
+    /// Coefficients of the interpolation whose sign is the update (`betas[0]`) and of the running
+    /// average of the gradient (`exp_avg`, `betas[1]`). Default (0.9, 0.99); each in [0, 1].
     pub betas: (f64, f64),
+    /// Decoupled weight decay: each step multiplies the parameters by `1 - lr*weight_decay`.
+    /// Default 0; any finite value.
     pub weight_decay: f64,
 }
 

@@ -147,8 +147,11 @@ pub struct StepTerms(pub [u32; 4]);
 /// step's terms can be computed again with a new lr.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TermsMemo {
+    /// The last step whose values are recorded (0: none yet).
     pub step: u64,
+    /// The running values after step `step`.
     pub values: [f64; 2],
+    /// The running values after step `step - 1`.
     pub previous: [f64; 2],
 }
 
@@ -182,7 +185,10 @@ pub enum Scope {
     /// Over batches of same-shape matrices: `grid(shape)` workgroups per matrix, times the
     /// matrices of the batch (the grid's z). Dispatches grow with the number of distinct
     /// shapes, not with the number of tensors.
-    Matrices { grid: fn(&[usize]) -> (u32, u32) },
+    Matrices {
+        /// The (x, y) workgroup grid of one matrix of the given shape.
+        grid: fn(&[usize]) -> (u32, u32),
+    },
     /// One workgroup, once per step and group.
     Once,
 }
@@ -191,7 +197,9 @@ pub enum Scope {
 /// each seeing what the previous ones wrote.
 #[derive(Clone, Debug)]
 pub struct Pass {
+    /// The WGSL entry point (`@compute fn`) the pass dispatches.
     pub entry: &'static str,
+    /// Where the pass runs, which sizes its grid.
     pub scope: Scope,
     /// Eight words the pass reads as `dispatch.args` (e.g. which scratch matrices a
     /// multiplication reads and writes, and its coefficients as `f32` bits).
@@ -199,6 +207,7 @@ pub struct Pass {
 }
 
 impl Pass {
+    /// A pass of `entry` over `scope`, with its `dispatch.args` words zero.
     pub fn new(entry: &'static str, scope: Scope) -> Self {
         Pass { entry, scope, args: [0; 8] }
     }
@@ -332,16 +341,21 @@ pub fn matrix_dims(shape: &[usize]) -> (usize, usize, usize) {
 /// factored `row_var` and `col_var`): torch's key, shape and initial value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSlot {
+    /// Torch's state key (e.g. `"row_var"`).
     pub key: &'static str,
+    /// The shape of the state, derived from the tensor's.
     pub shape: Vec<usize>,
+    /// The value every element starts at.
     pub init: f32,
 }
 
 impl TensorSlot {
+    /// Elements of the state: the product of its shape.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// Whether the state has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -351,10 +365,15 @@ impl TensorSlot {
 /// per-element state in [`UpdateRule::state_slots`] order, per-tensor state in
 /// [`UpdateRule::tensor_state`] order, and the step's global gradient norm.
 pub struct CpuTensor<'a> {
+    /// The tensor's shape.
     pub shape: &'a [usize],
+    /// The parameter, updated in place.
     pub param: &'a mut [f32],
+    /// The gradient, after gradient conditioning.
     pub grad: &'a [f32],
+    /// The per-element state, one slice per [`UpdateRule::state_slots`] entry, updated in place.
     pub state: Vec<&'a mut [f32]>,
+    /// The per-tensor state, one slice per [`UpdateRule::tensor_state`] entry, updated in place.
     pub tensor_state: Vec<&'a mut [f32]>,
     /// The total norm of the step's gradients after gradient conditioning (clipped), as the
     /// GPU computes it; meaningful for rules whose [`UpdateRule::needs_grad_norm`] is true.
@@ -367,6 +386,7 @@ pub struct CpuTensor<'a> {
 /// A per-element state tensor a rule configuration keeps (torch's state key).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StateSlot {
+    /// Torch's state key (e.g. `"exp_avg"`).
     pub key: &'static str,
     /// The value every element starts at (Adagrad's `initial_accumulator_value`; else 0).
     pub init: f32,
@@ -378,6 +398,7 @@ pub struct CycledMomentum {
     /// `"momentum"` (SGD, RMSprop: torch finds `momentum` in the optimizer's defaults) or
     /// `"betas[0]"` (Adam, AdamW, NAdam, Adamax, RAdam, Lion, Adan: torch's `use_beta1`).
     pub key: &'static str,
+    /// Its current value.
     pub value: f64,
 }
 
@@ -432,7 +453,9 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     /// The CPU twin of the [`Kernel::mode_switch`] pass toward training (`to_train`) or
     /// evaluation parameters, on one tensor; rules without one do nothing.
     fn cpu_switch_mode(&self, _to_train: bool, _tensor: CpuTensor<'_>) {}
+    /// The learning rate (torch's `lr`).
     fn lr(&self) -> f64;
+    /// Sets the learning rate, as a scheduler does; the caller validates the rule afterwards.
     fn set_lr(&mut self, lr: f64);
     /// The hyper-parameter that torch's `CyclicLR` and `OneCycleLR` cycle when
     /// `cycle_momentum=True`, with its value; `None` for rules that have neither `momentum` nor
@@ -453,6 +476,7 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     }
     /// Hyper-parameters under torch's names.
     fn hyperparameters(&self) -> serde_json::Value;
+    /// A boxed copy of the rule (what `Clone for Box<dyn UpdateRule>` calls).
     fn clone_box(&self) -> Box<dyn UpdateRule>;
 }
 
@@ -472,6 +496,57 @@ pub(crate) fn changed(
     change(rule.as_mut())?;
     rule.validate()?;
     Ok(rule)
+}
+
+/// `rule` with `changes` (a JSON object of torch's hyper-parameter names and values) merged
+/// into its hyper-parameters, validated; unknown names and ill-typed values are errors.
+pub(crate) fn with_changes(rule: &dyn UpdateRule, changes: &serde_json::Value) -> Result<Box<dyn UpdateRule>> {
+    let mut merged = rule.hyperparameters();
+    let (Some(merged_keys), Some(changes)) = (merged.as_object_mut(), changes.as_object()) else {
+        return Err(Error::Config(format!("{} hyper-parameter changes must be a JSON object, e.g. {{\"lr\": 0.01}}", rule.name())));
+    };
+    for (key, value) in changes {
+        merged_keys.insert(key.clone(), value.clone());
+    }
+    from_config(rule.name(), &merged)
+}
+
+/// Whether a group running `old` may run `new` from the next step on (torch: assigning
+/// `param_groups[g][key] = value` between steps): the same class, valid, keeping the same
+/// state for each of the group's tensors (`(name, shape)`) and the same passes. Flags
+/// (`maximize`, `nesterov`, ...) and pass words may differ: the optimizer then selects other
+/// pipelines and rewrites its dispatch records.
+pub(crate) fn check_rule_change(old: &dyn UpdateRule, new: &dyn UpdateRule, tensors: &[(&str, &[usize])]) -> Result<()> {
+    let refuse = |what: String| Err(Error::Config(format!("{}: {what}; the group keeps its hyper-parameters", old.name())));
+    if new.name() != old.name() {
+        return refuse(format!("a parameter group cannot switch to {}", new.name()));
+    }
+    new.validate()?;
+    let keys = |rule: &dyn UpdateRule| rule.state_slots().iter().map(|slot| slot.key).collect::<Vec<_>>();
+    if keys(new) != keys(old) {
+        return refuse(format!(
+            "the change would keep the state {:?} instead of {:?}, but state is created once, at construction (torch \
+             creates it at a parameter's first step and cannot change it either)",
+            keys(new),
+            keys(old)
+        ));
+    }
+    for &(name, shape) in tensors {
+        new.check_tensor(name, shape)?;
+        if new.tensor_state(shape) != old.tensor_state(shape) || new.tensor_scratch(shape) != old.tensor_scratch(shape) {
+            return refuse(format!("the change would reshape tensor {name:?}'s state or scratch"));
+        }
+    }
+    if new.needs_grad_norm() != old.needs_grad_norm() {
+        return refuse("whether the step reads the global gradient norm is chosen at construction".into());
+    }
+    let (a, b) = (old.kernel(), new.kernel());
+    let passes = |k: &Kernel| k.passes_and_switches().map(|p| (p.entry, std::mem::discriminant(&p.scope))).collect::<Vec<_>>();
+    let layout = |k: &Kernel| (k.label, k.state_bindings, k.per_tensor, k.whole_tensors, k.sparse_rows);
+    if passes(&a) != passes(&b) || layout(&a) != layout(&b) {
+        return refuse("the change needs other passes (such as Muon's ns_steps), which are chosen at construction".into());
+    }
+    Ok(())
 }
 
 /// The running values of `rule` after step `step` (see [`UpdateRule::running_keys`]), from

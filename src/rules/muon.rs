@@ -34,10 +34,13 @@ use crate::error::{Error, Result};
 /// torch's `adjust_lr_fn`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AdjustLr {
+    /// `sqrt(max(1, rows/cols))` (torch's default).
     #[serde(rename = "original")]
     Original,
+    /// `0.2*sqrt(max(rows, cols))`: matches the update's RMS to AdamW's.
     #[serde(rename = "match_rms_adamw")]
     MatchRmsAdamw,
+    /// `sqrt(rows/cols)`.
     #[serde(rename = "spectral_unclamped")]
     SpectralUnclamped,
 }
@@ -58,15 +61,28 @@ pub enum NsPrecision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Muon {
+    /// Learning rate, scaled by `adjust_lr_fn`'s ratio. Default 1e-3; finite, >= 0.
     pub lr: f64,
+    /// Decoupled weight decay: each step multiplies the parameters by `1 - lr*weight_decay`.
+    /// Default 0.1; finite, >= 0.
     pub weight_decay: f64,
+    /// Momentum factor: the decay of the `momentum_buffer`. Default 0.95; finite, >= 0.
     pub momentum: f64,
+    /// Orthogonalizes the Nesterov look-ahead `lerp(g, buf, momentum)` instead of the buffer.
+    /// Default true.
     pub nesterov: bool,
+    /// The coefficients (a, b, c) of the quintic Newton–Schulz iteration. Default
+    /// (3.4445, -4.775, 2.0315); each finite.
     pub ns_coefficients: (f64, f64, f64),
+    /// Lower bound of the norm that the update is divided by before Newton–Schulz. Default 1e-7;
+    /// any finite value.
     pub eps: f64,
+    /// Newton–Schulz iterations per step. Default 5; < 100.
     pub ns_steps: u32,
     /// `None` (JSON null) is "original".
     pub adjust_lr_fn: Option<AdjustLr>,
+    /// The arithmetic of the Newton–Schulz iteration (not a torch argument). Default bfloat16, as
+    /// torch.
     pub ns_precision: NsPrecision,
 }
 

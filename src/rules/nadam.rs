@@ -29,12 +29,24 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NAdam {
+    /// Learning rate. Default 2e-3; finite, >= 0.
     pub lr: f64,
+    /// Coefficients of the running averages of the gradient (`exp_avg`, torch's `betas[0]`) and of
+    /// its square (`exp_avg_sq`, `betas[1]`). Default (0.9, 0.999); each in [0, 1).
     pub betas: (f64, f64),
+    /// Added to the root of the second moment in the denominator, for numerical stability. Default
+    /// 1e-8; finite, >= 0.
     pub eps: f64,
+    /// Weight decay. Coupled (L2, `g + weight_decay*p`) by default; with `decoupled_weight_decay`,
+    /// AdamW's `p*(1 - lr*weight_decay)`. Default 0; finite, >= 0.
     pub weight_decay: f64,
+    /// Momentum decay psi of the momentum schedule `mu_t = beta1*(1 - 0.5*0.96^(t*psi))`; 0 gives
+    /// Dozat's NAdam. Default 4e-3; finite, >= 0.
     pub momentum_decay: f64,
+    /// Applies `weight_decay` to the parameters (`p*(1 - lr*weight_decay)`, as AdamW) instead of
+    /// adding it to the gradient. Default false.
     pub decoupled_weight_decay: bool,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 
@@ -85,14 +97,26 @@ impl NAdam {
 
     /// torch's float32 `mu_product` after `step` steps, continuing from `memo` when it can.
     fn mu_product(&self, step: u64, memo: &mut TermsMemo) -> f32 {
-        if memo.step == 0 || memo.step > step {
-            *memo = TermsMemo { step: 0, values: [1.0, 0.0], previous: [1.0, 0.0] };
-        }
-        while memo.step < step {
-            let product = memo.values[0] as f32 * self.mu((memo.step + 1) as f64) as f32;
-            memo.advance(memo.step + 1, memo.values, [f64::from(product), 0.0]);
-        }
-        memo.values[0] as f32
+        // Step `step` multiplies the product after step - 1 by its mu, with the current
+        // betas[0]: computed again when the memo already holds step (the ring is filled ahead
+        // of the step, and a scheduler may have changed betas[0] since).
+        let base = match memo.before(step) {
+            _ if step <= 1 => [1.0, 0.0],
+            Some(base) => base,
+            None => {
+                if memo.step == 0 || memo.step >= step {
+                    *memo = TermsMemo { step: 0, values: [1.0, 0.0], previous: [1.0, 0.0] };
+                }
+                while memo.step + 1 < step {
+                    let product = memo.values[0] as f32 * self.mu((memo.step + 1) as f64) as f32;
+                    memo.advance(memo.step + 1, memo.values, [f64::from(product), 0.0]);
+                }
+                memo.values
+            }
+        };
+        let product = base[0] as f32 * self.mu(step as f64) as f32;
+        memo.advance(step, base, [f64::from(product), 0.0]);
+        product
     }
 }
 

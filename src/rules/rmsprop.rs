@@ -28,12 +28,25 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RMSprop {
+    /// Learning rate. Default 1e-2; finite, >= 0.
     pub lr: f64,
+    /// Smoothing constant: the decay of the running average of the squared gradient (`square_avg`).
+    /// Default 0.99; finite, >= 0 (torch checks no upper bound).
     pub alpha: f64,
+    /// Added to the root of the average (outside it), for numerical stability. Default 1e-8;
+    /// finite, >= 0.
     pub eps: f64,
+    /// Weight decay: the L2 penalty added to the gradient (`g + weight_decay*p`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// Momentum factor: the decay of the `momentum_buffer`. Default 0 (no buffer); finite, >= 0.
+    /// Zero or positive selects the kernel variant, so a scheduler cycles it only between positive
+    /// values.
     pub momentum: f64,
+    /// Normalizes by the estimated variance `square_avg - grad_avg^2` instead of the second moment
+    /// (keeps a `grad_avg` state). Default false.
     pub centered: bool,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

@@ -29,9 +29,15 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Rprop {
+    /// Learning rate: the initial step size of every element. Default 1e-2; finite, >= 0.
     pub lr: f64,
+    /// Multiplicative decrease and increase factors (etaminus, etaplus) of the step size, where the
+    /// gradient's sign flips or stays. Default (0.5, 1.2); `0 < etas[0] < 1 < etas[1]`, etaplus
+    /// finite.
     pub etas: (f64, f64),
+    /// Minimal and maximal step sizes. Default (1e-6, 50); each finite.
     pub step_sizes: (f64, f64),
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

@@ -42,12 +42,25 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWScheduleFree {
+    /// Learning rate. Default 0.0025; finite, >= 0.
     pub lr: f64,
+    /// Interpolation of the point the gradient is taken at, `y = beta1*x + (1 - beta1)*z`
+    /// (`betas[0]`), and coefficient of the running average of the squared gradient (`exp_avg_sq`,
+    /// `betas[1]`). Default (0.9, 0.999); `betas[0]` in (0, 1), `betas[1]` in [0, 1).
     pub betas: (f64, f64),
+    /// Added to the root of the second moment in the denominator, for numerical stability. Default
+    /// 1e-8; finite, >= 0.
     pub eps: f64,
+    /// Weight decay, added to the normalized update at y (`u + weight_decay*y`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// Steps of linear learning-rate warm-up: `lr_t = lr*min(1, t/warmup_steps)`. Default 0.
     pub warmup_steps: u64,
+    /// Power of t in the averaging weight `t^r * lr_max^weight_lr_power`. Default 0; any finite
+    /// value.
     pub r: f64,
+    /// Power of the largest learning rate so far in the averaging weight. Default 2; any finite
+    /// value.
     pub weight_lr_power: f64,
 }
 

@@ -24,11 +24,22 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Sgd {
+    /// Learning rate. Default 1e-3; finite, >= 0.
     pub lr: f64,
+    /// Momentum factor: the decay of the `momentum_buffer`. Default 0 (no buffer); finite, >= 0.
+    /// Zero or non-zero selects the kernel variant, so a scheduler cycles it only between non-zero
+    /// values.
     pub momentum: f64,
+    /// Dampening of the gradient's share of the momentum buffer (`(1 - dampening)*g`). Default 0;
+    /// any finite value.
     pub dampening: f64,
+    /// Weight decay: the L2 penalty added to the gradient (`g + weight_decay*p`). Default 0;
+    /// finite, >= 0.
     pub weight_decay: f64,
+    /// Nesterov momentum: steps along `g + momentum*b` instead of `b`. Default false; needs
+    /// `momentum > 0` and `dampening == 0`.
     pub nesterov: bool,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 

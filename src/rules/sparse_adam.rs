@@ -32,9 +32,15 @@ use crate::error::Result;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SparseAdam {
+    /// Learning rate. Default 1e-3; finite, > 0.
     pub lr: f64,
+    /// Coefficients of the running averages of the gradient (`exp_avg`, torch's `betas[0]`) and of
+    /// its square (`exp_avg_sq`, `betas[1]`). Default (0.9, 0.999); each in [0, 1).
     pub betas: (f64, f64),
+    /// Added to the root of the second moment in the denominator, for numerical stability. Default
+    /// 1e-8; finite, > 0.
     pub eps: f64,
+    /// Maximizes the objective instead of minimizing it (negates the gradient). Default false.
     pub maximize: bool,
 }
 
@@ -48,11 +54,12 @@ impl Default for SparseAdam {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct SparseAdamScalars {
+    /// The tag, then `-step_size`.
     terms: StepTerms,
-    neg_step_size: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
     eps: f32,
+    _padding: f32,
 }
 
 impl UpdateRule for SparseAdam {
@@ -87,20 +94,22 @@ impl UpdateRule for SparseAdam {
         vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }]
     }
 
+    /// The step's tag and `-step_size` (it depends on t).
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
-        StepTerms([step_tag(step), 0, 0, 0])
+        let (beta1, beta2) = self.betas;
+        let t = step as f64;
+        let step_size = self.lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t));
+        StepTerms([step_tag(step), ((-step_size) as f32).to_bits(), 0, 0])
     }
 
     fn step_scalars(&self, terms: StepTerms) -> StepScalars {
         let (beta1, beta2) = self.betas;
-        let t = f64::from(terms.0[0]);
-        let step_size = self.lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t));
         StepScalars::of(&SparseAdamScalars {
             terms,
-            neg_step_size: (-step_size) as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
             eps: self.eps as f32,
+            _padding: 0.0,
         })
     }
 
@@ -109,6 +118,7 @@ impl UpdateRule for SparseAdam {
         let s: SparseAdamScalars = scalars.get();
         let [exp_avg, exp_avg_sq] = state.as_mut_slice() else { panic!("SparseAdam keeps exp_avg and exp_avg_sq") };
         let (_, row_length) = sparse_rows(shape);
+        let neg_step_size = f32::from_bits(s.terms.0[1]);
         for i in 0..param.len() {
             if grad_rows[i / row_length] == 0 {
                 continue;
@@ -124,7 +134,7 @@ impl UpdateRule for SparseAdam {
             exp_avg_sq[i] = v_old + v_update;
             let numer = m_update + m_old;
             let denom = (v_update + v_old).sqrt() + s.eps;
-            param[i] += s.neg_step_size * (numer / denom);
+            param[i] += neg_step_size * (numer / denom);
         }
     }
 

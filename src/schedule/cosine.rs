@@ -37,8 +37,9 @@ impl Law for CosineLaw {
             // torch's branch for a scheduler resumed at last_epoch > 0.
             let cosine = (epoch as f64 * PI / t_max).cos();
             epochs.base_lrs.iter().map(|base| eta_min + (base - eta_min) * (1.0 + cosine) / 2.0).collect()
-        } else if (epoch - 1 - self.t_max as i64).rem_euclid(2 * self.t_max as i64) == 0 {
+        } else if (i128::from(epoch) - 1 - i128::from(self.t_max)).rem_euclid(2 * i128::from(self.t_max)) == 0 {
             // The step after a minimum, where the ratio below would divide by 1 + cos(π) = 0.
+            // (In i128: T_max is any u64 a run.json or checkpoint gives, and 2·T_max must not overflow.)
             let one_minus_cosine = 1.0 - (PI / t_max).cos();
             lrs.iter().zip(&epochs.base_lrs).map(|(lr, base)| lr + (base - eta_min) * one_minus_cosine / 2.0).collect()
         } else {

@@ -94,11 +94,14 @@ pub struct CyclicLRArgs {
     /// Iterations in the decreasing half (default: `step_size_up`).
     #[serde(default)]
     pub step_size_down: Option<u64>,
+    /// The amplitude policy (default `triangular`).
     #[serde(default)]
     pub mode: CyclicMode,
     /// `exp_range`'s base (default 1.0).
     #[serde(default = "one")]
     pub gamma: f64,
+    /// What the scale function is evaluated on (default `cycle`); only a custom scale function
+    /// reads it.
     #[serde(default)]
     pub scale_mode: ScaleMode,
     /// Cycle `momentum` or `betas[0]` inversely to the learning rate (default true).

@@ -117,6 +117,7 @@ pub use plateau::{PlateauMode, ReduceLROnPlateau, ReduceLROnPlateauArgs, Thresho
 /// The per-group learning rates (and the momentum that `CyclicLR` and `OneCycleLR` cycle) of
 /// an optimizer: what a schedule drives. Implemented by [`Optimizer`] and [`CpuOptimizer`].
 pub trait LearningRates {
+    /// The number of parameter groups.
     fn group_count(&self) -> usize;
     /// The learning rate of parameter group `group` (`< group_count()`).
     fn lr(&self, group: usize) -> f64;
@@ -216,7 +217,9 @@ impl std::fmt::Debug for dyn Scheduler {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PerGroup {
+    /// One value for every group (a JSON number).
     All(f64),
+    /// One value per group, in group order (a JSON list); its length must be the number of groups.
     Each(Vec<f64>),
 }
 

@@ -14,9 +14,11 @@ use crate::rules::Check;
 /// `OneCycleLR`'s annealing (torch's `anneal_strategy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnnealStrategy {
+    /// Cosine annealing (`"cos"`, the default).
     #[default]
     #[serde(rename = "cos")]
     Cos,
+    /// Linear annealing (`"linear"`).
     #[serde(rename = "linear")]
     Linear,
 }
@@ -42,15 +44,21 @@ impl AnnealStrategy {
 pub struct OneCycleLRArgs {
     /// The peak learning rate, one value or one per group.
     pub max_lr: PerGroup,
+    /// Steps in the cycle, at least 1; give it, or both `epochs` and `steps_per_epoch` (default
+    /// none).
     #[serde(default)]
     pub total_steps: Option<u64>,
+    /// Epochs to train for, at least 1; with `steps_per_epoch` it gives
+    /// `total_steps = epochs · steps_per_epoch` (default none).
     #[serde(default)]
     pub epochs: Option<u64>,
+    /// Steps per epoch, at least 1; see `epochs` (default none).
     #[serde(default)]
     pub steps_per_epoch: Option<u64>,
     /// The fraction of the cycle spent increasing the learning rate (default 0.3).
     #[serde(default = "default_pct_start")]
     pub pct_start: f64,
+    /// How the learning rate and momentum are annealed within each phase (default `cos`).
     #[serde(default)]
     pub anneal_strategy: AnnealStrategy,
     /// Cycle `momentum` or `betas[0]` inversely to the learning rate (default true).

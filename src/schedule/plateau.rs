@@ -10,9 +10,11 @@ use crate::rules::Check;
 /// Whether the monitored metric should go down (a loss) or up (an accuracy): torch's `mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlateauMode {
+    /// The metric should decrease (a loss); the default.
     #[default]
     #[serde(rename = "min")]
     Min,
+    /// The metric should increase (an accuracy).
     #[serde(rename = "max")]
     Max,
 }
@@ -33,6 +35,7 @@ pub enum ThresholdMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReduceLROnPlateauArgs {
+    /// Whether the metric should decrease or increase (default `min`).
     pub mode: PlateauMode,
     /// new_lr = lr · factor (default 0.1).
     pub factor: f64,
@@ -40,6 +43,7 @@ pub struct ReduceLROnPlateauArgs {
     pub patience: u64,
     /// What counts as an improvement (default 1e-4).
     pub threshold: f64,
+    /// Whether `threshold` is relative or absolute (default `rel`).
     pub threshold_mode: ThresholdMode,
     /// Epochs to wait after a cut before counting bad epochs again (default 0).
     pub cooldown: u64,

@@ -79,9 +79,9 @@ fn gpu_run(gpu: &GpuContext, rule: &dyn UpdateRule, gradients: &GradientOptions,
     }
     for step in steps {
         for &id in &ids {
-            opt.write_grad(id, &gradient(step, id, opt.param(id).len, gradients.skip_nonfinite)).unwrap();
+            opt.write_grad(id, &gradient(step, id, opt.param(id).unwrap().len, gradients.skip_nonfinite)).unwrap();
         }
-        opt.step_and_submit();
+        opt.step_and_submit().unwrap();
     }
     if let Some(path) = save {
         opt.save_checkpoint(path, Some(serde_json::json!({"last_epoch": SAVED_AT}))).unwrap();
@@ -91,7 +91,7 @@ fn gpu_run(gpu: &GpuContext, rule: &dyn UpdateRule, gradients: &GradientOptions,
 
 fn cpu_run(rule: &dyn UpdateRule, gradients: &GradientOptions, steps: std::ops::Range<usize>, resume: Option<&Checkpoint>) -> Checkpoint {
     let (params, groups, ids) = model(rule);
-    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
     let mut opt = CpuOptimizer::with_gradients(params, groups, gradients.clone()).unwrap();
     if let Some(checkpoint) = resume {
         opt.restore(checkpoint).unwrap();
@@ -238,15 +238,15 @@ fn nadam_resumes_its_mu_product_under_a_cycled_momentum() {
                 opt.set_cycled_momentum(group, beta1(step)).unwrap();
             }
             for &id in &ids {
-                opt.write_grad(id, &gradient(step, id, opt.param(id).len, false)).unwrap();
+                opt.write_grad(id, &gradient(step, id, opt.param(id).unwrap().len, false)).unwrap();
             }
-            opt.step_and_submit();
+            opt.step_and_submit().unwrap();
         }
         opt.checkpoint(None).unwrap()
     };
     let cpu_steps = |steps: std::ops::Range<usize>, resume: Option<&Checkpoint>| {
         let (params, groups, ids) = model(&rule);
-        let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+        let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
         let mut opt = CpuOptimizer::new(params, groups).unwrap();
         if let Some(checkpoint) = resume {
             opt.restore(checkpoint).unwrap();

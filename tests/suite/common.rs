@@ -143,7 +143,7 @@ pub fn run_cpu(layout: Layout, groups: &dyn Fn(&[Vec<TensorId>]) -> Vec<ParamGro
     let mut rng = Rng::new(seed);
     let (params, ids) = parameters(layout, &mut rng);
     let all: Vec<TensorId> = ids.iter().flatten().copied().collect();
-    let lens: Vec<usize> = all.iter().map(|&id| params.spec(id).data.len()).collect();
+    let lens: Vec<usize> = all.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
     let mut opt = CpuOptimizer::new(params, groups(&ids)).unwrap();
     for _ in 0..steps {
         for (&id, &len) in all.iter().zip(&lens) {
@@ -158,9 +158,10 @@ pub fn run_cpu(layout: Layout, groups: &dyn Fn(&[Vec<TensorId>]) -> Vec<ParamGro
 pub fn snapshot_cpu(opt: &CpuOptimizer, ids: &[TensorId]) -> Snapshot {
     let mut out = Vec::new();
     for &id in ids {
-        out.push((opt.tensor_name(id).to_string(), opt.param(id).to_vec()));
-        for key in opt.state_keys(id) {
-            out.push((format!("{}.{key}", opt.tensor_name(id)), opt.state(id, key).unwrap().to_vec()));
+        let name = opt.tensor_name(id).unwrap();
+        out.push((name.to_string(), opt.param(id).unwrap().to_vec()));
+        for key in opt.state_keys(id).unwrap() {
+            out.push((format!("{name}.{key}"), opt.state(id, key).unwrap().to_vec()));
         }
     }
     out
@@ -178,13 +179,13 @@ pub fn run_gpu(
     let mut rng = Rng::new(seed);
     let (params, ids) = parameters(layout, &mut rng);
     let all: Vec<TensorId> = ids.iter().flatten().copied().collect();
-    let lens: Vec<usize> = all.iter().map(|&id| params.spec(id).data.len()).collect();
+    let lens: Vec<usize> = all.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
     let mut opt = Optimizer::with_options(gpu, params, groups(&ids), options).unwrap();
     for _ in 0..steps {
         for (&id, &len) in all.iter().zip(&lens) {
             opt.write_grad(id, &rng.vec(len, 1.0)).unwrap();
         }
-        opt.step_and_submit();
+        opt.step_and_submit().unwrap();
     }
     snapshot_gpu(&opt, &all)
 }
@@ -194,11 +195,12 @@ pub fn snapshot_gpu(opt: &Optimizer, ids: &[TensorId]) -> Snapshot {
     let mut views = Vec::new();
     let mut names = Vec::new();
     for &id in ids {
-        views.push(opt.param(id));
-        names.push(opt.tensor_name(id).to_string());
-        for key in opt.state_keys(id) {
+        let name = opt.tensor_name(id).unwrap();
+        views.push(opt.param(id).unwrap());
+        names.push(name.to_string());
+        for key in opt.state_keys(id).unwrap() {
             views.push(opt.state(id, key).unwrap());
-            names.push(format!("{}.{key}", opt.tensor_name(id)));
+            names.push(format!("{name}.{key}"));
         }
     }
     names.into_iter().zip(opt.read_many(&views).unwrap()).collect()

@@ -76,9 +76,10 @@ fn gradients(rng: &mut Rng, k: usize, scale: f32, poison: bool) -> Vec<Vec<f32>>
 fn snapshot_cpu(opt: &CpuOptimizer, ids: &[TensorId]) -> Snapshot {
     let mut out = Vec::new();
     for &id in ids {
-        out.push((opt.tensor_name(id).to_string(), opt.param(id).to_vec()));
-        for key in opt.state_keys(id) {
-            out.push((format!("{}.{key}", opt.tensor_name(id)), opt.state(id, key).unwrap().to_vec()));
+        let name = opt.tensor_name(id).unwrap();
+        out.push((name.to_string(), opt.param(id).unwrap().to_vec()));
+        for key in opt.state_keys(id).unwrap() {
+            out.push((format!("{name}.{key}"), opt.state(id, key).unwrap().to_vec()));
         }
     }
     out
@@ -137,7 +138,7 @@ fn conditioned_steps_match_the_cpu_reference() {
                         opt.write_grad(id, g).unwrap();
                     }
                     let mut encoder = gpu.device().create_command_encoder(&Default::default());
-                    assert_eq!(opt.step(&mut encoder), dispatches, "norm pass, finalize, update");
+                    assert_eq!(opt.step(&mut encoder).unwrap(), dispatches, "norm pass, finalize, update");
                     gpu.queue().submit([encoder.finish()]);
                 }
                 let (difference, tensor) = max_normwise_difference(&model_wise(&snapshot_gpu(&opt, &ids)), &model_wise(&expected));
@@ -169,7 +170,7 @@ fn a_skipped_step_changes_nothing_and_does_not_count() {
             for (&id, g) in ids.iter().zip(g) {
                 opt.write_grad(id, g).unwrap();
             }
-            opt.step_and_submit();
+            opt.step_and_submit().unwrap();
         };
         for g in &good[..3] {
             step(&mut skipping, g);
@@ -210,7 +211,7 @@ fn a_nonfinite_norm_with_error_if_nonfinite_is_reported_once_and_changes_nothing
             opt.write_grad(id, &g).unwrap();
             cpu.write_grad(id, &g).unwrap();
         }
-        opt.step_and_submit();
+        opt.step_and_submit().unwrap();
         cpu.step();
         assert!(matches!(opt.counters(), Err(Error::NonFiniteGradNorm)));
         assert!(matches!(cpu.counters(), Err(Error::NonFiniteGradNorm)));
@@ -235,7 +236,7 @@ fn the_loss_scale_grows_and_backs_off_like_grad_scaler() {
         let mut scales = Vec::new();
         for grad in [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [f32::NAN, 0.0, 0.0], [2.0, 2.0, 2.0], [1.0, 1.0, 1.0]] {
             opt.write_grad(w, &grad.map(|g| g * read_scale(&opt))).unwrap();
-            opt.step_and_submit();
+            opt.step_and_submit().unwrap();
             scales.push(read_scale(&opt));
         }
         assert_eq!(scales, [256.0, 512.0, 256.0, 256.0, 512.0]);
@@ -264,14 +265,14 @@ fn many_steps_in_one_submission_equal_steps_submitted_one_by_one() {
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
             for k in 0..STEPS {
                 captured.set_lr(0, lr(k)).unwrap();
-                captured.step(&mut encoder);
+                captured.step(&mut encoder).unwrap();
             }
             gpu.queue().submit([encoder.finish()]);
             let (mut driven, w2) = make();
             driven.write_grad(w2, &[0.3, -0.7]).unwrap();
             for k in 0..STEPS {
                 driven.set_lr(0, lr(k)).unwrap();
-                driven.step_and_submit();
+                driven.step_and_submit().unwrap();
                 driven.read_param(w2).unwrap(); // a CPU round trip every step
             }
             assert_eq!(captured.read_param(w).unwrap(), driven.read_param(w2).unwrap(), "{}", gpu.adapter());
@@ -332,7 +333,7 @@ fn asgd_eta_follows_the_lr_history_across_skipped_steps() {
                 opt.write_grad(id, g).unwrap();
             }
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            opt.step(&mut encoder);
+            opt.step(&mut encoder).unwrap();
             gpu.queue().submit([encoder.finish()]);
         }
         let actual = snapshot_gpu(&opt, &ids);

@@ -1,6 +1,7 @@
-//! The dispatcher: a step costs one dispatch per arena window whatever the number of tensors;
-//! arenas split at the binding limit; 2-D grids; views usable by the user's own kernels;
-//! several steps recorded into one encoder; a host application's device.
+//! The dispatcher: a step costs one dispatch per arena window (plus the step counter's)
+//! whatever the number of tensors; arenas split at the binding limit; 2-D grids; views usable
+//! by the user's own kernels; several steps recorded into one encoder; a host application's
+//! device.
 
 use wgpu_optim::rules::{Adam, Sgd};
 use wgpu_optim::{GpuContext, Optimizer, OptimizerOptions, ParamGroup, Parameters, SCALAR_RING_STEPS};
@@ -15,12 +16,12 @@ fn a_thousand_tensors_step_in_one_dispatch() {
     for gpu in gpus() {
         let mut opt = Optimizer::new(gpu, params.clone(), vec![ParamGroup::new(Adam::default(), ids.clone())]).unwrap();
         assert_eq!(opt.arenas().len(), 1);
-        assert_eq!(opt.dispatches_per_step(), 1);
+        assert_eq!(opt.dispatches_per_step(), 1 + 1, "the step counter's dispatch and one update dispatch");
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        assert_eq!(opt.step(&mut encoder), 1, "dispatches recorded by one step");
+        assert_eq!(opt.step(&mut encoder).unwrap(), 1 + 1, "dispatches recorded by one step (step counter, update)");
         gpu.queue().submit([encoder.finish()]);
         for &id in &ids {
-            assert_eq!(opt.param(id).offset % 256, 0, "every tensor is bindable at its offset");
+            assert_eq!(opt.param(id).unwrap().offset % 256, 0, "every tensor is bindable at its offset");
         }
     }
 }
@@ -35,7 +36,7 @@ fn groups_get_their_own_arenas() {
         let opt = Optimizer::new(gpu, params, groups(&ids)).unwrap();
         let arenas = opt.arenas();
         assert_eq!(arenas.iter().map(|a| a.group).collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(opt.dispatches_per_step(), 3);
+        assert_eq!(opt.dispatches_per_step(), 1 + 3, "the step counter's dispatch, then one per arena");
     }
 }
 
@@ -54,7 +55,7 @@ fn small_arenas_windows_and_2d_grids_match_the_cpu_reference() {
         let opt = Optimizer::with_options(gpu, params, groups(&ids), options.clone()).unwrap();
         let shape: Vec<(usize, usize)> = opt.arenas().iter().map(|a| (a.tensors.len(), a.windows)).collect();
         assert_eq!(shape, [(1, 1), (1, 5), (2, 1), (1, 1)], "arenas (tensors, windows)");
-        assert_eq!(opt.dispatches_per_step(), 8);
+        assert_eq!(opt.dispatches_per_step(), 1 + 8, "the step counter's dispatch, then one per window");
         let actual = run_gpu(gpu, layout, &groups, 30, 3, options.clone());
         let (difference, tensor) = max_normwise_difference(&actual, &expected);
         assert!(difference <= crate::rules::GPU_VS_CPU_TOLERANCE, "{tensor}: {difference:e} on {}", gpu.adapter());
@@ -109,8 +110,8 @@ fn user_kernels_write_gradients_in_place() {
                     label: None,
                     layout: &pipeline.get_bind_group_layout(0),
                     entries: &[
-                        wgpu::BindGroupEntry { binding: 0, resource: opt.param(id).binding() },
-                        wgpu::BindGroupEntry { binding: 1, resource: opt.grad(id).binding() },
+                        wgpu::BindGroupEntry { binding: 0, resource: opt.param(id).unwrap().binding() },
+                        wgpu::BindGroupEntry { binding: 1, resource: opt.grad(id).unwrap().binding() },
                     ],
                 })
             })
@@ -125,7 +126,7 @@ fn user_kernels_write_gradients_in_place() {
                     pass.dispatch_workgroups(len.div_ceil(64), 1, 1);
                 }
             }
-            opt.step(&mut encoder);
+            opt.step(&mut encoder).unwrap();
             gpu.queue().submit([encoder.finish()]);
         }
         // p <- p - 0.25 * 2p = p / 2, three times.
@@ -149,13 +150,13 @@ fn steps_recorded_into_one_encoder_each_get_their_scalars() {
         batched.write_grad(w, &[1.0, -1.0, 0.5, 0.0, 2.0]).unwrap();
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
         for _ in 0..10 {
-            batched.step(&mut encoder);
+            batched.step(&mut encoder).unwrap();
         }
         gpu.queue().submit([encoder.finish()]);
         let (mut separate, w2) = make();
         separate.write_grad(w2, &[1.0, -1.0, 0.5, 0.0, 2.0]).unwrap();
         for _ in 0..10 {
-            separate.step_and_submit();
+            separate.step_and_submit().unwrap();
         }
         assert_eq!(batched.read_param(w).unwrap(), separate.read_param(w2).unwrap());
         assert_eq!(batched.steps_recorded(), 10);
@@ -178,7 +179,7 @@ fn a_host_applications_device_can_be_shared() {
     let w = params.add("w", &[2], vec![1.0, 1.0]).unwrap();
     let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(Sgd { lr: 1.0, ..Sgd::default() }, [w])]).unwrap();
     opt.write_grad(w, &[0.5, -0.5]).unwrap();
-    opt.step_and_submit();
+    opt.step_and_submit().unwrap();
     assert_eq!(opt.read_param(w).unwrap(), [0.5, 1.5]);
 }
 
@@ -239,7 +240,7 @@ fn a_user_rule_named_like_a_built_in_one_gets_its_own_pipeline() {
             let mut opt = Optimizer::new(gpu, params.clone(), vec![ParamGroup::from_boxed(rule, [w])]).unwrap();
             opt.write_grad(w, &grad).unwrap();
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            opt.step(&mut encoder);
+            opt.step(&mut encoder).unwrap();
             gpu.queue().submit([encoder.finish()]);
             steps.push(1.0 - opt.read_param(w).unwrap()[0]);
         }

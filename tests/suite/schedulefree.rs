@@ -53,7 +53,7 @@ fn lr_at(step: usize) -> f64 {
 
 fn cpu_script() -> Vec<Vec<Vec<f32>>> {
     let (params, groups, ids) = model();
-    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
     let mut opt = CpuOptimizer::new(params, groups).unwrap();
     let mut steps = 0;
     let mut checks = Vec::new();
@@ -71,7 +71,7 @@ fn cpu_script() -> Vec<Vec<Vec<f32>>> {
             }
             Action::Eval => opt.eval(),
             Action::Train => opt.train(),
-            Action::Check => checks.push(ids.iter().map(|&id| opt.param(id).to_vec()).collect()),
+            Action::Check => checks.push(ids.iter().map(|&id| opt.param(id).unwrap().to_vec()).collect()),
         }
     }
     checks
@@ -83,7 +83,7 @@ fn train_and_eval_match_the_cpu_reference() {
     let (initial, _, ids) = model();
     // Before the first step both switches leave the parameters as they are.
     for id in 0..2 {
-        assert_eq!(bits(&expected[0][id]), bits(&initial.spec(ids[id]).data), "eval before any step");
+        assert_eq!(bits(&expected[0][id]), bits(&initial.spec(ids[id]).unwrap().data), "eval before any step");
         assert_eq!(bits(&expected[1][id]), bits(&expected[0][id]), "train before any step");
     }
     // eval() moves y to x in the Schedule-Free groups only; a second eval() does nothing.
@@ -92,7 +92,7 @@ fn train_and_eval_match_the_cpu_reference() {
     assert_eq!(bits(&expected[2][2]), bits(&expected[3][2]), "AdamW's group has no second point");
     for gpu in gpus() {
         let (params, groups, ids) = model();
-        let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+        let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
         let mut opt = Optimizer::new(gpu, params, groups).unwrap();
         let mut steps = 0;
         let mut checks = Vec::new();
@@ -105,7 +105,7 @@ fn train_and_eval_match_the_cpu_reference() {
                             opt.write_grad(id, &gradient(steps, id, len)).unwrap();
                         }
                         opt.set_lr(0, lr_at(steps)).unwrap();
-                        opt.step_and_submit();
+                        opt.step_and_submit().unwrap();
                         steps += 1;
                     }
                 }
@@ -141,7 +141,7 @@ const SAVED_AT: usize = 5;
 /// after step `SAVED_AT` when it lies inside; returns the checkpoint after a final `eval()`.
 fn run_cpu(range: std::ops::Range<usize>, resume: Option<&Checkpoint>) -> Checkpoint {
     let (params, groups, ids) = model();
-    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
     let mut opt = CpuOptimizer::new(params, groups).unwrap();
     if let Some(checkpoint) = resume {
         opt.restore(checkpoint).unwrap();
@@ -163,7 +163,7 @@ fn run_cpu(range: std::ops::Range<usize>, resume: Option<&Checkpoint>) -> Checkp
 
 fn run_gpu(gpu: &wgpu_optim::GpuContext, range: std::ops::Range<usize>, resume: Option<&Checkpoint>) -> Checkpoint {
     let (params, groups, ids) = model();
-    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).data.len()).collect();
+    let lens: Vec<usize> = ids.iter().map(|&id| params.spec(id).unwrap().data.len()).collect();
     let mut opt = Optimizer::new(gpu, params, groups).unwrap();
     if let Some(checkpoint) = resume {
         opt.restore(checkpoint).unwrap();
@@ -173,7 +173,7 @@ fn run_gpu(gpu: &wgpu_optim::GpuContext, range: std::ops::Range<usize>, resume: 
             opt.write_grad(id, &gradient(step, id, len)).unwrap();
         }
         opt.set_lr(0, lr_at(step)).unwrap();
-        opt.step_and_submit();
+        opt.step_and_submit().unwrap();
         if step + 1 == SAVED_AT && step + 1 < range.end {
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
             opt.eval(&mut encoder);

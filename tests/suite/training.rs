@@ -161,7 +161,7 @@ fn a_few_adamw_steps_lower_the_loss() {
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
         for step in 0..steps {
             mlp.record_forward_backward(&mut encoder, step).unwrap();
-            opt.step(&mut encoder);
+            opt.step(&mut encoder).unwrap();
             mlp.record_metrics(&mut encoder, step).unwrap();
         }
         gpu.queue().submit([encoder.finish()]);

@@ -201,7 +201,7 @@ fn set_lr_validates_and_keeps_the_old_rate_on_error() {
         assert_eq!(opt.rule(0).lr(), 0.1);
         opt.set_lr(0, 0.5).unwrap();
         opt.write_grad(w, &[1.0, 1.0, 1.0]).unwrap();
-        opt.step_and_submit();
+        opt.step_and_submit().unwrap();
         assert_eq!(opt.read_param(w).unwrap(), [0.5, 1.5, 2.5]);
     }
 }
