@@ -44,14 +44,20 @@ pub struct GroupRecord {
     /// switch, Schedule-Free); absent for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_mode: Option<bool>,
+    /// The optimizer's applied steps when the group was added (`add_param_group`): its own
+    /// step count is the applied steps less this. Absent for groups built with the optimizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_offset: Option<u64>,
 }
 
 impl GroupRecord {
     /// A group's record: `running` are the values of [`UpdateRule::running_keys`] after the
-    /// applied steps, `train_mode` its mode when its rule switches modes.
-    pub(crate) fn of(rule: &dyn UpdateRule, params: Vec<String>, running: [f64; 2], train_mode: bool) -> Self {
+    /// applied steps, `train_mode` its mode when its rule switches modes, `step_offset` the
+    /// applied steps when it was added.
+    pub(crate) fn of(rule: &dyn UpdateRule, params: Vec<String>, running: [f64; 2], train_mode: bool, step_offset: u64) -> Self {
         let keys = rule.running_keys();
         GroupRecord {
+            step_offset: (step_offset > 0).then_some(step_offset),
             optimizer: Some(rule.name().to_string()),
             params,
             hyperparameters: rule.hyperparameters(),
@@ -191,6 +197,8 @@ pub(crate) struct Restore {
     /// Per group: its running values after the applied steps, and its mode (train: true).
     pub running: Vec<[f64; 2]>,
     pub train_modes: Vec<bool>,
+    /// Per group: the applied steps when it was added.
+    pub step_offsets: Vec<u64>,
     pub values: HashMap<String, Vec<Vec<f32>>>,
 }
 
@@ -213,6 +221,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
     let mut rules = Vec::new();
     let mut running = Vec::new();
     let mut train_modes = Vec::new();
+    let mut step_offsets = Vec::new();
     let mut values = HashMap::new();
     let mut expected = std::collections::HashSet::new();
     for (g, (saved, (tensors, rule))) in checkpoint.groups.iter().zip(&target.groups).enumerate() {
@@ -273,6 +282,14 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             return mismatch(format!("group {g}'s mode (train or eval) is {:?}, which {} does not keep", saved.train_mode, rule.name()));
         }
         train_modes.push(saved.train_mode.unwrap_or(true));
+        let step_offset = saved.step_offset.unwrap_or(0);
+        if step_offset > checkpoint.counters.applied_steps {
+            return mismatch(format!(
+                "group {g} was added after {step_offset} steps, but only {} were applied",
+                checkpoint.counters.applied_steps
+            ));
+        }
+        step_offsets.push(step_offset);
         for (name, shape) in tensors {
             let mut tensor_values = Vec::new();
             let element = restored.state_slots().into_iter().map(|s| (format!(".{}", s.key), shape.to_vec()));
@@ -309,7 +326,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             c.applied_steps, c.skipped_steps, c.steps_recorded
         )));
     }
-    Ok(Restore { rules, running, train_modes, values })
+    Ok(Restore { rules, running, train_modes, step_offsets, values })
 }
 
 impl CounterRecord {

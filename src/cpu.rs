@@ -7,7 +7,10 @@
 use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, StepCounters};
-use crate::params::{check_groups, check_sparse_conditioning, dense_refused, sparse_gradient, CollectionTag, ParamGroup, Parameters, TensorId};
+use crate::params::{
+    check_added_group, check_groups, check_sparse_conditioning, dense_refused, sparse_gradient, CollectionTag, ParamGroup, Parameters, TensorId,
+    TensorSpec,
+};
 use crate::rules::{self, CpuTensor, StateSlot, TermsMemo, UpdateRule};
 
 struct Tensor {
@@ -33,6 +36,45 @@ struct CpuGroup {
     switches: bool,
     /// Whether the parameters hold the training point (rules with a mode switch).
     train_mode: bool,
+    /// The applied steps when the group was added: its own step count is the total less this.
+    step_offset: u64,
+}
+
+impl CpuGroup {
+    fn new(group: ParamGroup, step_offset: u64) -> Self {
+        let kernel = group.rule.kernel();
+        CpuGroup {
+            slots: group.rule.state_slots(),
+            sparse: kernel.sparse_rows,
+            switches: kernel.mode_switch.is_some(),
+            rule: group.rule,
+            tensors: group.tensors,
+            memo: TermsMemo::default(),
+            train_mode: true,
+            step_offset,
+        }
+    }
+}
+
+impl Tensor {
+    /// A tensor of group `g`, with its initial values and fresh state.
+    fn new(spec: TensorSpec, group: &CpuGroup, g: usize) -> Self {
+        Tensor {
+            grad: vec![0.0; spec.data.len()],
+            state: group.slots.iter().map(|slot| vec![slot.init; spec.data.len()]).collect(),
+            tensor_state: group
+                .rule
+                .tensor_state(&spec.shape)
+                .into_iter()
+                .map(|slot| (slot.key, slot.shape.clone(), vec![slot.init; slot.len()]))
+                .collect(),
+            grad_rows: if group.sparse { vec![0; rules::sparse_rows(&spec.shape).0] } else { Vec::new() },
+            name: spec.name,
+            shape: spec.shape,
+            group: g,
+            param: spec.data,
+        }
+    }
 }
 
 /// An optimizer that runs on the CPU, one element at a time.
@@ -79,42 +121,9 @@ impl CpuOptimizer {
                 owner[id.0] = g;
             }
         }
-        let groups: Vec<CpuGroup> = groups
-            .into_iter()
-            .map(|group| {
-                let kernel = group.rule.kernel();
-                CpuGroup {
-                    slots: group.rule.state_slots(),
-                    sparse: kernel.sparse_rows,
-                    switches: kernel.mode_switch.is_some(),
-                    rule: group.rule,
-                    tensors: group.tensors,
-                    memo: TermsMemo::default(),
-                    train_mode: true,
-                }
-            })
-            .collect();
+        let groups: Vec<CpuGroup> = groups.into_iter().map(|group| CpuGroup::new(group, 0)).collect();
         let tag = params.tag();
-        let tensors = params
-            .into_specs()
-            .into_iter()
-            .zip(owner)
-            .map(|(spec, g)| Tensor {
-                grad: vec![0.0; spec.data.len()],
-                state: groups[g].slots.iter().map(|slot| vec![slot.init; spec.data.len()]).collect(),
-                tensor_state: groups[g]
-                    .rule
-                    .tensor_state(&spec.shape)
-                    .into_iter()
-                    .map(|slot| (slot.key, slot.shape.clone(), vec![slot.init; slot.len()]))
-                    .collect(),
-                grad_rows: if groups[g].sparse { vec![0; rules::sparse_rows(&spec.shape).0] } else { Vec::new() },
-                name: spec.name,
-                shape: spec.shape,
-                group: g,
-                param: spec.data,
-            })
-            .collect();
+        let tensors = params.into_specs().into_iter().zip(owner).map(|(spec, g)| Tensor::new(spec, &groups[g], g)).collect();
         let control = Control::new(&gradients);
         Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned, tag })
     }
@@ -134,8 +143,9 @@ impl CpuOptimizer {
         } else {
             self.control.step += 1;
         }
-        let step = u64::from(self.control.step);
+        let applied = u64::from(self.control.step);
         for group in &mut self.groups {
+            let step = applied - group.step_offset;
             let scalars = group.rule.step_scalars(group.rule.step_terms(step, &mut group.memo));
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
@@ -178,8 +188,8 @@ impl CpuOptimizer {
                 continue;
             }
             group.train_mode = to_train;
-            if self.control.step == 0 {
-                continue; // nothing to move toward before the first step creates the state
+            if u64::from(self.control.step) == group.step_offset {
+                continue; // nothing to move toward before the group's first step creates the state
             }
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
@@ -312,12 +322,26 @@ impl CpuOptimizer {
         Ok(())
     }
 
+    /// torch's `add_param_group`, as [`Optimizer::add_param_group`](crate::Optimizer::add_param_group)
+    /// does: `params`' tensors form a new group under `rule`, counting their steps from here.
+    /// Returns their ids in this optimizer (those `params` issued are not this optimizer's).
+    pub fn add_param_group(&mut self, params: Parameters, rule: Box<dyn UpdateRule>) -> Result<Vec<TensorId>> {
+        check_added_group(|name| self.tensors.iter().any(|t| t.name == name), &params, rule.as_ref(), self.conditioned)?;
+        let g = self.groups.len();
+        let first = self.tensors.len();
+        let ids: Vec<TensorId> = (first..first + params.len()).map(|i| TensorId(i, self.tag)).collect();
+        let group = CpuGroup::new(ParamGroup { rule, tensors: ids.clone() }, u64::from(self.control.step));
+        self.tensors.extend(params.into_specs().into_iter().map(|spec| Tensor::new(spec, &group, g)));
+        self.groups.push(group);
+        Ok(ids)
+    }
+
     /// Everything needed to resume exactly (see [`crate::checkpoint`]).
     pub fn checkpoint(&self, schedule: Option<serde_json::Value>) -> Checkpoint {
-        let applied = u64::from(self.control.step);
         let mut tensors = Vec::new();
         let mut groups = Vec::new();
         for group in &self.groups {
+            let applied = u64::from(self.control.step) - group.step_offset;
             let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
             for id in &group.tensors {
                 let t = &self.tensors[id.0];
@@ -326,7 +350,7 @@ impl CpuOptimizer {
                 tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, running, t.param.clone(), state));
             }
             let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
-            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode));
+            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset));
         }
         Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -350,7 +374,8 @@ impl CpuOptimizer {
         self.control = checkpoint.counters.control(&self.gradients)?;
         let applied = u64::from(self.control.step);
         for (g, (group, rule)) in self.groups.iter_mut().zip(restore.rules).enumerate() {
-            group.memo = rules::resumed_memo(rule.as_ref(), applied, restore.running[g]);
+            group.step_offset = restore.step_offsets[g];
+            group.memo = rules::resumed_memo(rule.as_ref(), applied - group.step_offset, restore.running[g]);
             group.rule = rule;
             group.train_mode = restore.train_modes[g];
         }

@@ -31,21 +31,30 @@
 //! ```
 
 pub mod checkpoint;
-pub mod compare;
 pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod gradients;
 pub mod optimizer;
-pub mod parity;
 pub mod params;
-pub mod portability;
 pub mod probe;
 pub mod replay;
 pub mod rules;
 pub mod schedule;
 pub mod tensor_file;
 pub mod trajectories;
+
+// These serve the command line and the test suite: not part of the library's API, and not
+// covered by semver.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod compare;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod parity;
+#[cfg(feature = "portability")]
+#[doc(hidden)]
+pub mod portability;
 
 /// The wgpu this crate is built against, so a host application uses the same version.
 pub use wgpu;

@@ -171,6 +171,9 @@ struct Group {
     /// Its pipelines are `pipelines[first_pipeline..]`, one per pass of
     /// [`Kernel::passes_and_switches`].
     first_pipeline: usize,
+    /// The applied steps when the group was added ([`Optimizer::add_param_group`]; 0 for the
+    /// groups built with the optimizer): its own step count is the GPU's less this.
+    step_offset: u64,
 }
 
 /// One recorded dispatch of the plan.
@@ -213,7 +216,8 @@ struct DispatchRecord {
     table: u32,
     chunk_map: u32,
     chunks: u32,
-    _padding: u32,
+    /// The GPU's step count when the group was added (`group_step()` in the kernels).
+    step_offset: u32,
     args: [u32; 8],
 }
 
@@ -288,6 +292,8 @@ pub struct Optimizer {
     scalar_slots: Vec<Arc<AtomicBool>>,
     /// Recorded steps whose commands were dropped unsubmitted.
     dropped_steps: Arc<AtomicU64>,
+    /// What it was built with (a group added later rebuilds it with the same options).
+    options: OptimizerOptions,
     /// The GPU's counters as last read (the step count, when it lives on the GPU).
     known: Control,
 }
@@ -691,6 +697,7 @@ impl Optimizer {
                 train_mode: true,
                 switch,
                 first_pipeline: pipeline_of[&(g, 0)],
+                step_offset: 0,
             })
             .collect();
         let group_count = groups.len() as u64;
@@ -706,7 +713,7 @@ impl Optimizer {
             steps_in_flight,
             steps_recorded: 0,
             scalar_bytes: vec![0; (scalar_stride * group_count) as usize],
-            gradients: options.gradients,
+            gradients: options.gradients.clone(),
             tables,
             aux,
             pipelines,
@@ -717,6 +724,7 @@ impl Optimizer {
             conditioned,
             scalar_slots: (0..steps_in_flight).map(|_| Arc::new(AtomicBool::new(false))).collect(),
             dropped_steps: Arc::new(AtomicU64::new(0)),
+            options: options.clone(),
             known: control_values,
         };
         optimizer.fill_terms_rings();
@@ -751,9 +759,10 @@ impl Optimizer {
         self.steps_recorded += 1;
         // The GPU decides t; this is the largest t the step can have (every earlier recorded
         // step applied). Its terms go to the ring too, where the GPU finds them by t.
-        let step = self.newest_step();
+        let newest = self.newest_step();
         let bytes = &mut self.scalar_bytes;
         for (g, group) in self.groups.iter_mut().enumerate() {
+            let step = newest - group.step_offset;
             let terms = group.rule.step_terms(step, &mut group.memo);
             let entry = group.terms_ring + (step % STEP_TERMS_RING) * TERMS_SIZE;
             self.gpu.queue().write_buffer(&self.tables, entry, bytemuck::bytes_of(&terms));
@@ -863,14 +872,15 @@ impl Optimizer {
 
     fn record_switch(&mut self, pass: &mut wgpu::ComputePass<'_>, to_train: bool) -> usize {
         let mut dispatches = 0;
+        let newest = self.newest_step();
         for group in &mut self.groups {
             let Some(commands) = &group.switch else { continue };
             if group.train_mode == to_train {
                 continue;
             }
             group.train_mode = to_train;
-            if self.steps_recorded == 0 {
-                continue; // nothing to move toward before the first step creates the state
+            if newest == group.step_offset {
+                continue; // nothing to move toward before the group's first step creates the state
             }
             let switch = group.rule.kernel().mode_switch.expect("a group with switch commands has a mode switch");
             let args = if to_train { switch.to_train.args } else { switch.to_eval.args };
@@ -897,7 +907,9 @@ impl Optimizer {
         for group in &mut self.groups {
             let ring = group.terms_ring;
             let mut entries = vec![StepTerms::default(); STEP_TERMS_RING as usize];
-            for step in oldest..=newest {
+            // By the group's own step count (see `group_step` in shaders/common.wgsl).
+            let own = |step: u64| step.saturating_sub(group.step_offset).max(1);
+            for step in own(oldest)..=own(newest) {
                 entries[(step % STEP_TERMS_RING) as usize] = group.rule.step_terms(step, &mut group.memo);
             }
             self.gpu.queue().write_buffer(&self.tables, ring, bytemuck::cast_slice(&entries));
@@ -961,7 +973,8 @@ impl Optimizer {
         let mut tensors = Vec::new();
         let mut groups = Vec::new();
         for group in &self.groups {
-            let running = rules::running_after(group.rule.as_ref(), counters.applied_steps, &group.memo);
+            let applied = counters.applied_steps - group.step_offset;
+            let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
             for &id in &group.tensors {
                 let entry = &self.tensors[id.0];
                 let param = values.next().expect("one read per view");
@@ -971,10 +984,10 @@ impl Optimizer {
                     .map(|(key, shape, _)| (key, shape, values.next().expect("one read per view")))
                     .collect();
                 let rule = group.rule.as_ref();
-                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, rule, counters.applied_steps, running, param, state));
+                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, rule, applied, running, param, state));
             }
             let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
-            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode));
+            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset));
         }
         Ok(Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -1004,9 +1017,13 @@ impl Optimizer {
         let restore = checkpoint::check(checkpoint, &target)?;
         let control = checkpoint.counters.control(&self.gradients)?;
         for (g, (group, rule)) in self.groups.iter_mut().zip(restore.rules).enumerate() {
-            group.memo = rules::resumed_memo(rule.as_ref(), u64::from(control.step), restore.running[g]);
+            group.step_offset = restore.step_offsets[g];
+            group.memo = rules::resumed_memo(rule.as_ref(), u64::from(control.step) - group.step_offset, restore.running[g]);
             group.rule = rule;
             group.train_mode = restore.train_modes[g];
+        }
+        for g in 0..self.groups.len() {
+            self.write_step_offset(g);
         }
         for group in &self.groups {
             for &id in &group.tensors {
@@ -1290,6 +1307,105 @@ impl Optimizer {
         self.groups[g].rule = rule;
         self.fill_terms_rings();
         Ok(())
+    }
+
+    /// torch's `add_param_group`: `params`' tensors (with their initial values) form a new
+    /// group under `rule`, on an optimizer that may have stepped already. Their state starts
+    /// empty and their step count at 0, as torch's does; the other groups' parameters, state,
+    /// gradients and counters carry over exactly. Returns the new tensors' ids in this
+    /// optimizer (the ids `params` issued are not this optimizer's). Refused, changing nothing:
+    /// a name already in the optimizer, invalid hyper-parameters, a rule needing gradient
+    /// conditioning this optimizer was built without, and recorded steps not yet submitted.
+    ///
+    /// The arenas are laid out again (blocking on native: the GPU copies the existing state
+    /// into the new buffers); ids issued before stay valid.
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::{rules::{AdamW, Sgd}, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+    /// # let gpu = GpuContext::new(BackendChoice::Auto)?;
+    /// # let mut params = Parameters::new();
+    /// # let w = params.add("w", &[4], vec![0.5; 4])?;
+    /// let mut opt = Optimizer::new(&gpu, params, vec![ParamGroup::new(AdamW::default(), [w])])?;
+    /// opt.step_and_submit()?;
+    /// let mut head = Parameters::new();
+    /// head.zeros("head.weight", &[4, 2])?;
+    /// let ids = opt.add_param_group(head, Box::new(Sgd { lr: 0.1, ..Sgd::default() }))?;
+    /// opt.write_grad(ids[0], &[0.5; 8])?;
+    /// opt.step_and_submit()?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn add_param_group(&mut self, params: Parameters, rule: Box<dyn UpdateRule>) -> Result<Vec<TensorId>> {
+        pollster::block_on(self.add_param_group_async(params, rule))
+    }
+
+    /// [`Optimizer::add_param_group`], async: the form to use on the web.
+    pub async fn add_param_group_async(&mut self, params: Parameters, rule: Box<dyn UpdateRule>) -> Result<Vec<TensorId>> {
+        crate::params::check_added_group(|name| self.by_name.contains_key(name), &params, rule.as_ref(), self.conditioned)?;
+        // Every recorded step must have run: the new layout takes the state over from here.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.gpu.device().poll(wgpu::PollType::wait_indefinitely());
+        if self.scalar_slots.iter().any(|slot| slot.load(Ordering::Acquire)) {
+            return Err(Error::StepsInFlight { in_flight: self.steps_in_flight });
+        }
+        let counters = self.counters_async().await?;
+
+        // The same tensors and groups (values copied on the GPU below), then the new ones.
+        let mut all = Parameters::with_tag(self.tag);
+        for entry in &self.tensors {
+            all.add(&entry.name, &entry.shape, vec![0.0; entry.len])?;
+        }
+        let mut added = Vec::new();
+        for (_, spec) in params.iter() {
+            added.push(all.add(&spec.name, &spec.shape, spec.data.clone())?);
+        }
+        let mut groups: Vec<ParamGroup> = self.groups.iter().map(|g| ParamGroup::from_boxed(g.rule.clone(), g.tensors.clone())).collect();
+        groups.push(ParamGroup::from_boxed(rule, added.clone()));
+        let mut rebuilt = Optimizer::new_async(&self.gpu, all, groups, self.options.clone()).await?;
+
+        // Parameters, gradients, state (per element and per tensor), row masks and the
+        // control block move over on the GPU.
+        let mut encoder = self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-optim add_param_group") });
+        let mut copy = |from: &TensorView, to: &TensorView| encoder.copy_buffer_to_buffer(&from.buffer, from.offset, &to.buffer, to.offset, from.byte_size());
+        for id in self.tensor_ids().collect::<Vec<_>>() {
+            copy(&self.param(id)?, &rebuilt.param(id)?);
+            copy(&self.grad(id)?, &rebuilt.grad(id)?);
+            for ((_, _, from), (_, _, to)) in self.state_entries(id)?.iter().zip(&rebuilt.state_entries(id)?) {
+                copy(from, to);
+            }
+            if let (Ok(from), Ok(to)) = (self.grad_rows(id), rebuilt.grad_rows(id)) {
+                copy(&from, &to);
+            }
+        }
+        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
+        copy(&control, &TensorView { buffer: rebuilt.tables.clone(), ..control.clone() });
+        self.gpu.queue().submit([encoder.finish()]);
+
+        for (old, new) in self.groups.iter().zip(&mut rebuilt.groups) {
+            new.memo = old.memo;
+            new.train_mode = old.train_mode;
+            new.step_offset = old.step_offset;
+        }
+        rebuilt.groups.last_mut().expect("the added group").step_offset = counters.applied_steps;
+        for g in 0..rebuilt.groups.len() {
+            rebuilt.write_step_offset(g);
+        }
+        rebuilt.known = self.known;
+        rebuilt.steps_recorded = self.steps_recorded;
+        rebuilt.dropped_steps.store(self.dropped_steps.load(Ordering::Acquire), Ordering::Release);
+        rebuilt.fill_terms_rings();
+        *self = rebuilt;
+        Ok(added)
+    }
+
+    /// Writes a group's step offset into its dispatch records.
+    fn write_step_offset(&self, g: usize) {
+        let group = &self.groups[g];
+        let offset = u32::try_from(group.step_offset).expect("fewer than 2^32 steps");
+        for command in self.plan.iter().filter(|c| c.group == g).chain(group.switch.iter().flatten().flatten()) {
+            let at = u64::from(command.record_offset) + std::mem::offset_of!(DispatchRecord, step_offset) as u64;
+            self.gpu.queue().write_buffer(&self.records, at, &offset.to_le_bytes());
+        }
     }
 
     fn group(&self, group: usize) -> Result<&Group> {

@@ -124,6 +124,12 @@ impl Parameters {
         self.tag
     }
 
+    /// An empty collection whose ids carry `tag` (an optimizer rebuilt with more tensors
+    /// keeps the ids it issued).
+    pub(crate) fn with_tag(tag: CollectionTag) -> Self {
+        Parameters { tag, ..Parameters::default() }
+    }
+
     /// The number of registered tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()
@@ -216,6 +222,40 @@ pub(crate) fn check_groups(params: &Parameters, groups: &[ParamGroup]) -> Result
         return Err(Error::Tensor(format!(
             "tensor {:?} is in no parameter group",
             params.tensors[missing].name
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a group added after construction (torch's `add_param_group`): valid
+/// hyper-parameters, at least one tensor, none already in the optimizer (`known`), each
+/// accepted by the rule, and nothing the optimizer's gradient conditioning (chosen at
+/// construction) cannot serve.
+pub(crate) fn check_added_group(known: impl Fn(&str) -> bool, params: &Parameters, rule: &dyn UpdateRule, conditioned: bool) -> Result<()> {
+    rule.validate()?;
+    if params.is_empty() {
+        return Err(Error::Tensor("add_param_group needs at least one tensor".into()));
+    }
+    for (_, spec) in params.iter() {
+        if known(&spec.name) {
+            return Err(Error::Tensor(format!(
+                "tensor {:?} is already in a parameter group; some parameters appear in more than one parameter group",
+                spec.name
+            )));
+        }
+        rule.check_tensor(&spec.name, &spec.shape)?;
+    }
+    if rule.needs_grad_norm() && !conditioned {
+        return Err(Error::Config(format!(
+            "{} reads the global gradient norm, which this optimizer does not compute: that is chosen at construction \
+             (with gradient conditioning, or a first group whose rule reads the norm)",
+            rule.name()
+        )));
+    }
+    if rule.kernel().sparse_rows && conditioned {
+        return Err(Error::Config(format!(
+            "{} takes sparse gradients, which this optimizer's gradient conditioning cannot read",
+            rule.name()
         )));
     }
     Ok(())

@@ -208,6 +208,7 @@ impl Scheduler for SequentialLR {
             )));
         }
         check_group_count("SequentialLR", own.last_lr.len(), self.last_lr.len())?;
+        super::leaf::check_loaded_steps("SequentialLR", "last_epoch", own.last_epoch.into())?;
         load_children("SequentialLR", &mut self.schedulers, &own.schedulers)?;
         self.milestones = own.milestones;
         self.last_epoch = own.last_epoch;

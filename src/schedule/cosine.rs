@@ -111,6 +111,7 @@ impl Law for WarmRestartsLaw {
         check.require(self.t_0 >= 1, "T_0", self.t_0 as f64, "must be a positive integer")?;
         check.require(self.t_mult >= 1, "T_mult", self.t_mult as f64, "must be an integer >= 1")?;
         check.require(self.t_i >= 1, "T_i", self.t_i as f64, "must be a positive integer")?;
+        super::leaf::check_loaded_steps(Self::NAME, "T_cur", self.t_cur.into())?;
         check.non_negative("eta_min", self.eta_min)
     }
 

@@ -19,6 +19,19 @@ pub(crate) struct Epochs {
     pub last_lr: Vec<f64>,
 }
 
+/// The most steps a loaded state may have counted: 2^53, the integers an f64 holds exactly,
+/// beyond any run and far enough from the integer limits that stepping on cannot overflow.
+pub(crate) const MAX_LOADED_STEPS: i64 = 1 << 53;
+
+/// Rejects a loaded step counter outside `-1..=MAX_LOADED_STEPS` (states come from files).
+pub(crate) fn check_loaded_steps(scheduler: &str, name: &str, value: i128) -> Result<()> {
+    if (-1..=i128::from(MAX_LOADED_STEPS)).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("{scheduler} state: {name} = {value} is not a step count (-1 to 2^53)")))
+    }
+}
+
 impl Epochs {
     /// `last_epoch` as the non-negative epoch index `get_lr` sees (it is never negative there).
     pub fn epoch(&self) -> u64 {
@@ -177,6 +190,8 @@ impl<L: Law> Leaf<L> {
     pub fn load_state(&mut self, state: &Value) -> Result<()> {
         let map = check_state_keys(L::NAME, state, &self.state())?;
         let epochs: Epochs = parse_state(L::NAME, map)?;
+        check_loaded_steps(L::NAME, "last_epoch", epochs.last_epoch.into())?;
+        check_loaded_steps(L::NAME, "_step_count", epochs.step_count.into())?;
         let mut law = self.law.clone();
         law.load(map)?;
         let groups = self.epochs.base_lrs.len();

@@ -130,7 +130,8 @@ impl PlateauState {
         if let Some(default) = self.default_min_lr {
             check.non_negative("min_lr", default)?;
         }
-        Ok(())
+        super::leaf::check_loaded_steps("ReduceLROnPlateau", "last_epoch", self.last_epoch.into())?;
+        super::leaf::check_loaded_steps("ReduceLROnPlateau", "num_bad_epochs", self.num_bad_epochs.into())
     }
 
     /// torch's `_is_better`.

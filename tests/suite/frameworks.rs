@@ -133,3 +133,92 @@ fn hyperparameters_change_between_steps_as_torch_param_groups_do() {
         assert!(effect > 0.01, "the change took effect ({effect:e})");
     }
 }
+
+#[test]
+fn a_group_added_after_steps_counts_its_own_steps_as_torch_does() {
+    use crate::common::{max_normwise_difference, snapshot_cpu};
+    use wgpu_optim::rules::{AdamW, NAdam, UpdateRule};
+    use wgpu_optim::CpuOptimizer;
+    let base = || {
+        let mut rng = Rng::new(6);
+        let mut params = Parameters::new();
+        let ids: Vec<_> = [("a", 70), ("b", 300)].iter().map(|&(name, len)| params.add(name, &[len], rng.vec(len, 1.0)).unwrap()).collect();
+        (params, ids)
+    };
+    let head = || {
+        let mut params = Parameters::new();
+        params.add("head.weight", &[5, 8], Rng::new(7).vec(40, 1.0)).unwrap();
+        params.add("head.bias", &[5], vec![0.0; 5]).unwrap();
+        params
+    };
+    let first_rule = || ParamGroup::new(Adam { lr: 0.01, ..Adam::default() }, []);
+    let added_rule = || -> Box<dyn UpdateRule> { Box::new(NAdam { lr: 0.02, ..NAdam::default() }) };
+    let gradient = |step: u64, id: usize, len: usize| Rng::new(100 * step + id as u64).vec(len, 1.0);
+    const ADDED_AT: u64 = 3;
+
+    let (params, ids) = base();
+    let mut cpu = CpuOptimizer::new(params, vec![ParamGroup { tensors: ids.clone(), ..first_rule() }]).unwrap();
+    let mut cpu_ids = ids.clone();
+    for step in 1..=6 {
+        if step == ADDED_AT + 1 {
+            cpu_ids.extend(cpu.add_param_group(head(), added_rule()).unwrap());
+        }
+        for (k, &id) in cpu_ids.iter().enumerate() {
+            cpu.write_grad(id, &gradient(step, k, cpu.param(id).unwrap().len())).unwrap();
+        }
+        cpu.step();
+    }
+    let expected = snapshot_cpu(&cpu, &cpu_ids);
+    let saved = cpu.checkpoint(None);
+    let steps_of = |name: &str| saved.tensor(&format!("{name}.step")).unwrap().data[0];
+    assert_eq!((steps_of("a"), steps_of("head.weight")), (6.0, 3.0), "each group counts its own steps");
+
+    for gpu in gpus() {
+        let (params, ids) = base();
+        let mut opt = Optimizer::new(gpu, params, vec![ParamGroup { tensors: ids.clone(), ..first_rule() }]).unwrap();
+        let mut all = ids.clone();
+        for step in 1..=6 {
+            if step == ADDED_AT + 1 {
+                // Refused changes leave the optimizer as it was.
+                let mut clash = Parameters::new();
+                clash.zeros("a", &[3]).unwrap();
+                assert!(opt.add_param_group(clash, added_rule()).unwrap_err().to_string().contains("more than one parameter group"));
+                assert!(opt.add_param_group(Parameters::new(), added_rule()).is_err());
+                let invalid: Box<dyn UpdateRule> = Box::new(AdamW { lr: -1.0, ..AdamW::default() });
+                assert!(opt.add_param_group(head(), invalid).is_err());
+                assert_eq!(opt.group_count(), 1);
+                all.extend(opt.add_param_group(head(), added_rule()).unwrap());
+                assert_eq!(opt.group_count(), 2);
+                assert_eq!(opt.tensor_name(ids[1]).unwrap(), "b", "ids issued before stay valid");
+            }
+            for (k, &id) in all.iter().enumerate() {
+                opt.write_grad(id, &gradient(step, k, opt.param(id).unwrap().len)).unwrap();
+            }
+            opt.step_and_submit().unwrap();
+        }
+        let actual = snapshot_gpu(&opt, &all);
+        let (difference, tensor) = max_normwise_difference(&actual, &expected);
+        assert!(difference <= crate::rules::GPU_VS_CPU_TOLERANCE, "{tensor}: {difference:e} on {}", gpu.adapter());
+
+        // A checkpoint resumes into an optimizer built with both groups at once: the added
+        // group's step count comes from the checkpoint.
+        let checkpoint = opt.checkpoint(None).unwrap();
+        let (params, ids) = base();
+        let mut both = params.clone();
+        let head_ids: Vec<_> = head().iter().map(|(_, spec)| both.add(&spec.name, &spec.shape, spec.data.clone()).unwrap()).collect();
+        let groups = vec![ParamGroup { tensors: ids.clone(), ..first_rule() }, ParamGroup::from_boxed(added_rule(), head_ids.clone())];
+        let mut resumed = Optimizer::new(gpu, both, groups).unwrap();
+        resumed.restore(&checkpoint).unwrap();
+        let resumed_ids: Vec<_> = ids.iter().chain(&head_ids).copied().collect();
+        for step in 7..=8 {
+            for (k, (&a, &b)) in all.iter().zip(&resumed_ids).enumerate() {
+                let g = gradient(step, k, opt.param(a).unwrap().len);
+                opt.write_grad(a, &g).unwrap();
+                resumed.write_grad(b, &g).unwrap();
+            }
+            opt.step_and_submit().unwrap();
+            resumed.step_and_submit().unwrap();
+        }
+        assert_eq!(snapshot_gpu(&resumed, &resumed_ids), snapshot_gpu(&opt, &all), "on {}", gpu.adapter());
+    }
+}

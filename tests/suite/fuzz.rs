@@ -385,6 +385,19 @@ fn fuzz_findings_stay_fixed() {
     // A non-finite loss scale was restored, and would have scaled every gradient by it.
     corrupt(&|c| c.loss_scale = f32::INFINITY, "loss_scale = inf");
     corrupt(&|c| c.inv_scale = f32::NAN, "inv_scale = NaN");
+    // Schedule states whose step counters were near the integer limits: the next step overflowed.
+    for (case, key) in [("adam-amsgrad-steplr", "last_epoch"), ("adam-amsgrad-steplr", "_step_count"),
+                        ("nadam-decoupled-warm-restarts", "T_cur"), ("muon-adamw-sequential", "last_epoch")] {
+        let case = checkpoint_cases().into_iter().find(|c| c.name == case).unwrap();
+        let mut state = case.checkpoint().schedule.unwrap();
+        state[key] = serde_json::json!(i64::MAX);
+        let (_, scheduler) = case.fresh_cpu();
+        let mut scheduler = scheduler.unwrap();
+        let before = scheduler.state();
+        let error = scheduler.load_state(&state).expect_err(key).to_string();
+        assert!(error.contains(&format!("{key} = {}", i64::MAX)), "{error}");
+        assert_eq!(scheduler.state(), before);
+    }
     // CosineAnnealingLR computed 2·T_max in i64.
     let replay = &replays()[0];
     let mut run: serde_json::Value = serde_json::from_str(&replay.run).unwrap();

@@ -7,11 +7,13 @@
 mod common;
 
 mod checkpoints;
+#[cfg(feature = "cli")]
 mod cli;
 mod conditioning;
 mod dispatch;
 mod frameworks;
 mod fuzz;
+#[cfg(feature = "cli")]
 mod golden;
 mod large;
 mod reliability;

@@ -1,10 +1,14 @@
 //! naga parses and validates every shader and translates every flag combination to SPIR-V,
 //! MSL, HLSL and GLSL; the kernels stay within WebGPU's default limits.
 
-use wgpu_optim::portability::{translate_all, translate_gradients};
-use wgpu_optim::rules::kernels;
+#[cfg(feature = "portability")]
+use wgpu_optim::{
+    portability::{translate_all, translate_gradients},
+    rules::kernels,
+};
 
 #[test]
+#[cfg(feature = "portability")]
 fn every_kernel_translates_to_every_backend_language() {
     let kernels = kernels();
     assert_eq!(kernels.len(), 17, "one shader per rule (AdamW shares Adam's)");
@@ -27,6 +31,7 @@ fn every_kernel_translates_to_every_backend_language() {
 }
 
 #[test]
+#[cfg(feature = "portability")]
 fn the_gradient_kernels_translate_to_every_backend_language() {
     let variants = translate_gradients().unwrap_or_else(|e| panic!("{e}"));
     let entry_points: Vec<&str> = variants.iter().map(|v| v.entry_point.as_str()).collect();
@@ -37,6 +42,7 @@ fn the_gradient_kernels_translate_to_every_backend_language() {
 }
 
 #[test]
+#[cfg(feature = "portability")]
 fn a_broken_shader_is_reported_not_panicked() {
     let mut kernel = kernels().remove(0);
     kernel.source = "fn main( { }";

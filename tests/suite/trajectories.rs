@@ -3,7 +3,9 @@
 //! submission, positions sampled on the GPU) against the CPU reference for every rule and
 //! function, per-step learning rates, basin maps, errors, and the `trajectories` command.
 
+#[cfg(feature = "cli")]
 use std::path::PathBuf;
+#[cfg(feature = "cli")]
 use std::process::Command;
 
 use wgpu_optim::rules;
@@ -316,6 +318,7 @@ fn bad_specs_are_errors() {
     assert!("Ill-Conditioned".parse::<TestFunction>().is_ok());
 }
 
+#[cfg(feature = "cli")]
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wgpu-optim-trajectories-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -324,6 +327,7 @@ fn scratch(test: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn the_trajectories_command_writes_paths_and_a_plot() {
     gpus();
     let dir = scratch("cli");

@@ -1,5 +1,7 @@
 //! The `wgpu-optim` command line.
 
+mod plot;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -284,7 +286,7 @@ fn parity(
 }
 
 fn trajectories(args: TrajectoriesArgs) -> Result<ExitCode, wgpu_optim::Error> {
-    use wgpu_optim::trajectories::{blocking, plot_png, BasinSpec, Device, RunSpec, TrajectorySpec};
+    use wgpu_optim::trajectories::{blocking, BasinSpec, Device, RunSpec, TrajectorySpec};
     use wgpu_optim::Error;
     let spec = match &args.config {
         Some(path) => {
@@ -387,7 +389,9 @@ fn trajectories(args: TrajectoriesArgs) -> Result<ExitCode, wgpu_optim::Error> {
     write(&args.out, serde_json::to_string(&report).expect("plain data").as_bytes())?;
     println!("wrote {}", args.out.display());
     if let Some(png) = &args.png {
-        write(png, &plot_png(&report, args.png_size))?;
+        let image = plot::png(&report, args.png_size)
+            .map_err(|e| Error::Io { path: png.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+        write(png, &image)?;
         println!("wrote {}", png.display());
     }
     Ok(ExitCode::SUCCESS)
