@@ -7,7 +7,7 @@
 //! - [`Parameters`] and [`ParamGroup`] describe the model's tensors and per-group
 //!   hyper-parameters, as torch's `param_groups` do.
 //! - [`Optimizer`] packs them into flat GPU arenas and records a step as one dispatch per
-//!   arena window, whatever the number of tensors.
+//!   arena window, whatever the number of tensors (plus one that counts the step on the GPU).
 //! - [`rules`] holds the update rules (`SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`,
 //!   `AdamW`, `NAdam`, `Adamax`, `RAdam`, `Rprop`, `ASGD`, `Adafactor`, `Muon`, timm's `Lamb`,
 //!   lion-pytorch's `Lion` and the Adan authors' `Adan`), each with the reference's names, defaults and validation, a WGSL kernel and a

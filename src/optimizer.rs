@@ -109,6 +109,22 @@ impl TensorView {
             size: NonZeroU64::new(self.byte_size()),
         })
     }
+
+    /// A bind group of `views` at bindings 0, 1, 2, ... in order, each covering exactly its
+    /// tensor: what a user's kernel reading parameters and writing gradients binds.
+    ///
+    /// ```no_run
+    /// # fn backward(opt: &wgpu_optim::Optimizer, w: wgpu_optim::TensorId, pipeline: &wgpu::ComputePipeline) -> wgpu_optim::Result<()> {
+    /// use wgpu_optim::TensorView;
+    /// let layout = pipeline.get_bind_group_layout(0);
+    /// let bind_group = TensorView::bind_group(opt.gpu().device(), &layout, &[&opt.param(w)?, &opt.grad(w)?]);
+    /// # Ok(()) }
+    /// ```
+    pub fn bind_group(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, views: &[&TensorView]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> =
+            views.iter().enumerate().map(|(k, view)| wgpu::BindGroupEntry { binding: k as u32, resource: view.binding() }).collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("wgpu-optim tensor views"), layout, entries: &entries })
+    }
 }
 
 /// How the tensors were laid out, for inspection and tests.

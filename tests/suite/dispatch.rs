@@ -103,18 +103,10 @@ fn user_kernels_write_gradients_in_place() {
             compilation_options: Default::default(),
             cache: None,
         });
+        let layout = pipeline.get_bind_group_layout(0);
         let bind_groups: Vec<_> = [a, b]
             .iter()
-            .map(|&id| {
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &[
-                        wgpu::BindGroupEntry { binding: 0, resource: opt.param(id).unwrap().binding() },
-                        wgpu::BindGroupEntry { binding: 1, resource: opt.grad(id).unwrap().binding() },
-                    ],
-                })
-            })
+            .map(|&id| wgpu_optim::TensorView::bind_group(device, &layout, &[&opt.param(id).unwrap(), &opt.grad(id).unwrap()]))
             .collect();
         for _ in 0..3 {
             let mut encoder = device.create_command_encoder(&Default::default());
