@@ -23,6 +23,7 @@ use crate::rules::{Pass, Scope};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClipGradNorm {
+    /// The largest total norm the gradients keep (torch's `max_norm`); finite, >= 0.
     pub max_norm: f64,
     /// 2.0 or `f64::INFINITY` (JSON: 2, or the string "inf").
     #[serde(default = "two", with = "norm_type")]
@@ -68,9 +69,14 @@ mod norm_type {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossScale {
+    /// The first scale (default 65,536).
     pub init_scale: f64,
+    /// The scale is multiplied by this after `growth_interval` steps without an inf/NaN
+    /// gradient (default 2).
     pub growth_factor: f64,
+    /// The scale is multiplied by this after a step with an inf/NaN gradient (default 0.5).
     pub backoff_factor: f64,
+    /// Consecutive finite steps before the scale grows (default 2,000).
     pub growth_interval: u32,
 }
 
@@ -84,6 +90,7 @@ impl Default for LossScale {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GradientOptions {
+    /// `clip_grad_norm_` over all the optimizer's gradients.
     pub clip_grad_norm: Option<ClipGradNorm>,
     /// `clip_grad_value_`: clamp every gradient element to [-v, v].
     pub clip_grad_value: Option<f64>,
@@ -102,6 +109,10 @@ impl GradientOptions {
         self.clip_grad_norm.is_some() || self.clip_grad_value.is_some() || self.skip_nonfinite || self.loss_scale.is_some()
     }
 
+    /// Rejects, with [`Error::Config`]: a negative or non-finite `max_norm` or
+    /// `clip_grad_value`, a norm type other than 2 or inf, and loss-scale settings out of
+    /// range (`init_scale` > 0, `growth_factor` > 1, `backoff_factor` in (0, 1),
+    /// `growth_interval` >= 1).
     pub fn validate(&self) -> Result<()> {
         let invalid = |what: &str, value: f64, requirement: &str| {
             Err(Error::Config(format!("{what} = {value}: {requirement}")))

@@ -89,6 +89,7 @@ pub struct OptimizerOptions {
 /// in the auxiliary buffer at 16-byte alignment: read it, do not bind it.
 #[derive(Clone, Debug)]
 pub struct TensorView {
+    /// The buffer holding the tensor (an arena, or the auxiliary buffer).
     pub buffer: wgpu::Buffer,
     /// Byte offset of the first element.
     pub offset: u64,
@@ -97,6 +98,7 @@ pub struct TensorView {
 }
 
 impl TensorView {
+    /// Its size in bytes.
     pub fn byte_size(&self) -> u64 {
         self.len as u64 * 4
     }
@@ -130,9 +132,11 @@ impl TensorView {
 /// How the tensors were laid out, for inspection and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArenaInfo {
+    /// The parameter group whose tensors it holds.
     pub group: usize,
     /// Elements, padding included.
     pub len: usize,
+    /// Its tensors, in layout order.
     pub tensors: Vec<TensorId>,
     /// Windows (dispatches of each element pass) of this arena.
     pub windows: usize,
@@ -1144,6 +1148,7 @@ impl Optimizer {
             .collect()
     }
 
+    /// The device and queue it runs on.
     pub fn gpu(&self) -> &GpuContext {
         &self.gpu
     }
@@ -1249,10 +1254,13 @@ impl Optimizer {
         self.groups.get_mut(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))
     }
 
+    /// The number of parameter groups.
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }
 
+    /// A group's update rule with its current hyper-parameters. Panics for a group that does
+    /// not exist (see [`Optimizer::group_count`]).
     pub fn rule(&self, group: usize) -> &dyn UpdateRule {
         self.groups[group].rule.as_ref()
     }
