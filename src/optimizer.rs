@@ -1585,7 +1585,7 @@ impl Drop for SlotRelease {
 const READ_BATCH_BYTES: u64 = 64 << 20;
 
 /// Reads views back to the CPU: copies them into staging buffers of at most
-/// [`READ_BATCH_BYTES`] (and `max_buffer_size`), one batch at a time, and maps them.
+/// 64 MiB (and `max_buffer_size`), one batch at a time, and maps them.
 pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Vec<f32>>> {
     let capacity = gpu.device().limits().max_buffer_size.min(READ_BATCH_BYTES) / 4 * 4;
     let mut out: Vec<Vec<f32>> = views.iter().map(|view| Vec::with_capacity(view.len)).collect();

@@ -297,7 +297,7 @@ function showStatus(text, kind) {
 // ---- drawing ----
 
 function colourMap(t) {
-  // The same ramp as trajectories::colour_map (the native PNG).
+  // The same ramp as the native PNG's (src/bin/wgpu-optim/plot.rs).
   const stops = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
   const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
   const i = Math.min(Math.floor(x), stops.length - 2);

@@ -49,7 +49,10 @@ fn draw(report: &TrajectoryReport, size: u32, rgb: &mut [u8]) -> Result<(), Box<
         .collect();
     let (lo, hi) = levels.iter().filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let span = (hi - lo).max(1e-12);
-    let t = |i: usize| ((levels[i] - lo) / span).max(0.0).min(1.0); // NaN → 0
+    let t = |i: usize| match (levels[i] - lo) / span {
+        t if t.is_nan() => 0.0,
+        t => t.clamp(0.0, 1.0),
+    };
     let band = |i: usize| (t(i) * BANDS).floor();
     let ramp = DerivedColorMap::new(&RAMP);
     for py in 0..n {
