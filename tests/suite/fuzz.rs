@@ -1,8 +1,8 @@
 //! A fuzz harness for the readers of untrusted files, on stable Rust: checkpoints
-//! (`Checkpoint::from_bytes`, then restored into a CPU optimizer and its scheduler), safetensors
-//! files (`parse_safetensors`, then a replay of them) and run.json (`RunConfig::from_json`,
-//! then a replay). Each input is a seed of the committed corpus (tests/fuzz/corpus/, see
-//! `fuzz/corpus.rs`) with a few stacked mutations (`fuzz/mutate.rs`).
+//! (`Checkpoint::from_bytes`, then restored into a CPU optimizer and its scheduler, and stepped
+//! when accepted), safetensors files (`parse_safetensors`, then a replay of them) and run.json
+//! (`RunConfig::from_json`, then a replay). Each input is a seed of the committed corpus
+//! (tests/fuzz/corpus/, see `fuzz/corpus.rs`) with a few stacked mutations (`fuzz/mutate.rs`).
 //!
 //! Every input must either be accepted or rejected with a `wgpu_optim::Error` whose message
 //! says something; a panic, an empty message or a rejected restore that changed the optimizer or
@@ -10,12 +10,14 @@
 //! also restored into a real GPU optimizer, whose parameters and state must read back
 //! bit-identical after a rejection.
 //!
-//! - `WGPU_OPTIM_FUZZ_INPUTS=N`: inputs per reader (default 50,000; the CPU tests take about a
-//!   minute together in the dev profile on 2 cores);
+//! - `WGPU_OPTIM_FUZZ_INPUTS=N`: inputs per reader (default 50,000: 10 to 20 s for the three
+//!   readers in the dev profile on 2 shared cores; 1,000,000 took 192 s);
 //! - `WGPU_OPTIM_FUZZ_GPU_INPUTS=N`: restores per adapter in the GPU sample (default 300);
 //! - `WGPU_OPTIM_FUZZ_SEED=S`: another series of inputs (default 0);
 //! - `WGPU_OPTIM_FUZZ_REPRO=<reader>:<index>`: runs that one input without catching its panic,
 //!   for a backtrace (a failure prints this line);
+//! - `WGPU_OPTIM_FUZZ_REASONS=N`: how many kinds of rejection to list (default 12; shown with
+//!   `--nocapture`);
 //! - `WGPU_OPTIM_FUZZ_WRITE_CORPUS=1`: rewrites the corpus from its generator.
 
 mod corpus;
@@ -158,9 +160,10 @@ fn fuzz(mut reader: Reader, inputs: usize) -> Tally {
             let saved = std::env::temp_dir().join(format!("wgpu-optim-fuzz-{}-{index}.bin", reader.name));
             std::fs::write(&saved, &input).ok();
             tally.failures.push(format!(
-                "{} input {index} (seed {seed}, saved as {}): {failure}\n  reproduce: WGPU_OPTIM_FUZZ_REPRO={}:{index} cargo test --test suite fuzz_{}",
+                "{} input {index} (seed {seed}, saved as {}): {failure}\n  reproduce: WGPU_OPTIM_FUZZ_SEED={} WGPU_OPTIM_FUZZ_REPRO={}:{index} cargo test --test suite fuzz_{}",
                 reader.name,
                 saved.display(),
+                env_number("WGPU_OPTIM_FUZZ_SEED", 0),
                 reader.name,
                 reader.name
             ));
@@ -230,8 +233,8 @@ struct CpuTarget {
 
 impl CpuTarget {
     fn new(case: &CheckpointCase) -> Self {
-        let (opt, scheduler) = case.fresh_cpu();
-        let tensors = case.model().2.into_iter().zip(case.lengths()).collect();
+        let (opt, scheduler, ids) = case.fresh_cpu();
+        let tensors = ids.into_iter().zip(case.lengths()).collect();
         let before = fingerprint(&opt.checkpoint(None));
         let schedule_before = scheduler.as_ref().map(|s| s.state());
         CpuTarget { opt, scheduler, tensors, before, schedule_before }
@@ -303,7 +306,7 @@ fn fuzz_checkpoint() {
     };
     let tally = fuzz(reader, inputs_per_reader());
     eprintln!("fuzz checkpoint: {} parsed checkpoints restored into a CPU optimizer, then stepped", restored.get());
-    assert!(tally.inputs == 0 || tally.accepted > 0, "no mutated checkpoint was ever accepted: the mutations are too coarse");
+    assert!(tally.inputs < 1000 || tally.accepted > 0, "no mutated checkpoint was ever accepted: the mutations are too coarse");
 }
 
 /// A sample of mutated checkpoints that parse, restored into a GPU optimizer: a rejection
@@ -372,7 +375,7 @@ fn fuzz_findings_stay_fixed() {
     let corrupt = |change: &dyn Fn(&mut wgpu_optim::checkpoint::CounterRecord), expected: &str| {
         let mut checkpoint = conditioned.checkpoint();
         change(&mut checkpoint.counters);
-        let (mut opt, _) = conditioned.fresh_cpu();
+        let (mut opt, _, _) = conditioned.fresh_cpu();
         let before = fingerprint(&opt.checkpoint(None));
         let error = opt.restore(&checkpoint).expect_err(expected).to_string();
         assert!(error.contains(expected), "{error}");
@@ -391,7 +394,7 @@ fn fuzz_findings_stay_fixed() {
         let case = checkpoint_cases().into_iter().find(|c| c.name == case).unwrap();
         let mut state = case.checkpoint().schedule.unwrap();
         state[key] = serde_json::json!(i64::MAX);
-        let (_, scheduler) = case.fresh_cpu();
+        let (_, scheduler, _) = case.fresh_cpu();
         let mut scheduler = scheduler.unwrap();
         let before = scheduler.state();
         let error = scheduler.load_state(&state).expect_err(key).to_string();
