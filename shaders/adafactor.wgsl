@@ -48,6 +48,9 @@ struct AdafactorScalars {
 @group(0) @binding(0) var<uniform> s: AdafactorScalars;
 
 fn current_terms() -> AdafactorTerms {
+    if (s.terms.step == group_step()) {
+        return s.terms;
+    }
     return adafactor_terms(ring_terms());
 }
 

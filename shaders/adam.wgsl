@@ -38,6 +38,15 @@ struct AdamScalars {
 }
 
 @group(0) @binding(0) var<uniform> s: AdamScalars;
+
+// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
+// skipped or dropped step made the counts differ, the ring's.
+fn current_terms() -> AdamTerms {
+    if (s.terms.step == group_step()) {
+        return s.terms;
+    }
+    return adam_terms(ring_terms());
+}
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
@@ -52,8 +61,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    // The step count lives on the GPU: this step's terms come from the ring.
-    let t = adam_terms(ring_terms());
+    let t = current_terms();
     if (!step_applies(t.step)) {
         return;
     }

@@ -37,6 +37,9 @@ struct AsgdScalars {
 @group(0) @binding(6) var<storage, read_write> ax: array<vec4<f32>>;
 
 fn current_terms() -> AsgdTerms {
+    if (s.terms.step == group_step()) {
+        return s.terms;
+    }
     return asgd_terms(ring_terms());
 }
 

@@ -22,8 +22,9 @@ override conditioned: bool = false;
 
 // The step count lives on the GPU (tables.control.step), advanced when a step executes, so a
 // recorded step that never reaches the GPU shifts nothing. A step's terms (bias corrections,
-// ...) come from its group's ring by the group's count (group_step); the copy in the step's
-// scalars is the CPU reference's.
+// ...) are those recorded in its scalars when they are the group's step's (the common case, a
+// uniform read), else its group's ring's entry for the group's count (group_step), which the
+// CPU fills ahead: after skipped steps, or steps whose encoders were dropped.
 
 struct Tables {
     control: Control,

@@ -49,6 +49,9 @@ struct LambScalars {
 
 // This step's terms, from the ring by the GPU's step count.
 fn current_terms() -> LambTerms {
+    if (s.terms.step == group_step()) {
+        return s.terms;
+    }
     return lamb_terms(ring_terms());
 }
 

@@ -35,7 +35,8 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    if (!step_applies(ring_terms().x)) {
+    let tag = select(ring_terms().x, s.terms.step, s.terms.step == group_step());
+    if (!step_applies(tag)) {
         // The step count lives on the GPU: only the step whose terms the ring holds applies.
         return;
     }

@@ -59,6 +59,9 @@ const UPDATE: u32 = 1u;     // m x m, inner m
 const COMBINE: u32 = 2u;    // m x n, inner m
 
 fn step_applies_now() -> bool {
+    if (s.terms.step == group_step()) {
+        return step_applies(s.terms.step);
+    }
     return step_applies(muon_terms(ring_terms()).step);
 }
 

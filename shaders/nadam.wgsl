@@ -40,6 +40,15 @@ struct NadamScalars {
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
+// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
+// skipped or dropped step made the counts differ, the ring's.
+fn current_terms() -> NadamTerms {
+    if (s.terms.step == group_step()) {
+        return s.terms;
+    }
+    return nadam_terms(ring_terms());
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -50,8 +59,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    // The step count lives on the GPU: this step's terms come from the ring.
-    let t = nadam_terms(ring_terms());
+    let t = current_terms();
     if (!step_applies(t.step)) {
         return;
     }

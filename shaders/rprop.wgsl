@@ -42,7 +42,7 @@ fn main(
         return;
     }
     // The step count lives on the GPU: the step's tag comes from the ring.
-    let tag = ring_terms().x;
+    let tag = select(ring_terms().x, s.terms.step, s.terms.step == group_step());
     if (!step_applies(tag)) {
         return;
     }

@@ -38,6 +38,15 @@ struct SparseAdamScalars {
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
+// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
+// skipped or dropped step made the counts differ, the ring's.
+fn current_terms() -> SparseAdamTerms {
+    if (s.terms.step == group_step()) {
+        return s.terms;
+    }
+    return sparse_adam_terms(ring_terms());
+}
+
 // The elements of a row: the last dimension's length, or 1 for a vector.
 fn row_length(tensor: Tensor) -> u32 {
     if (tensor.dims < 2u) {
@@ -79,8 +88,7 @@ fn update(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    // The step count lives on the GPU: this step's terms come from the ring.
-    let t = sparse_adam_terms(ring_terms());
+    let t = current_terms();
     if (!in_window(workgroup, grid) || !step_applies(t.step)) {
         return;
     }

@@ -35,6 +35,7 @@ pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod gradients;
+mod layout;
 pub mod optimizer;
 pub mod params;
 pub mod probe;

@@ -145,6 +145,34 @@ fn a_step_dropped_unsubmitted_shifts_nothing() {
 }
 
 #[test]
+fn a_step_dropped_after_later_ones_were_recorded_shifts_nothing() {
+    // The second step is recorded expecting t = 2, then the first one's encoder is dropped:
+    // the second runs as step 1, with step 1's terms from the ring.
+    let conditioned = GradientOptions { clip_grad_value: Some(100.0), ..Default::default() };
+    for gpu in gpus() {
+        for rule in [adam, || ParamGroup::new(NAdam::default(), [])] {
+            for gradients in [GradientOptions::default(), conditioned.clone()] {
+                let options = OptimizerOptions { gradients, ..Default::default() };
+                let (mut opt, w) = optimizer(gpu, rule(), options.clone());
+                opt.write_grad(w, &gradient(1)).unwrap();
+                let mut first = gpu.device().create_command_encoder(&Default::default());
+                opt.step(&mut first).unwrap();
+                let mut second = gpu.device().create_command_encoder(&Default::default());
+                opt.step(&mut second).unwrap();
+                drop(first);
+                gpu.queue().submit([second.finish()]);
+                for k in 2..=3 {
+                    opt.write_grad(w, &gradient(k)).unwrap();
+                    opt.step_and_submit().unwrap();
+                }
+                assert_eq!(opt.counters().unwrap().applied_steps, 3);
+                assert_eq!(snapshot_gpu(&opt, &[w]), step_by_step(gpu, rule(), options, 3), "on {}", gpu.adapter());
+            }
+        }
+    }
+}
+
+#[test]
 fn a_foreign_tensor_id_is_an_error() {
     let (params, w) = problem(1);
     let mut other = Parameters::new();
