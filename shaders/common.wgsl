@@ -5,6 +5,7 @@
 //   1: this dispatch's record (uniform; one per dispatch): its window, tensors and pass words
 //   2: tables (read): the gradient control block, then the groups' step-terms rings, the tensor
 //      table, the chunk map and the dispatches' tensor lists (u32 words)
+//   15: the control block alone (uniform), the range of tables the rules read most
 //   3: param (read_write)    4: grad (read)
 //   5: aux (read_write): reduction partials, then per tensor four scalars and the rule's
 //      per-tensor state (Adafactor's row_var, col_var) or its gradient's row mask (SparseAdam),
@@ -20,7 +21,7 @@
 // norm).
 override conditioned: bool = false;
 
-// The step count lives on the GPU (tables.control.step), advanced when a step executes, so a
+// The step count lives on the GPU (control.step), advanced when a step executes, so a
 // recorded step that never reaches the GPU shifts nothing. A step's terms (bias corrections,
 // ...) are those recorded in its scalars when they are the group's step's (the common case, a
 // uniform read), else its group's ring's entry for the group's count (group_step), which the
@@ -59,6 +60,10 @@ struct Tensor {
 }
 
 @group(0) @binding(1) var<uniform> dispatch: Dispatch;
+// The control block again (the first bytes of tables), as a uniform: every invocation reads
+// the step count and the conditioning's factors, and a uniform is what every backend reads
+// fastest (llvmpipe: one scalar load instead of a gather per lane).
+@group(0) @binding(15) var<uniform> control: Control;
 @group(0) @binding(2) var<storage, read> tables: Tables;
 @group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
@@ -67,7 +72,7 @@ struct Tensor {
 // The group's step count: the steps applied since it was added (torch's `state['step']` of
 // its parameters). A group added after construction counts from its own first step.
 fn group_step() -> u32 {
-    return tables.control.step - dispatch.step_offset;
+    return control.step - dispatch.step_offset;
 }
 
 // The words of this step's terms in the group's ring, by the group's step count.
@@ -81,7 +86,7 @@ fn conditioned_gradient(g: vec4<f32>) -> vec4<f32> {
     if (!conditioned) {
         return g;
     }
-    let c = tables.control;
+    let c = control;
     let unscaled = g * c.step_inv_scale;
     let clamped = clamp(unscaled, vec4<f32>(-c.clip_value), vec4<f32>(c.clip_value));
     return clamped * c.clip_coefficient;
@@ -89,7 +94,7 @@ fn conditioned_gradient(g: vec4<f32>) -> vec4<f32> {
 
 // True when the GPU decided to skip this step.
 fn step_skipped() -> bool {
-    return conditioned && tables.control.skip != 0u;
+    return conditioned && control.skip != 0u;
 }
 
 // Whether this step updates anything: it is not skipped, and the terms tagged `step` are the

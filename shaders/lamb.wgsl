@@ -61,7 +61,7 @@ fn lamb_gradient(i: u32) -> vec4<f32> {
     if (!clip_global_norm) {
         return g;
     }
-    let c = tables.control;
+    let c = control;
     return g / max(c.grad_norm * c.clip_coefficient / s.max_grad_norm, 1.0);
 }
 

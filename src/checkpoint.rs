@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gradients::GradientOptions;
-use crate::tensor_file::{read_safetensors_bytes, write_safetensors_with_metadata, NamedTensor};
+use crate::tensor_file::{read_safetensors_bytes, serialize_safetensors, write_file, NamedTensor};
 use crate::rules::{self, UpdateRule};
 
 pub const CHECKPOINT_FORMAT: &str = "wgpu-optim-checkpoint";
@@ -100,6 +100,16 @@ fn corrupt(origin: &str, message: impl std::fmt::Display) -> Error {
 impl Checkpoint {
     /// Writes the checkpoint (through a temporary file: a failure leaves no partial file).
     pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes().map_err(|e| match e {
+            Error::Safetensors { message, .. } => Error::Safetensors { path: path.display().to_string(), message },
+            other => other,
+        })?;
+        write_file(path, &bytes)
+    }
+
+    /// The checkpoint as the bytes of its safetensors file, for where there is no file
+    /// system (the web: IndexedDB, a download); [`Checkpoint::from_bytes`] reads them back.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let metadata: HashMap<String, String> = [
             ("format", CHECKPOINT_FORMAT.to_string()),
             ("version", CHECKPOINT_VERSION.to_string()),
@@ -112,7 +122,7 @@ impl Checkpoint {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        write_safetensors_with_metadata(path, &self.tensors, metadata)
+        serialize_safetensors(&self.tensors, metadata)
     }
 
     /// Reads and checks a checkpoint file.

@@ -57,6 +57,10 @@ const TERMS_SIZE: u64 = std::mem::size_of::<StepTerms>() as u64;
 /// Must equal `STEP_TERMS_RING` in `shaders/common.wgsl`.
 pub const STEP_TERMS_RING: u64 = 4096;
 
+/// The binding of the control block as a uniform (`control` in `shaders/common.wgsl`), after
+/// the per-element state arrays' bindings.
+const CONTROL_BINDING: u32 = 15;
+
 /// Storage bindings every rule's passes use besides their per-element state: tables, param,
 /// grad, aux.
 const FIXED_STORAGE_BINDINGS: u32 = 4;
@@ -544,7 +548,7 @@ impl Optimizer {
                 let tables = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("wgpu-optim tables"),
                     contents: &table_bytes,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 });
                 let mut aux_values = vec![0.0f32; plan.aux_len.max(4)];
                 for (t, spec) in tensors.iter().zip(&specs) {
@@ -624,6 +628,7 @@ impl Optimizer {
                                     wgpu::BindGroupEntry { binding: 0, resource: uniform(&scalars, SCALARS_BYTES as u64) },
                                     wgpu::BindGroupEntry { binding: 1, resource: uniform(&record_buffer, 64) },
                                     wgpu::BindGroupEntry { binding: 2, resource: tables.as_entire_binding() },
+                                    wgpu::BindGroupEntry { binding: CONTROL_BINDING, resource: uniform(&tables, CONTROL_SIZE) },
                                     wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::Buffer(range(&param)) },
                                     wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::Buffer(range(&grad)) },
                                     wgpu::BindGroupEntry { binding: 5, resource: aux.as_entire_binding() },
@@ -1648,6 +1653,14 @@ fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits) -
             limits.max_storage_buffers_per_shader_stage
         )));
     }
+    if FIRST_STATE_BINDING + kernel.state_bindings.len() as u32 > CONTROL_BINDING {
+        return Err(Error::Config(format!(
+            "{} declares {} per-element state arrays; the bindings leave room for {}",
+            rule.name(),
+            kernel.state_bindings.len(),
+            CONTROL_BINDING - FIRST_STATE_BINDING
+        )));
+    }
     let matrices = kernel.passes.iter().filter(|p| matches!(p.scope, Scope::Matrices { .. })).count();
     if matrices > 0 && matrices < kernel.passes.len() {
         return Err(Error::Config(format!(
@@ -1686,6 +1699,12 @@ fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> w
         storage(3, false, 16),
         storage(4, true, 16),
         storage(5, false, 4),
+        wgpu::BindGroupLayoutEntry {
+            binding: CONTROL_BINDING,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: NonZeroU64::new(CONTROL_SIZE) },
+            count: None,
+        },
     ];
     entries.extend((0..state_bindings as u32).map(|k| storage(FIRST_STATE_BINDING + k, false, 16)));
     let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

@@ -48,16 +48,24 @@ pub(crate) fn read_safetensors_bytes(bytes: &[u8]) -> Result<(Vec<NamedTensor>, 
 /// Writes float32 tensors as safetensors, through a temporary file so a failure leaves no
 /// partial output.
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
-    write_safetensors_with_metadata(path, tensors, HashMap::new())
+    let bytes = serialize_safetensors(tensors, HashMap::new()).map_err(|e| match e {
+        Error::Safetensors { message, .. } => Error::Safetensors { path: path.display().to_string(), message },
+        other => other,
+    })?;
+    write_file(path, &bytes)
 }
 
-pub(crate) fn write_safetensors_with_metadata(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
+/// Writes `bytes` through a temporary file, so a failure leaves no partial output.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io { path: path.display().to_string(), source };
-    let fail = |e: safetensors::SafeTensorError| Error::Safetensors { path: path.display().to_string(), message: e.to_string() };
+    let partial = path.with_extension("safetensors.partial");
+    std::fs::write(&partial, bytes).map_err(io)?;
+    std::fs::rename(&partial, path).map_err(io)
+}
+
+/// Float32 tensors and metadata as the bytes of a safetensors file.
+pub(crate) fn serialize_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let fail = |e: safetensors::SafeTensorError| Error::Safetensors { path: "(in memory)".into(), message: e.to_string() };
     let views = tensors
         .iter()
         .map(|t| {
@@ -66,8 +74,5 @@ pub(crate) fn write_safetensors_with_metadata(
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = (!metadata.is_empty()).then_some(metadata);
-    let bytes = safetensors::serialize(views, metadata).map_err(fail)?;
-    let partial = path.with_extension("safetensors.partial");
-    std::fs::write(&partial, bytes).map_err(io)?;
-    std::fs::rename(&partial, path).map_err(io)
+    safetensors::serialize(views, metadata).map_err(fail)
 }

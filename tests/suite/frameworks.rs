@@ -60,7 +60,8 @@ fn a_checkpoint_larger_than_one_buffer_round_trips() {
         opt.step_and_submit().unwrap();
     }
     let checkpoint = opt.checkpoint(None).unwrap();
-    let mut resumed = Optimizer::new(&gpu, params, group()).unwrap();
+    let params_again = || params.clone();
+    let mut resumed = Optimizer::new(&gpu, params_again(), group()).unwrap();
     resumed.restore(&checkpoint).unwrap();
     assert_eq!(snapshot_gpu(&resumed, &ids), snapshot_gpu(&opt, &ids));
     let path = std::env::temp_dir().join(format!("wgpu-optim-large-checkpoint-{}.safetensors", std::process::id()));
@@ -68,6 +69,11 @@ fn a_checkpoint_larger_than_one_buffer_round_trips() {
     resumed.load_checkpoint(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     assert_eq!(snapshot_gpu(&resumed, &ids), snapshot_gpu(&opt, &ids));
+    // Without a file system (the web): the same bytes in memory.
+    let bytes = pollster::block_on(opt.checkpoint_async(None)).unwrap().to_bytes().unwrap();
+    let mut fresh = Optimizer::new(&gpu, params_again(), group()).unwrap();
+    fresh.restore(&wgpu_optim::checkpoint::Checkpoint::from_bytes(&bytes).unwrap()).unwrap();
+    assert_eq!(snapshot_gpu(&fresh, &ids), snapshot_gpu(&opt, &ids));
 }
 
 #[test]
