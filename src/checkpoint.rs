@@ -22,6 +22,7 @@ use crate::gradients::GradientOptions;
 use crate::tensor_file::{read_safetensors_bytes, serialize_safetensors, write_file, NamedTensor};
 use crate::rules::{self, UpdateRule};
 
+/// The `format` metadata value that marks a wgpu-optim checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "wgpu-optim-checkpoint";
 /// 2: each group records its own rule (`optimizer`); version-1 files (one rule) still load.
 pub const CHECKPOINT_VERSION: u32 = 2;
@@ -34,7 +35,9 @@ pub struct GroupRecord {
     /// use the checkpoint's `optimizer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<String>,
+    /// The group's tensor names, in group order.
     pub params: Vec<String>,
+    /// The rule's hyper-parameters, by torch's names (as `UpdateRule::hyperparameters`).
     pub hyperparameters: serde_json::Value,
     /// The rule's running values after the applied steps, by the reference's group keys
     /// (Schedule-Free's `weight_sum` and `lr_max`); absent for rules without them.
@@ -71,21 +74,30 @@ impl GroupRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CounterRecord {
+    /// Steps recorded: the applied plus the skipped steps.
     pub steps_recorded: u64,
+    /// Updates applied: torch's `state["step"]`.
     pub applied_steps: u64,
+    /// Steps skipped because a gradient was not finite.
     pub skipped_steps: u64,
+    /// The scale the next backward pass multiplies the loss by (1 without loss scaling).
     pub loss_scale: f32,
     /// Saved rather than recomputed so a restored run unscales exactly as the GPU did.
     pub inv_scale: f32,
+    /// Good steps since the loss scale last changed; below the growth interval.
     pub growth_tracker: u32,
 }
 
 /// Everything needed to resume an optimizer exactly.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
+    /// The optimizer's rule (torch class name; the first group's rule when groups differ).
     pub optimizer: String,
+    /// The parameter groups, in order.
     pub groups: Vec<GroupRecord>,
+    /// Step counters and loss-scale state.
     pub counters: CounterRecord,
+    /// The gradient conditioning the optimizer was built with; a restore requires the same.
     pub gradients: GradientOptions,
     /// The caller's schedule state (e.g. `Scheduler::state()`), restored by the caller.
     pub schedule: Option<serde_json::Value>,

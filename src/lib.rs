@@ -30,6 +30,8 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod context;
 pub mod cpu;

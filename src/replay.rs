@@ -45,9 +45,13 @@ pub use crate::tensor_file::{read_safetensors, write_safetensors, NamedTensor};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// The rule's torch class name (e.g. "AdamW").
     pub optimizer: String,
+    /// Hyper-parameters by torch's names; the rule's defaults fill the rest.
     #[serde(default)]
     pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    /// Torch-style groups: each a `"params"` list of tensor names plus overrides (and
+    /// optionally its own `"optimizer"`); absent: one group of every tensor, in name order.
     #[serde(default)]
     pub param_groups: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
     /// `{"name": "<torch scheduler>", ...arguments}`, stepped after every optimizer step.
@@ -75,6 +79,8 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Parses `run.json` and validates its gradient conditioning; a malformed file is an
+    /// [`Error::Config`].
     pub fn from_json(text: &str) -> Result<Self> {
         let config: RunConfig = serde_json::from_str(text).map_err(|e| Error::Config(format!("run.json: {e}")))?;
         config.gradient_options().validate()?;
@@ -159,12 +165,15 @@ impl RunConfig {
 /// A replay, loaded and checked: parameters, per-step gradients and groups.
 #[derive(Debug)]
 pub struct ReplayCase {
+    /// The parsed `run.json`.
     pub config: RunConfig,
+    /// The initial parameters; `grads` and `grad_rows` follow their order.
     pub params: Vec<NamedTensor>,
     /// `grads[k]` is the gradient of `params[k]` for every step, step-major.
     pub grads: Vec<Vec<f32>>,
     /// `grad_rows[k]`: for a sparse gradient, the mask of its touched rows, step-major.
     pub grad_rows: Vec<Option<Vec<f32>>>,
+    /// Steps recorded: the first dimension of every gradient.
     pub steps: usize,
 }
 
@@ -175,6 +184,10 @@ impl ReplayCase {
         Self::new(RunConfig::from_json(&text)?, read_safetensors(params)?, read_safetensors(grads)?)
     }
 
+    /// Checks that the inputs fit together: a gradient `[steps, *shape]` for every parameter,
+    /// the same `steps` for all, row masks of shape `[steps, rows]`, no other tensors, and
+    /// groups that name only parameters. A mismatch of tensors is an [`Error::Tensor`]; a bad
+    /// group fails as in [`RunConfig::groups`].
     pub fn new(config: RunConfig, params: Vec<NamedTensor>, grads: Vec<NamedTensor>) -> Result<Self> {
         if params.is_empty() {
             return Err(Error::Tensor("the params file holds no tensors".into()));
@@ -338,8 +351,11 @@ impl ReplayCase {
 /// Checkpointing during a replay (`--save-every K --checkpoint-dir D`, `--resume FILE`).
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {
+    /// Save a checkpoint after every K-th step (with `checkpoint_dir`).
     pub save_every: Option<usize>,
+    /// Where the checkpoints go, as `step-NNNNNN.safetensors` (the step count, zero-padded).
     pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// A checkpoint to resume from: its recorded steps are not replayed again.
     pub resume: Option<std::path::PathBuf>,
 }
 
@@ -428,7 +444,9 @@ impl ReplayTarget for Optimizer {
 /// Where a replay runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayBackend {
+    /// A GPU, through the chosen wgpu backend.
     Gpu(BackendChoice),
+    /// The CPU reference ([`CpuOptimizer`]).
     Cpu,
 }
 

@@ -11,8 +11,11 @@ use crate::error::{Error, Result};
 /// A named float32 tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedTensor {
+    /// The tensor's name (its key in the file).
     pub name: String,
+    /// Dimensions, outermost first; empty for a 0-d tensor.
     pub shape: Vec<usize>,
+    /// The values in row-major order: the product of `shape` of them.
     pub data: Vec<f32>,
 }
 

@@ -52,19 +52,29 @@ pub const MAX_HISTORY_BYTES: u64 = 256 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TestFunction {
+    /// `(1 − x)² + 100 (y − x²)²`: a curved valley; minimum 0 at (1, 1).
     Rosenbrock,
+    /// `(1.5 − x + xy)² + (2.25 − x + xy²)² + (2.625 − x + xy³)²`; minimum 0 at (3, 0.5).
     Beale,
+    /// `(x² + y − 11)² + (x + y² − 7)²`: four minima of value 0.
     Himmelblau,
+    /// `20 + x² − 10 cos 2πx + y² − 10 cos 2πy`: local minima near every integer point;
+    /// global minimum 0 at (0, 0).
     Rastrigin,
+    /// `x² − y²`: a saddle at (0, 0), unbounded below.
     Saddle,
+    /// `(x² + 100 y²) / 2`: a quadratic of condition number 100; minimum 0 at (0, 0).
     IllConditioned,
+    /// `(x + 2y − 7)² + (2x + y − 5)²`; minimum 0 at (1, 3).
     Booth,
 }
 
 /// A rectangle of the plane: `x` and `y` ranges.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Domain {
+    /// `[min, max]` of x.
     pub x: [f64; 2],
+    /// `[min, max]` of y.
     pub y: [f64; 2],
 }
 
@@ -444,7 +454,9 @@ fn default_sample_every() -> u32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrajectorySpec {
+    /// The function every run descends.
     pub function: TestFunction,
+    /// Optimizer steps of each run, 1 to [`MAX_STEPS`].
     pub steps: u32,
     /// Keep every k-th position (and always the last).
     #[serde(default = "default_sample_every")]
@@ -452,10 +464,13 @@ pub struct TrajectorySpec {
     /// Start points; empty: the function's default start.
     #[serde(default)]
     pub starts: Vec<[f32; 2]>,
+    /// The optimizers, each run from every start point; at least one.
     pub runs: Vec<RunSpec>,
 }
 
 impl TrajectorySpec {
+    /// Parses a spec's JSON and [`check`](Self::check)s it; a malformed spec is an
+    /// [`Error::Config`].
     pub fn from_json(text: &str) -> Result<Self> {
         let spec: Self = serde_json::from_str(text).map_err(|e| Error::Config(format!("trajectory spec: {e}")))?;
         spec.check()?;
@@ -471,6 +486,8 @@ impl TrajectorySpec {
         }
     }
 
+    /// Checks the step count, `sample_every`, the start points (1 to [`MAX_STARTS`], finite)
+    /// and every run's rule and learning rates, as [`run_spec`] would meet them.
     pub fn check(&self) -> Result<()> {
         check_steps(self.steps, self.sample_every)?;
         if self.runs.is_empty() {
@@ -517,7 +534,9 @@ pub fn sampled_steps(steps: u32, sample_every: u32) -> Vec<u32> {
 /// Positions of N runs at the sampled steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Paths {
+    /// N, the number of runs (start points).
     pub starts: usize,
+    /// The steps at which positions were kept ([`sampled_steps`]).
     pub sampled_steps: Vec<u32>,
     /// `[sample][start][x, y]`, flattened.
     pub positions: Vec<f32>,
@@ -544,9 +563,11 @@ impl Paths {
 /// The result of one run of a [`TrajectorySpec`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunReport {
+    /// The run's torch class name, as the spec gave it.
     pub optimizer: String,
     /// Every hyper-parameter, defaults included.
     pub hyperparameters: serde_json::Value,
+    /// The spec's learning-rate schedule, if it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<serde_json::Value>,
     /// Learning rate of each step, when it changes.
@@ -566,25 +587,34 @@ pub struct RunReport {
 /// The result of a [`TrajectorySpec`]: the JSON of `wgpu-optim trajectories --out`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrajectoryReport {
+    /// The function the runs descended.
     pub function: TestFunction,
     /// `cpu` (the CPU reference) or the wgpu backend, e.g. `vulkan`, `browserwebgpu`.
     pub backend: String,
+    /// The adapter's description ([`Device::adapter_name`]).
     pub adapter: String,
+    /// Optimizer steps of each run.
     pub steps: u32,
+    /// The steps at which positions were kept ([`sampled_steps`]): one per entry of each run's
+    /// `paths[start]` and `losses[start]`.
     pub sampled_steps: Vec<u32>,
+    /// The start points every run began from.
     pub starts: Vec<[f32; 2]>,
+    /// One report per run, in the spec's order.
     pub runs: Vec<RunReport>,
 }
 
 /// Where the runs execute.
 #[derive(Clone, Debug)]
 pub enum Device {
+    /// A GPU, through wgpu.
     Gpu(GpuContext),
     /// The CPU reference.
     Cpu,
 }
 
 impl Device {
+    /// `cpu`, or the wgpu backend's name in lower case (e.g. `vulkan`).
     pub fn backend_name(&self) -> String {
         match self {
             Device::Gpu(gpu) => format!("{:?}", gpu.adapter().backend).to_lowercase(),
@@ -592,6 +622,7 @@ impl Device {
         }
     }
 
+    /// The GPU adapter's description, or `CPU reference (scalar Rust)`.
     pub fn adapter_name(&self) -> String {
         match self {
             Device::Gpu(gpu) => gpu.adapter().to_string(),
@@ -650,9 +681,13 @@ fn start_parameters(run: &RunInput) -> Result<(Parameters, Vec<TensorId>)> {
 /// One optimizer from N starts: what a runner needs.
 #[derive(Clone, Debug)]
 pub struct RunInput {
+    /// The optimizer's rule, with its hyper-parameters.
     pub rule: Box<dyn UpdateRule>,
+    /// The start points, one run each.
     pub starts: Vec<[f32; 2]>,
+    /// Optimizer steps, 1 to [`MAX_STEPS`].
     pub steps: u32,
+    /// Keep every k-th position (and always the first and the last).
     pub sample_every: u32,
     /// Learning rate of each step (a schedule), or `None` for the rule's constant `lr`.
     pub lr: Option<Vec<f64>>,
@@ -734,15 +769,22 @@ pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasinSpec {
+    /// The function to descend.
     pub function: TestFunction,
+    /// A torch class name; an element-wise rule (see [`basin_rules`]).
     pub optimizer: String,
+    /// torch keyword arguments; missing ones take torch's defaults.
     #[serde(default)]
     pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    /// A learning-rate schedule, as [`RunSpec::schedule`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<serde_json::Value>,
+    /// Explicit learning rate of every step, as [`RunSpec::lr`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<Vec<f64>>,
+    /// Optimizer steps of each run, 1 to [`MAX_STEPS`].
     pub steps: u32,
+    /// Start points per side of the grid, 1 to 1024.
     pub resolution: u32,
     /// The grid's rectangle; default: the function's domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -764,13 +806,21 @@ impl BasinSpec {
 /// Where each start of a basin map ended.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BasinReport {
+    /// The function descended.
     pub function: TestFunction,
+    /// The torch class name, as the spec gave it.
     pub optimizer: String,
+    /// Every hyper-parameter, defaults included.
     pub hyperparameters: serde_json::Value,
+    /// Optimizer steps of each run.
     pub steps: u32,
+    /// Start points per side of the grid.
     pub resolution: u32,
+    /// The grid's rectangle (the function's domain unless the spec gave one).
     pub domain: Domain,
+    /// `cpu` or the wgpu backend ([`Device::backend_name`]).
     pub backend: String,
+    /// The adapter's description ([`Device::adapter_name`]).
     pub adapter: String,
     /// Final positions, `[start][x, y]` flattened, starts row by row from the bottom.
     pub end: Vec<f32>,
@@ -778,6 +828,7 @@ pub struct BasinReport {
     pub loss: Vec<f64>,
     /// [`TestFunction::basin`] of each final position.
     pub basin: Vec<i32>,
+    /// Wall time of the run on the device, in milliseconds (as [`RunReport::elapsed_ms`]).
     pub elapsed_ms: f64,
 }
 
@@ -1014,6 +1065,8 @@ pub struct CpuRunner {
 }
 
 impl CpuRunner {
+    /// Checks the run and builds the CPU optimizer over the start points; an invalid run is
+    /// an [`Error::Config`] or the rule's validation error.
     pub fn new(function: TestFunction, run: &RunInput) -> Result<Self> {
         run.check()?;
         let (params, xy) = start_parameters(run)?;
@@ -1030,6 +1083,7 @@ impl CpuRunner {
         })
     }
 
+    /// Runs every step, keeping the positions at the sampled steps.
     pub fn run(mut self) -> Result<Paths> {
         let mut positions = Vec::with_capacity(self.samples.len() * self.starts * 2);
         for &id in &self.xy {
@@ -1072,10 +1126,12 @@ pub mod blocking {
         move || origin.elapsed().as_secs_f64() * 1e3
     }
 
+    /// [`super::run_spec`], blocking until it finishes.
     pub fn run_spec(device: &Device, spec: &TrajectorySpec) -> Result<TrajectoryReport> {
         pollster::block_on(super::run_spec(device, spec, &clock()))
     }
 
+    /// [`super::run_basin`], blocking until it finishes.
     pub fn run_basin(device: &Device, spec: &BasinSpec) -> Result<BasinReport> {
         pollster::block_on(super::run_basin(device, spec, &clock()))
     }
