@@ -8,7 +8,7 @@ use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, StepCounters};
 use crate::params::{
-    check_added_group, check_groups, check_sparse_conditioning, dense_refused, sparse_gradient, CollectionTag, ParamGroup, Parameters, TensorId,
+    check_added_group, check_groups, check_sparse_conditioning, dense_refused, no_such_group, sparse_gradient, CollectionTag, ParamGroup, Parameters, TensorId,
     TensorSpec,
 };
 use crate::rules::{self, CpuTensor, StateSlot, TermsMemo, UpdateRule};
@@ -222,10 +222,7 @@ impl CpuOptimizer {
     /// The tensor an id names here; [`Error::ForeignTensor`] for an id another
     /// [`Parameters`] issued (as for every method taking a [`TensorId`]).
     fn tensor(&self, id: TensorId) -> Result<&Tensor> {
-        match id.1 == self.tag {
-            true => self.tensors.get(id.0).ok_or(Error::ForeignTensor { index: id.0 }),
-            false => Err(Error::ForeignTensor { index: id.0 }),
-        }
+        id.lookup(self.tag, &self.tensors)
     }
 
     /// The name a tensor was registered under.
@@ -313,7 +310,7 @@ impl CpuOptimizer {
     /// same checks); a refused change leaves the group as it was.
     pub fn set_hyperparameters(&mut self, group: usize, changes: serde_json::Value) -> Result<()> {
         let count = self.groups.len();
-        let current = self.groups.get(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))?;
+        let current = self.groups.get(group).ok_or_else(|| no_such_group(group, count))?;
         let rule = rules::with_changes(current.rule.as_ref(), &changes)?;
         let tensors: Vec<(&str, &[usize])> =
             current.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();

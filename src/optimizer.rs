@@ -1152,10 +1152,7 @@ impl Optimizer {
 
     /// The tensor an id names here.
     fn entry(&self, id: TensorId) -> Result<&TensorEntry> {
-        match id.1 == self.tag {
-            true => self.tensors.get(id.0).ok_or(Error::ForeignTensor { index: id.0 }),
-            false => Err(Error::ForeignTensor { index: id.0 }),
-        }
+        id.lookup(self.tag, &self.tensors)
     }
 
     /// The name a tensor was registered under.
@@ -1233,7 +1230,7 @@ impl Optimizer {
 
     fn group_mut(&mut self, group: usize) -> Result<&mut Group> {
         let count = self.groups.len();
-        self.groups.get_mut(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))
+        self.groups.get_mut(group).ok_or_else(|| crate::params::no_such_group(group, count))
     }
 
     /// The number of parameter groups.
@@ -1416,7 +1413,7 @@ impl Optimizer {
 
     fn group(&self, group: usize) -> Result<&Group> {
         let count = self.groups.len();
-        self.groups.get(group).ok_or_else(|| Error::Config(format!("parameter group {group} does not exist (there are {count})")))
+        self.groups.get(group).ok_or_else(|| crate::params::no_such_group(group, count))
     }
 
     /// Sets a group's `momentum` or `betas[0]`, the hyper-parameter torch's `CyclicLR` and

@@ -18,6 +18,21 @@ impl TensorId {
     pub fn index(self) -> usize {
         self.0
     }
+
+    /// The entry this id names in `tensors`, the registration-ordered tensors of the
+    /// collection tagged `tag`; [`Error::ForeignTensor`] for an id another collection issued.
+    pub(crate) fn lookup<T>(self, tag: CollectionTag, tensors: &[T]) -> Result<&T> {
+        let foreign = Error::ForeignTensor { index: self.0 };
+        if self.1 != tag {
+            return Err(foreign);
+        }
+        tensors.get(self.0).ok_or(foreign)
+    }
+}
+
+/// The error for a parameter group index past the `count` groups an optimizer has.
+pub(crate) fn no_such_group(group: usize, count: usize) -> Error {
+    Error::Config(format!("parameter group {group} does not exist (there are {count})"))
 }
 
 /// A tag no other [`Parameters`] of this process has.
@@ -114,10 +129,7 @@ impl Parameters {
 
     /// Whether this collection (or the one it was cloned from) issued `id`.
     pub(crate) fn check(&self, id: TensorId) -> Result<()> {
-        match id.1 == self.tag && id.0 < self.tensors.len() {
-            true => Ok(()),
-            false => Err(Error::ForeignTensor { index: id.0 }),
-        }
+        id.lookup(self.tag, &self.tensors).map(drop)
     }
 
     pub(crate) fn tag(&self) -> CollectionTag {

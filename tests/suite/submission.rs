@@ -111,65 +111,64 @@ fn batches_larger_than_the_default_ring_equal_step_by_step() {
     }
 }
 
-#[test]
-fn a_step_dropped_unsubmitted_shifts_nothing() {
-    // Adam's bias corrections and NAdam's mu_product depend on t: a dropped step that still
-    // counted would change every later step. With and without gradient conditioning (the
-    // count advances in different passes).
+/// Runs `case` on every adapter for Adam and NAdam (whose terms depend on t: bias
+/// corrections, mu_product), each with and without gradient conditioning (the step count
+/// advances in different passes).
+fn for_step_dependent_rules(case: impl Fn(&GpuContext, fn() -> ParamGroup, OptimizerOptions)) {
     let conditioned = GradientOptions { clip_grad_value: Some(100.0), ..Default::default() };
     for gpu in gpus() {
         for rule in [adam, || ParamGroup::new(NAdam::default(), [])] {
             for gradients in [GradientOptions::default(), conditioned.clone()] {
-                let options = OptimizerOptions { gradients, ..Default::default() };
-                let (mut opt, w) = optimizer(gpu, rule(), options.clone());
-                for k in 1..=4 {
-                    // Recorded, then dropped: in its encoder (k = 2), as a finished command
-                    // buffer (k = 3).
-                    if k == 2 || k == 3 {
-                        let mut encoder = gpu.device().create_command_encoder(&Default::default());
-                        opt.step(&mut encoder).unwrap();
-                        if k == 3 {
-                            drop(encoder.finish());
-                        }
-                    }
-                    opt.write_grad(w, &gradient(k)).unwrap();
-                    opt.step_and_submit().unwrap();
-                }
-                assert_eq!(opt.steps_recorded(), 6);
-                assert_eq!(opt.counters().unwrap().applied_steps, 4, "only the submitted steps count");
-                let expected = step_by_step(gpu, rule(), options, 4);
-                assert_eq!(snapshot_gpu(&opt, &[w]), expected, "on {}", gpu.adapter());
+                case(gpu, rule, OptimizerOptions { gradients, ..Default::default() });
             }
         }
     }
 }
 
 #[test]
+fn a_step_dropped_unsubmitted_shifts_nothing() {
+    // A dropped step that still counted would change every later step.
+    for_step_dependent_rules(|gpu, rule, options| {
+        let (mut opt, w) = optimizer(gpu, rule(), options.clone());
+        for k in 1..=4 {
+            // Recorded, then dropped: in its encoder (k = 2), as a finished command buffer (k = 3).
+            if k == 2 || k == 3 {
+                let mut encoder = gpu.device().create_command_encoder(&Default::default());
+                opt.step(&mut encoder).unwrap();
+                if k == 3 {
+                    drop(encoder.finish());
+                }
+            }
+            opt.write_grad(w, &gradient(k)).unwrap();
+            opt.step_and_submit().unwrap();
+        }
+        assert_eq!(opt.steps_recorded(), 6);
+        assert_eq!(opt.counters().unwrap().applied_steps, 4, "only the submitted steps count");
+        let expected = step_by_step(gpu, rule(), options, 4);
+        assert_eq!(snapshot_gpu(&opt, &[w]), expected, "on {}", gpu.adapter());
+    });
+}
+
+#[test]
 fn a_step_dropped_after_later_ones_were_recorded_shifts_nothing() {
     // The second step is recorded expecting t = 2, then the first one's encoder is dropped:
     // the second runs as step 1, with step 1's terms from the ring.
-    let conditioned = GradientOptions { clip_grad_value: Some(100.0), ..Default::default() };
-    for gpu in gpus() {
-        for rule in [adam, || ParamGroup::new(NAdam::default(), [])] {
-            for gradients in [GradientOptions::default(), conditioned.clone()] {
-                let options = OptimizerOptions { gradients, ..Default::default() };
-                let (mut opt, w) = optimizer(gpu, rule(), options.clone());
-                opt.write_grad(w, &gradient(1)).unwrap();
-                let mut first = gpu.device().create_command_encoder(&Default::default());
-                opt.step(&mut first).unwrap();
-                let mut second = gpu.device().create_command_encoder(&Default::default());
-                opt.step(&mut second).unwrap();
-                drop(first);
-                gpu.queue().submit([second.finish()]);
-                for k in 2..=3 {
-                    opt.write_grad(w, &gradient(k)).unwrap();
-                    opt.step_and_submit().unwrap();
-                }
-                assert_eq!(opt.counters().unwrap().applied_steps, 3);
-                assert_eq!(snapshot_gpu(&opt, &[w]), step_by_step(gpu, rule(), options, 3), "on {}", gpu.adapter());
-            }
+    for_step_dependent_rules(|gpu, rule, options| {
+        let (mut opt, w) = optimizer(gpu, rule(), options.clone());
+        opt.write_grad(w, &gradient(1)).unwrap();
+        let mut first = gpu.device().create_command_encoder(&Default::default());
+        opt.step(&mut first).unwrap();
+        let mut second = gpu.device().create_command_encoder(&Default::default());
+        opt.step(&mut second).unwrap();
+        drop(first);
+        gpu.queue().submit([second.finish()]);
+        for k in 2..=3 {
+            opt.write_grad(w, &gradient(k)).unwrap();
+            opt.step_and_submit().unwrap();
         }
-    }
+        assert_eq!(opt.counters().unwrap().applied_steps, 3);
+        assert_eq!(snapshot_gpu(&opt, &[w]), step_by_step(gpu, rule(), options, 3), "on {}", gpu.adapter());
+    });
 }
 
 #[test]
