@@ -47,11 +47,11 @@ struct AdafactorScalars {
 
 @group(0) @binding(0) var<uniform> s: AdafactorScalars;
 
-fn current_terms() -> AdafactorTerms {
-    if (s.terms.step == group_step()) {
+fn terms_at(step: u32) -> AdafactorTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return adafactor_terms(ring_terms());
+    return adafactor_terms(ring_terms(step));
 }
 
 // torch.lerp for one value.
@@ -221,11 +221,15 @@ fn moments(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let t = current_terms();
-    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = tensor_step(site.index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
     let tensor = site.tensor;
     var p_sq = 0.0;
     if (site.first < tensor.len) {
@@ -267,11 +271,16 @@ fn factor(
     @builtin(local_invocation_index) local: u32,
 ) {
     let k = workgroup_index(workgroup, grid);
-    let t = current_terms();
-    if (k >= dispatch.tensor_count || !step_applies(t.step)) {
+    if (k >= dispatch.tensor_count) {
         return;
     }
-    let tensor = tensor_at(dispatch_tensor(k));
+    let index = dispatch_tensor(k);
+    let step = tensor_step(index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
+    let tensor = tensor_at(index);
     let p_norm = sqrt(tensor_sum(local, tensor).x);
     if (local == 0u) {
         aux[tensor.aux] = p_norm;
@@ -308,11 +317,15 @@ fn update_norm(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let t = current_terms();
-    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = tensor_step(site.index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
     let tensor = site.tensor;
     var u_sq = 0.0;
     if (site.first < tensor.len) {
@@ -346,11 +359,16 @@ fn step_size(
     @builtin(local_invocation_index) local: u32,
 ) {
     let k = workgroup_index(workgroup, grid);
-    let t = current_terms();
-    if (k >= dispatch.tensor_count || !step_applies(t.step)) {
+    if (k >= dispatch.tensor_count) {
         return;
     }
-    let tensor = tensor_at(dispatch_tensor(k));
+    let index = dispatch_tensor(k);
+    let step = tensor_step(index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
+    let tensor = tensor_at(index);
     let u_norm = sqrt(tensor_sum(local, tensor).x);
     if (local != 0u) {
         return;
@@ -368,10 +386,14 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid) || !step_applies(current_terms().step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = tensor_step(site.index);
+    if (!step_applies(terms_at(step).step, step)) {
+        return;
+    }
     let tensor = site.tensor;
     let first = site.first;
     if (first >= tensor.len) {

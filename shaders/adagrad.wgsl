@@ -29,13 +29,13 @@ struct AdagradScalars {
 @group(0) @binding(0) var<uniform> s: AdagradScalars;
 @group(0) @binding(6) var<storage, read_write> sum: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> AdagradTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> AdagradTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return adagrad_terms(ring_terms());
+    return adagrad_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -48,8 +48,9 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let t = current_terms();
-    if (!step_applies(t.step)) {
+    let step = element_step(workgroup, grid);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
         return;
     }
     let p = param[i];

@@ -47,13 +47,13 @@ struct AdanScalars {
 @group(0) @binding(8) var<storage, read_write> exp_avg_diff: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> neg_pre_grad: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> AdanTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> AdanTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return adan_terms(ring_terms());
+    return adan_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -66,13 +66,15 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let t = current_terms();
-    if (!step_applies(t.step)) {
+    let step = element_group_step(workgroup, grid);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
         return;
     }
     let g = conditioned_gradient(grad[i]);
     var pre = neg_pre_grad[i];
-    if (t.step == 1u) {
+    // The tensor's first step creates its state (its group's step may be later).
+    if (element_steps_taken(workgroup, grid) == 1u) {
         pre = -g;
     }
     var n = pre + g;

@@ -36,11 +36,11 @@ struct AsgdScalars {
 @group(0) @binding(0) var<uniform> s: AsgdScalars;
 @group(0) @binding(6) var<storage, read_write> ax: array<vec4<f32>>;
 
-fn current_terms() -> AsgdTerms {
-    if (s.terms.step == group_step()) {
+fn terms_at(step: u32) -> AsgdTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return asgd_terms(ring_terms());
+    return asgd_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -49,11 +49,15 @@ fn update(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let t = current_terms();
-    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = tensor_step(site.index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
     if (site.first >= site.tensor.len) {
         return;
     }
@@ -90,11 +94,16 @@ fn schedule(
     @builtin(local_invocation_index) local: u32,
 ) {
     let k = workgroup_index(workgroup, grid);
-    let t = current_terms();
-    if (k >= dispatch.tensor_count || !step_applies(t.step) || local != 0u) {
+    if (k >= dispatch.tensor_count || local != 0u) {
         return;
     }
-    let tensor = tensor_at(dispatch_tensor(k));
+    let index = dispatch_tensor(k);
+    let step = tensor_step(index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
+    let tensor = tensor_at(index);
     var eta_next = t.eta_next;
     if (s.terms.step >= t.step) {
         let lag = s.terms.step - t.step;

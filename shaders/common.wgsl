@@ -21,11 +21,18 @@
 // norm).
 override conditioned: bool = false;
 
+// Set when the optimizer tracks which tensors have a gradient this step
+// (OptimizerOptions::gradient_presence): a tensor without one is skipped as torch skips a
+// parameter whose grad is None, and rules that count steps per tensor (torch's
+// state['step']) count only the steps it took. Every tensor then starts at a chunk.
+override gradient_presence: bool = false;
+
 // The step count lives on the GPU (control.step), advanced when a step executes, so a
 // recorded step that never reaches the GPU shifts nothing. A step's terms (bias corrections,
-// ...) are those recorded in its scalars when they are the group's step's (the common case, a
-// uniform read), else its group's ring's entry for the group's count (group_step), which the
-// CPU fills ahead: after skipped steps, or steps whose encoders were dropped.
+// ...) are those recorded in its scalars when they are the step's (the common case, a uniform
+// read), else its group's ring's entry for that step, which the CPU fills ahead and keeps
+// for the last control.terms_ring steps: after skipped steps, steps whose encoders were
+// dropped, or for a tensor that missed steps.
 
 struct Tables {
     control: Control,
@@ -75,10 +82,79 @@ fn group_step() -> u32 {
     return control.step - dispatch.step_offset;
 }
 
-// The words of this step's terms in the group's ring, by the group's step count.
-fn ring_terms() -> vec4<u32> {
-    let at = dispatch.terms + (group_step() % STEP_TERMS_RING) * 4u;
+// The words of the terms of step `step` in the group's ring (tagged with the step they are
+// for; a tag that differs means the ring no longer holds them).
+fn ring_terms(step: u32) -> vec4<u32> {
+    let at = dispatch.terms + (step % control.terms_ring) * 4u;
     return vec4<u32>(tables.words[at], tables.words[at + 1u], tables.words[at + 2u], tables.words[at + 3u]);
+}
+
+// ---- gradient presence (see `gradient_presence`) ----
+// Per tensor, in the tables from word control.presence: whether it has a gradient this step
+// (written by the user's kernels or the CPU), then the steps it missed since its group began.
+
+fn has_gradient(tensor: u32) -> bool {
+    return tables.words[control.presence + tensor] != 0u;
+}
+
+// The step a tensor takes now for rules that count steps per tensor (torch's
+// state['step'] after this step), or 0 when it has no gradient and is left as it is.
+fn tensor_step(tensor: u32) -> u32 {
+    if (!gradient_presence) {
+        return group_step();
+    }
+    if (!has_gradient(tensor)) {
+        return 0u;
+    }
+    return group_step() - missed_steps(tensor);
+}
+
+// The group's steps a tensor sat out without a gradient (0 when presence is not tracked).
+fn missed_steps(tensor: u32) -> u32 {
+    if (!gradient_presence) {
+        return 0u;
+    }
+    return tables.words[control.presence + control.tensors + tensor];
+}
+
+// The same for rules whose step count belongs to the group (it advances whether or not the
+// tensor has a gradient): the group's step, or 0 when the tensor is left as it is.
+fn group_step_of(tensor: u32) -> u32 {
+    if (gradient_presence && !has_gradient(tensor)) {
+        return 0u;
+    }
+    return group_step();
+}
+
+// The tensor an element pass's workgroup works on, when every tensor starts at a chunk
+// (gradient presence tracked, or a rule that works per tensor). Workgroup-uniform.
+fn workgroup_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    return tables.words[dispatch.chunk_map + dispatch.first_chunk + workgroup_index(workgroup, grid)];
+}
+
+// tensor_step for an element-wise rule's workgroup (its tensor is looked up only when
+// presence is tracked). Call it only for workgroups inside the window.
+fn element_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    if (!gradient_presence) {
+        return group_step();
+    }
+    return tensor_step(workgroup_tensor(workgroup, grid));
+}
+
+// The steps an element pass's workgroup's tensor has taken (its state exists once it is 1).
+fn element_steps_taken(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    if (!gradient_presence) {
+        return group_step();
+    }
+    return group_step() - missed_steps(workgroup_tensor(workgroup, grid));
+}
+
+// group_step_of for an element-wise rule's workgroup.
+fn element_group_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    if (!gradient_presence) {
+        return group_step();
+    }
+    return group_step_of(workgroup_tensor(workgroup, grid));
 }
 
 // The gradient as torch's GradScaler.unscale_, clip_grad_value_ and clip_grad_norm_ leave it.
@@ -97,10 +173,10 @@ fn step_skipped() -> bool {
     return conditioned && control.skip != 0u;
 }
 
-// Whether this step updates anything: it is not skipped, and the terms tagged `step` are the
-// group's step's. Workgroup-uniform.
-fn step_applies(step: u32) -> bool {
-    return !step_skipped() && step == group_step();
+// Whether a tensor is updated at `step` (its step now; 0: it is left as it is) with terms
+// tagged `tag`: the step is not skipped and the terms are that step's. Workgroup-uniform.
+fn step_applies(tag: u32, step: u32) -> bool {
+    return !step_skipped() && step != 0u && tag == step;
 }
 
 // torch.lerp(start, end, weight), computed from the nearer end as ATen does.
@@ -136,16 +212,18 @@ fn dispatch_tensor(k: u32) -> u32 {
 // Where an element pass's invocation works, for rules that work per tensor.
 struct ElementSite {
     chunk: u32,             // the global chunk of its workgroup (its partials' index)
-    tensor: Tensor,         // the tensor the chunk lies in
+    index: u32,             // the index of the tensor the chunk lies in
+    tensor: Tensor,         // that tensor
     first: u32,             // the index in the tensor of its vec4's first element
     i: u32,                 // the index of its vec4 in the window's arrays
 }
 
 fn element_site(workgroup: vec3<u32>, grid: vec3<u32>, local: u32) -> ElementSite {
     let chunk = dispatch.first_chunk + workgroup_index(workgroup, grid);
-    let tensor = tensor_at(tables.words[dispatch.chunk_map + chunk]);
+    let index = tables.words[dispatch.chunk_map + chunk];
+    let tensor = tensor_at(index);
     let first = (chunk - tensor.first_chunk) * CHUNK_ELEMENTS + local * 4u;
-    return ElementSite(chunk, tensor, first, vec4_index(workgroup, grid, local));
+    return ElementSite(chunk, index, tensor, first, vec4_index(workgroup, grid, local));
 }
 
 // Whether a workgroup of an element pass covers a chunk of the window (a 2-D grid may have

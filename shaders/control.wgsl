@@ -3,8 +3,6 @@
 
 const WORKGROUP_SIZE: u32 = 256u;
 const CHUNK_ELEMENTS: u32 = 1024u;
-// Entries of each group's ring of step terms (src/optimizer.rs: STEP_TERMS_RING).
-const STEP_TERMS_RING: u32 = 4096u;
 
 // Mirrors `Control` in src/gradients.rs; written by shaders/gradients.wgsl.
 struct Control {
@@ -15,11 +13,16 @@ struct Control {
     step: u32,              // updates applied, this step's included: the t of the update
     skipped: u32,           // steps skipped because a gradient was not finite
     skip: u32,              // 1 when this step is skipped
-    error: u32,             // bit 0: non-finite norm with error_if_nonfinite
+    error: u32,             // bit 0: non-finite norm with error_if_nonfinite; bit 1: terms lost (a
+                            // tensor missed more steps than its ring holds)
     grad_norm: f32,         // total norm of this step's unscaled, value-clipped gradients
     clip_coefficient: f32,  // min(max_norm / (norm + 1e-6), 1), or 1 without norm clipping
     clip_value: f32,        // |g| is clamped to this (infinity without value clipping)
-    _padding: u32,
+    terms_ring: u32,        // entries of each group's ring of step terms
+    presence: u32,          // gradient presence: word of the flags in the tables (0: not tracked)
+    tensors: u32,           // the tensors of the tensor table
+    _padding0: u32,
+    _padding1: u32,
 }
 
 // Index of this invocation's vec4. Windows needing more than the device's workgroups per

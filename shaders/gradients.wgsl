@@ -4,7 +4,9 @@
 //   finalize:      one workgroup reduces the partials to the total norm, decides whether the
 //                  step is skipped, counts the step, sets the clip coefficient and updates the
 //                  dynamic loss scale (torch's clip_grad_norm_ and GradScaler semantics).
-//   advance:       without conditioning, counts the step (it always applies).
+//   advance:       without conditioning, counts the step (it always applies);
+//   count_missed:  with gradient presence tracked, counts for each tensor without a gradient
+//                  a step it missed (after the step was counted and not skipped).
 // `Control`, `WORKGROUP_SIZE` and `vec4_index` come from control.wgsl.
 
 struct Settings {
@@ -22,11 +24,18 @@ struct Settings {
 
 struct Window {
     first_partial: u32,     // index of this window's first workgroup in `partials`
+    first_chunk: u32,       // with gradient presence: its first chunk's index in the chunk map
+    chunk_map: u32,         // with gradient presence: the tables word of the chunk map
 }
 
 @group(0) @binding(0) var<uniform> settings: Settings;
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;  // (sum or max, not finite)
-@group(0) @binding(2) var<storage, read_write> control_rw: Control;
+// The control block, then the words the rules read (src/optimizer.rs lays them out).
+struct TablesRw {
+    control: Control,
+    words: array<u32>,
+}
+@group(0) @binding(2) var<storage, read_write> tables_rw: TablesRw;
 @group(1) @binding(0) var<uniform> window: Window;
 @group(1) @binding(1) var<storage, read> grad: array<vec4<f32>>;
 
@@ -57,6 +66,18 @@ fn reduce(local: u32) {
     workgroupBarrier();
 }
 
+// Whether a norm workgroup's tensor has a gradient: torch's norm and its non-finite check
+// take only the gradients that are not None. Each tensor starts at a chunk when presence is
+// tracked.
+fn has_gradient(workgroup: vec3<u32>, grid: vec3<u32>) -> bool {
+    let presence = tables_rw.control.presence;
+    if (presence == 0u) {
+        return true;
+    }
+    let tensor = tables_rw.words[window.chunk_map + window.first_chunk + workgroup.y * grid.x + workgroup.x];
+    return tables_rw.words[presence + tensor] != 0u;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn norm_partials(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -66,12 +87,12 @@ fn norm_partials(
     let i = vec4_index(workgroup, grid, local);
     var value = 0.0;
     var flag = 0.0;
-    if (i < arrayLength(&grad)) {
-        let unscaled = grad[i] * control_rw.inv_scale;
+    if (i < arrayLength(&grad) && has_gradient(workgroup, grid)) {
+        let unscaled = grad[i] * tables_rw.control.inv_scale;
         if (not_finite(unscaled)) {
             flag = 1.0;
         }
-        let g = clamp(unscaled, vec4<f32>(-control_rw.clip_value), vec4<f32>(control_rw.clip_value));
+        let g = clamp(unscaled, vec4<f32>(-tables_rw.control.clip_value), vec4<f32>(tables_rw.control.clip_value));
         if (settings.infinity_norm != 0u) {
             let a = abs(g);
             value = max(max(a.x, a.y), max(a.z, a.w));
@@ -98,7 +119,7 @@ fn norm_partials(
 
 @compute @workgroup_size(1)
 fn advance() {
-    control_rw.step = control_rw.step + 1u;
+    tables_rw.control.step = tables_rw.control.step + 1u;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -125,38 +146,72 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
     if (settings.error_if_nonfinite != 0u && norm_not_finite) {
         // torch raises before touching anything: skip, and report on the next read.
         skip = true;
-        control_rw.error = control_rw.error | 1u;
+        tables_rw.control.error = tables_rw.control.error | 1u;
     }
-    control_rw.grad_norm = norm;
-    control_rw.skip = select(0u, 1u, skip);
-    control_rw.step_inv_scale = control_rw.inv_scale;
+    tables_rw.control.grad_norm = norm;
+    tables_rw.control.skip = select(0u, 1u, skip);
+    tables_rw.control.step_inv_scale = tables_rw.control.inv_scale;
     if (skip) {
-        control_rw.skipped = control_rw.skipped + 1u;
+        tables_rw.control.skipped = tables_rw.control.skipped + 1u;
     } else {
-        control_rw.step = control_rw.step + 1u;
+        tables_rw.control.step = tables_rw.control.step + 1u;
     }
     var coefficient = 1.0;
     if (settings.clip_norm != 0u) {
         coefficient = min(settings.max_norm / (norm + 1e-6), 1.0);
     }
-    control_rw.clip_coefficient = coefficient;
+    tables_rw.control.clip_coefficient = coefficient;
     if (settings.dynamic_scale != 0u) {
         // torch._amp_update_scale_
         if (found_inf) {
-            control_rw.loss_scale = control_rw.loss_scale * settings.backoff_factor;
-            control_rw.growth_tracker = 0u;
+            tables_rw.control.loss_scale = tables_rw.control.loss_scale * settings.backoff_factor;
+            tables_rw.control.growth_tracker = 0u;
         } else {
-            let successful = control_rw.growth_tracker + 1u;
+            let successful = tables_rw.control.growth_tracker + 1u;
             if (successful == settings.growth_interval) {
-                let grown = control_rw.loss_scale * settings.growth_factor;
+                let grown = tables_rw.control.loss_scale * settings.growth_factor;
                 if (!not_finite(vec4<f32>(grown))) {
-                    control_rw.loss_scale = grown;
+                    tables_rw.control.loss_scale = grown;
                 }
-                control_rw.growth_tracker = 0u;
+                tables_rw.control.growth_tracker = 0u;
             } else {
-                control_rw.growth_tracker = successful;
+                tables_rw.control.growth_tracker = successful;
             }
         }
-        control_rw.inv_scale = 1.0 / control_rw.loss_scale;
+        tables_rw.control.inv_scale = 1.0 / tables_rw.control.loss_scale;
+    }
+}
+
+// Per tensor, from word control.presence of the tables (4 arrays of control.tensors words):
+// has a gradient this step, steps missed, its group's terms ring (word; NO_RING when its rule
+// counts steps per group) and its group's step offset.
+const NO_RING: u32 = 0xffffffffu;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn count_missed(@builtin(local_invocation_index) local: u32) {
+    let c = tables_rw.control;
+    if (c.skip != 0u) {
+        return;
+    }
+    let n = c.tensors;
+    let base = c.presence;
+    for (var t = local; t < n; t += WORKGROUP_SIZE) {
+        let missed = base + n + t;
+        if (tables_rw.words[base + t] == 0u) {
+            tables_rw.words[missed] = tables_rw.words[missed] + 1u;
+            continue;
+        }
+        let ring = tables_rw.words[base + 2u * n + t];
+        if (ring == NO_RING) {
+            continue;
+        }
+        // The terms of the tensor's step must still be in its group's ring; if a tensor
+        // missed more steps than the ring holds, it is left as it is (it misses this step
+        // too) and the error is reported by the next counters read.
+        let step = c.step - tables_rw.words[base + 3u * n + t] - tables_rw.words[missed];
+        if (tables_rw.words[ring + (step % c.terms_ring) * 4u] != step) {
+            tables_rw.words[missed] = tables_rw.words[missed] + 1u;
+            tables_rw.control.error = tables_rw.control.error | 2u;
+        }
     }
 }

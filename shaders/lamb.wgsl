@@ -47,12 +47,13 @@ struct LambScalars {
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-// This step's terms, from the ring by the GPU's step count.
-fn current_terms() -> LambTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step).
+fn terms_at(step: u32) -> LambTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return lamb_terms(ring_terms());
+    return lamb_terms(ring_terms(step));
 }
 
 // The gradient timm's Lamb sees: conditioned, then divided by its global-norm clip.
@@ -89,11 +90,15 @@ fn moments(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let t = current_terms();
-    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = group_step_of(site.index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
     let i = site.i;
     var sums = vec4<f32>(0.0);
     if (site.first < site.tensor.len) {
@@ -130,10 +135,15 @@ fn trust_ratio(
     @builtin(local_invocation_index) local: u32,
 ) {
     let k = workgroup_index(workgroup, grid);
-    if (k >= dispatch.tensor_count || !step_applies(current_terms().step)) {
+    if (k >= dispatch.tensor_count) {
         return;
     }
-    let tensor = tensor_at(dispatch_tensor(k));
+    let index = dispatch_tensor(k);
+    let step = group_step_of(index);
+    if (!step_applies(terms_at(step).step, step)) {
+        return;
+    }
+    let tensor = tensor_at(index);
     let sums = tensor_sum(local, tensor);
     if (local != 0u) {
         return;
@@ -159,11 +169,15 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let t = current_terms();
-    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = group_step_of(site.index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
     if (site.first >= site.tensor.len) {
         return;
     }

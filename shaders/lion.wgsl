@@ -35,8 +35,9 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let tag = select(ring_terms().x, s.terms.step, s.terms.step == group_step());
-    if (!step_applies(tag)) {
+    let step = element_step(workgroup, grid);
+    let tag = select(ring_terms(step).x, s.terms.step, s.terms.step == step);
+    if (!step_applies(tag, step)) {
         // The step count lives on the GPU: only the step whose terms the ring holds applies.
         return;
     }

@@ -58,11 +58,13 @@ const GRAM: u32 = 0u;       // m x m, inner n, the right factor is the left one 
 const UPDATE: u32 = 1u;     // m x m, inner m
 const COMBINE: u32 = 2u;    // m x n, inner m
 
-fn step_applies_now() -> bool {
-    if (s.terms.step == group_step()) {
-        return step_applies(s.terms.step);
+// Whether the matrix of grid layer z is updated this step.
+fn applies_to(z: u32) -> bool {
+    let step = tensor_step(dispatch_tensor(z));
+    if (s.terms.step == step) {
+        return step_applies(s.terms.step, step);
     }
-    return step_applies(muon_terms(ring_terms()).step);
+    return step_applies(muon_terms(ring_terms(step)).step, step);
 }
 
 // bfloat16 rounding (to nearest, ties to even), as torch converts float to bfloat16.
@@ -124,7 +126,7 @@ fn momentum(
 ) {
     let mat = matrix_at(workgroup.z);
     let q = workgroup_index(workgroup, grid) * WORKGROUP_SIZE + local;
-    if (q * 4u >= mat.tensor.len || !step_applies_now()) {
+    if (q * 4u >= mat.tensor.len || !applies_to(workgroup.z)) {
         return;
     }
     let i = mat.tensor.offset / 4u + q;
@@ -149,7 +151,7 @@ fn normalize(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!step_applies_now()) {
+    if (!applies_to(workgroup.z)) {
         return;
     }
     let mat = matrix_at(workgroup.z);
@@ -179,7 +181,7 @@ fn matmul(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!step_applies_now()) {
+    if (!applies_to(workgroup.z)) {
         return;
     }
     let mat = matrix_at(workgroup.z);
@@ -276,7 +278,7 @@ fn apply(
 ) {
     let mat = matrix_at(workgroup.z);
     let q = workgroup_index(workgroup, grid) * WORKGROUP_SIZE + local;
-    if (q * 4u >= mat.tensor.len || !step_applies_now()) {
+    if (q * 4u >= mat.tensor.len || !applies_to(workgroup.z)) {
         return;
     }
     let i = mat.tensor.offset / 4u + q;

@@ -41,13 +41,13 @@ struct RadamScalars {
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> RadamTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> RadamTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return radam_terms(ring_terms());
+    return radam_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -60,8 +60,9 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let t = current_terms();
-    if (!step_applies(t.step)) {
+    let step = element_step(workgroup, grid);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
         return;
     }
     var p = param[i];

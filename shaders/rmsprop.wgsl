@@ -40,13 +40,13 @@ struct RmspropScalars {
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> grad_avg: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> RmspropTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> RmspropTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return rmsprop_terms(ring_terms());
+    return rmsprop_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -59,8 +59,9 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let t = current_terms();
-    if (!step_applies(t.step)) {
+    let step = element_step(workgroup, grid);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
         return;
     }
     let p = param[i];

@@ -42,8 +42,9 @@ fn main(
         return;
     }
     // The step count lives on the GPU: the step's tag comes from the ring.
-    let tag = select(ring_terms().x, s.terms.step, s.terms.step == group_step());
-    if (!step_applies(tag)) {
+    let step = element_step(workgroup, grid);
+    let tag = select(ring_terms(step).x, s.terms.step, s.terms.step == step);
+    if (!step_applies(tag, step)) {
         return;
     }
     let p = param[i];

@@ -40,13 +40,13 @@ struct ScheduleFreeScalars {
 @group(0) @binding(6) var<storage, read_write> z: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> ScheduleFreeTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> ScheduleFreeTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return schedulefree_terms(ring_terms());
+    return schedulefree_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -59,14 +59,16 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let t = current_terms();
-    if (!step_applies(t.step)) {
+    let step = element_group_step(workgroup, grid);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
         return;
     }
     let y = param[i];
     let g = conditioned_gradient(grad[i]);
     var base = z[i];
-    if (t.step == 1u) {
+    // The tensor's first step creates its state (its group's step may be later).
+    if (element_steps_taken(workgroup, grid) == 1u) {
         base = y;
     }
     let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
@@ -89,7 +91,7 @@ fn switch_mode(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || group_step() == 0u) {
+    if (i >= arrayLength(&param) || element_steps_taken(workgroup, grid) == 0u) {
         return;
     }
     param[i] = torch_lerp(param[i], z[i], bitcast<f32>(dispatch.args[0].x));

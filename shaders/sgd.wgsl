@@ -35,13 +35,13 @@ struct SgdScalars {
 @group(0) @binding(0) var<uniform> s: SgdScalars;
 @group(0) @binding(6) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> SgdTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> SgdTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return sgd_terms(ring_terms());
+    return sgd_terms(ring_terms(step));
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -54,8 +54,9 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let t = current_terms();
-    if (!step_applies(t.step)) {
+    let step = element_step(workgroup, grid);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
         return;
     }
     let p = param[i];

@@ -38,13 +38,13 @@ struct SparseAdamScalars {
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-// The terms of the GPU's step: those recorded with it (uniform, cheap to read), or, when a
-// skipped or dropped step made the counts differ, the ring's.
-fn current_terms() -> SparseAdamTerms {
-    if (s.terms.step == group_step()) {
+// The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
+// ring's (after a skipped or dropped step, or for a tensor that missed steps).
+fn terms_at(step: u32) -> SparseAdamTerms {
+    if (s.terms.step == step) {
         return s.terms;
     }
-    return sparse_adam_terms(ring_terms());
+    return sparse_adam_terms(ring_terms(step));
 }
 
 // The elements of a row: the last dimension's length, or 1 for a vector.
@@ -88,11 +88,15 @@ fn update(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let t = current_terms();
-    if (!in_window(workgroup, grid) || !step_applies(t.step)) {
+    if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
+    let step = tensor_step(site.index);
+    let t = terms_at(step);
+    if (!step_applies(t.step, step)) {
+        return;
+    }
     let tensor = site.tensor;
     if (site.first >= tensor.len) {
         return;

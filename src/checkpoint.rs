@@ -51,6 +51,10 @@ pub struct GroupRecord {
     /// step count is the applied steps less this. Absent for groups built with the optimizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_offset: Option<u64>,
+    /// Gradient presence: per tensor of the group that sat out steps without a gradient, how
+    /// many (its `step` is the group's less these). Absent when none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl GroupRecord {
@@ -66,6 +70,7 @@ impl GroupRecord {
             hyperparameters: rule.hyperparameters(),
             running: (!keys.is_empty()).then(|| keys.iter().zip(running).map(|(k, v)| (k.to_string(), v)).collect()),
             train_mode: rule.kernel().mode_switch.is_some().then_some(train_mode),
+            missed: None,
         }
     }
 }
@@ -198,6 +203,8 @@ pub(crate) struct Target<'a> {
     /// Per group: (tensor name, shape) in group order, and the group's rule.
     pub groups: Vec<(Vec<(&'a str, &'a [usize])>, &'a dyn UpdateRule)>,
     pub gradients: &'a GradientOptions,
+    /// Whether the optimizer tracks gradient presence (tensors may have missed steps).
+    pub presence: bool,
 }
 
 impl<'a> Target<'a> {
@@ -206,9 +213,11 @@ impl<'a> Target<'a> {
         groups: impl Iterator<Item = (&'a [crate::params::TensorId], &'a dyn UpdateRule)>,
         tensor: impl Fn(crate::params::TensorId) -> (&'a str, &'a [usize]),
         gradients: &'a GradientOptions,
+        presence: bool,
     ) -> Self {
         let groups: Vec<_> = groups.map(|(ids, rule)| (ids.iter().map(|&id| tensor(id)).collect(), rule)).collect();
-        Target { optimizer: groups.first().map_or("", |(_, rule): &(Vec<_>, &dyn UpdateRule)| rule.name()), groups, gradients }
+        let optimizer = groups.first().map_or("", |(_, rule): &(Vec<_>, &dyn UpdateRule)| rule.name());
+        Target { optimizer, groups, gradients, presence }
     }
 }
 
@@ -221,6 +230,8 @@ pub(crate) struct Restore {
     pub train_modes: Vec<bool>,
     /// Per group: the applied steps when it was added.
     pub step_offsets: Vec<u64>,
+    /// Per tensor name: the steps it missed without a gradient (gradient presence), if any.
+    pub missed: HashMap<String, u64>,
     pub values: HashMap<String, Vec<Vec<f32>>>,
 }
 
@@ -244,6 +255,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
     let mut running = Vec::new();
     let mut train_modes = Vec::new();
     let mut step_offsets = Vec::new();
+    let mut missed = HashMap::new();
     let mut values = HashMap::new();
     let mut expected = std::collections::HashSet::new();
     for (g, (saved, (tensors, rule))) in checkpoint.groups.iter().zip(&target.groups).enumerate() {
@@ -312,6 +324,21 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             ));
         }
         step_offsets.push(step_offset);
+        for (name, count) in saved.missed.iter().flatten() {
+            if !names.contains(&name.as_str()) {
+                return mismatch(format!("group {g} records missed steps of {name:?}, which it does not hold"));
+            }
+            if *count > checkpoint.counters.applied_steps - step_offset {
+                return mismatch(format!("{name:?} missed {count} steps, more than its group applied"));
+            }
+            if *count > 0 && !target.presence {
+                return mismatch(format!(
+                    "{name:?} missed {count} steps without a gradient; restore it into an optimizer that tracks gradient \
+                     presence (OptimizerOptions::gradient_presence)"
+                ));
+            }
+            missed.insert(name.clone(), *count);
+        }
         for (name, shape) in tensors {
             let mut tensor_values = Vec::new();
             let element = restored.state_slots().into_iter().map(|s| (format!(".{}", s.key), shape.to_vec()));
@@ -348,7 +375,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             c.applied_steps, c.skipped_steps, c.steps_recorded
         )));
     }
-    Ok(Restore { rules, running, train_modes, step_offsets, values })
+    Ok(Restore { rules, running, train_modes, step_offsets, missed, values })
 }
 
 impl CounterRecord {

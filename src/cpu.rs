@@ -24,6 +24,10 @@ struct Tensor {
     tensor_state: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
     /// The mask of the rows its sparse gradient touches (rules with sparse gradients; else empty).
     grad_rows: Vec<u32>,
+    /// Whether it has a gradient this step (torch: `grad` is not None).
+    present: bool,
+    /// The steps of its group it sat out without a gradient.
+    missed: u64,
 }
 
 struct CpuGroup {
@@ -69,6 +73,8 @@ impl Tensor {
                 .map(|slot| (slot.key, slot.shape.clone(), vec![slot.init; slot.len()]))
                 .collect(),
             grad_rows: if group.sparse { vec![0; rules::sparse_rows(&spec.shape).0] } else { Vec::new() },
+            present: true,
+            missed: 0,
             name: spec.name,
             shape: spec.shape,
             group: g,
@@ -136,7 +142,10 @@ impl CpuOptimizer {
         let mut conditioned: Vec<Vec<f32>> = Vec::new();
         if self.conditioned {
             conditioned = self.tensors.iter().map(|t| t.grad.clone()).collect();
-            let mut views: Vec<&mut [f32]> = conditioned.iter_mut().map(Vec::as_mut_slice).collect();
+            // torch's norm and non-finite check take only the gradients that are not None.
+            let present = self.tensors.iter().map(|t| t.present);
+            let mut views: Vec<&mut [f32]> =
+                conditioned.iter_mut().zip(present).filter(|(_, present)| *present).map(|(g, _)| g.as_mut_slice()).collect();
             if self.control.condition(&self.gradients, &mut views) {
                 return;
             }
@@ -149,6 +158,18 @@ impl CpuOptimizer {
             let scalars = group.rule.step_scalars(group.rule.step_terms(step, &mut group.memo));
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
+                // torch skips a tensor whose grad is None: nothing of it changes.
+                if !tensor.present {
+                    tensor.missed += 1;
+                    continue;
+                }
+                let taken = step - tensor.missed;
+                // A rule counting steps per tensor uses the tensor's own step's terms (the
+                // group's memo is not advanced by them).
+                let own_scalars = (group.rule.counts_steps_per_tensor() && taken != step).then(|| {
+                    let mut memo = group.memo;
+                    group.rule.step_scalars(group.rule.step_terms(taken, &mut memo))
+                });
                 let grad = if conditioned.is_empty() { &tensor.grad } else { &conditioned[id.0] };
                 let cpu_tensor = CpuTensor {
                     shape: &tensor.shape,
@@ -158,8 +179,9 @@ impl CpuOptimizer {
                     tensor_state: tensor.tensor_state.iter_mut().map(|(_, _, values)| values.as_mut_slice()).collect(),
                     grad_norm: self.control.grad_norm * self.control.clip_coefficient,
                     grad_rows: &tensor.grad_rows,
+                    first_step: taken == 1,
                 };
-                group.rule.cpu_update(&scalars, cpu_tensor);
+                group.rule.cpu_update(own_scalars.as_ref().unwrap_or(&scalars), cpu_tensor);
                 tensor.grad_rows.fill(0);
             }
         }
@@ -193,6 +215,10 @@ impl CpuOptimizer {
             }
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
+                let taken = u64::from(self.control.step) - group.step_offset - tensor.missed;
+                if taken == 0 {
+                    continue; // its state does not exist yet
+                }
                 let cpu_tensor = CpuTensor {
                     shape: &tensor.shape,
                     param: &mut tensor.param,
@@ -201,6 +227,7 @@ impl CpuOptimizer {
                     tensor_state: Vec::new(),
                     grad_norm: 0.0,
                     grad_rows: &[],
+                    first_step: false,
                 };
                 group.rule.cpu_switch_mode(to_train, cpu_tensor);
             }
@@ -340,14 +367,22 @@ impl CpuOptimizer {
         for group in &self.groups {
             let applied = u64::from(self.control.step) - group.step_offset;
             let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
+            let mut missed = std::collections::BTreeMap::new();
             for id in &group.tensors {
                 let t = &self.tensors[id.0];
                 let element = group.slots.iter().zip(&t.state).map(|(slot, values)| (slot.key, t.shape.clone(), values.clone()));
                 let state = element.chain(t.tensor_state.iter().cloned()).collect();
-                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, group.rule.as_ref(), applied, running, t.param.clone(), state));
+                let taken = applied - t.missed;
+                let tensor_running = if taken == applied { running } else { rules::running_after(group.rule.as_ref(), taken, &group.memo) };
+                let rule = group.rule.as_ref();
+                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, rule, taken, tensor_running, t.param.clone(), state));
+                if t.missed > 0 {
+                    missed.insert(t.name.clone(), t.missed);
+                }
             }
             let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
-            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset));
+            let record = GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset);
+            groups.push(GroupRecord { missed: (!missed.is_empty()).then_some(missed), ..record });
         }
         Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -366,6 +401,7 @@ impl CpuOptimizer {
             self.groups.iter().map(|g| (g.tensors.as_slice(), g.rule.as_ref())),
             |id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice()),
             &self.gradients,
+            true,
         );
         let mut restore = checkpoint::check(checkpoint, &target)?;
         self.control = checkpoint.counters.control(&self.gradients)?;
@@ -385,6 +421,7 @@ impl CpuOptimizer {
             for (_, _, state) in &mut tensor.tensor_state {
                 *state = values.next().expect("checked: one value per per-tensor state slot");
             }
+            tensor.missed = restore.missed.get(&tensor.name).copied().unwrap_or(0);
         }
         Ok(checkpoint.schedule.clone())
     }
@@ -404,7 +441,33 @@ impl CpuOptimizer {
             });
         }
         tensor.grad.copy_from_slice(data);
+        tensor.present = true;
         Ok(())
+    }
+
+    /// torch's `zero_grad()` (`set_to_none=True`): every gradient zeroed and marked absent, so
+    /// a tensor given none before the next step is skipped as torch skips a `grad` of None
+    /// (the twin of [`Optimizer::zero_grad_set_to_none`](crate::Optimizer::zero_grad_set_to_none)).
+    pub fn zero_grad_set_to_none(&mut self) {
+        for tensor in &mut self.tensors {
+            tensor.grad.fill(0.0);
+            tensor.grad_rows.fill(0);
+            tensor.present = false;
+        }
+    }
+
+    /// Marks whether a tensor has a gradient for the next step; [`CpuOptimizer::write_grad`]
+    /// marks it present itself.
+    pub fn set_gradient_present(&mut self, id: TensorId, present: bool) -> Result<()> {
+        self.tensor(id)?;
+        self.tensors[id.0].present = present;
+        Ok(())
+    }
+
+    /// Per tensor (by [`TensorId::index`]): the steps it has taken, torch's `state['step']`.
+    pub fn tensor_steps(&self) -> Vec<u64> {
+        let applied = u64::from(self.control.step);
+        self.tensors.iter().map(|t| applied - self.groups[t.group].step_offset - t.missed).collect()
     }
 
     /// Writes a row-sparse gradient (rules with sparse gradients, SparseAdam): the touched
@@ -420,6 +483,7 @@ impl CpuOptimizer {
             tensor.grad[at..at + row_length].copy_from_slice(&dense[at..at + row_length]);
             tensor.grad_rows[row] = *touched;
         }
+        tensor.present = true;
         Ok(())
     }
 }

@@ -71,7 +71,8 @@ pub enum Error {
     #[error("the total norm of the gradients is non-finite, so it cannot be clipped (error_if_nonfinite); the step was skipped")]
     NonFiniteGradNorm,
     /// More steps were skipped on the GPU between two reads of the counters than the ring of
-    /// step terms covers.
+    /// step terms covers, or (gradient presence) a tensor got a gradient again after missing
+    /// more steps than the ring holds.
     #[error("{0}")]
     StepTermsLost(String),
     /// A step was recorded while every slot of the scalar ring still belonged to a step that

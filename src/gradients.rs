@@ -183,7 +183,13 @@ pub(crate) struct Control {
     pub grad_norm: f32,
     pub clip_coefficient: f32,
     pub clip_value: f32,
-    pub _padding: u32,
+    /// Entries of each group's ring of step terms.
+    pub terms_ring: u32,
+    /// Gradient presence: the tables word of the per-tensor flags (0: not tracked).
+    pub presence: u32,
+    /// Tensors in the tensor table.
+    pub tensors: u32,
+    pub _padding: [u32; 2],
 }
 
 /// Byte offset of `Control.error`, cleared after it is reported.
@@ -192,6 +198,8 @@ pub(crate) const CONTROL_SIZE: u64 = std::mem::size_of::<Control>() as u64;
 
 /// `Control.error` bits.
 pub(crate) const ERROR_NONFINITE_NORM: u32 = 1;
+/// A tensor missed more steps than its group's ring of step terms holds (gradient presence).
+pub(crate) const ERROR_TERMS_LOST: u32 = 2;
 
 impl Control {
     pub fn new(options: &GradientOptions) -> Self {
@@ -210,7 +218,10 @@ impl Control {
             grad_norm: 0.0,
             clip_coefficient: 1.0,
             clip_value: options.clip_grad_value.map_or(f32::INFINITY, |v| v as f32),
-            _padding: 0,
+            terms_ring: 0,
+            presence: 0,
+            tensors: 0,
+            _padding: [0; 2],
         }
     }
 
@@ -292,6 +303,14 @@ impl Control {
         if error & ERROR_NONFINITE_NORM != 0 {
             return Err(Error::NonFiniteGradNorm);
         }
+        if error & ERROR_TERMS_LOST != 0 {
+            return Err(Error::StepTermsLost(
+                "a tensor without a gradient for more steps than its group's ring of step terms holds \
+                 (OptimizerOptions::step_terms_history) got one again; it is left as it is. Choose a longer \
+                 history, or keep it out of the optimizer and add it with add_param_group when it trains"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -341,12 +360,17 @@ pub(crate) fn gradients_wgsl() -> String {
 /// The built-in passes that run before every rule's (`shaders/gradients.wgsl`). With
 /// conditioning: the norm pass over every gradient window, then the finalize pass that
 /// decides the step and counts it. Without: one pass that counts the step.
-pub(crate) fn conditioning_passes(conditioned: bool) -> Vec<Pass> {
-    if conditioned {
+/// With gradient presence tracked, a last pass counts each tensor's missed step.
+pub(crate) fn conditioning_passes(conditioned: bool, presence: bool) -> Vec<Pass> {
+    let mut passes = if conditioned {
         vec![Pass::new("norm_partials", Scope::Elements), Pass::new("finalize", Scope::Once)]
     } else {
         vec![Pass::new("advance", Scope::Once)]
+    };
+    if presence {
+        passes.push(Pass::new("count_missed", Scope::Once));
     }
+    passes
 }
 
 /// The GPU side of [`conditioning_passes`]: its pipelines and bind groups. It has bindings of
@@ -359,14 +383,17 @@ pub(crate) struct GradientPass {
 }
 
 impl GradientPass {
-    /// `windows`: each gradient window's buffer range and grid, in dispatch order (read only
-    /// when `conditioned`).
+    /// `windows`: each gradient window's buffer range, grid and first chunk, in dispatch order
+    /// (read only when `conditioned`); `chunk_map`: the tables word of the chunk map (read
+    /// only with gradient presence, when every tensor starts at a chunk).
     pub async fn new(
         gpu: &crate::GpuContext,
         options: &GradientOptions,
         conditioned: bool,
+        presence: bool,
         control: &wgpu::Buffer,
-        windows: &[(wgpu::Buffer, u64, u64, (u32, u32))],
+        windows: &[(wgpu::Buffer, u64, u64, (u32, u32), u32)],
+        chunk_map: u32,
     ) -> Result<Self> {
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
@@ -386,7 +413,7 @@ impl GradientPass {
         gpu.checked("building the gradient-conditioning passes", || {
             let shared_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-optim gradients"),
-                entries: &[uniform(0, std::mem::size_of::<Settings>() as u64), storage(1, false, 8), storage(2, false, CONTROL_SIZE)],
+                entries: &[uniform(0, std::mem::size_of::<Settings>() as u64), storage(1, false, 8), storage(2, false, CONTROL_SIZE + 4)],
             });
             let window_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-optim gradient window"),
@@ -436,10 +463,10 @@ impl GradientPass {
             let mut first_partial = 0u32;
             let windows = windows
                 .iter()
-                .map(|(grad, offset, size, grid)| {
+                .map(|(grad, offset, size, grid, first_chunk)| {
                     let window = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some("wgpu-optim gradient window"),
-                        contents: bytemuck::bytes_of(&[first_partial, 0, 0, 0]),
+                        contents: bytemuck::bytes_of(&[first_partial, *first_chunk, chunk_map, 0]),
                         usage: wgpu::BufferUsages::UNIFORM,
                     });
                     first_partial += grid.0 * grid.1;
@@ -461,7 +488,7 @@ impl GradientPass {
                     (bind_group, *grid)
                 })
                 .collect();
-            let passes = conditioning_passes(conditioned).into_iter().map(|pass| (pipeline(pass.entry), pass.scope)).collect();
+            let passes = conditioning_passes(conditioned, presence).into_iter().map(|pass| (pipeline(pass.entry), pass.scope)).collect();
             GradientPass { passes, shared, windows }
         })
         .await
@@ -487,8 +514,8 @@ impl GradientPass {
     }
 
     /// Dispatches [`record`](Self::record) records: one per gradient window when
-    /// conditioning, then one.
+    /// conditioning, then one, then one counting missed steps when presence is tracked.
     pub fn dispatches(&self) -> usize {
-        self.windows.len() + 1
+        self.passes.iter().map(|(_, scope)| if matches!(scope, Scope::Elements) { self.windows.len() } else { 1 }).sum()
     }
 }

@@ -52,9 +52,10 @@ pub const SCALAR_RING_STEPS: u64 = 64;
 
 const TERMS_SIZE: u64 = std::mem::size_of::<StepTerms>() as u64;
 
-/// Entries of each group's ring of step terms (used when the step count lives on the GPU):
-/// at most this many steps may be skipped between two reads of [`Optimizer::counters`].
-/// Must equal `STEP_TERMS_RING` in `shaders/common.wgsl`.
+/// Default entries of each group's ring of step terms ([`OptimizerOptions::step_terms_history`]):
+/// at most this many steps may be skipped between two reads of [`Optimizer::counters`], and
+/// with gradient presence tracked a tensor may miss at most this many steps less
+/// [`OptimizerOptions::steps_in_flight`].
 pub const STEP_TERMS_RING: u64 = 4096;
 
 /// The binding of the control block as a uniform (`control` in `shaders/common.wgsl`), after
@@ -64,6 +65,25 @@ const CONTROL_BINDING: u32 = 15;
 /// Storage bindings every rule's passes use besides their per-element state: tables, param,
 /// grad, aux.
 const FIXED_STORAGE_BINDINGS: u32 = 4;
+
+/// The gradient presence flags start at a multiple of this many bytes of the tables buffer
+/// (WebGPU's storage offset alignment), so a user's kernel can bind them.
+const PRESENCE_ALIGN_BYTES: u64 = 256;
+
+/// The terms ring word of a tensor whose rule counts steps per group (`NO_RING` in
+/// `shaders/gradients.wgsl`).
+const NO_RING: u32 = u32::MAX;
+
+/// Entries of each group's ring of step terms: the option, checked.
+fn terms_ring_entries(options: &OptimizerOptions, steps_in_flight: u64) -> Result<u64> {
+    let entries = options.step_terms_history.unwrap_or(STEP_TERMS_RING);
+    if entries <= steps_in_flight || entries > 1 << 24 {
+        return Err(Error::Config(format!(
+            "step_terms_history = {entries}: it must exceed steps_in_flight ({steps_in_flight}) and be at most 2^24"
+        )));
+    }
+    Ok(entries)
+}
 
 /// Tuning knobs; the defaults follow the device's limits.
 #[derive(Clone, Debug, Default)]
@@ -80,6 +100,20 @@ pub struct OptimizerOptions {
     /// Loss-scale unscaling, value and norm clipping, skipping non-finite steps: done on the
     /// GPU before each step (see [`crate::gradients`]).
     pub gradients: GradientOptions,
+    /// Tracks, per tensor, whether it has a gradient this step, as torch tells a `grad` of
+    /// None from a tensor: a tensor without one is skipped (parameter and state untouched) and,
+    /// for rules that count steps per tensor as torch's `state['step']`, its step count does
+    /// not advance. Set by [`Optimizer::write_grad`], [`Optimizer::set_gradient_present`], the
+    /// user's kernels through [`Optimizer::gradient_presence_view`], and cleared by
+    /// [`Optimizer::zero_grad_set_to_none`]. Every tensor then starts at a 1,024-element
+    /// chunk, and each step has one more dispatch. Default: off (every tensor always steps).
+    pub gradient_presence: bool,
+    /// Entries of each group's ring of step terms. Default: [`STEP_TERMS_RING`]. With
+    /// gradient presence tracked, a tensor whose gradient is absent for longer than this
+    /// (less [`OptimizerOptions::steps_in_flight`]) cannot resume from the terms of its own
+    /// step: it is left as it is and [`Optimizer::counters`] reports
+    /// [`Error::StepTermsLost`]. Each entry is 16 bytes per group.
+    pub step_terms_history: Option<u64>,
 }
 
 /// Where a tensor lives on the GPU: a range of a storage buffer.
@@ -209,9 +243,10 @@ struct Command {
 }
 
 /// The pipelines of a rule's passes ([`Kernel::passes_and_switches`]), from the context's cache.
-async fn kernel_pipelines(gpu: &GpuContext, kernel: &Kernel, conditioned: bool) -> Result<Vec<wgpu::ComputePipeline>> {
+async fn kernel_pipelines(gpu: &GpuContext, kernel: &Kernel, conditioned: bool, presence: bool) -> Result<Vec<wgpu::ComputePipeline>> {
     let mut flags = kernel.flags.clone();
     flags.push(("conditioned", conditioned));
+    flags.push(("gradient_presence", presence));
     let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len());
     let source = kernel.wgsl();
     let mut pipelines = Vec::new();
@@ -317,6 +352,11 @@ pub struct Optimizer {
     options: OptimizerOptions,
     /// The GPU's counters as last read (the step count, when it lives on the GPU).
     known: Control,
+    /// Entries of each group's ring of step terms.
+    terms_ring: u64,
+    /// Gradient presence: the byte offset in the tables of the per-tensor flags (then the
+    /// missed steps, terms rings and step offsets), when tracked.
+    presence: Option<u64>,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -362,10 +402,15 @@ impl Optimizer {
         crate::params::check_sparse_conditioning(&groups, conditioned)?;
         let device = gpu.device();
         let limits = device.limits();
-        let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
-        for (group, kernel) in groups.iter().zip(&kernels) {
+        let presence = options.gradient_presence;
+        let mut kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
+        for (group, kernel) in groups.iter().zip(&mut kernels) {
             check_kernel(group.rule.as_ref(), kernel, &limits)?;
+            // With presence tracked, every workgroup finds its tensor in the chunk map.
+            kernel.per_tensor |= presence;
         }
+        let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
+        let terms_ring = terms_ring_entries(&options, steps_in_flight)?;
         let tag = params.tag();
         let specs = params.into_specs();
         let plan = crate::layout::plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements)?;
@@ -395,7 +440,7 @@ impl Optimizer {
         let mut terms_rings = Vec::new();
         for _ in &groups {
             let at = words.len();
-            words.resize(at + (STEP_TERMS_RING * TERMS_SIZE / 4) as usize, 0);
+            words.resize(at + (terms_ring * TERMS_SIZE / 4) as usize, 0);
             terms_rings.push(CONTROL_SIZE + at as u64 * 4);
         }
         // Each tensor's first chunk (global index); meaningful for per-tensor rules' arenas.
@@ -433,6 +478,22 @@ impl Optimizer {
         let group_lists: Vec<usize> = groups.iter().map(|g| list(&g.tensors)).collect();
         let batch_lists: Vec<Vec<usize>> =
             plan.batches.iter().map(|batches| batches.iter().map(|(_, ids)| list(ids)).collect()).collect();
+        // Gradient presence: per tensor, has a gradient (1 until told otherwise), steps
+        // missed, its group's terms ring (NO_RING when its rule counts steps per group) and
+        // its group's step offset; the flags 256-byte aligned, so a user's kernel can bind them.
+        let presence_word = presence.then(|| {
+            let flags_byte = (CONTROL_SIZE + words.len() as u64 * 4).next_multiple_of(PRESENCE_ALIGN_BYTES);
+            let at = ((flags_byte - CONTROL_SIZE) / 4) as usize;
+            words.resize(at, 0);
+            words.extend(std::iter::repeat_n(1, tensors.len()));
+            words.extend(std::iter::repeat_n(0, tensors.len()));
+            words.extend(tensors.iter().map(|t| {
+                let counts_per_tensor = groups[t.group].rule.counts_steps_per_tensor();
+                if counts_per_tensor { ((terms_rings[t.group] - CONTROL_SIZE) / 4) as u32 } else { NO_RING }
+            }));
+            words.extend(std::iter::repeat_n(0, tensors.len()));
+            at
+        });
         words.push(0); // never an empty array
 
         // The dispatch plan: one record per dispatch.
@@ -520,15 +581,17 @@ impl Optimizer {
             }
         }
 
-        let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let scalar_stride = (SCALARS_BYTES as u64).next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
-        let control_values = Control::new(&options.gradients);
+        let mut control_values = Control::new(&options.gradients);
+        control_values.terms_ring = terms_ring as u32;
+        control_values.presence = presence_word.map_or(0, |at| at as u32);
+        control_values.tensors = tensors.len() as u32;
 
         // Pipelines: one per (group, pass); the cache shares them between groups and optimizers.
         let mut pipelines = Vec::new();
         let mut pipeline_of: HashMap<(usize, usize), usize> = HashMap::new();
         for (g, kernel) in kernels.iter().enumerate() {
-            for (p, pipeline) in kernel_pipelines(gpu, kernel, conditioned).await?.into_iter().enumerate() {
+            for (p, pipeline) in kernel_pipelines(gpu, kernel, conditioned, presence).await?.into_iter().enumerate() {
                 pipeline_of.insert((g, p), pipelines.len());
                 pipelines.push(pipeline);
             }
@@ -676,11 +739,18 @@ impl Optimizer {
             }
         }
 
-        let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32))> = arenas
+        let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32), u32)> = arenas
             .iter()
-            .flat_map(|arena: &Arena| arena.windows.iter().map(move |w| (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid)))
+            .zip(&plan.arenas)
+            .flat_map(|(arena, (_, _, _, first_chunk))| {
+                arena.windows.iter().map(move |w| {
+                    let window_chunk = (first_chunk + w.start / CHUNK_ELEMENTS as usize) as u32;
+                    (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid, window_chunk)
+                })
+            })
             .collect();
-        let before_step = GradientPass::new(gpu, &options.gradients, conditioned, &tables, &windows).await?;
+        let before_step =
+            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &windows, chunk_map as u32).await?;
 
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i, tag))).collect();
         let groups: Vec<Group> = groups
@@ -728,6 +798,8 @@ impl Optimizer {
             dropped_steps: Arc::new(AtomicU64::new(0)),
             options: options.clone(),
             known: control_values,
+            terms_ring,
+            presence: presence_word.map(|at| CONTROL_SIZE + at as u64 * 4),
         };
         optimizer.fill_terms_rings();
         Ok(optimizer)
@@ -766,7 +838,7 @@ impl Optimizer {
         for (g, group) in self.groups.iter_mut().enumerate() {
             let step = newest - group.step_offset;
             let terms = group.rule.step_terms(step, &mut group.memo);
-            let entry = group.terms_ring + (step % STEP_TERMS_RING) * TERMS_SIZE;
+            let entry = group.terms_ring + (step % self.terms_ring) * TERMS_SIZE;
             self.gpu.queue().write_buffer(&self.tables, entry, bytemuck::bytes_of(&terms));
             let scalars = group.rule.step_scalars(terms);
             let at = g * self.scalar_stride as usize;
@@ -836,6 +908,83 @@ impl Optimizer {
         }
     }
 
+    /// Records torch's `zero_grad()` (its default `set_to_none=True`) into `encoder`: every
+    /// gradient is zeroed as by [`Optimizer::zero_grad`] and marked absent, so a tensor that no
+    /// kernel gives a gradient before the next step is skipped as torch skips a `grad` of None.
+    /// Needs [`OptimizerOptions::gradient_presence`].
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::{rules::Adam, BackendChoice, GpuContext, Optimizer, OptimizerOptions, ParamGroup, Parameters};
+    /// # let gpu = GpuContext::new(BackendChoice::Auto)?;
+    /// let mut params = Parameters::new();
+    /// let encoder_w = params.add("encoder.w", &[4], vec![0.5; 4])?;
+    /// let head_w = params.add("head.w", &[4], vec![0.5; 4])?;
+    /// let options = OptimizerOptions { gradient_presence: true, ..Default::default() };
+    /// let mut opt = Optimizer::with_options(&gpu, params, vec![ParamGroup::new(Adam::default(), [encoder_w, head_w])], options)?;
+    /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    /// opt.zero_grad_set_to_none(&mut encoder)?;
+    /// gpu.queue().submit([encoder.finish()]);
+    /// opt.write_grad(head_w, &[0.1; 4])?; // only the head has a gradient this step
+    /// opt.step_and_submit()?;
+    /// assert_eq!(opt.read_tensor_steps()?, vec![0, 1]); // torch's state['step'] of each tensor
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn zero_grad_set_to_none(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let flags = self.presence_flags()?;
+        self.zero_grad(encoder);
+        encoder.clear_buffer(&flags.buffer, flags.offset, Some(flags.byte_size()));
+        Ok(())
+    }
+
+    /// Marks whether a tensor has a gradient for the next step (uploaded with the next
+    /// submission). [`Optimizer::write_grad`] marks it present itself. Needs
+    /// [`OptimizerOptions::gradient_presence`].
+    pub fn set_gradient_present(&self, id: TensorId, present: bool) -> Result<()> {
+        let flags = self.presence_flags()?;
+        self.entry(id)?;
+        self.gpu.queue().write_buffer(&flags.buffer, flags.offset + id.index() as u64 * 4, &u32::from(present).to_le_bytes());
+        Ok(())
+    }
+
+    /// The gradient presence flags on the GPU, for the user's kernels: one `u32` per tensor,
+    /// indexed by [`TensorId::index`], nonzero when the tensor has a gradient this step (a
+    /// backward kernel sets its tensors' flags to 1 after [`Optimizer::zero_grad_set_to_none`]
+    /// cleared them). `len` counts words; the offset is 256-byte aligned. Needs
+    /// [`OptimizerOptions::gradient_presence`].
+    pub fn gradient_presence_view(&self) -> Result<TensorView> {
+        self.presence_flags()
+    }
+
+    fn presence_flags(&self) -> Result<TensorView> {
+        let offset = self.presence.ok_or_else(|| {
+            Error::Config("gradient presence is not tracked: build the optimizer with OptimizerOptions::gradient_presence".into())
+        })?;
+        Ok(TensorView { buffer: self.tables.clone(), offset, len: self.tensors.len() })
+    }
+
+    /// Per tensor (by [`TensorId::index`]): the steps it has taken, torch's `state['step']`
+    /// (its group's applied steps less those it missed without a gradient). Blocking read;
+    /// native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_tensor_steps(&mut self) -> Result<Vec<u64>> {
+        pollster::block_on(self.read_tensor_steps_async())
+    }
+
+    /// [`Optimizer::read_tensor_steps`], async.
+    pub async fn read_tensor_steps_async(&mut self) -> Result<Vec<u64>> {
+        let applied = self.counters_async().await?.applied_steps;
+        let missed = self.missed_steps_async().await?;
+        Ok(self.tensors.iter().zip(missed).map(|(t, m)| applied - self.groups[t.group].step_offset - m).collect())
+    }
+
+    /// Per tensor: the steps it missed without a gradient (all 0 without presence tracking).
+    async fn missed_steps_async(&self) -> Result<Vec<u64>> {
+        let Some(flags) = self.presence else { return Ok(vec![0; self.tensors.len()]) };
+        let view = TensorView { buffer: self.tables.clone(), offset: flags + self.tensors.len() as u64 * 4, len: self.tensors.len() };
+        let words = read_views(&self.gpu, std::slice::from_ref(&view)).await?.remove(0);
+        Ok(words.into_iter().map(|w| u64::from(w.to_bits())).collect())
+    }
+
     /// Switches every group whose rule has training and evaluation points (Schedule-Free's y
     /// and x) to the training point, as the reference's `optimizer.train()`, recording its
     /// passes into `encoder`; returns the dispatches recorded. Other groups are untouched, and
@@ -901,21 +1050,63 @@ impl Optimizer {
     }
 
     /// Writes every group's ring of step terms for the steps the GPU may reach next, given
-    /// the skips known so far.
+    /// the skips known so far; with gradient presence tracked, also for the earlier steps the
+    /// ring holds, where a tensor that missed steps finds its own step's terms (computed
+    /// with the current hyper-parameters, as torch computes them from `state['step']`).
     fn fill_terms_rings(&mut self) {
         // The GPU's next step lies between the step after the last one read and `newest`.
         let newest = self.newest_step() + 1;
-        let oldest = newest.saturating_sub(STEP_TERMS_RING - 1).max(u64::from(self.known.step) + 1);
+        let ring_len = self.terms_ring;
+        let next = newest.saturating_sub(ring_len - 1).max(u64::from(self.known.step) + 1);
+        let tracked = self.presence.is_some();
         for group in &mut self.groups {
             let ring = group.terms_ring;
-            let mut entries = vec![StepTerms::default(); STEP_TERMS_RING as usize];
+            let mut entries = vec![StepTerms::default(); ring_len as usize];
             // By the group's own step count (see `group_step` in shaders/common.wgsl).
             let own = |step: u64| step.saturating_sub(group.step_offset).max(1);
-            for step in own(oldest)..=own(newest) {
-                entries[(step % STEP_TERMS_RING) as usize] = group.rule.step_terms(step, &mut group.memo);
+            // The earlier steps, for tensors that missed some: computed on a copy of the memo,
+            // which keeps the group's own history (NAdam's product over its steps).
+            if tracked && group.rule.counts_steps_per_tensor() {
+                let mut probe = group.memo;
+                for step in own(newest.saturating_sub(ring_len - 1))..own(next) {
+                    entries[(step % ring_len) as usize] = group.rule.step_terms(step, &mut probe);
+                }
+            }
+            for step in own(next)..=own(newest) {
+                entries[(step % ring_len) as usize] = group.rule.step_terms(step, &mut group.memo);
             }
             self.gpu.queue().write_buffer(&self.tables, ring, bytemuck::cast_slice(&entries));
         }
+    }
+
+    /// The terms of the next step of group `g` under its current rule (the memo untouched).
+    fn next_terms(&self, g: usize) -> StepTerms {
+        let group = &self.groups[g];
+        let mut memo = group.memo;
+        group.rule.step_terms((self.newest_step() + 1).saturating_sub(group.step_offset).max(1), &mut memo)
+    }
+
+    /// After a group's hyper-parameters changed: with gradient presence tracked, the ring's
+    /// earlier steps are written again when the change alters the terms (ASGD's `lr`, a
+    /// cycled `betas[0]`), so a tensor that missed steps sees torch's values.
+    ///
+    /// The whole ring is computed on a copy of the memo: the group's own history (NAdam's
+    /// product over the `betas[0]` of its steps) stays in the memo and the scalars of the
+    /// steps recorded, which tensors without missed steps read.
+    fn refresh_terms_history(&mut self, g: usize, before: StepTerms) {
+        let group = &self.groups[g];
+        let changed = bytemuck::bytes_of(&self.next_terms(g)) != bytemuck::bytes_of(&before);
+        if self.presence.is_none() || !changed || !group.rule.counts_steps_per_tensor() {
+            return;
+        }
+        let newest = self.newest_step() + 1;
+        let own = |step: u64| step.saturating_sub(group.step_offset).max(1);
+        let mut probe = group.memo;
+        let mut entries = vec![StepTerms::default(); self.terms_ring as usize];
+        for step in own(newest.saturating_sub(self.terms_ring - 1))..=own(newest) {
+            entries[(step % self.terms_ring) as usize] = group.rule.step_terms(step, &mut probe);
+        }
+        self.gpu.queue().write_buffer(&self.tables, group.terms_ring, bytemuck::cast_slice(&entries));
     }
 
     /// What the GPU counted: applied and skipped steps, loss scale, last gradient norm
@@ -943,10 +1134,11 @@ impl Optimizer {
             self.fill_terms_rings();
         }
         error?;
-        if newly_skipped >= STEP_TERMS_RING {
+        if newly_skipped >= self.terms_ring {
             return Err(Error::StepTermsLost(format!(
                 "{newly_skipped} steps were skipped since the counters were last read; the GPU keeps the terms of \
-                 {STEP_TERMS_RING} steps, so some updates may have been dropped. Read counters() more often."
+                 {} steps, so some updates may have been dropped. Read counters() more often.",
+                self.terms_ring
             )));
         }
         Ok(control.counters())
@@ -971,12 +1163,14 @@ impl Optimizer {
                 views.extend(self.state_entries(id)?.into_iter().map(|(_, _, view)| view));
             }
         }
+        let missed = self.missed_steps_async().await?;
         let mut values = read_views(&self.gpu, &views).await?.into_iter();
         let mut tensors = Vec::new();
         let mut groups = Vec::new();
         for group in &self.groups {
             let applied = counters.applied_steps - group.step_offset;
             let running = rules::running_after(group.rule.as_ref(), applied, &group.memo);
+            let mut group_missed = std::collections::BTreeMap::new();
             for &id in &group.tensors {
                 let entry = &self.tensors[id.0];
                 let param = values.next().expect("one read per view");
@@ -986,10 +1180,17 @@ impl Optimizer {
                     .map(|(key, shape, _)| (key, shape, values.next().expect("one read per view")))
                     .collect();
                 let rule = group.rule.as_ref();
-                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, rule, applied, running, param, state));
+                // A tensor that missed steps has taken fewer (torch's state['step'] is its own).
+                let taken = applied - missed[id.0];
+                let tensor_running = if taken == applied { running } else { rules::running_after(rule, taken, &group.memo) };
+                tensors.extend(checkpoint::tensors_of(&entry.name, &entry.shape, rule, taken, tensor_running, param, state));
+                if missed[id.0] > 0 {
+                    group_missed.insert(entry.name.clone(), missed[id.0]);
+                }
             }
             let names = group.tensors.iter().map(|id| self.tensors[id.0].name.clone()).collect();
-            groups.push(GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset));
+            let record = GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset);
+            groups.push(GroupRecord { missed: (!group_missed.is_empty()).then_some(group_missed), ..record });
         }
         Ok(Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
@@ -1015,9 +1216,10 @@ impl Optimizer {
             self.groups.iter().map(|g| (g.tensors.as_slice(), g.rule.as_ref())),
             |id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice()),
             &self.gradients,
+            self.presence.is_some(),
         );
         let restore = checkpoint::check(checkpoint, &target)?;
-        let control = checkpoint.counters.control(&self.gradients)?;
+        let control = self.with_layout(checkpoint.counters.control(&self.gradients)?);
         for (g, (group, rule)) in self.groups.iter_mut().zip(restore.rules).enumerate() {
             group.step_offset = restore.step_offsets[g];
             group.memo = rules::resumed_memo(rule.as_ref(), u64::from(control.step) - group.step_offset, restore.running[g]);
@@ -1037,6 +1239,12 @@ impl Optimizer {
             }
         }
         self.gpu.queue().write_buffer(&self.tables, 0, bytemuck::bytes_of(&control));
+        if let Some(flags) = self.presence {
+            let missed: Vec<u32> =
+                self.tensors.iter().map(|t| restore.missed.get(&t.name).map_or(0, |&m| m as u32)).collect();
+            let at = flags + self.tensors.len() as u64 * 4;
+            self.gpu.queue().write_buffer(&self.tables, at, bytemuck::cast_slice(&missed));
+        }
         self.known = control;
         self.steps_recorded = checkpoint.counters.steps_recorded;
         let unapplied = self.steps_recorded.saturating_sub(u64::from(control.step) + u64::from(control.skipped));
@@ -1228,11 +1436,6 @@ impl Optimizer {
 
     // ---- groups ----
 
-    fn group_mut(&mut self, group: usize) -> Result<&mut Group> {
-        let count = self.groups.len();
-        self.groups.get_mut(group).ok_or_else(|| crate::params::no_such_group(group, count))
-    }
-
     /// The number of parameter groups.
     pub fn group_count(&self) -> usize {
         self.groups.len()
@@ -1246,11 +1449,15 @@ impl Optimizer {
 
     /// Sets a group's learning rate (what a schedule does); takes effect at the next step.
     pub fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        let group = self.group_mut(group)?;
-        group.rule = rules::changed(group.rule.as_ref(), |rule| {
+        let g = group;
+        let group = self.group(g)?;
+        let changed = rules::changed(group.rule.as_ref(), |rule| {
             rule.set_lr(lr);
             Ok(())
         })?;
+        let before = self.next_terms(g);
+        self.groups[g].rule = changed;
+        self.refresh_terms_history(g, before);
         Ok(())
     }
 
@@ -1288,7 +1495,7 @@ impl Optimizer {
             group.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
         rules::check_rule_change(group.rule.as_ref(), rule.as_ref(), &tensors)?;
         let (old, new) = (group.rule.kernel(), rule.kernel());
-        let pipelines = if old.flags == new.flags { Vec::new() } else { kernel_pipelines(&self.gpu, &new, self.conditioned).await? };
+        let pipelines = if old.flags == new.flags { Vec::new() } else { kernel_pipelines(&self.gpu, &new, self.conditioned, self.options.gradient_presence).await? };
         // The pass words of every dispatch record of the group, rewritten from the new rule.
         let args: Vec<[u32; 8]> = new.passes_and_switches().map(|pass| pass.args).collect();
         let switches = group.switch.iter().flatten().flatten();
@@ -1380,8 +1587,18 @@ impl Optimizer {
                 copy(&from, &to);
             }
         }
-        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
+        // The counters, not the layout words (the new layout has its own).
+        let counters_len = std::mem::offset_of!(Control, terms_ring) / 4;
+        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: counters_len };
         copy(&control, &TensorView { buffer: rebuilt.tables.clone(), ..control.clone() });
+        // Gradient presence: the flags and missed steps of the tensors there were.
+        if let (Some(from), Some(to)) = (self.presence, rebuilt.presence) {
+            let (old_count, new_count) = (self.tensors.len() as u64, rebuilt.tensors.len() as u64);
+            for array in 0..2 {
+                let from = TensorView { buffer: self.tables.clone(), offset: from + array * old_count * 4, len: old_count as usize };
+                copy(&from, &TensorView { buffer: rebuilt.tables.clone(), offset: to + array * new_count * 4, len: old_count as usize });
+            }
+        }
         self.gpu.queue().submit([encoder.finish()]);
 
         for (old, new) in self.groups.iter().zip(&mut rebuilt.groups) {
@@ -1393,7 +1610,7 @@ impl Optimizer {
         for g in 0..rebuilt.groups.len() {
             rebuilt.write_step_offset(g);
         }
-        rebuilt.known = self.known;
+        rebuilt.known = rebuilt.with_layout(self.known);
         rebuilt.steps_recorded = self.steps_recorded;
         rebuilt.dropped_steps.store(self.dropped_steps.load(Ordering::Acquire), Ordering::Release);
         rebuilt.fill_terms_rings();
@@ -1401,7 +1618,8 @@ impl Optimizer {
         Ok(added)
     }
 
-    /// Writes a group's step offset into its dispatch records.
+    /// Writes a group's step offset into its dispatch records (and, with gradient presence,
+    /// beside each of its tensors, for the pass that counts missed steps).
     fn write_step_offset(&self, g: usize) {
         let group = &self.groups[g];
         let offset = u32::try_from(group.step_offset).expect("fewer than 2^32 steps");
@@ -1409,6 +1627,21 @@ impl Optimizer {
             let at = u64::from(command.record_offset) + std::mem::offset_of!(DispatchRecord, step_offset) as u64;
             self.gpu.queue().write_buffer(&self.records, at, &offset.to_le_bytes());
         }
+        if let Some(flags) = self.presence {
+            for id in &group.tensors {
+                let at = flags + (3 * self.tensors.len() + id.0) as u64 * 4;
+                self.gpu.queue().write_buffer(&self.tables, at, &offset.to_le_bytes());
+            }
+        }
+    }
+
+    /// `control` with this optimizer's layout words (ring entries, presence flags, tensor
+    /// count), not those of a checkpoint's or another layout's.
+    fn with_layout(&self, mut control: Control) -> Control {
+        control.terms_ring = self.terms_ring as u32;
+        control.presence = self.presence.map_or(0, |bytes| ((bytes - CONTROL_SIZE) / 4) as u32);
+        control.tensors = self.tensors.len() as u32;
+        control
     }
 
     fn group(&self, group: usize) -> Result<&Group> {
@@ -1420,8 +1653,12 @@ impl Optimizer {
     /// `OneCycleLR` cycle (see [`UpdateRule::cycled_momentum`]); like lr, it travels in each
     /// step's scalars, so it takes effect at the next step recorded.
     pub fn set_cycled_momentum(&mut self, group: usize, value: f64) -> Result<()> {
-        let group = self.group_mut(group)?;
-        group.rule = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
+        let g = group;
+        let group = self.group(g)?;
+        let changed = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
+        let before = self.next_terms(g);
+        self.groups[g].rule = changed;
+        self.refresh_terms_history(g, before);
         Ok(())
     }
     // ---- CPU access ----
@@ -1439,7 +1676,16 @@ impl Optimizer {
         if group.sparse {
             return Err(crate::params::dense_refused(group.rule.name(), &entry.name));
         }
-        self.write(&self.grad(id)?, data, || format!("gradient of {:?}", entry.name))
+        self.write(&self.grad(id)?, data, || format!("gradient of {:?}", entry.name))?;
+        self.mark_present(id);
+        Ok(())
+    }
+
+    /// With gradient presence tracked, marks a tensor whose gradient the CPU wrote as present.
+    fn mark_present(&self, id: TensorId) {
+        if self.presence.is_some() {
+            self.set_gradient_present(id, true).expect("a checked id, with presence tracked");
+        }
     }
 
     /// The mask of the rows a sparse gradient touches this step (rules with sparse gradients,
@@ -1473,6 +1719,7 @@ impl Optimizer {
         }
         let rows_view = self.grad_rows(id)?;
         self.gpu.queue().write_buffer(&rows_view.buffer, rows_view.offset, bytemuck::cast_slice(&mask));
+        self.mark_present(id);
         Ok(())
     }
 

@@ -33,7 +33,7 @@ pub fn translate_all(kernel: &Kernel) -> Result<Vec<Translation>> {
 
 /// Translates the gradient-conditioning kernels (norm pass and finalize).
 pub fn translate_gradients() -> Result<Vec<Translation>> {
-    translate("gradients", &crate::gradients::gradients_wgsl(), &["norm_partials", "finalize"])
+    translate("gradients", &crate::gradients::gradients_wgsl(), &["norm_partials", "finalize", "advance", "count_missed"])
 }
 
 /// Translates every flag combination of `source`, for each entry point.

@@ -12,7 +12,9 @@
 //!   outside the touched rows, plus `w.rows`, float32 `[steps, rows]`: 1 where the step's
 //!   sparse gradient touches the row, 0 elsewhere. A row is a row of the last dimension (torch's
 //!   `sparse_dim = ndim - 1`, an embedding's rows), or one element of a vector
-//!   ([`crate::rules::sparse_rows`]).
+//!   ([`crate::rules::sparse_rows`]). A parameter may also have `w.present`, float32
+//!   `[steps]`: 0 on the steps where torch's `grad` is None (the tensor is skipped; the
+//!   replay then tracks gradient presence), 1 elsewhere.
 //!
 //! Rules with training and evaluation points (Schedule-Free) start in train mode; run.json's
 //! `"eval_every": K` calls `eval()` then `train()` after every K-th step, as a training loop
@@ -20,7 +22,8 @@
 //! output's parameters are then the evaluation point).
 //!
 //! Output: the final parameters under their names and the optimizer state as
-//! `<name>.<key>` with torch's state keys (`exp_avg`, `mu_product`, ...), all float32.
+//! `<name>.<key>` with torch's state keys (`exp_avg`, `mu_product`, ...), all float32; as in
+//! torch, no state for a tensor that never had a gradient.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -173,6 +176,8 @@ pub struct ReplayCase {
     pub grads: Vec<Vec<f32>>,
     /// `grad_rows[k]`: for a sparse gradient, the mask of its touched rows, step-major.
     pub grad_rows: Vec<Option<Vec<f32>>>,
+    /// `present[k]`: per step, 0 where `params[k]` has no gradient (torch's None).
+    pub present: Vec<Option<Vec<f32>>>,
     /// Steps recorded: the first dimension of every gradient.
     pub steps: usize,
 }
@@ -196,6 +201,7 @@ impl ReplayCase {
         let mut steps = None;
         let mut per_param = Vec::with_capacity(params.len());
         let mut grad_rows = Vec::with_capacity(params.len());
+        let mut present = Vec::with_capacity(params.len());
         for p in &params {
             let g = by_name
                 .remove(&p.name)
@@ -234,11 +240,22 @@ impl ReplayCase {
                 None => None,
             };
             grad_rows.push(rows);
+            let present_name = format!("{}.present", p.name);
+            present.push(match by_name.remove(&present_name) {
+                Some(flags) if flags.shape != [g.shape[0]] => {
+                    return Err(Error::Tensor(format!(
+                        "gradient presence {present_name:?} has shape {:?}; expected [steps] = [{}]",
+                        flags.shape, g.shape[0]
+                    )))
+                }
+                Some(flags) => Some(flags.data),
+                None => None,
+            });
         }
         if let Some(extra) = by_name.keys().next() {
             return Err(Error::Tensor(format!("the grads file has tensor {extra:?}, which is not a parameter")));
         }
-        let case = ReplayCase { config, params, grads: per_param, grad_rows, steps: steps.unwrap_or(0) };
+        let case = ReplayCase { config, params, grads: per_param, grad_rows, present, steps: steps.unwrap_or(0) };
         case.config.groups(&case.parameters()?)?;
         Ok(case)
     }
@@ -275,7 +292,11 @@ impl ReplayCase {
     pub fn run_gpu_with(&self, gpu: &GpuContext, options: &ReplayOptions) -> Result<Vec<NamedTensor>> {
         let params = self.parameters()?;
         let groups = self.config.groups(&params)?;
-        let optimizer_options = OptimizerOptions { gradients: self.config.gradient_options(), ..Default::default() };
+        let optimizer_options = OptimizerOptions {
+            gradients: self.config.gradient_options(),
+            gradient_presence: self.present.iter().any(Option::is_some),
+            ..Default::default()
+        };
         let mut opt = Optimizer::with_options(gpu, params, groups, optimizer_options)?;
         self.run(&mut opt, options)
     }
@@ -312,6 +333,10 @@ impl ReplayCase {
             for (k, p) in self.params.iter().enumerate() {
                 let len = p.data.len();
                 let grad = &self.grads[k][step * len..(step + 1) * len];
+                if self.present[k].as_ref().is_some_and(|flags| flags[step] == 0.0) {
+                    opt.set_gradient_present(ids[k], false)?;
+                    continue;
+                }
                 match &self.grad_rows[k] {
                     None => opt.write_grad(ids[k], grad)?,
                     Some(mask) => {
@@ -342,9 +367,17 @@ impl ReplayCase {
         if self.config.eval_at_end {
             opt.switch_mode(false)?;
         }
-        // The output holds torch's state keys without `step`.
-        let steps: std::collections::HashSet<String> = self.params.iter().map(|p| format!("{}.step", p.name)).collect();
-        Ok(opt.checkpoint(None)?.tensors.into_iter().filter(|t| !steps.contains(&t.name)).collect())
+        // The output holds torch's state keys without `step`, and no state for a tensor that
+        // never stepped (torch creates it at the first gradient).
+        let tensors = opt.checkpoint(None)?.tensors;
+        let never_stepped: std::collections::HashSet<&str> =
+            tensors.iter().filter(|t| t.data == [0.0]).filter_map(|t| t.name.strip_suffix(".step")).collect();
+        let never_stepped: std::collections::HashSet<String> = never_stepped.into_iter().map(str::to_string).collect();
+        let is_param = |name: &str| self.params.iter().any(|p| p.name == name);
+        let kept = |name: &str| {
+            is_param(name) || name.rsplit_once('.').is_some_and(|(base, key)| key != "step" && !never_stepped.contains(base))
+        };
+        Ok(tensors.into_iter().filter(|t| kept(&t.name)).collect())
     }
 }
 
@@ -365,6 +398,7 @@ trait ReplayTarget {
     fn id(&self, name: &str) -> TensorId;
     fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()>;
     fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()>;
+    fn set_gradient_present(&mut self, id: TensorId, present: bool) -> Result<()>;
     fn step(&mut self) -> Result<()>;
     /// `train()` (true) or `eval()` (false).
     fn switch_mode(&mut self, to_train: bool) -> Result<()>;
@@ -381,6 +415,9 @@ impl ReplayTarget for CpuOptimizer {
     }
     fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
         CpuOptimizer::write_grad(self, id, data)
+    }
+    fn set_gradient_present(&mut self, id: TensorId, present: bool) -> Result<()> {
+        CpuOptimizer::set_gradient_present(self, id, present)
     }
     fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
         CpuOptimizer::write_sparse_grad(self, id, rows, values)
@@ -416,6 +453,9 @@ impl ReplayTarget for Optimizer {
     }
     fn write_grad(&mut self, id: TensorId, data: &[f32]) -> Result<()> {
         Optimizer::write_grad(self, id, data)
+    }
+    fn set_gradient_present(&mut self, id: TensorId, present: bool) -> Result<()> {
+        Optimizer::set_gradient_present(self, id, present)
     }
     fn write_sparse_grad(&mut self, id: TensorId, rows: &[u32], values: &[f32]) -> Result<()> {
         Optimizer::write_sparse_grad(self, id, rows, values)

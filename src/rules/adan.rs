@@ -130,6 +130,11 @@ impl UpdateRule for Adan {
         ["exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"].into_iter().map(|key| StateSlot { key, init: 0.0 }).collect()
     }
 
+    /// Per group: the Adan reference keeps `step` in the param group, and it advances on every step.
+    fn counts_steps_per_tensor(&self) -> bool {
+        false
+    }
+
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
         let t = step as f64;
         let (beta1, beta2, beta3) = self.betas;
@@ -161,7 +166,7 @@ impl UpdateRule for Adan {
     }
 
     fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
-        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let CpuTensor { param, grad, mut state, first_step, .. } = tensor;
         let s: AdanScalars = scalars.get();
         let [exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad] = state.as_mut_slice() else {
             panic!("Adan keeps exp_avg, exp_avg_sq, exp_avg_diff and neg_pre_grad")
@@ -170,7 +175,7 @@ impl UpdateRule for Adan {
         let step_size_diff = s.lr_beta2 / s.terms.bias_correction2;
         for i in 0..param.len() {
             let g = grad[i];
-            let pre = if s.terms.step == 1 { -g } else { neg_pre_grad[i] };
+            let pre = if first_step { -g } else { neg_pre_grad[i] };
             let n = pre + g;
             let m = exp_avg[i] * s.beta1 + s.one_minus_beta1 * g;
             let d = exp_avg_diff[i] * s.beta2 + s.one_minus_beta2 * n;

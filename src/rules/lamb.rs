@@ -201,6 +201,11 @@ impl UpdateRule for Lamb {
         self.max_grad_norm.is_some()
     }
 
+    /// Per group: timm's Lamb keeps `step` in the param group, and it advances on every step.
+    fn counts_steps_per_tensor(&self) -> bool {
+        false
+    }
+
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {
         let t = step as f64;
         let (bias_correction1, bias_correction2) =

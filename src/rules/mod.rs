@@ -381,6 +381,9 @@ pub struct CpuTensor<'a> {
     /// With [`Kernel::sparse_rows`]: the mask of the rows the gradient touches (non-zero:
     /// touched), one per row of [`sparse_rows`]; empty otherwise.
     pub grad_rows: &'a [u32],
+    /// Whether this is the tensor's first step, which creates its state (with gradient
+    /// presence tracked, a tensor may first get a gradient after its group's first step).
+    pub first_step: bool,
 }
 
 /// A per-element state tensor a rule configuration keeps (torch's state key).
@@ -442,6 +445,14 @@ pub trait UpdateRule: fmt::Debug + Send + Sync {
     /// checkpoints save them, so a resume continues the same history. Empty for most rules.
     fn running_keys(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// Whether the step a tensor's update uses is its own (torch.optim's per-parameter
+    /// `state['step']`, which does not advance on a step where its `grad` is None) rather
+    /// than its group's (timm's Lamb, Adan and Schedule-Free keep the step in the group). It
+    /// matters only with gradient presence tracked; the kernel uses `tensor_step` or
+    /// `group_step_of` to match.
+    fn counts_steps_per_tensor(&self) -> bool {
+        true
     }
     /// The terms of step `step` (1-based).
     fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms;

@@ -165,6 +165,11 @@ impl UpdateRule for AdamWScheduleFree {
         &["weight_sum", "lr_max"]
     }
 
+    /// Per group: the reference keeps `k` in the param group, and it advances on every step.
+    fn counts_steps_per_tensor(&self) -> bool {
+        false
+    }
+
     fn step_terms(&self, step: u64, memo: &mut TermsMemo) -> StepTerms {
         let base = if step == 1 {
             INITIAL_RUNNING
@@ -190,14 +195,14 @@ impl UpdateRule for AdamWScheduleFree {
     }
 
     fn cpu_update(&self, scalars: &StepScalars, tensor: CpuTensor<'_>) {
-        let CpuTensor { param, grad, mut state, .. } = tensor;
+        let CpuTensor { param, grad, mut state, first_step, .. } = tensor;
         let s: ScheduleFreeScalars = scalars.get();
         let t = s.terms;
         let [z, exp_avg_sq] = state.as_mut_slice() else { panic!("AdamWScheduleFree keeps z and exp_avg_sq") };
         for i in 0..param.len() {
             let y = param[i];
             let g = grad[i];
-            let base = if t.step == 1 { y } else { z[i] };
+            let base = if first_step { y } else { z[i] };
             let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
             exp_avg_sq[i] = v;
             let mut u = g / ((v / t.bias_correction2).sqrt() + s.eps);

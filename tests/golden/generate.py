@@ -24,7 +24,13 @@ needs to replay it:
                                            [steps, *shape(w)], the gradient of
                                            every step; SparseAdam cases add
                                            ``w.rows`` [steps, rows], 1.0 where a
-                                           row is in the step's sparse gradient
+                                           row is in the step's sparse gradient;
+                                           cases with absent gradients (problem
+                                           "absent") add, for every parameter,
+                                           ``w.present`` [steps] float32: 1.0
+                                           where the step has a gradient, 0.0
+                                           where torch got ``p.grad = None``
+                                           (``w``'s row of that step is all 0)
     cases/<case_name>/expected.safetensors final parameters (by name) and final
                                            optimizer state as ``<name>.<key>``
                                            (torch's state keys, ``step`` omitted,
@@ -34,6 +40,10 @@ needs to replay it:
                                            keepdim shapes; AdamWScheduleFree's
                                            ``z`` beside ``exp_avg_sq``)
     cases/manifest.json                    index of all cases + the references' versions
+
+Torch is driven as: build the optimizer (foreach=False where it has the argument), then per
+step ``p.grad = grads[step].clone()`` for every parameter (``p.grad = None`` for a parameter
+whose ``w.present`` is 0 at that step) and ``opt.step()``, under ``torch.no_grad()``.
 
 Requirements (only to regenerate): ``pip install torch safetensors numpy timm lion-pytorch
 schedulefree==1.4.1`` (timm provides the Lamb reference, lion-pytorch the Lion one,
@@ -520,10 +530,12 @@ class Problem:
     scales_loss, callable(step, params, loss_scale) -> the gradients of the loss
     multiplied by loss_scale (otherwise loss-scaled cases multiply the gradients);
     rows: None, or (sparse-gradient problems, SparseAdam) {name: bool [steps, R]}, the rows
-    (see sparse_rows_of) in each step's sparse gradient; the gradients are 0 elsewhere."""
+    (see sparse_rows_of) in each step's sparse gradient; the gradients are 0 elsewhere;
+    present: None, or (absent gradients) {name: bool [steps]}, False where torch gets
+    p.grad = None at that step (the recorded gradient of that step is all 0)."""
 
     def __init__(self, kind, shapes, init, groups, steps, grads=None, grad_fn=None,
-                 scales_loss=False, rows=None):
+                 scales_loss=False, rows=None, present=None):
         self.kind = kind
         self.shapes = shapes
         self.init = init
@@ -533,6 +545,7 @@ class Problem:
         self.grad_fn = grad_fn
         self.scales_loss = scales_loss
         self.rows = rows
+        self.present = present
 
     @property
     def names(self):
@@ -896,6 +909,30 @@ def problem_sparse_long(rng):
     return Problem("sparse_long", shapes, init, [list(shapes)], steps, grad_fn=grad_fn, rows=rows)
 
 
+# Absent gradients: torch's p.grad = None on some steps (the optimizers skip the tensor: no
+# state change, no move, and torch's per-tensor step count does not advance).
+
+
+def problem_absent(rng):
+    # Four small tensors, 14 steps, N(0,1) init and gradients, each with its own presence
+    # pattern: w1 always present; b1 absent at steps 2, 5, 6 and 11; w2 absent at steps 0-4
+    # (frozen at first: its state is created at step 5, its per-tensor step count starts
+    # there); w3 absent at every odd step, the last step (13) included. The gradient rows
+    # of absent steps are 0 (what grads.safetensors records there).
+    shapes = {"w1": (5, 7), "b1": (7,), "w2": (6, 4), "w3": (3, 5)}
+    steps = 14
+    init = {n: f32(rng.normal(0.0, 1.0, size=s)) for n, s in shapes.items()}
+    grads = normal_grads(rng, shapes, steps)
+    present = {n: np.ones(steps, dtype=bool) for n in shapes}
+    present["b1"][[2, 5, 6, 11]] = False
+    present["w2"][:5] = False
+    present["w3"][1::2] = False
+    assert not present["w3"][steps - 1]
+    for n in shapes:
+        grads[n][~present[n]] = 0.0
+    return Problem("absent", shapes, init, [list(shapes)], steps, grads=grads, present=present)
+
+
 PROBLEM_FNS = {
     "awkward": problem_awkward,
     "groups": problem_groups,
@@ -914,12 +951,24 @@ PROBLEM_FNS = {
     "mlp_inf": lambda rng: problem_mlp(rng, overflow=True),
     "embedding": problem_embedding,
     "sparse_long": problem_sparse_long,
+    "absent": problem_absent,
 }
 
 
 def build_problem(spec, rng):
-    """The spec's problem, cut to the spec's "steps" when it sets fewer."""
+    """The spec's problem, cut to the spec's "steps" when it sets fewer, and to its 2-D tensors
+    when the spec has "matrices_only" (Muon)."""
     prob = PROBLEM_FNS[spec["problem"]](rng)
+    if spec.get("matrices_only"):
+        keep = [n for n, s in prob.shapes.items() if len(s) == 2]
+        prob.shapes = {n: prob.shapes[n] for n in keep}
+        prob.init = {n: prob.init[n] for n in keep}
+        prob.groups = [[n for n in g if n in keep] for g in prob.groups]
+        prob.groups = [g for g in prob.groups if g]
+        assert prob.grad_fn is None and prob.rows is None
+        prob.grads = {n: prob.grads[n] for n in keep}
+        if prob.present is not None:
+            prob.present = {n: prob.present[n] for n in keep}
     steps = spec.get("steps", prob.steps)
     assert steps <= prob.steps, (spec["name"], steps, prob.steps)
     if steps < prob.steps:
@@ -928,6 +977,8 @@ def build_problem(spec, rng):
             prob.grads = {n: g[:steps] for n, g in prob.grads.items()}
         if prob.rows is not None:
             prob.rows = {n: r[:steps] for n, r in prob.rows.items()}
+        if prob.present is not None:
+            prob.present = {n: r[:steps] for n, r in prob.present.items()}
     return prob
 
 
@@ -1044,6 +1095,7 @@ def build_specs():
         })
     specs.extend(rule_specs())
     specs.extend(sparse_schedulefree_specs())
+    specs.extend(absent_specs())
     specs.extend(training_specs())
     specs.extend(mixed_specs())
     names = [s["name"] for s in specs]
@@ -1150,6 +1202,42 @@ def sparse_schedulefree_specs():
     ]
     return [table_spec(i, opt, variant, problem, steps, overrides, modes, token)
             for i, (opt, variant, problem, steps, overrides, modes, token) in enumerate(table)]
+
+
+def absent_specs():
+    """One case per rule (SparseAdam aside) on the "absent" problem (some tensors get
+    p.grad = None on some steps), with flags under which the step count matters where the rule
+    has one. Muon's case has only the problem's matrices (w1, w2, w3). Entries: (optimizer,
+    varied flags)."""
+    table = [
+        ("Adam", {"amsgrad": True, "weight_decay": 1e-2}),
+        ("AdamW", {}),
+        ("NAdam", {"weight_decay": 1e-2, "decoupled_weight_decay": False}),
+        ("SGD", {"momentum": 0.9, "dampening": 0.1, "nesterov": False}),
+        ("Adagrad", {"lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+        ("RMSprop", {"centered": True, "momentum": 0.5}),
+        ("Adadelta", {}),
+        ("Adamax", {}),
+        # Rectified from (per-tensor) step 6 on.
+        ("RAdam", {}),
+        ("Rprop", {}),
+        # eta decays visibly with the per-tensor step; the averaging (mu != 1) starts at step 5.
+        ("ASGD", {"lambd": 0.5, "t0": 3.0}),
+        ("Adafactor", {}),
+        ("Lamb", {}),
+        ("Adan", {}),
+        ("Lion", {}),
+        ("Muon", {"ns_precision": "float32"}),
+        # The warmup follows the group's k (lr_max rises over the first 5 steps).
+        ("AdamWScheduleFree", {"warmup_steps": 5}),
+    ]
+    specs = []
+    for i, (opt, variant) in enumerate(table):
+        spec = table_spec(i, opt, variant, "absent", None, None, None, None)
+        if opt == "Muon":
+            spec["matrices_only"] = True
+        specs.append(spec)
+    return specs
 
 
 # torch.amp.GradScaler("cpu", **LOSS_SCALE) in the loss-scaled training loops.
@@ -1359,12 +1447,14 @@ def build_optimizers(optimizer, hp, param_groups, params, foreach=False):
 
 
 def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None, rows_at=None,
-              foreach=False):
+              foreach=False, present_at=None):
     """Run torch.optim. param_groups: list of {"params": [names], **overrides} (a group may
     name another "optimizer", see build_optimizers).
     grad_at(step, {name: current param tensor}, loss scale) -> {name: float32 tensor}.
     rows_at: None, or (SparseAdam) rows_at(step) -> {name: bool [R]}: every gradient is then
     given as the sparse COO tensor of those rows (sparse_grad).
+    present_at: None, or present_at(step) -> {name: bool}: a tensor marked False gets
+    p.grad = None at that step (absent gradient) instead of its gradient.
     training: "scheduler", "clip_grad_norm", "loss_scale" (GradScaler arguments; the
     gradients grad_at gives are then scaled: unscale_, clip, step, update), and for
     schedule-free optimizers "eval_every" (K: eval() then train() after steps K, 2K, ...,
@@ -1376,6 +1466,9 @@ def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None, 
     assert (rows_at is not None) == (optimizer == "SparseAdam"), "sparse gradients are SparseAdam's"
     assert rows_at is None or not (training.get("clip_grad_norm") or training.get("loss_scale")), \
         "sparse gradients are neither clipped nor loss-scaled"
+    assert present_at is None or not (rows_at is not None or training.get("clip_grad_norm")
+                                      or training.get("loss_scale")), \
+        "absent gradients are neither sparse, clipped nor loss-scaled"
     eval_every = training.get("eval_every")
     eval_at_end = training.get("eval_at_end", False)
     if eval_every or eval_at_end:
@@ -1392,7 +1485,11 @@ def run_torch(optimizer, hp, param_groups, init, steps, grad_at, training=None, 
             scale = float(scaler.scale(torch.ones((), dtype=torch.float32))) if scaler else 1.0
             grads = grad_at(t, params, scale)
             rows = rows_at(t) if rows_at is not None else None
+            present = present_at(t) if present_at is not None else None
             for n, p in params.items():
+                if present is not None and not present[n]:
+                    p.grad = None
+                    continue
                 p.grad = grads[n].clone() if rows is None else sparse_grad(grads[n], rows[n])
             if scaler is not None:
                 for opt, _ in opts:
@@ -1478,15 +1575,20 @@ def run_case(spec, out_dir):
         def rows_at(t):
             return {n: prob.rows[n][t] for n in prob.names}
 
+    present_at = None
+    if prob.present is not None:
+        def present_at(t):
+            return {n: bool(prob.present[n][t]) for n in prob.names}
+
     final, state = run_torch(opt, hp, param_groups, prob.init, steps, grad_at, spec.get("training"),
-                             rows_at=rows_at)
+                             rows_at=rows_at, present_at=present_at)
 
     if opt in SCHEDULE_FREE:
         # The foreach path must give the same bits (replayed from the recorded gradients).
         final_fe, state_fe = run_torch(
             opt, hp, param_groups, prob.init, steps,
             lambda t, _p, _scale: {n: torch.from_numpy(recorded[n][t].copy()) for n in prob.names},
-            spec.get("training"), foreach=True)
+            spec.get("training"), foreach=True, present_at=present_at)
         for k, v in {**final, **state}.items():
             assert torch.equal(v, {**final_fe, **state_fe}[k]), f"{spec['name']}: foreach differs in {k}"
 
@@ -1513,7 +1615,12 @@ def run_case(spec, out_dir):
     rows = {}
     if prob.rows is not None:
         rows = {f"{n}.rows": torch.from_numpy(f32(prob.rows[n])) for n in prob.names}
-    save_file({**{n: torch.from_numpy(recorded[n]) for n in prob.names}, **rows},
+    present = {}
+    if prob.present is not None:
+        for n in prob.names:
+            assert not recorded[n][~prob.present[n]].any(), f"{spec['name']}: {n}: absent steps must record 0"
+        present = {f"{n}.present": torch.from_numpy(f32(prob.present[n])) for n in prob.names}
+    save_file({**{n: torch.from_numpy(recorded[n]) for n in prob.names}, **rows, **present},
               str(case_dir / "grads.safetensors"))
     save_file({**final, **state}, str(case_dir / "expected.safetensors"))
     return prob, sorted({k.split(".", 1)[1] for k in state})
@@ -1545,6 +1652,7 @@ def check_case(case_dir):
     grads = load_file(str(case_dir / "grads.safetensors"))
     expected = load_file(str(case_dir / "expected.safetensors"))
     rows = {k[:-len(".rows")]: grads.pop(k) for k in list(grads) if k.endswith(".rows")}
+    present = {k[:-len(".present")]: grads.pop(k) for k in list(grads) if k.endswith(".present")}
     assert set(params) == set(grads), case_dir
     names = sorted(params)
     assert not rows or set(rows) == set(names), "w.rows for every parameter or none"
@@ -1568,6 +1676,15 @@ def check_case(case_dir):
     if rows:
         def rows_at(t):
             return {n: (rows[n][t] == 1).numpy() for n in names}
+    assert not present or set(present) == set(names), "w.present for every parameter or none"
+    for n, r in present.items():
+        assert r.dtype == torch.float32 and tuple(r.shape) == (steps,), (n, r.shape)
+        assert bool(((r == 0) | (r == 1)).all()), n
+        assert bool((grads[n][r == 0] == 0).all()), f"{n}: nonzero gradient at an absent step"
+    present_at = None
+    if present:
+        def present_at(t):
+            return {n: bool(present[n][t] == 1) for n in names}
     final, state = run_torch(
         run["optimizer"], run["hyperparameters"], groups,
         {n: params[n].numpy() for n in names}, steps,
@@ -1575,6 +1692,7 @@ def check_case(case_dir):
         {k: run[k] for k in ("scheduler", "clip_grad_norm", "loss_scale", "eval_every", "eval_at_end")
          if k in run},
         rows_at=rows_at,
+        present_at=present_at,
     )
     got = {**final, **state}
     assert set(got) == set(expected), (sorted(got), sorted(expected))

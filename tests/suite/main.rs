@@ -16,6 +16,7 @@ mod fuzz;
 #[cfg(feature = "cli")]
 mod golden;
 mod large;
+mod presence;
 mod reliability;
 mod rules;
 mod schedulefree;

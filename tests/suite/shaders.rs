@@ -14,10 +14,11 @@ fn every_kernel_translates_to_every_backend_language() {
     assert_eq!(kernels.len(), 17, "one shader per rule (AdamW shares Adam's)");
     for kernel in &kernels {
         let variants = translate_all(kernel).unwrap_or_else(|e| panic!("{e}"));
-        // The rule's flags, plus `conditioned` (gradient conditioning on the GPU) from common.wgsl.
+        // The rule's flags, plus `conditioned` (gradient conditioning on the GPU) and
+        // `gradient_presence` from common.wgsl.
         assert_eq!(
             variants.len(),
-            kernel.entry_points().len() << (kernel.flags.len() + 1),
+            kernel.entry_points().len() << (kernel.flags.len() + 2),
             "{}: one translation per entry point and flag combination",
             kernel.label
         );
@@ -35,7 +36,9 @@ fn every_kernel_translates_to_every_backend_language() {
 fn the_gradient_kernels_translate_to_every_backend_language() {
     let variants = translate_gradients().unwrap_or_else(|e| panic!("{e}"));
     let entry_points: Vec<&str> = variants.iter().map(|v| v.entry_point.as_str()).collect();
-    assert!(entry_points.contains(&"norm_partials") && entry_points.contains(&"finalize"), "{entry_points:?}");
+    for entry in ["norm_partials", "finalize", "advance", "count_missed"] {
+        assert!(entry_points.contains(&entry), "{entry}: {entry_points:?}");
+    }
     for v in &variants {
         assert!(v.spirv_words > 100 && v.msl.contains("kernel void") && v.hlsl.contains("numthreads") && v.glsl.contains("local_size_x"));
     }
