@@ -73,8 +73,9 @@ fn main(
     }
     let g = conditioned_gradient(grad[i]);
     var pre = neg_pre_grad[i];
-    // The tensor's first step creates its state (its group's step may be later).
-    if (element_steps_taken(workgroup, grid) == 1u) {
+    // The tensor's first step creates its state (its group's step may be later; it has a
+    // gradient here, so its lag is the steps it missed).
+    if (group_step() - element_lag(workgroup, grid) == 1u) {
         pre = -g;
     }
     var n = pre + g;

@@ -132,16 +132,24 @@ fn workgroup_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     return tables.words[dispatch.chunk_map + dispatch.first_chunk + workgroup_index(workgroup, grid)];
 }
 
-// tensor_step for an element-wise rule's workgroup (its tensor is looked up only when
-// presence is tracked). Call it only for workgroups inside the window.
-fn element_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+// The lag of an element pass's workgroup's tensor: the steps it missed, or ABSENT when it
+// has no gradient now (one word per chunk, after the chunk map, written before the rules
+// run); 0 when presence is not tracked. Call it only for workgroups inside the window.
+fn element_lag(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     if (!gradient_presence) {
-        return group_step();
+        return 0u;
     }
-    return tensor_step(workgroup_tensor(workgroup, grid));
+    return tables.words[control.chunk_map + control.chunks + dispatch.first_chunk + workgroup_index(workgroup, grid)];
 }
 
-// The steps an element pass's workgroup's tensor has taken (its state exists once it is 1).
+// tensor_step for an element-wise rule's workgroup.
+fn element_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    let lag = element_lag(workgroup, grid);
+    return select(group_step() - lag, 0u, lag == ABSENT);
+}
+
+// The steps an element pass's workgroup's tensor has taken, this one included if it has a
+// gradient (its state exists once it is 1).
 fn element_steps_taken(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     if (!gradient_presence) {
         return group_step();
@@ -151,10 +159,7 @@ fn element_steps_taken(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
 
 // group_step_of for an element-wise rule's workgroup.
 fn element_group_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
-    if (!gradient_presence) {
-        return group_step();
-    }
-    return group_step_of(workgroup_tensor(workgroup, grid));
+    return select(group_step(), 0u, element_lag(workgroup, grid) == ABSENT);
 }
 
 // The gradient as torch's GradScaler.unscale_, clip_grad_value_ and clip_grad_norm_ leave it.

@@ -21,9 +21,12 @@ struct Control {
     terms_ring: u32,        // entries of each group's ring of step terms
     presence: u32,          // gradient presence: word of the flags in the tables (0: not tracked)
     tensors: u32,           // the tensors of the tensor table
-    _padding0: u32,
-    _padding1: u32,
+    chunk_map: u32,         // the tables word of the chunk map (chunk -> tensor)
+    chunks: u32,            // its chunks; with presence tracked, each chunk's lag follows it
 }
+
+// A chunk's lag when its tensor has no gradient this step.
+const ABSENT: u32 = 0xffffffffu;
 
 // Index of this invocation's vec4. Windows needing more than the device's workgroups per
 // dimension are swept by a 2-D grid of workgroups, row by row.

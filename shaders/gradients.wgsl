@@ -187,15 +187,14 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
 // counts steps per group) and its group's step offset.
 const NO_RING: u32 = 0xffffffffu;
 
+// Then, per chunk (after the chunk map), its tensor's lag for the element passes: the steps
+// it missed, or ABSENT (one read per workgroup instead of three).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn count_missed(@builtin(local_invocation_index) local: u32) {
     let c = tables_rw.control;
-    if (c.skip != 0u) {
-        return;
-    }
     let n = c.tensors;
     let base = c.presence;
-    for (var t = local; t < n; t += WORKGROUP_SIZE) {
+    for (var t = local; t < n && c.skip == 0u; t += WORKGROUP_SIZE) {
         let missed = base + n + t;
         if (tables_rw.words[base + t] == 0u) {
             tables_rw.words[missed] = tables_rw.words[missed] + 1u;
@@ -213,5 +212,11 @@ fn count_missed(@builtin(local_invocation_index) local: u32) {
             tables_rw.words[missed] = tables_rw.words[missed] + 1u;
             tables_rw.control.error = tables_rw.control.error | 2u;
         }
+    }
+    storageBarrier();
+    let lags = c.chunk_map + c.chunks;
+    for (var chunk = local; chunk < c.chunks; chunk += WORKGROUP_SIZE) {
+        let t = tables_rw.words[c.chunk_map + chunk];
+        tables_rw.words[lags + chunk] = select(ABSENT, tables_rw.words[base + n + t], tables_rw.words[base + t] != 0u);
     }
 }

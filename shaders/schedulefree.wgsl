@@ -67,8 +67,9 @@ fn main(
     let y = param[i];
     let g = conditioned_gradient(grad[i]);
     var base = z[i];
-    // The tensor's first step creates its state (its group's step may be later).
-    if (element_steps_taken(workgroup, grid) == 1u) {
+    // The tensor's first step creates its state (its group's step may be later; it has a
+    // gradient here, so its lag is the steps it missed).
+    if (group_step() - element_lag(workgroup, grid) == 1u) {
         base = y;
     }
     let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;

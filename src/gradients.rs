@@ -189,7 +189,10 @@ pub(crate) struct Control {
     pub presence: u32,
     /// Tensors in the tensor table.
     pub tensors: u32,
-    pub _padding: [u32; 2],
+    /// The tables word of the chunk map.
+    pub chunk_map: u32,
+    /// Its chunks; with presence tracked, each chunk's lag follows them.
+    pub chunks: u32,
 }
 
 /// Byte offset of `Control.error`, cleared after it is reported.
@@ -221,7 +224,8 @@ impl Control {
             terms_ring: 0,
             presence: 0,
             tensors: 0,
-            _padding: [0; 2],
+            chunk_map: 0,
+            chunks: 0,
         }
     }
 

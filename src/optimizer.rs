@@ -66,6 +66,15 @@ const CONTROL_BINDING: u32 = 15;
 /// grad, aux.
 const FIXED_STORAGE_BINDINGS: u32 = 4;
 
+/// Writes the terms of a rule's `steps` into a ring's `entries` (by step, modulo their
+/// number), computed on `memo`.
+fn ring_entries(entries: &mut [StepTerms], rule: &dyn UpdateRule, steps: std::ops::Range<u64>, memo: &mut TermsMemo) {
+    let len = entries.len() as u64;
+    for step in steps {
+        entries[(step % len) as usize] = rule.step_terms(step, memo);
+    }
+}
+
 /// The gradient presence flags start at a multiple of this many bytes of the tables buffer
 /// (WebGPU's storage offset alignment), so a user's kernel can bind them.
 const PRESENCE_ALIGN_BYTES: u64 = 256;
@@ -357,6 +366,8 @@ pub struct Optimizer {
     /// Gradient presence: the byte offset in the tables of the per-tensor flags (then the
     /// missed steps, terms rings and step offsets), when tracked.
     presence: Option<u64>,
+    /// The control block's layout words ([`Optimizer::with_layout`]).
+    layout: Control,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -468,6 +479,10 @@ impl Optimizer {
         for (id, entry) in tensors.iter().enumerate().filter(|(_, t)| kernels[t.group].per_tensor) {
             let first = chunk_map + first_chunks[id];
             words[first..first + entry.len.div_ceil(CHUNK_ELEMENTS as usize)].fill(id as u32);
+        }
+        if presence {
+            // Each chunk's lag (`element_lag` in shaders/common.wgsl), written every step.
+            words.resize(chunk_map + 2 * plan.total_chunks, 0);
         }
         let mut list = |ids: &[TensorId]| {
             let at = words.len();
@@ -586,6 +601,8 @@ impl Optimizer {
         control_values.terms_ring = terms_ring as u32;
         control_values.presence = presence_word.map_or(0, |at| at as u32);
         control_values.tensors = tensors.len() as u32;
+        control_values.chunk_map = chunk_map as u32;
+        control_values.chunks = plan.total_chunks as u32;
 
         // Pipelines: one per (group, pass); the cache shares them between groups and optimizers.
         let mut pipelines = Vec::new();
@@ -800,6 +817,7 @@ impl Optimizer {
             known: control_values,
             terms_ring,
             presence: presence_word.map(|at| CONTROL_SIZE + at as u64 * 4),
+            layout: control_values,
         };
         optimizer.fill_terms_rings();
         Ok(optimizer)
@@ -1068,13 +1086,9 @@ impl Optimizer {
             // which keeps the group's own history (NAdam's product over its steps).
             if tracked && group.rule.counts_steps_per_tensor() {
                 let mut probe = group.memo;
-                for step in own(newest.saturating_sub(ring_len - 1))..own(next) {
-                    entries[(step % ring_len) as usize] = group.rule.step_terms(step, &mut probe);
-                }
+                ring_entries(&mut entries, group.rule.as_ref(), own(newest.saturating_sub(ring_len - 1))..own(next), &mut probe);
             }
-            for step in own(next)..=own(newest) {
-                entries[(step % ring_len) as usize] = group.rule.step_terms(step, &mut group.memo);
-            }
+            ring_entries(&mut entries, group.rule.as_ref(), own(next)..own(newest) + 1, &mut group.memo);
             self.gpu.queue().write_buffer(&self.tables, ring, bytemuck::cast_slice(&entries));
         }
     }
@@ -1093,20 +1107,24 @@ impl Optimizer {
     /// The whole ring is computed on a copy of the memo: the group's own history (NAdam's
     /// product over the `betas[0]` of its steps) stays in the memo and the scalars of the
     /// steps recorded, which tensors without missed steps read.
-    fn refresh_terms_history(&mut self, g: usize, before: StepTerms) {
+    fn refresh_terms_history(&mut self, g: usize, before: Option<StepTerms>) {
         let group = &self.groups[g];
-        let changed = bytemuck::bytes_of(&self.next_terms(g)) != bytemuck::bytes_of(&before);
-        if self.presence.is_none() || !changed || !group.rule.counts_steps_per_tensor() {
+        let Some(before) = before else { return };
+        if !group.rule.counts_steps_per_tensor() || bytemuck::bytes_of(&self.next_terms(g)) == bytemuck::bytes_of(&before) {
             return;
         }
         let newest = self.newest_step() + 1;
         let own = |step: u64| step.saturating_sub(group.step_offset).max(1);
-        let mut probe = group.memo;
         let mut entries = vec![StepTerms::default(); self.terms_ring as usize];
-        for step in own(newest.saturating_sub(self.terms_ring - 1))..=own(newest) {
-            entries[(step % self.terms_ring) as usize] = group.rule.step_terms(step, &mut probe);
-        }
+        let steps = own(newest.saturating_sub(self.terms_ring - 1))..own(newest) + 1;
+        ring_entries(&mut entries, group.rule.as_ref(), steps, &mut group.memo.clone());
         self.gpu.queue().write_buffer(&self.tables, group.terms_ring, bytemuck::cast_slice(&entries));
+    }
+
+    /// With gradient presence tracked, group `g`'s next terms, before a change that
+    /// [`Optimizer::refresh_terms_history`] compares them after.
+    fn terms_before_change(&self, g: usize) -> Option<StepTerms> {
+        self.presence.is_some().then(|| self.next_terms(g))
     }
 
     /// What the GPU counted: applied and skipped steps, loss scale, last gradient norm
@@ -1455,7 +1473,7 @@ impl Optimizer {
             rule.set_lr(lr);
             Ok(())
         })?;
-        let before = self.next_terms(g);
+        let before = self.terms_before_change(g);
         self.groups[g].rule = changed;
         self.refresh_terms_history(g, before);
         Ok(())
@@ -1637,11 +1655,16 @@ impl Optimizer {
 
     /// `control` with this optimizer's layout words (ring entries, presence flags, tensor
     /// count), not those of a checkpoint's or another layout's.
-    fn with_layout(&self, mut control: Control) -> Control {
-        control.terms_ring = self.terms_ring as u32;
-        control.presence = self.presence.map_or(0, |bytes| ((bytes - CONTROL_SIZE) / 4) as u32);
-        control.tensors = self.tensors.len() as u32;
-        control
+    fn with_layout(&self, control: Control) -> Control {
+        let layout = &self.layout;
+        Control {
+            terms_ring: layout.terms_ring,
+            presence: layout.presence,
+            tensors: layout.tensors,
+            chunk_map: layout.chunk_map,
+            chunks: layout.chunks,
+            ..control
+        }
     }
 
     fn group(&self, group: usize) -> Result<&Group> {
@@ -1656,7 +1679,7 @@ impl Optimizer {
         let g = group;
         let group = self.group(g)?;
         let changed = rules::changed(group.rule.as_ref(), |rule| rule.set_cycled_momentum(value))?;
-        let before = self.next_terms(g);
+        let before = self.terms_before_change(g);
         self.groups[g].rule = changed;
         self.refresh_terms_history(g, before);
         Ok(())

@@ -125,6 +125,10 @@ struct Args {
     /// Skips the composed-op and CPU baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Builds every optimizer with gradient presence tracked (`OptimizerOptions::gradient_presence`),
+    /// every gradient present: what the tracking costs.
+    #[arg(long)]
+    gradient_presence: bool,
     /// Timed batches per workload (default 7, 3 with --quick).
     #[arg(long)]
     reps: Option<u32>,
@@ -430,6 +434,7 @@ fn run(args: &Args) -> Result<(), String> {
     let software = bench.info.device_type == wgpu::DeviceType::Cpu;
     let options = OptimizerOptions {
         steps_in_flight: Some(u64::from(plan.max_batch).max(64)),
+        gradient_presence: args.gradient_presence,
         ..OptimizerOptions::default()
     };
     let baselines = !args.no_baselines;
