@@ -268,19 +268,10 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             return mismatch(format!("group {g} holds {saved_rule} state, this optimizer's group {g} is {}", rule.name()));
         }
         let restored = rules::from_config(saved_rule, &saved.hyperparameters)?;
-        let (saved_flags, flags) = (restored.kernel().flags, rule.kernel().flags);
-        if saved_flags != flags {
-            let differing: Vec<String> = saved_flags
-                .iter()
-                .zip(&flags)
-                .filter(|(a, b)| a != b)
-                .map(|((name, saved), (_, now))| format!("{name}: checkpoint {saved}, optimizer {now}"))
-                .collect();
-            return mismatch(format!("group {g} was saved with other flags ({})", differing.join(", ")));
-        }
-        let pass_list = |kernel: crate::rules::Kernel| kernel.passes.into_iter().map(|p| (p.entry, p.args)).collect::<Vec<_>>();
-        if pass_list(restored.kernel()) != pass_list(rule.kernel()) {
-            return mismatch(format!("group {g} was saved with another pass list (e.g. Muon's ns_steps)"));
+        // Its hyper-parameters replace the group's, flags included (torch's load_state_dict),
+        // as far as they keep the same state and passes.
+        if let Err(error) = rules::check_rule_change(*rule, restored.as_ref(), tensors) {
+            return mismatch(format!("group {g} was saved with hyper-parameters this optimizer cannot take: {error}"));
         }
         let keys = restored.running_keys();
         // Checkpoints written before NAdam kept `mu_product` as a running value hold it only

@@ -1226,10 +1226,20 @@ impl Optimizer {
         self.checkpoint(schedule)?.save(path)
     }
 
-    /// Restores a checkpoint into this optimizer (same rules, tensors, groups, flags and
-    /// gradient conditioning; hyper-parameters such as lr are taken from the checkpoint).
-    /// Returns the saved schedule state. A checkpoint that does not fit changes nothing.
+    /// Restores a checkpoint into this optimizer (same rules, tensors, groups and gradient
+    /// conditioning). Hyper-parameters are taken from the checkpoint, as torch's
+    /// `load_state_dict` takes them, flags included (`maximize`, `nesterov`, ...: other
+    /// pipelines, compiled once per context), as long as they keep the same state and passes
+    /// (Adam's `amsgrad` and Muon's `ns_steps` must match). Returns the saved schedule state. A
+    /// checkpoint that does not fit changes nothing. Blocking on native (a flag change
+    /// compiles pipelines); see [`Optimizer::restore_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
+        pollster::block_on(self.restore_async(checkpoint))
+    }
+
+    /// [`Optimizer::restore`], async: the form to use on the web.
+    pub async fn restore_async(&mut self, checkpoint: &Checkpoint) -> Result<Option<serde_json::Value>> {
         let target = checkpoint::Target::new(
             self.groups.iter().map(|g| (g.tensors.as_slice(), g.rule.as_ref())),
             |id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice()),
@@ -1238,11 +1248,17 @@ impl Optimizer {
         );
         let restore = checkpoint::check(checkpoint, &target)?;
         let control = self.with_layout(checkpoint.counters.control(&self.gradients)?);
-        for (g, (group, rule)) in self.groups.iter_mut().zip(restore.rules).enumerate() {
+        let mut pipelines = Vec::new();
+        for (g, rule) in restore.rules.iter().enumerate() {
+            pipelines.push(self.pipelines_for(g, rule.as_ref()).await?);
+        }
+        // Nothing fails from here on: the checkpoint is restored whole.
+        for (g, (rule, pipelines)) in restore.rules.into_iter().zip(pipelines).enumerate() {
+            let group = &mut self.groups[g];
             group.step_offset = restore.step_offsets[g];
             group.memo = rules::resumed_memo(rule.as_ref(), u64::from(control.step) - group.step_offset, restore.running[g]);
-            group.rule = rule;
             group.train_mode = restore.train_modes[g];
+            self.install_rule(g, rule, pipelines);
         }
         for g in 0..self.groups.len() {
             self.write_step_offset(g);
@@ -1272,6 +1288,7 @@ impl Optimizer {
     }
 
     /// Reads a checkpoint file and restores it; returns the saved schedule state.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<Option<serde_json::Value>> {
         self.restore(&Checkpoint::load(path)?)
     }
@@ -1512,10 +1529,27 @@ impl Optimizer {
         let tensors: Vec<(&str, &[usize])> =
             group.tensors.iter().map(|id| (self.tensors[id.0].name.as_str(), self.tensors[id.0].shape.as_slice())).collect();
         rules::check_rule_change(group.rule.as_ref(), rule.as_ref(), &tensors)?;
-        let (old, new) = (group.rule.kernel(), rule.kernel());
-        let pipelines = if old.flags == new.flags { Vec::new() } else { kernel_pipelines(&self.gpu, &new, self.conditioned, self.options.gradient_presence).await? };
-        // The pass words of every dispatch record of the group, rewritten from the new rule.
-        let args: Vec<[u32; 8]> = new.passes_and_switches().map(|pass| pass.args).collect();
+        let pipelines = self.pipelines_for(g, rule.as_ref()).await?;
+        self.install_rule(g, rule, pipelines);
+        self.fill_terms_rings();
+        Ok(())
+    }
+
+    /// The pipelines group `g` needs under `rule` (checked by `rules::check_rule_change`):
+    /// none when its flags are those of the group's rule, else compiled (once per context).
+    async fn pipelines_for(&self, g: usize, rule: &dyn UpdateRule) -> Result<Vec<wgpu::ComputePipeline>> {
+        let (old, new) = (self.groups[g].rule.kernel(), rule.kernel());
+        if old.flags == new.flags {
+            return Ok(Vec::new());
+        }
+        kernel_pipelines(&self.gpu, &new, self.conditioned, self.options.gradient_presence).await
+    }
+
+    /// Installs `rule` in group `g` with the pipelines [`Optimizer::pipelines_for`] gave, and
+    /// the pass words of every dispatch record of the group from it. Nothing here fails.
+    fn install_rule(&mut self, g: usize, rule: Box<dyn UpdateRule>, pipelines: Vec<wgpu::ComputePipeline>) {
+        let group = &self.groups[g];
+        let args: Vec<[u32; 8]> = rule.kernel().passes_and_switches().map(|pass| pass.args).collect();
         let switches = group.switch.iter().flatten().flatten();
         let records: Vec<(u64, usize)> = self
             .plan
@@ -1524,7 +1558,6 @@ impl Optimizer {
             .chain(switches)
             .map(|c| (u64::from(c.record_offset) + std::mem::offset_of!(DispatchRecord, args) as u64, c.pass))
             .collect();
-        // Nothing fails from here on: the change is applied whole.
         let first = group.first_pipeline;
         for (p, pipeline) in pipelines.into_iter().enumerate() {
             self.pipelines[first + p] = pipeline;
@@ -1533,8 +1566,6 @@ impl Optimizer {
             self.gpu.queue().write_buffer(&self.records, offset, bytemuck::cast_slice(&args[pass]));
         }
         self.groups[g].rule = rule;
-        self.fill_terms_rings();
-        Ok(())
     }
 
     /// torch's `add_param_group`: `params`' tensors (with their initial values) form a new

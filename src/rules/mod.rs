@@ -542,9 +542,11 @@ pub(crate) fn check_rule_change(old: &dyn UpdateRule, new: &dyn UpdateRule, tens
             keys(old)
         ));
     }
+    // The state's keys and shapes (its initial values, such as ASGD's eta = lr, may differ).
+    let slots = |rule: &dyn UpdateRule, shape| rule.tensor_state(shape).into_iter().map(|s| (s.key, s.shape)).collect::<Vec<_>>();
     for &(name, shape) in tensors {
         new.check_tensor(name, shape)?;
-        if new.tensor_state(shape) != old.tensor_state(shape) || new.tensor_scratch(shape) != old.tensor_scratch(shape) {
+        if slots(new, shape) != slots(old, shape) || new.tensor_scratch(shape) != old.tensor_scratch(shape) {
             return refuse(format!("the change would reshape tensor {name:?}'s state or scratch"));
         }
     }

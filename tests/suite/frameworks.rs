@@ -228,3 +228,15 @@ fn a_group_added_after_steps_counts_its_own_steps_as_torch_does() {
         assert_eq!(snapshot_gpu(&resumed, &resumed_ids), snapshot_gpu(&opt, &all), "on {}", gpu.adapter());
     }
 }
+
+#[test]
+fn a_hyperparameter_that_only_sets_a_states_initial_value_can_change() {
+    // ASGD starts its per-tensor eta at lr: a new lr changes that initial value, not the
+    // state kept, so torch's `param_groups[0]["lr"] = ...` is accepted.
+    let gpus = crate::common::gpus();
+    let mut params = Parameters::new();
+    let w = params.add("w", &[8], vec![0.5; 8]).unwrap();
+    let mut opt = Optimizer::new(&gpus[0], params, vec![ParamGroup::new(wgpu_optim::rules::Asgd::default(), [w])]).unwrap();
+    opt.set_hyperparameters(0, serde_json::json!({"lr": 0.5, "t0": 10.0})).unwrap();
+    assert_eq!(opt.rule(0).hyperparameters()["lr"], 0.5);
+}
