@@ -324,7 +324,11 @@ fn fuzz_checkpoint_restore_on_gpu() {
             .zip(&seeds)
             .map(|(case, seed)| {
                 let (params, groups, _) = case.model();
-                let options = OptimizerOptions { gradients: case.gradients.clone(), ..Default::default() };
+                let options = OptimizerOptions {
+                    gradients: case.gradients.clone(),
+                    gradient_presence: case.absent_gradients,
+                    ..Default::default()
+                };
                 let mut opt = Optimizer::with_options(gpu, params, groups, options).unwrap();
                 let original = Checkpoint::from_bytes(seed).unwrap();
                 opt.restore(&original).unwrap();

@@ -36,6 +36,9 @@ pub struct CheckpointCase {
     eval: bool,
     /// The last group joins (`add_param_group`) after this many steps, so it saves a step offset.
     last_group_added_after: Option<usize>,
+    /// Some gradients are absent (gradient presence: tensor k on the steps where (step + k) % 3
+    /// is 0), so the checkpoint saves each tensor's missed steps.
+    pub absent_gradients: bool,
 }
 
 impl CheckpointCase {
@@ -76,6 +79,9 @@ impl CheckpointCase {
                     grad[0] = f32::NAN;
                 }
                 opt.write_grad(id, &grad).unwrap();
+                if self.absent_gradients && (step + k) % 3 == 0 {
+                    opt.set_gradient_present(id, false).unwrap();
+                }
             }
             opt.step();
             if let Some(scheduler) = &mut scheduler {
@@ -137,6 +143,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 3,
             eval: false,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "adamw-conditioned-onecycle",
@@ -146,6 +153,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 4,
             eval: false,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "nadam-decoupled-warm-restarts",
@@ -158,6 +166,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 5,
             eval: false,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "schedulefree-eval",
@@ -167,6 +176,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 3,
             eval: true,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "muon-adamw-sequential",
@@ -181,6 +191,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 3,
             eval: false,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "adafactor-asgd-cyclic",
@@ -193,6 +204,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 3,
             eval: false,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "sgd-rprop-multistep",
@@ -208,6 +220,7 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 4,
             eval: false,
             last_group_added_after: None,
+            absent_gradients: false,
         },
         CheckpointCase {
             name: "adamw-lion-added-later",
@@ -220,6 +233,20 @@ pub fn checkpoint_cases() -> Vec<CheckpointCase> {
             steps: 4,
             eval: false,
             last_group_added_after: Some(2),
+            absent_gradients: false,
+        },
+        CheckpointCase {
+            name: "adam-nadam-absent-gradients",
+            groups: vec![
+                (Box::new(Adam { lr: 0.01, ..Adam::default() }), W_B),
+                (Box::new(NAdam { lr: 0.01, ..NAdam::default() }), V),
+            ],
+            gradients: GradientOptions::default(),
+            scheduler: None,
+            steps: 5,
+            eval: false,
+            last_group_added_after: None,
+            absent_gradients: true,
         },
     ]
 }
