@@ -158,9 +158,11 @@ impl CpuOptimizer {
             let scalars = group.rule.step_scalars(group.rule.step_terms(step, &mut group.memo));
             for id in &group.tensors {
                 let tensor = &mut self.tensors[id.0];
-                // torch skips a tensor whose grad is None: nothing of it changes.
+                // torch skips a tensor whose grad is None: nothing of it changes (a sparse
+                // gradient's row mask is consumed all the same, as on the GPU).
                 if !tensor.present {
                     tensor.missed += 1;
+                    tensor.grad_rows.fill(0);
                     continue;
                 }
                 let taken = step - tensor.missed;
