@@ -377,6 +377,18 @@ pub(crate) fn conditioning_passes(conditioned: bool, presence: bool) -> Vec<Pass
     passes
 }
 
+/// One window of a gradient arena, as the norm pass reads it.
+pub(crate) struct GradientWindow {
+    pub buffer: wgpu::Buffer,
+    /// Byte range in the buffer.
+    pub offset: u64,
+    pub size: u64,
+    /// The workgroup grid of the window's dispatches.
+    pub grid: (u32, u32),
+    /// The global index of its first chunk (gradient presence: its chunks' tensors).
+    pub first_chunk: u32,
+}
+
 /// The GPU side of [`conditioning_passes`]: its pipelines and bind groups. It has bindings of
 /// its own (it writes the control block, which the rules only read).
 pub(crate) struct GradientPass {
@@ -387,22 +399,22 @@ pub(crate) struct GradientPass {
 }
 
 impl GradientPass {
-    /// `windows`: each gradient window's buffer range, grid and first chunk, in dispatch order
-    /// (read only when `conditioned`); `chunk_map`: the tables word of the chunk map (read
-    /// only with gradient presence, when every tensor starts at a chunk).
+    /// `windows`: each gradient window, in dispatch order (read only when `conditioned`);
+    /// `chunk_map`: the tables word of the chunk map (read only with gradient presence, when
+    /// every tensor starts at a chunk).
     pub async fn new(
         gpu: &crate::GpuContext,
         options: &GradientOptions,
         conditioned: bool,
         presence: bool,
         control: &wgpu::Buffer,
-        windows: &[(wgpu::Buffer, u64, u64, (u32, u32), u32)],
+        windows: &[GradientWindow],
         chunk_map: u32,
     ) -> Result<Self> {
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
         let device = gpu.device();
-        let partial_count: u32 = windows.iter().map(|w| w.3 .0 * w.3 .1).sum();
+        let partial_count: u32 = windows.iter().map(|w| w.grid.0 * w.grid.1).sum();
         let storage = crate::context::storage_binding;
         let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
             binding,
@@ -467,7 +479,7 @@ impl GradientPass {
             let mut first_partial = 0u32;
             let windows = windows
                 .iter()
-                .map(|(grad, offset, size, grid, first_chunk)| {
+                .map(|GradientWindow { buffer: grad, offset, size, grid, first_chunk }| {
                     let window = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some("wgpu-optim gradient window"),
                         contents: bytemuck::bytes_of(&[first_partial, *first_chunk, chunk_map, 0]),

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
-use crate::gradients::{Control, GradientOptions, GradientPass, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
+use crate::gradients::{Control, GradientOptions, GradientPass, GradientWindow, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
 use crate::params::{check_groups, CollectionTag, ParamGroup, Parameters, TensorId};
 use crate::rules::{
     self, matrix_dims, Kernel, Scope, StateSlot, StepTerms, TensorSlot, TermsMemo, UpdateRule, CHUNK_ELEMENTS,
@@ -756,13 +756,16 @@ impl Optimizer {
             }
         }
 
-        let windows: Vec<(wgpu::Buffer, u64, u64, (u32, u32), u32)> = arenas
+        let windows: Vec<GradientWindow> = arenas
             .iter()
             .zip(&plan.arenas)
             .flat_map(|(arena, (_, _, _, first_chunk))| {
-                arena.windows.iter().map(move |w| {
-                    let window_chunk = (first_chunk + w.start / CHUNK_ELEMENTS as usize) as u32;
-                    (arena.grad.clone(), w.start as u64 * 4, w.len as u64 * 4, w.grid, window_chunk)
+                arena.windows.iter().map(move |w| GradientWindow {
+                    buffer: arena.grad.clone(),
+                    offset: w.start as u64 * 4,
+                    size: w.len as u64 * 4,
+                    grid: w.grid,
+                    first_chunk: (first_chunk + w.start / CHUNK_ELEMENTS as usize) as u32,
                 })
             })
             .collect();

@@ -27,7 +27,7 @@ fn present(t: usize, k: usize) -> bool {
         0 => true,
         1 => ![1, 4, 5].contains(&k),
         2 => k > 3,
-        _ => k % 2 == 0,
+        _ => k.is_multiple_of(2),
     }
 }
 
