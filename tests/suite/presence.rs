@@ -469,3 +469,29 @@ fn presence_calls_need_the_option_and_options_are_checked() {
     let view = tracked.gradient_presence_view().unwrap();
     assert_eq!((view.offset % 256, view.len), (0, 4), "bindable, one word per tensor");
 }
+
+#[test]
+fn windows_and_two_dimensional_grids_find_each_blocks_tensor() {
+    // Arenas of at most 1,024 elements (the 1,100-element tensor spans two windows) swept by
+    // grids one workgroup wide: each invocation still finds its tensor's block.
+    let rule = Adam { lr: 0.01, weight_decay: 0.01, ..Adam::default() };
+    let options = OptimizerOptions { max_arena_elements: Some(1024), max_workgroups_per_dimension: Some(1), ..presence() };
+    let (expected, expected_steps) = run_cpu(&rule, GradientOptions::default(), STEPS);
+    for gpu in gpus() {
+        let (params, ids) = problem(&rule, 7);
+        let mut opt = Optimizer::with_options(gpu, params, vec![ParamGroup::new(rule.clone(), ids.clone())], options.clone()).unwrap();
+        assert!(opt.arenas().iter().any(|a| a.windows > 1), "a tensor spans windows");
+        for k in 0..STEPS {
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            opt.zero_grad_set_to_none(&mut encoder).unwrap();
+            gpu.queue().submit([encoder.finish()]);
+            for (t, &id) in ids.iter().enumerate().filter(|(t, _)| present(*t, k)) {
+                opt.write_grad(id, &gradient(t, k, opt.tensor_shape(id).unwrap().iter().product())).unwrap();
+            }
+            opt.step_and_submit().unwrap();
+        }
+        assert_eq!(opt.read_tensor_steps().unwrap(), expected_steps);
+        let (difference, tensor) = max_normwise_difference(&snapshot_gpu(&opt, &ids), &expected);
+        assert!(difference <= GPU_VS_CPU_TOLERANCE, "{}: {tensor} off by {difference:e}", gpu.adapter());
+    }
+}
