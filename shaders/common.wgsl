@@ -131,25 +131,31 @@ fn block_of(i: u32) -> u32 {
     return dispatch.first_chunk * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S) + i / BLOCK_VEC4S;
 }
 
-// The lag of the tensor of an element-wise rule's vec4 `i`: the steps it missed, or ABSENT
-// when it has no gradient now (one word per block, after the block map, written before the
-// rules run); 0 when presence is not tracked.
-fn element_lag(i: u32) -> u32 {
+// The lag of the tensor of an element-wise rule's vec4 `i` (in the workgroup's chunk): the
+// steps it missed, or ABSENT when it has no gradient now; 0 when presence is not tracked.
+// Written before the rules run: per chunk (one read for the workgroup, the common case of a
+// chunk inside one tensor), else per 64-element block (one read per invocation).
+fn element_lag(workgroup: vec3<u32>, grid: vec3<u32>, i: u32) -> u32 {
     if (!gradient_presence) {
         return 0u;
     }
-    return tables.words[control.block_map + control.chunks * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S) + block_of(i)];
+    let blocks = control.chunks * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S);
+    let chunk_lag = tables.words[control.block_map + 2u * blocks + dispatch.first_chunk + workgroup_index(workgroup, grid)];
+    if (chunk_lag != MIXED) {
+        return chunk_lag;
+    }
+    return tables.words[control.block_map + blocks + block_of(i)];
 }
 
 // tensor_step for an element-wise rule's vec4 `i`.
-fn element_step(i: u32) -> u32 {
-    let lag = element_lag(i);
+fn element_step(workgroup: vec3<u32>, grid: vec3<u32>, i: u32) -> u32 {
+    let lag = element_lag(workgroup, grid, i);
     return select(group_step() - lag, 0u, lag == ABSENT);
 }
 
 // group_step_of for an element-wise rule's vec4 `i`.
-fn element_group_step(i: u32) -> u32 {
-    return select(group_step(), 0u, element_lag(i) == ABSENT);
+fn element_group_step(workgroup: vec3<u32>, grid: vec3<u32>, i: u32) -> u32 {
+    return select(group_step(), 0u, element_lag(workgroup, grid, i) == ABSENT);
 }
 
 // The steps the tensor of an element-wise rule's vec4 `i` has taken, this one included if

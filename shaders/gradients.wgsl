@@ -223,4 +223,23 @@ fn count_missed(@builtin(local_invocation_index) local: u32) {
         }
         tables_rw.words[lags + block] = select(ABSENT, tables_rw.words[base + n + t], tables_rw.words[base + t] != 0u);
     }
+    // Each chunk's lag when its blocks are one tensor's (blocks past the arena's end belong
+    // to none), else MIXED.
+    let chunk_lags = lags + blocks;
+    let per_chunk = CHUNK_ELEMENTS / 4u / BLOCK_VEC4S;
+    for (var chunk = local; chunk < c.chunks; chunk += WORKGROUP_SIZE) {
+        let first = c.block_map + chunk * per_chunk;
+        let t = tables_rw.words[first];
+        var lag = MIXED;
+        if (t != NO_TENSOR) {
+            lag = select(ABSENT, tables_rw.words[base + n + t], tables_rw.words[base + t] != 0u);
+        }
+        for (var b = 1u; b < per_chunk; b++) {
+            let other = tables_rw.words[first + b];
+            if (other != t && other != NO_TENSOR) {
+                lag = MIXED;
+            }
+        }
+        tables_rw.words[chunk_lags + chunk] = lag;
+    }
 }

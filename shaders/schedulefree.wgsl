@@ -59,7 +59,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let step = element_group_step(i);
+    let step = element_group_step(workgroup, grid, i);
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
@@ -69,7 +69,7 @@ fn main(
     var base = z[i];
     // The tensor's first step creates its state (its group's step may be later; it has a
     // gradient here, so its lag is the steps it missed).
-    if (group_step() - element_lag(i) == 1u) {
+    if (group_step() - element_lag(workgroup, grid, i) == 1u) {
         base = y;
     }
     let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;

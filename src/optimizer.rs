@@ -122,8 +122,9 @@ pub struct OptimizerOptions {
     /// for rules that count steps per tensor as torch's `state['step']`, its step count does
     /// not advance. Set by [`Optimizer::write_grad`], [`Optimizer::set_gradient_present`], the
     /// user's kernels through [`Optimizer::gradient_presence_view`], and cleared by
-    /// [`Optimizer::zero_grad_set_to_none`]. Every tensor then starts at a 1,024-element
-    /// chunk, and each step has one more dispatch. Default: off (every tensor always steps).
+    /// [`Optimizer::zero_grad_set_to_none`]. Each step has one more dispatch (it counts the
+    /// missed steps and writes each 64-element block's lag), and the element-wise rules read
+    /// their block's lag; the layout does not change. Default: off (every tensor always steps).
     pub gradient_presence: bool,
     /// Entries of each group's ring of step terms. Default: [`STEP_TERMS_RING`]. With
     /// gradient presence tracked, a tensor whose gradient is absent for longer than this
@@ -486,12 +487,13 @@ impl Optimizer {
             let first = chunk_map + first_chunks[id];
             words[first..first + entry.len.div_ceil(CHUNK_ELEMENTS as usize)].fill(id as u32);
         }
-        // Gradient presence: each 64-element block's tensor (NO_TENSOR for padding), then its
-        // lag (`element_lag` in shaders/common.wgsl), written every step.
+        // Gradient presence: each 64-element block's tensor (NO_TENSOR past an arena's end),
+        // then each block's lag and each chunk's (`element_lag` in shaders/common.wgsl),
+        // written every step.
         let block_map = words.len();
         if presence {
             let blocks = plan.total_chunks * BLOCKS_PER_CHUNK;
-            words.resize(block_map + 2 * blocks, 0);
+            words.resize(block_map + 2 * blocks + plan.total_chunks, 0);
             words[block_map..block_map + blocks].fill(NO_TENSOR);
             for (id, t) in tensors.iter().enumerate() {
                 let first = block_map + plan.arenas[t.arena].3 * BLOCKS_PER_CHUNK + t.offset / BLOCK_ELEMENTS;
