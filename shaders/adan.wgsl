@@ -66,7 +66,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let step = element_group_step(workgroup, grid, i);
+    let step = element_group_step(workgroup, grid);
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
@@ -75,7 +75,7 @@ fn main(
     var pre = neg_pre_grad[i];
     // The tensor's first step creates its state (its group's step may be later; it has a
     // gradient here, so its lag is the steps it missed).
-    if (group_step() - element_lag(workgroup, grid, i) == 1u) {
+    if (group_step() - element_lag(workgroup, grid) == 1u) {
         pre = -g;
     }
     var n = pre + g;

@@ -24,7 +24,7 @@ override conditioned: bool = false;
 // Set when the optimizer tracks which tensors have a gradient this step
 // (OptimizerOptions::gradient_presence): a tensor without one is skipped as torch skips a
 // parameter whose grad is None, and rules that count steps per tensor (torch's
-// state['step']) count only the steps it took. Every tensor then starts at a 64-element block.
+// state['step']) count only the steps it took. Every tensor then starts at a chunk.
 override gradient_presence: bool = false;
 
 // The step count lives on the GPU (control.step), advanced when a step executes, so a
@@ -126,45 +126,40 @@ fn group_step_of(tensor: u32) -> u32 {
     return group_step();
 }
 
-// The block (64 elements) of an element pass's vec4 `i` of the window, by its global index.
-fn block_of(i: u32) -> u32 {
-    return dispatch.first_chunk * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S) + i / BLOCK_VEC4S;
+// The tensor an element pass's workgroup works on, when every tensor starts at a chunk
+// (gradient presence tracked, or a rule that works per tensor). Workgroup-uniform.
+fn workgroup_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    return tables.words[dispatch.chunk_map + dispatch.first_chunk + workgroup_index(workgroup, grid)];
 }
 
-// The lag of the tensor of an element-wise rule's vec4 `i` (in the workgroup's chunk): the
-// steps it missed, or ABSENT when it has no gradient now; 0 when presence is not tracked.
-// Written before the rules run: per chunk (one read for the workgroup, the common case of a
-// chunk inside one tensor), else per 64-element block (one read per invocation).
-fn element_lag(workgroup: vec3<u32>, grid: vec3<u32>, i: u32) -> u32 {
+// The lag of an element pass's workgroup's tensor: the steps it missed, or ABSENT when it
+// has no gradient now (one word per chunk, after the chunk map, written before the rules
+// run); 0 when presence is not tracked. Call it only for workgroups inside the window.
+fn element_lag(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     if (!gradient_presence) {
         return 0u;
     }
-    let blocks = control.chunks * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S);
-    let chunk_lag = tables.words[control.block_map + 2u * blocks + dispatch.first_chunk + workgroup_index(workgroup, grid)];
-    if (chunk_lag != MIXED) {
-        return chunk_lag;
-    }
-    return tables.words[control.block_map + blocks + block_of(i)];
+    return tables.words[control.chunk_map + control.chunks + dispatch.first_chunk + workgroup_index(workgroup, grid)];
 }
 
-// tensor_step for an element-wise rule's vec4 `i`.
-fn element_step(workgroup: vec3<u32>, grid: vec3<u32>, i: u32) -> u32 {
-    let lag = element_lag(workgroup, grid, i);
+// tensor_step for an element-wise rule's workgroup.
+fn element_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    let lag = element_lag(workgroup, grid);
     return select(group_step() - lag, 0u, lag == ABSENT);
 }
 
-// group_step_of for an element-wise rule's vec4 `i`.
-fn element_group_step(workgroup: vec3<u32>, grid: vec3<u32>, i: u32) -> u32 {
-    return select(group_step(), 0u, element_lag(workgroup, grid, i) == ABSENT);
-}
-
-// The steps the tensor of an element-wise rule's vec4 `i` has taken, this one included if
-// it has a gradient (its state exists once it is 1).
-fn element_steps_taken(i: u32) -> u32 {
+// The steps an element pass's workgroup's tensor has taken, this one included if it has a
+// gradient (its state exists once it is 1).
+fn element_steps_taken(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     if (!gradient_presence) {
         return group_step();
     }
-    return group_step() - missed_steps(tables.words[control.block_map + block_of(i)]);
+    return group_step() - missed_steps(workgroup_tensor(workgroup, grid));
+}
+
+// group_step_of for an element-wise rule's workgroup.
+fn element_group_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
+    return select(group_step(), 0u, element_lag(workgroup, grid) == ABSENT);
 }
 
 // The gradient as torch's GradScaler.unscale_, clip_grad_value_ and clip_grad_norm_ leave it.

@@ -21,18 +21,12 @@ struct Control {
     terms_ring: u32,        // entries of each group's ring of step terms
     presence: u32,          // gradient presence: word of the flags in the tables (0: not tracked)
     tensors: u32,           // the tensors of the tensor table
-    block_map: u32,         // gradient presence: the tables word of the block map (block -> tensor)
-    chunks: u32,            // the chunks of all arenas; 16 blocks each, whose lags follow the
-                            // map, then each chunk's lag
+    chunk_map: u32,         // the tables word of the chunk map (chunk -> tensor)
+    chunks: u32,            // its chunks; with presence tracked, each chunk's lag follows it
 }
 
-// Gradient presence works in blocks of 64 elements (16 vec4s): every tensor starts at one.
-const BLOCK_VEC4S: u32 = 16u;
-// A block's lag when its tensor has no gradient this step; a block of no tensor in the map.
+// A chunk's lag when its tensor has no gradient this step.
 const ABSENT: u32 = 0xffffffffu;
-const NO_TENSOR: u32 = 0xffffffffu;
-// A chunk's lag when its blocks belong to more than one tensor (then each block's counts).
-const MIXED: u32 = 0xfffffffeu;
 
 // Index of this invocation's vec4. Windows needing more than the device's workgroups per
 // dimension are swept by a 2-D grid of workgroups, row by row.

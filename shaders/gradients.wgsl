@@ -24,8 +24,8 @@ struct Settings {
 
 struct Window {
     first_partial: u32,     // index of this window's first workgroup in `partials`
-    first_chunk: u32,       // with gradient presence: the global index of its first chunk
-    block_map: u32,         // with gradient presence: the tables word of the block map
+    first_chunk: u32,       // with gradient presence: its first chunk's index in the chunk map
+    chunk_map: u32,         // with gradient presence: the tables word of the chunk map
 }
 
 @group(0) @binding(0) var<uniform> settings: Settings;
@@ -66,16 +66,16 @@ fn reduce(local: u32) {
     workgroupBarrier();
 }
 
-// Whether the tensor of the window's vec4 `i` has a gradient: torch's norm and its
-// non-finite check take only the gradients that are not None. With presence tracked, each
-// tensor starts at a 64-element block.
-fn has_gradient(i: u32) -> bool {
+// Whether a norm workgroup's tensor has a gradient: torch's norm and its non-finite check
+// take only the gradients that are not None. Each tensor starts at a chunk when presence is
+// tracked.
+fn has_gradient(workgroup: vec3<u32>, grid: vec3<u32>) -> bool {
     let presence = tables_rw.control.presence;
     if (presence == 0u) {
         return true;
     }
-    let tensor = tables_rw.words[window.block_map + window.first_chunk * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S) + i / BLOCK_VEC4S];
-    return tensor != NO_TENSOR && tables_rw.words[presence + tensor] != 0u;
+    let tensor = tables_rw.words[window.chunk_map + window.first_chunk + workgroup.y * grid.x + workgroup.x];
+    return tables_rw.words[presence + tensor] != 0u;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -87,7 +87,7 @@ fn norm_partials(
     let i = vec4_index(workgroup, grid, local);
     var value = 0.0;
     var flag = 0.0;
-    if (i < arrayLength(&grad) && has_gradient(i)) {
+    if (i < arrayLength(&grad) && has_gradient(workgroup, grid)) {
         let unscaled = grad[i] * tables_rw.control.inv_scale;
         if (not_finite(unscaled)) {
             flag = 1.0;
@@ -187,8 +187,8 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
 // counts steps per group) and its group's step offset.
 const NO_RING: u32 = 0xffffffffu;
 
-// Then, per 64-element block (after the block map), its tensor's lag for the element-wise
-// rules: the steps it missed, or ABSENT (one read per invocation instead of three).
+// Then, per chunk (after the chunk map), its tensor's lag for the element passes: the steps
+// it missed, or ABSENT (one read per workgroup instead of three).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn count_missed(@builtin(local_invocation_index) local: u32) {
     let c = tables_rw.control;
@@ -214,32 +214,9 @@ fn count_missed(@builtin(local_invocation_index) local: u32) {
         }
     }
     storageBarrier();
-    let blocks = c.chunks * (CHUNK_ELEMENTS / 4u / BLOCK_VEC4S);
-    let lags = c.block_map + blocks;
-    for (var block = local; block < blocks; block += WORKGROUP_SIZE) {
-        let t = tables_rw.words[c.block_map + block];
-        if (t == NO_TENSOR) {
-            continue;
-        }
-        tables_rw.words[lags + block] = select(ABSENT, tables_rw.words[base + n + t], tables_rw.words[base + t] != 0u);
-    }
-    // Each chunk's lag when its blocks are one tensor's (blocks past the arena's end belong
-    // to none), else MIXED.
-    let chunk_lags = lags + blocks;
-    let per_chunk = CHUNK_ELEMENTS / 4u / BLOCK_VEC4S;
+    let lags = c.chunk_map + c.chunks;
     for (var chunk = local; chunk < c.chunks; chunk += WORKGROUP_SIZE) {
-        let first = c.block_map + chunk * per_chunk;
-        let t = tables_rw.words[first];
-        var lag = MIXED;
-        if (t != NO_TENSOR) {
-            lag = select(ABSENT, tables_rw.words[base + n + t], tables_rw.words[base + t] != 0u);
-        }
-        for (var b = 1u; b < per_chunk; b++) {
-            let other = tables_rw.words[first + b];
-            if (other != t && other != NO_TENSOR) {
-                lag = MIXED;
-            }
-        }
-        tables_rw.words[chunk_lags + chunk] = lag;
+        let t = tables_rw.words[c.chunk_map + chunk];
+        tables_rw.words[lags + chunk] = select(ABSENT, tables_rw.words[base + n + t], tables_rw.words[base + t] != 0u);
     }
 }

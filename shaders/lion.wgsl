@@ -35,7 +35,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let step = element_step(workgroup, grid, i);
+    let step = element_step(workgroup, grid);
     let tag = select(ring_terms(step).x, s.terms.step, s.terms.step == step);
     if (!step_applies(tag, step)) {
         // The step count lives on the GPU: only the step whose terms the ring holds applies.

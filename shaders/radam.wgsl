@@ -60,7 +60,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let step = element_step(workgroup, grid, i);
+    let step = element_step(workgroup, grid);
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;

@@ -42,7 +42,7 @@ fn main(
         return;
     }
     // The step count lives on the GPU: the step's tag comes from the ring.
-    let step = element_step(workgroup, grid, i);
+    let step = element_step(workgroup, grid);
     let tag = select(ring_terms(step).x, s.terms.step, s.terms.step == step);
     if (!step_applies(tag, step)) {
         return;

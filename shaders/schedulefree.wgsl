@@ -59,7 +59,7 @@ fn main(
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let step = element_group_step(workgroup, grid, i);
+    let step = element_group_step(workgroup, grid);
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
@@ -69,7 +69,7 @@ fn main(
     var base = z[i];
     // The tensor's first step creates its state (its group's step may be later; it has a
     // gradient here, so its lag is the steps it missed).
-    if (group_step() - element_lag(workgroup, grid, i) == 1u) {
+    if (group_step() - element_lag(workgroup, grid) == 1u) {
         base = y;
     }
     let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
@@ -92,7 +92,7 @@ fn switch_mode(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || element_steps_taken(i) == 0u) {
+    if (i >= arrayLength(&param) || element_steps_taken(workgroup, grid) == 0u) {
         return;
     }
     param[i] = torch_lerp(param[i], z[i], bitcast<f32>(dispatch.args[0].x));

@@ -189,9 +189,9 @@ pub(crate) struct Control {
     pub presence: u32,
     /// Tensors in the tensor table.
     pub tensors: u32,
-    /// Gradient presence: the tables word of the block map (64-element block -> tensor).
-    pub block_map: u32,
-    /// The chunks of all arenas: 16 blocks each, whose lags follow the block map.
+    /// The tables word of the chunk map.
+    pub chunk_map: u32,
+    /// Its chunks; with presence tracked, each chunk's lag follows them.
     pub chunks: u32,
 }
 
@@ -224,7 +224,7 @@ impl Control {
             terms_ring: 0,
             presence: 0,
             tensors: 0,
-            block_map: 0,
+            chunk_map: 0,
             chunks: 0,
         }
     }
@@ -385,7 +385,7 @@ pub(crate) struct GradientWindow {
     pub size: u64,
     /// The workgroup grid of the window's dispatches.
     pub grid: (u32, u32),
-    /// The global index of its first chunk (gradient presence: its blocks' tensors).
+    /// The global index of its first chunk (gradient presence: its chunks' tensors).
     pub first_chunk: u32,
 }
 
@@ -400,7 +400,8 @@ pub(crate) struct GradientPass {
 
 impl GradientPass {
     /// `windows`: each gradient window, in dispatch order (read only when `conditioned`);
-    /// `block_map`: the tables word of the block map (read only with gradient presence).
+    /// `chunk_map`: the tables word of the chunk map (read only with gradient presence, when
+    /// every tensor starts at a chunk).
     pub async fn new(
         gpu: &crate::GpuContext,
         options: &GradientOptions,
@@ -408,7 +409,7 @@ impl GradientPass {
         presence: bool,
         control: &wgpu::Buffer,
         windows: &[GradientWindow],
-        block_map: u32,
+        chunk_map: u32,
     ) -> Result<Self> {
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
@@ -481,7 +482,7 @@ impl GradientPass {
                 .map(|GradientWindow { buffer: grad, offset, size, grid, first_chunk }| {
                     let window = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some("wgpu-optim gradient window"),
-                        contents: bytemuck::bytes_of(&[first_partial, *first_chunk, block_map, 0]),
+                        contents: bytemuck::bytes_of(&[first_partial, *first_chunk, chunk_map, 0]),
                         usage: wgpu::BufferUsages::UNIFORM,
                     });
                     first_partial += grid.0 * grid.1;

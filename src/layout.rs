@@ -27,21 +27,17 @@ pub(crate) struct Plan {
     pub batches: Vec<Vec<(usize, Vec<TensorId>)>>,
     /// Elements of the aux buffer: partials, per-tensor regions and row masks.
     pub aux_len: usize,
-    /// Chunks of all per-tensor rules' arenas (the chunk map's length), or with gradient
-    /// presence of every arena.
+    /// Chunks of all per-tensor rules' arenas (the chunk map's length).
     pub total_chunks: usize,
 }
 
-/// Where every tensor, chunk, aux region and scratch batch goes. With gradient `presence`,
-/// every arena gets chunk indices and its windows start at chunks (each 64-element block then
-/// has a global index: its chunk's 16 blocks).
+/// Where every tensor, chunk, aux region and scratch batch goes.
 pub(crate) fn plan_layout(
     specs: &[TensorSpec],
     groups: &[ParamGroup],
     kernels: &[Kernel],
     limits: &wgpu::Limits,
     max_arena_elements: Option<usize>,
-    presence: bool,
 ) -> Result<Plan> {
     let binding_elements = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 4) as usize;
     let base_align = (TENSOR_ALIGN_BYTES.max(u64::from(limits.min_storage_buffer_offset_alignment)) / 4) as usize;
@@ -52,11 +48,9 @@ pub(crate) fn plan_layout(
     for (g, group) in groups.iter().enumerate() {
         let kernel = &kernels[g];
         let align = if kernel.per_tensor { base_align.next_multiple_of(chunk) } else { base_align };
-        // Windows start at multiples of the capacity: whole chunks with presence tracked.
-        let granule = if presence { align.next_multiple_of(chunk) } else { align };
-        let device_capacity = binding_elements / granule * granule;
+        let device_capacity = binding_elements / align * align;
         let group_capacity = match max_arena_elements {
-            Some(requested) => (requested / granule * granule).clamp(granule, device_capacity),
+            Some(requested) => (requested / align * align).clamp(align, device_capacity),
             None => device_capacity,
         };
         capacity.push(group_capacity);
@@ -100,9 +94,9 @@ pub(crate) fn plan_layout(
     }
     let mut total_chunks = 0;
     for arena in &mut arenas {
-        if kernels[arena.0].per_tensor || presence {
+        if kernels[arena.0].per_tensor {
             arena.3 = total_chunks;
-            total_chunks += arena.2.div_ceil(chunk);
+            total_chunks += arena.2 / chunk;
         }
     }
 
@@ -195,7 +189,7 @@ mod layout_plan {
 
     fn plan(params: &Parameters, groups: &[ParamGroup], limits: &wgpu::Limits, max_arena: Option<usize>) -> Result<Plan> {
         let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
-        plan_layout(&params.clone().into_specs(), groups, &kernels, limits, max_arena, false)
+        plan_layout(&params.clone().into_specs(), groups, &kernels, limits, max_arena)
     }
 
     fn tensors(shapes: &[&[usize]]) -> (Parameters, Vec<TensorId>) {
@@ -246,25 +240,10 @@ mod layout_plan {
         let smaller = plan_with_max(&params, &ids, 256);
         assert_eq!(smaller.arenas.len(), 4, "every tensor but the last exceeds 256 elements: an arena each");
         let tiny = wgpu::Limits { max_buffer_size: 4000, ..limits };
-        let error = plan_layout(&params.clone().into_specs(), &[ParamGroup::new(Adam::default(), ids.clone())], &[Adam::default().kernel()], &tiny, None, false)
+        let error = plan_layout(&params.clone().into_specs(), &[ParamGroup::new(Adam::default(), ids.clone())], &[Adam::default().kernel()], &tiny, None)
             .err()
             .expect("a tensor larger than max_buffer_size is refused");
         assert!(error.to_string().contains("max_buffer_size"), "{error}");
-    }
-
-    #[test]
-    fn gradient_presence_numbers_every_arena_in_chunks_and_keeps_tensors_packed() {
-        let (params, ids) = tensors(&[&[5], &[64], &[65], &[3, 7]]);
-        let groups = [ParamGroup::new(Adam::default(), ids.clone())];
-        let limits = wgpu::Limits { max_storage_buffer_binding_size: 4 * 3000, ..wgpu::Limits::default() };
-        let kernels = [Adam::default().kernel()];
-        let plan = plan_layout(&params.clone().into_specs(), &groups, &kernels, &limits, None, true).unwrap();
-        let offsets: Vec<usize> = ids.iter().map(|id| plan.placement[id.0].1).collect();
-        assert_eq!(offsets, [0, 64, 128, 256], "still packed at 64-element blocks");
-        assert_eq!(plan.total_chunks, 1, "the element-wise arena has a chunk index");
-        assert_eq!(plan.capacity, [2048], "windows start at whole chunks (3,000 elements fit, 2,048 is the last chunk boundary)");
-        let without = plan_layout(&params.clone().into_specs(), &groups, &kernels, &limits, None, false).unwrap();
-        assert_eq!((without.total_chunks, without.capacity[0]), (0, 2944));
     }
 
     fn plan_with_max(params: &Parameters, ids: &[TensorId], max: usize) -> Plan {

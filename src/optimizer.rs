@@ -83,14 +83,6 @@ const PRESENCE_ALIGN_BYTES: u64 = 256;
 /// `shaders/gradients.wgsl`).
 const NO_RING: u32 = u32::MAX;
 
-/// Gradient presence works in blocks of this many elements (`BLOCK_VEC4S` vec4s in
-/// `shaders/control.wgsl`): every tensor starts at one, as every tensor does anyway.
-const BLOCK_ELEMENTS: usize = 64;
-const BLOCKS_PER_CHUNK: usize = CHUNK_ELEMENTS as usize / BLOCK_ELEMENTS;
-
-/// A block of no tensor in the block map (`NO_TENSOR` in `shaders/control.wgsl`).
-const NO_TENSOR: u32 = u32::MAX;
-
 /// Entries of each group's ring of step terms: the option, checked.
 fn terms_ring_entries(options: &OptimizerOptions, steps_in_flight: u64) -> Result<u64> {
     let entries = options.step_terms_history.unwrap_or(STEP_TERMS_RING);
@@ -122,9 +114,8 @@ pub struct OptimizerOptions {
     /// for rules that count steps per tensor as torch's `state['step']`, its step count does
     /// not advance. Set by [`Optimizer::write_grad`], [`Optimizer::set_gradient_present`], the
     /// user's kernels through [`Optimizer::gradient_presence_view`], and cleared by
-    /// [`Optimizer::zero_grad_set_to_none`]. Each step has one more dispatch (it counts the
-    /// missed steps and writes each 64-element block's lag), and the element-wise rules read
-    /// their block's lag; the layout does not change. Default: off (every tensor always steps).
+    /// [`Optimizer::zero_grad_set_to_none`]. Every tensor then starts at a 1,024-element
+    /// chunk, and each step has one more dispatch. Default: off (every tensor always steps).
     pub gradient_presence: bool,
     /// Entries of each group's ring of step terms. Default: [`STEP_TERMS_RING`]. With
     /// gradient presence tracked, a tensor whose gradient is absent for longer than this
@@ -423,15 +414,17 @@ impl Optimizer {
         let device = gpu.device();
         let limits = device.limits();
         let presence = options.gradient_presence;
-        let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
-        for (group, kernel) in groups.iter().zip(&kernels) {
+        let mut kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
+        for (group, kernel) in groups.iter().zip(&mut kernels) {
             check_kernel(group.rule.as_ref(), kernel, &limits)?;
+            // With presence tracked, every workgroup finds its tensor in the chunk map.
+            kernel.per_tensor |= presence;
         }
         let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let terms_ring = terms_ring_entries(&options, steps_in_flight)?;
         let tag = params.tag();
         let specs = params.into_specs();
-        let plan = crate::layout::plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements, presence)?;
+        let plan = crate::layout::plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements)?;
         let max_grid = options
             .max_workgroups_per_dimension
             .unwrap_or(limits.max_compute_workgroups_per_dimension)
@@ -487,18 +480,9 @@ impl Optimizer {
             let first = chunk_map + first_chunks[id];
             words[first..first + entry.len.div_ceil(CHUNK_ELEMENTS as usize)].fill(id as u32);
         }
-        // Gradient presence: each 64-element block's tensor (NO_TENSOR past an arena's end),
-        // then each block's lag and each chunk's (`element_lag` in shaders/common.wgsl),
-        // written every step.
-        let block_map = words.len();
         if presence {
-            let blocks = plan.total_chunks * BLOCKS_PER_CHUNK;
-            words.resize(block_map + 2 * blocks + plan.total_chunks, 0);
-            words[block_map..block_map + blocks].fill(NO_TENSOR);
-            for (id, t) in tensors.iter().enumerate() {
-                let first = block_map + plan.arenas[t.arena].3 * BLOCKS_PER_CHUNK + t.offset / BLOCK_ELEMENTS;
-                words[first..first + t.len.div_ceil(BLOCK_ELEMENTS)].fill(id as u32);
-            }
+            // Each chunk's lag (`element_lag` in shaders/common.wgsl), written every step.
+            words.resize(chunk_map + 2 * plan.total_chunks, 0);
         }
         let mut list = |ids: &[TensorId]| {
             let at = words.len();
@@ -617,7 +601,7 @@ impl Optimizer {
         control_values.terms_ring = terms_ring as u32;
         control_values.presence = presence_word.map_or(0, |at| at as u32);
         control_values.tensors = tensors.len() as u32;
-        control_values.block_map = block_map as u32;
+        control_values.chunk_map = chunk_map as u32;
         control_values.chunks = plan.total_chunks as u32;
 
         // Pipelines: one per (group, pass); the cache shares them between groups and optimizers.
@@ -786,7 +770,7 @@ impl Optimizer {
             })
             .collect();
         let before_step =
-            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &windows, block_map as u32).await?;
+            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &windows, chunk_map as u32).await?;
 
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i, tag))).collect();
         let groups: Vec<Group> = groups
@@ -1711,7 +1695,7 @@ impl Optimizer {
             terms_ring: layout.terms_ring,
             presence: layout.presence,
             tensors: layout.tensors,
-            block_map: layout.block_map,
+            chunk_map: layout.chunk_map,
             chunks: layout.chunks,
             ..control
         }

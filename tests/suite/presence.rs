@@ -40,8 +40,6 @@ fn shapes(rule: &dyn UpdateRule) -> Vec<Vec<usize>> {
     if rule.name() == "Muon" {
         vec![vec![6, 5], vec![4, 8], vec![3, 3], vec![5, 6]]
     } else {
-        // The third tensor fills a chunk of its own (the chunk's lag is its lag); the other
-        // chunks hold several tensors (each block's lag counts).
         vec![vec![37], vec![6, 5], vec![2100], vec![2, 3, 4]]
     }
 }
@@ -473,9 +471,9 @@ fn presence_calls_need_the_option_and_options_are_checked() {
 }
 
 #[test]
-fn windows_and_two_dimensional_grids_find_each_blocks_tensor() {
+fn windows_and_two_dimensional_grids_find_each_chunks_tensor() {
     // Arenas of at most 1,024 elements (the 2,100-element tensor spans three windows) swept by
-    // grids one workgroup wide: each invocation still finds its tensor's block.
+    // grids one workgroup wide: each workgroup still finds its chunk's tensor.
     let rule = Adam { lr: 0.01, weight_decay: 0.01, ..Adam::default() };
     let options = OptimizerOptions { max_arena_elements: Some(1024), max_workgroups_per_dimension: Some(1), ..presence() };
     let (expected, expected_steps) = run_cpu(&rule, GradientOptions::default(), STEPS);
