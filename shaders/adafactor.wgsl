@@ -225,7 +225,7 @@ fn moments(
         return;
     }
     let site = element_site(workgroup, grid, local);
-    let step = tensor_step(site.index);
+    let step = tensor_step(workgroup_tensor(workgroup, grid));
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
@@ -321,7 +321,7 @@ fn update_norm(
         return;
     }
     let site = element_site(workgroup, grid, local);
-    let step = tensor_step(site.index);
+    let step = tensor_step(workgroup_tensor(workgroup, grid));
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
@@ -390,7 +390,7 @@ fn apply(
         return;
     }
     let site = element_site(workgroup, grid, local);
-    let step = tensor_step(site.index);
+    let step = tensor_step(workgroup_tensor(workgroup, grid));
     if (!step_applies(terms_at(step).step, step)) {
         return;
     }

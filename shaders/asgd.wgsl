@@ -53,7 +53,7 @@ fn update(
         return;
     }
     let site = element_site(workgroup, grid, local);
-    let step = tensor_step(site.index);
+    let step = tensor_step(workgroup_tensor(workgroup, grid));
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;

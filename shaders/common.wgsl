@@ -127,7 +127,9 @@ fn group_step_of(tensor: u32) -> u32 {
 }
 
 // The tensor an element pass's workgroup works on, when every tensor starts at a chunk
-// (gradient presence tracked, or a rule that works per tensor). Workgroup-uniform.
+// (gradient presence tracked, or a rule that works per tensor). Workgroup-uniform, which
+// WGSL's uniformity analysis can see (unlike a field of `element_site`, whose value also
+// depends on the invocation): passes with barriers may return on what it gives.
 fn workgroup_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     return tables.words[dispatch.chunk_map + dispatch.first_chunk + workgroup_index(workgroup, grid)];
 }
@@ -217,18 +219,16 @@ fn dispatch_tensor(k: u32) -> u32 {
 // Where an element pass's invocation works, for rules that work per tensor.
 struct ElementSite {
     chunk: u32,             // the global chunk of its workgroup (its partials' index)
-    index: u32,             // the index of the tensor the chunk lies in
-    tensor: Tensor,         // that tensor
+    tensor: Tensor,         // the tensor the chunk lies in
     first: u32,             // the index in the tensor of its vec4's first element
     i: u32,                 // the index of its vec4 in the window's arrays
 }
 
 fn element_site(workgroup: vec3<u32>, grid: vec3<u32>, local: u32) -> ElementSite {
     let chunk = dispatch.first_chunk + workgroup_index(workgroup, grid);
-    let index = tables.words[dispatch.chunk_map + chunk];
-    let tensor = tensor_at(index);
+    let tensor = tensor_at(tables.words[dispatch.chunk_map + chunk]);
     let first = (chunk - tensor.first_chunk) * CHUNK_ELEMENTS + local * 4u;
-    return ElementSite(chunk, index, tensor, first, vec4_index(workgroup, grid, local));
+    return ElementSite(chunk, tensor, first, vec4_index(workgroup, grid, local));
 }
 
 // Whether a workgroup of an element pass covers a chunk of the window (a 2-D grid may have

@@ -94,7 +94,7 @@ fn moments(
         return;
     }
     let site = element_site(workgroup, grid, local);
-    let step = group_step_of(site.index);
+    let step = group_step_of(workgroup_tensor(workgroup, grid));
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
@@ -173,7 +173,7 @@ fn apply(
         return;
     }
     let site = element_site(workgroup, grid, local);
-    let step = group_step_of(site.index);
+    let step = group_step_of(workgroup_tensor(workgroup, grid));
     let t = terms_at(step);
     if (!step_applies(t.step, step)) {
         return;
