@@ -16,6 +16,7 @@ mod fuzz;
 #[cfg(feature = "cli")]
 mod golden;
 mod large;
+mod lbfgs;
 mod presence;
 mod reliability;
 mod rules;

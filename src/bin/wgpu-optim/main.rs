@@ -75,9 +75,40 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Run an optimizer (LBFGS or any first-order rule) for K `step(closure)` calls on a built-in
+    /// problem in N dimensions; write the final point and each step's loss.
+    Minimize(MinimizeArgs),
     /// Optimizer paths on a 2-D test function (the browser demo's runs, natively): writes the
     /// positions at every sampled step as JSON, and optionally a PNG plot.
     Trajectories(TrajectoriesArgs),
+}
+
+#[derive(clap::Args)]
+struct MinimizeArgs {
+    /// rosenbrock (scipy.optimize.rosen) or quadratic (½·Σ c_i·x_i², c_i = 1000^(i/(N−1))).
+    #[arg(long)]
+    problem: String,
+    /// The dimension N.
+    #[arg(long)]
+    dim: usize,
+    /// safetensors holding x (float32, [N]).
+    #[arg(long)]
+    start: PathBuf,
+    /// LBFGS or a torch.optim class name (SGD, Adam, AdamW, ...).
+    #[arg(long)]
+    optimizer: String,
+    /// torch keyword arguments as JSON, e.g. '{"history_size": 10, "line_search_fn": "strong_wolfe"}'.
+    #[arg(long, default_value = "{}")]
+    hyperparameters: String,
+    /// Calls of step(closure).
+    #[arg(long)]
+    steps: usize,
+    /// Where to write x (float32, [N]) and loss (float32, [K]).
+    #[arg(long)]
+    out: PathBuf,
+    /// auto, vulkan, gl, metal, dx12 or cpu (the CPU twins). Default: $WGPU_OPTIM_BACKEND or auto.
+    #[arg(long)]
+    backend: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
     match cli.command {
         Command::Parity { backend, cases, json, markdown } => parity(&backend, &cases, json, markdown),
         Command::Trajectories(args) => trajectories(args),
+        Command::Minimize(args) => minimize(args),
         Command::Adapters { probe } => {
             let adapters = pollster::block_on(GpuContext::adapters(BackendChoice::Auto));
             if adapters.is_empty() {
@@ -216,6 +248,60 @@ fn run(cli: Cli) -> Result<ExitCode, wgpu_optim::Error> {
             Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+fn minimize(args: MinimizeArgs) -> Result<ExitCode, wgpu_optim::Error> {
+    use wgpu_optim::minimize::MinimizeSpec;
+    use wgpu_optim::problems::Problem;
+    use wgpu_optim::tensor_file::NamedTensor;
+    // Everything is checked before anything runs; nothing is written on an error.
+    let problem = Problem::new(args.problem.parse()?, args.dim)?;
+    let hyperparameters: serde_json::Value = serde_json::from_str(&args.hyperparameters)
+        .map_err(|e| wgpu_optim::Error::Config(format!("--hyperparameters is not JSON: {e}")))?;
+    let start = read_safetensors(&args.start)?;
+    let x = match start.iter().find(|t| t.name == "x") {
+        Some(x) if x.shape == [args.dim] => x.data.clone(),
+        Some(x) => {
+            return Err(wgpu_optim::Error::Config(format!(
+                "{}: x has shape {:?}, but --dim is {}",
+                args.start.display(),
+                x.shape,
+                args.dim
+            )))
+        }
+        None => return Err(wgpu_optim::Error::Config(format!("{} holds no tensor named x", args.start.display()))),
+    };
+    let spec = MinimizeSpec { problem, start: x, optimizer: args.optimizer, hyperparameters, steps: args.steps };
+    spec.validate()?;
+    let backend = match args.backend {
+        Some(name) => name.parse()?,
+        None => ReplayBackend::Gpu(BackendChoice::from_env()?.unwrap_or(BackendChoice::Auto)),
+    };
+    let result = match backend {
+        ReplayBackend::Cpu => {
+            println!("adapter: CPU twins");
+            spec.run_cpu()?
+        }
+        ReplayBackend::Gpu(choice) => {
+            let gpu = GpuContext::new(choice)?;
+            println!("adapter: {}", gpu.adapter());
+            pollster::block_on(spec.run_gpu(&gpu))?
+        }
+    };
+    let steps = result.loss.len();
+    let tensors = [
+        NamedTensor { name: "x".into(), shape: vec![result.x.len()], data: result.x.clone() },
+        NamedTensor { name: "loss".into(), shape: vec![steps], data: result.loss.clone() },
+    ];
+    write_safetensors(&args.out, &tensors)?;
+    let last = result.loss.last().map_or("-".to_string(), |l| l.to_string());
+    print!("{} {} step(s) on {} in {} dimensions: last step's loss {last}", spec.optimizer, steps, spec.problem.kind(), spec.problem.dim());
+    if let (Some(evals), Some(iterations)) = (result.func_evals.last(), result.n_iter.last()) {
+        let reads: usize = result.lbfgs_steps.iter().map(|s| s.reads).sum();
+        print!(" ({evals} evaluations, {iterations} iterations, {reads} reads)");
+    }
+    println!("; wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parity(
