@@ -297,7 +297,7 @@ impl GpuVectors {
 
     fn push(&mut self, entry: usize, bindings: Bindings, op: Op, workgroups: (u32, u32)) {
         if self.ops.len() == self.op_capacity {
-            self.submit();
+            self.submit_recorded();
         }
         self.ops.push(op);
         self.pending.push(Dispatch {
@@ -396,7 +396,7 @@ impl GpuVectors {
     }
 
     /// Submits everything recorded: the dispatch records first, then the commands.
-    fn submit(&mut self) {
+    fn submit_recorded(&mut self) {
         self.flush();
         let mut records = vec![0u8; self.ops.len() * self.op_stride as usize];
         for (k, op) in self.ops.iter().enumerate() {
@@ -412,7 +412,7 @@ impl GpuVectors {
     }
 
     async fn read_buffer(&mut self, buffer: Vector, count: usize) -> Result<Vec<f32>> {
-        self.submit();
+        self.submit_recorded();
         let view = crate::optimizer::TensorView {
             buffer: self.buffer(buffer).clone(),
             offset: 0,
@@ -528,6 +528,10 @@ impl Vectors for GpuVectors {
         closure(self.encoder())
     }
 
+    fn submit(&mut self) {
+        self.submit_recorded();
+    }
+
     async fn read(&mut self) -> Result<[f32; register::HEADER]> {
         self.flush();
         let (registers, staging) = (self.registers.clone(), self.staging.clone());
@@ -538,7 +542,7 @@ impl Vectors for GpuVectors {
             0,
             register::HEADER as u64 * 4,
         );
-        self.submit();
+        self.submit_recorded();
         let (sender, receiver) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
             let _ = sender.send(result);
@@ -570,7 +574,7 @@ impl Vectors for GpuVectors {
     }
 
     async fn read_registers(&mut self) -> Result<Vec<f32>> {
-        self.submit();
+        self.submit_recorded();
         let view = crate::optimizer::TensorView {
             buffer: self.registers.clone(),
             offset: 0,
@@ -589,7 +593,7 @@ impl Vectors for GpuVectors {
                 actual: values.len(),
             });
         }
-        self.submit();
+        self.submit_recorded();
         self.gpu
             .queue()
             .write_buffer(self.buffer(v), 0, bytemuck::cast_slice(values));
@@ -604,7 +608,7 @@ impl Vectors for GpuVectors {
                 actual: values.len(),
             });
         }
-        self.submit();
+        self.submit_recorded();
         self.gpu
             .queue()
             .write_buffer(&self.registers, 0, bytemuck::cast_slice(values));

@@ -37,6 +37,7 @@
 //! [`CpuLbfgs`] is the CPU twin: the same algorithm over the same float32 operations in the same
 //! order, equal to the GPU bit for bit on IEEE adapters.
 
+mod checkpoint;
 mod gpu;
 pub(crate) mod line_search;
 pub(crate) mod scalar;
@@ -598,6 +599,7 @@ impl<B: Vectors> Driver<B> {
         self.report = LbfgsStep::default();
         self.vectors.take_dispatches();
         let result = self.step_body(&mut closure).await;
+        self.vectors.submit();
         self.report.dispatches = self.vectors.take_dispatches();
         result
     }

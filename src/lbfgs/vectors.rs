@@ -194,6 +194,9 @@ pub trait Vectors {
     fn evaluate<F>(&mut self, closure: &mut F) -> Result<()>
     where
         F: for<'a> FnMut(&mut Self::Evaluation<'a>) -> Result<()>;
+    /// Submits what is recorded (the step's last parameter update), so that the caller's
+    /// own commands see it.
+    fn submit(&mut self);
     /// Waits for every operation and returns the header registers: one read.
     async fn read(&mut self) -> Result<[f32; register::HEADER]>;
 
@@ -515,6 +518,8 @@ impl Vectors for CpuVectors {
         rest[register::LOSS] = loss;
         Ok(())
     }
+
+    fn submit(&mut self) {}
 
     async fn read(&mut self) -> Result<[f32; register::HEADER]> {
         Ok(std::array::from_fn(|k| self.registers[k]))

@@ -205,3 +205,58 @@ fn no_xdg_runtime_dir_message_on_a_fresh_machine() {
     assert!(output.status.success(), "{}", text(&output));
     assert!(!text(&output).contains("XDG_RUNTIME_DIR"), "a driver's message leaks through: {}", text(&output));
 }
+
+const MINIMIZE_CASE: &str = "tests/golden/minimize/cases/lbfgs-rosenbrock-d10-h10-iter4-wolfe";
+
+fn minimize(args: &[&str], start: &Path, out: &Path) -> Output {
+    let _turn = crate::common::gpus();
+    Command::new(env!("CARGO_BIN_EXE_wgpu-optim")).arg("minimize").args(args).arg("--start").arg(start).arg("--out").arg(out).output().unwrap()
+}
+
+/// `wgpu-optim minimize` reproduces a torch LBFGS golden run on every backend and the CPU.
+#[test]
+fn minimize_reproduces_torch_lbfgs_on_every_backend() {
+    let dir = scratch("minimize");
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join(MINIMIZE_CASE);
+    // The golden file also holds int64 counts, which read_safetensors (float32 only) refuses.
+    let bytes = std::fs::read(case.join("expected.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let expected = |name: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(name).unwrap().data()) };
+    for backend in ["cpu", "vulkan", "gl"] {
+        let out = dir.join(format!("{backend}.safetensors"));
+        let args = ["--problem", "rosenbrock", "--dim", "10", "--optimizer", "LBFGS", "--steps", "3", "--backend", backend];
+        let hyperparameters = ["--hyperparameters", r#"{"lr": 1.0, "max_iter": 4, "history_size": 10, "line_search_fn": "strong_wolfe"}"#];
+        let output = minimize(&[&args[..], &hyperparameters[..]].concat(), &case.join("start.safetensors"), &out);
+        assert!(output.status.success(), "{backend}: {}", text(&output));
+        let written = read_safetensors(&out).unwrap();
+        for name in ["x", "loss"] {
+            let got = &written.iter().find(|t| t.name == name).unwrap().data;
+            let want = expected(name);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&want).fold(0.0f32, |m, (a, e)| m.max((a - e).abs())) / scale;
+            assert!(got.len() == want.len() && worst < 1e-5, "{backend}: {name} differs from torch by {worst:e}");
+        }
+    }
+}
+
+#[test]
+fn minimize_errors_are_clear_and_leave_no_output() {
+    let dir = scratch("minimize-errors");
+    let start = dir.join("start.safetensors");
+    write_safetensors(&start, &[NamedTensor { name: "x".into(), shape: vec![4], data: vec![0.5; 4] }]).unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--problem", "rosenbrock", "--dim", "5", "--optimizer", "LBFGS", "--steps", "2"], "--dim is 5"),
+        (&["--problem", "himmelblau", "--dim", "4", "--optimizer", "LBFGS", "--steps", "2"], "unknown problem"),
+        (&["--problem", "quadratic", "--dim", "4", "--optimizer", "LBFGS", "--steps", "2", "--hyperparameters", r#"{"history_size": 0}"#], "history_size"),
+        (&["--problem", "quadratic", "--dim", "4", "--optimizer", "Adam", "--steps", "2", "--hyperparameters", r#"{"lr": -1}"#], "lr"),
+        (&["--problem", "quadratic", "--dim", "4", "--optimizer", "Newtonish", "--steps", "2"], "unknown optimizer"),
+        (&["--problem", "quadratic", "--dim", "4", "--optimizer", "LBFGS", "--steps", "2", "--hyperparameters", "{lr: 1}"], "not JSON"),
+    ];
+    for (args, message) in cases {
+        let out = dir.join("out.safetensors");
+        let output = minimize(args, &start, &out);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(text(&output).contains(message), "{args:?}: expected {message:?} in {}", text(&output));
+        assert!(!out.exists(), "{args:?}: no output file after an error");
+    }
+}

@@ -3,7 +3,8 @@
 
 use serde_json::json;
 use wgpu_optim::minimize::{MinimizeResult, MinimizeSpec};
-use wgpu_optim::problems::{Problem, ProblemKind};
+use wgpu_optim::problems::{GpuProblem, Problem, ProblemKind};
+use wgpu_optim::{CpuLbfgs, Lbfgs, LbfgsOptions, LineSearch, Parameters, TensorId, TensorView};
 
 use wgpu_optim::GpuContext;
 
@@ -226,4 +227,152 @@ fn minimize_matches_torch_golden_runs() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The problem on an L-BFGS optimizer's views: x spanning `len` elements from the start of the
+/// parameter buffer (several tensors of 64-multiple sizes lie back to back without padding).
+fn bound_problem(gpu: &GpuContext, lbfgs: &Lbfgs, first: TensorId, problem: &Problem) -> GpuProblem {
+    let whole = |view: TensorView| TensorView { offset: 0, len: problem.dim(), ..view };
+    let (x, grad) = (whole(lbfgs.param(first).unwrap()), whole(lbfgs.grad(first).unwrap()));
+    pollster::block_on(GpuProblem::new(gpu, problem, &x, &grad, &lbfgs.loss_view())).unwrap()
+}
+
+fn rosenbrock_start(dim: usize) -> Vec<f32> {
+    (0..dim).map(|i| if i % 2 == 0 { -1.2 } else { 1.0 }).collect()
+}
+
+/// Saving in the middle of a run and restoring into a new optimizer continues the run bit for
+/// bit, on the GPU and on the CPU twin (with and without a line search).
+#[test]
+fn lbfgs_resumes_from_a_checkpoint_exactly() {
+    let problem = Problem::new(ProblemKind::Rosenbrock, 100).unwrap();
+    for line_search_fn in [None, Some(LineSearch::StrongWolfe)] {
+        let options = LbfgsOptions { history_size: 4, max_iter: 5, lr: 0.5, line_search_fn, ..LbfgsOptions::default() };
+        let params = || {
+            let mut params = Parameters::new();
+            let x = params.add("x", &[100], rosenbrock_start(100)).unwrap();
+            (params, x)
+        };
+        for gpu in gpus() {
+            let run = |steps: std::ops::Range<usize>, from: Option<&[u8]>| {
+                let (params, x) = params();
+                let mut lbfgs = Lbfgs::new(gpu, params, options.clone()).unwrap();
+                if let Some(bytes) = from {
+                    pollster::block_on(lbfgs.restore_async(bytes)).unwrap();
+                }
+                let problem = bound_problem(gpu, &lbfgs, x, &problem);
+                let losses: Vec<f32> = steps.map(|_| lbfgs.step(|encoder| Ok(problem.record(encoder))).unwrap()).collect();
+                let bytes = pollster::block_on(lbfgs.checkpoint_async()).unwrap();
+                (losses, lbfgs.read_param(x).unwrap(), bytes, lbfgs.func_evals())
+            };
+            let (straight, x_straight, _, evals) = run(0..6, None);
+            let (first, _, saved, _) = run(0..3, None);
+            let (second, x_resumed, _, resumed_evals) = run(3..6, Some(&saved));
+            let what = format!("{line_search_fn:?} on {}", gpu.adapter());
+            assert_eq!(bits(&[first, second].concat()), bits(&straight), "{what}: losses");
+            assert_eq!(bits(&x_resumed), bits(&x_straight), "{what}: final x");
+            assert_eq!(resumed_evals, evals, "{what}: func_evals continues");
+        }
+        let cpu_run = |steps: std::ops::Range<usize>, from: Option<&[u8]>| {
+            let (params, x) = params();
+            let mut lbfgs = CpuLbfgs::new(params, options.clone()).unwrap();
+            if let Some(bytes) = from {
+                pollster::block_on(lbfgs.restore_async(bytes)).unwrap();
+            }
+            let range = lbfgs.tensor_range(x).unwrap();
+            let losses: Vec<f32> = steps
+                .map(|_| lbfgs.step(|e| Ok(*e.loss = problem.evaluate(&e.params[range.clone()], &mut e.grad[range.clone()]))).unwrap())
+                .collect();
+            (losses, lbfgs.params()[range].to_vec(), pollster::block_on(lbfgs.checkpoint_async()).unwrap())
+        };
+        let (straight, x_straight, _) = cpu_run(0..6, None);
+        let (first, _, saved) = cpu_run(0..3, None);
+        let (second, x_resumed, _) = cpu_run(3..6, Some(&saved));
+        assert_eq!(bits(&[first, second].concat()), bits(&straight), "{line_search_fn:?} on the CPU: losses");
+        assert_eq!(bits(&x_resumed), bits(&x_straight), "{line_search_fn:?} on the CPU: final x");
+    }
+}
+
+/// One tensor of 4,096 elements and 64 tensors of 64 hold the same flat vector: the runs are
+/// identical, and so is every step's dispatch count (it depends on the history, not on the
+/// tensors).
+#[test]
+fn lbfgs_dispatches_do_not_grow_with_the_number_of_tensors() {
+    let dim = 4096;
+    let problem = Problem::new(ProblemKind::Rosenbrock, dim).unwrap();
+    let start = rosenbrock_start(dim);
+    let options = LbfgsOptions { history_size: 8, line_search_fn: Some(LineSearch::StrongWolfe), ..LbfgsOptions::default() };
+    for gpu in gpus() {
+        let mut runs = Vec::new();
+        for tensors in [1, 64] {
+            let mut params = Parameters::new();
+            let size = dim / tensors;
+            let ids: Vec<TensorId> = (0..tensors).map(|t| params.add(&format!("w{t}"), &[size], start[t * size..(t + 1) * size].to_vec()).unwrap()).collect();
+            let mut lbfgs = Lbfgs::new(gpu, params, options.clone()).unwrap();
+            assert_eq!(lbfgs.flat_len(), dim, "64-element tensors pack without padding");
+            let problem = bound_problem(gpu, &lbfgs, ids[0], &problem);
+            let mut steps = Vec::new();
+            let mut losses = Vec::new();
+            for _ in 0..3 {
+                losses.push(lbfgs.step(|encoder| Ok(problem.record(encoder))).unwrap());
+                steps.push(lbfgs.last_step());
+            }
+            runs.push((losses, steps));
+        }
+        assert_eq!(bits(&runs[0].0), bits(&runs[1].0), "on {}", gpu.adapter());
+        assert_eq!(runs[0].1, runs[1].1, "on {}: reads, dispatches, evaluations, iterations", gpu.adapter());
+        let last = runs[0].1[2];
+        // Each read is one evaluation (the line search's and the step's first) or one of the two
+        // scalars torch branches on per iteration (ys after the first, gtd).
+        assert!(last.reads as u64 <= last.evaluations + 2 * last.iterations, "{last:?}");
+    }
+}
+
+#[test]
+fn lbfgs_rejects_bad_input_clearly() {
+    let invalid = [
+        (json!({"lr": -1.0}), "lr"),
+        (json!({"history_size": 0}), "history_size"),
+        (json!({"line_search_fn": "backtracking"}), "line_search_fn"),
+        (json!({"momentum": 0.9}), "momentum"),
+        (json!({"tolerance_grad": f64::NAN}), "tolerance_grad"),
+        (json!({"line_search_fn": "strong_wolfe", "max_eval": 0}), "max_eval"),
+    ];
+    for (hyperparameters, name) in invalid {
+        let error = LbfgsOptions::from_json(&hyperparameters).expect_err("invalid hyper-parameters are refused");
+        assert!(error.to_string().contains(name), "{hyperparameters}: {error}");
+    }
+    let mut params = Parameters::new();
+    let x = params.add("x", &[3], vec![1.0, 2.0, 3.0]).unwrap();
+    let mut other = Parameters::new();
+    let foreign = other.add("y", &[3], vec![0.0; 3]).unwrap();
+    assert!(CpuLbfgs::new(Parameters::new(), LbfgsOptions::default()).is_err(), "no tensors");
+    let mut lbfgs = CpuLbfgs::new(params, LbfgsOptions::default()).unwrap();
+    assert!(matches!(lbfgs.tensor_range(foreign), Err(wgpu_optim::Error::ForeignTensor { .. })));
+    let range = lbfgs.tensor_range(x).unwrap();
+    lbfgs.step(|e| {
+        *e.loss = e.params[range.clone()].iter().map(|v| v * v).sum();
+        for (g, p) in e.grad[range.clone()].iter_mut().zip(&e.params[range.clone()]) {
+            *g = 2.0 * p;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let saved = pollster::block_on(lbfgs.checkpoint_async()).unwrap();
+    // A closure's error ends the step with that error.
+    let error = lbfgs.step(|_| Err(wgpu_optim::Error::Config("backward failed".into()))).unwrap_err();
+    assert!(error.to_string().contains("backward failed"));
+    // Corrupt or mismatched checkpoints are refused and change nothing.
+    let before = lbfgs.params().to_vec();
+    assert!(pollster::block_on(lbfgs.restore_async(&saved[..saved.len() / 2])).is_err());
+    let mut bigger = Parameters::new();
+    bigger.add("x", &[4], vec![0.0; 4]).unwrap();
+    let mut mismatched = CpuLbfgs::new(bigger, LbfgsOptions::default()).unwrap();
+    let error = pollster::block_on(mismatched.restore_async(&saved)).unwrap_err();
+    assert!(error.to_string().contains("\"x\""), "{error}");
+    let mut other_history = Parameters::new();
+    other_history.add("x", &[3], vec![0.0; 3]).unwrap();
+    let mut other_history = CpuLbfgs::new(other_history, LbfgsOptions { history_size: 5, ..LbfgsOptions::default() }).unwrap();
+    assert!(pollster::block_on(other_history.restore_async(&saved)).unwrap_err().to_string().contains("history_size"));
+    assert_eq!(lbfgs.params(), &before[..]);
 }
