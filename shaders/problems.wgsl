@@ -6,6 +6,11 @@
 //               g_i  = (−400·x_i)·a_i − 2·b_i  [i < N−1]  +  200·a_{i−1}  [i > 0]
 //   quadratic   loss = Σ ((0.5·c_i)·x_i)·x_i,   g_i = c_i·x_i,   c_i = 1000^(i/(N−1))
 //
+// `hessian` writes the Hessian's nonzero entries (row-major n × n; the rest must be zero):
+//   rosenbrock  H_ii = ((1200·x_i)·x_i − 400·x_{i+1}) + 2 [i < N−1]  +  200 [i > 0]
+//               H_{i,i+1} = H_{i+1,i} = −400·x_i
+//   quadratic   H_ii = c_i
+//
 // `evaluate` writes the gradient and reduces the loss terms per block of 1,024 elements
 // (each invocation adds its four terms in order, then a halving tree); `total` adds the blocks
 // (src/problems.rs mirrors both on the CPU).
@@ -26,6 +31,7 @@ struct Shape {
 @group(0) @binding(3) var<storage, read> curvature: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> hessian: array<f32>;
 
 const WORKGROUP: u32 = 256u;
 var<workgroup> reduced: array<f32, 256>;
@@ -95,4 +101,27 @@ fn total(@builtin(local_invocation_index) lid: u32) {
     if lid == 0u {
         loss[0] = sum;
     }
+}
+
+@compute @workgroup_size(256)
+fn hessian_rows(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    let n = shape.dim;
+    if i >= n {
+        return;
+    }
+    if problem == ROSENBROCK {
+        var diagonal = 0.0;
+        if i + 1u < n {
+            diagonal = ((1200.0 * x[i]) * x[i] - 400.0 * x[i + 1u]) + 2.0;
+            hessian[i * n + i + 1u] = -400.0 * x[i];
+        }
+        if i > 0u {
+            diagonal = diagonal + 200.0;
+            hessian[i * n + i - 1u] = -400.0 * x[i - 1u];
+        }
+        hessian[i * n + i] = diagonal;
+        return;
+    }
+    hessian[i * n + i] = curvature[i];
 }

@@ -42,6 +42,10 @@ pub enum Error {
     /// An optimizer name the library does not implement.
     #[error("unknown optimizer {0:?}: expected one of {1}")]
     UnknownOptimizer(String, String),
+    /// A step that cannot be taken as asked (a singular Hessian, no damped step that lowers
+    /// the loss); the parameters are unchanged.
+    #[error("{0}")]
+    Numerical(String),
     /// Malformed or unknown configuration (replay `run.json`, hyper-parameter objects).
     #[error("invalid configuration: {0}")]
     Config(String),

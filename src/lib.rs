@@ -40,6 +40,7 @@ pub mod gradients;
 mod layout;
 pub mod lbfgs;
 pub mod minimize;
+pub mod newton;
 pub mod optimizer;
 pub mod params;
 pub mod problems;

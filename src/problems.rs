@@ -119,6 +119,30 @@ impl Problem {
         }
     }
 
+    /// The Hessian at `x`, dense and row-major, as the kernel writes it.
+    pub fn hessian(&self, x: &[f32]) -> Vec<f32> {
+        let n = self.dim;
+        let mut h = vec![0.0f32; n * n];
+        for i in 0..n {
+            match self.kind {
+                ProblemKind::Rosenbrock => {
+                    let mut diagonal = 0.0f32;
+                    if i + 1 < n {
+                        diagonal = ((1200.0 * x[i]) * x[i] - 400.0 * x[i + 1]) + 2.0;
+                        h[i * n + i + 1] = -400.0 * x[i];
+                    }
+                    if i > 0 {
+                        diagonal += 200.0;
+                        h[i * n + i - 1] = -400.0 * x[i - 1];
+                    }
+                    h[i * n + i] = diagonal;
+                }
+                ProblemKind::Quadratic => h[i * n + i] = self.curvature[i],
+            }
+        }
+        h
+    }
+
     /// The loss and gradient at `x` (its first `dim` elements), as the kernel computes them.
     pub fn evaluate(&self, x: &[f32], grad: &mut [f32]) -> f32 {
         let vec4s = self.dim.div_ceil(4);
@@ -148,19 +172,34 @@ struct Shape {
 pub struct GpuProblem {
     evaluate: wgpu::ComputePipeline,
     total: wgpu::ComputePipeline,
+    hessian: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
+    has_hessian: bool,
+    dim: u32,
 }
 
 impl GpuProblem {
     /// Binds the problem to `x` (read), `grad` (written) and `loss` (one `f32`, written).
-    pub async fn new(
+    pub async fn new(gpu: &GpuContext, problem: &Problem, x: &TensorView, grad: &TensorView, loss: &TensorView) -> Result<Self> {
+        Self::with_hessian(gpu, problem, x, grad, loss, None).await
+    }
+
+    /// [`GpuProblem::new`], and where [`GpuProblem::record_hessian`] writes the Hessian
+    /// (n × n, row-major; only the nonzero entries are written).
+    pub async fn with_hessian(
         gpu: &GpuContext,
         problem: &Problem,
         x: &TensorView,
         grad: &TensorView,
         loss: &TensorView,
+        hessian: Option<&TensorView>,
     ) -> Result<Self> {
+        if let Some(h) = hessian {
+            if h.len != problem.dim * problem.dim {
+                return Err(Error::SizeMismatch { what: format!("the Hessian of {}", problem.kind), expected: problem.dim * problem.dim, actual: h.len });
+            }
+        }
         for (what, view) in [("x", x), ("the gradient", grad)] {
             if view.len != problem.dim {
                 return Err(Error::SizeMismatch {
@@ -180,7 +219,7 @@ impl GpuProblem {
             grid_x: grid.0,
             _pad: 0,
         };
-        let (layout, shape_buffer, curvature, partials) = gpu
+        let (layout, shape_buffer, curvature, partials, unused) = gpu
             .checked("allocating a problem's buffers", || {
                 use wgpu::util::DeviceExt;
                 let mut entries = vec![wgpu::BindGroupLayoutEntry {
@@ -194,7 +233,7 @@ impl GpuProblem {
                     count: None,
                 }];
                 entries.extend(
-                    [(1, true), (2, false), (3, true), (4, false), (5, false)]
+                    [(1, true), (2, false), (3, true), (4, false), (5, false), (6, false)]
                         .map(|(b, read_only)| storage_binding(b, read_only, 4)),
                 );
                 let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -222,7 +261,8 @@ impl GpuProblem {
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
                 });
-                (layout, shape_buffer, curvature, partials)
+                let unused = device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-optim problem (no hessian)"), size: 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+                (layout, shape_buffer, curvature, partials, unused)
             })
             .await?;
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -251,12 +291,19 @@ impl GpuProblem {
                 PipelineKey {
                     label: "problems",
                     entry: "total",
-                    constants,
+                    constants: constants.clone(),
                 },
                 PROBLEMS_WGSL,
                 &pipeline_layout,
             )
             .await?;
+        let hessian_pipeline = gpu
+            .pipeline(PipelineKey { label: "problems", entry: "hessian_rows", constants }, PROBLEMS_WGSL, &pipeline_layout)
+            .await?;
+        let hessian_binding = match hessian {
+            Some(h) => h.binding(),
+            None => unused.as_entire_binding(),
+        };
         let bind_group = gpu
             .checked("binding a problem", || {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -287,16 +334,25 @@ impl GpuProblem {
                             binding: 5,
                             resource: loss.binding(),
                         },
+                        wgpu::BindGroupEntry { binding: 6, resource: hessian_binding },
                     ],
                 })
             })
             .await?;
-        Ok(GpuProblem {
-            evaluate,
-            total,
-            bind_group,
-            grid,
-        })
+        Ok(GpuProblem { evaluate, total, hessian: hessian_pipeline, bind_group, grid, has_hessian: hessian.is_some(), dim: problem.dim as u32 })
+    }
+
+    /// Records the Hessian's nonzero entries at the current `x` (bound by
+    /// [`GpuProblem::with_hessian`]; nothing otherwise): one dispatch.
+    pub fn record_hessian(&self, encoder: &mut wgpu::CommandEncoder) {
+        if !self.has_hessian {
+            return;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-optim problem hessian"), timestamp_writes: None });
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(&self.hessian);
+        // One invocation per row (n is small: the Hessian holds n² values).
+        pass.dispatch_workgroups(self.dim.div_ceil(256), 1, 1);
     }
 
     /// Records the loss and gradient at the current `x`: two dispatches.

@@ -17,6 +17,7 @@ mod fuzz;
 mod golden;
 mod large;
 mod lbfgs;
+mod newton;
 mod presence;
 mod reliability;
 mod rules;
