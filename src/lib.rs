@@ -12,6 +12,9 @@
 //!   `AdamW`, `NAdam`, `Adamax`, `RAdam`, `Rprop`, `ASGD`, `Adafactor`, `Muon`, timm's `Lamb`,
 //!   lion-pytorch's `Lion` and the Adan authors' `Adan`), each with the reference's names, defaults and validation, a WGSL kernel and a
 //!   scalar CPU reference; [`CpuOptimizer`] runs the references.
+//! - [`Lbfgs`] is torch's `LBFGS` (history on the GPU, torch's strong-Wolfe line search) with its
+//!   CPU twin [`CpuLbfgs`]; [`newton`] is Newton's method with a dense Hessian, plain or damped;
+//!   [`minimize`] runs any of them on the built-in [`problems`] (the `wgpu-optim minimize` command).
 //! - [`replay`] applies an optimizer to recorded gradients (the `wgpu-optim replay` command).
 //! - [`schedule`] holds torch's learning-rate schedulers (`StepLR`, `CosineAnnealingLR`,
 //!   `OneCycleLR`, `SequentialLR`, `ReduceLROnPlateau`, ...) with their exact step semantics.

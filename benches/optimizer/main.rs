@@ -10,6 +10,7 @@ mod gpu;
 mod layouts;
 mod naive;
 mod report;
+mod second_order;
 mod structured;
 mod variants;
 
@@ -94,7 +95,7 @@ struct Args {
     /// Sizes of the tuning table (each must fit one storage binding).
     #[arg(long, value_delimiter = ',')]
     tuning_sizes: Option<Vec<String>>,
-    /// Sections to run: bandwidth, scaling, tuning, gpt2, structured.
+    /// Sections to run: bandwidth, scaling, tuning, gpt2, structured, second-order (L-BFGS against AdamW).
     #[arg(long, value_delimiter = ',', default_value = "bandwidth,scaling,tuning")]
     sections: Vec<String>,
     /// Adds the GPT-2-small layout (148 tensors, 124 M parameters) section.
@@ -398,9 +399,9 @@ fn run(args: &Args) -> Result<(), String> {
         sections.push("structured".into());
     }
     for section in &sections {
-        if !["bandwidth", "scaling", "tuning", "gpt2", "structured"].contains(&section.as_str()) {
+        if !["bandwidth", "scaling", "tuning", "gpt2", "structured", "second-order"].contains(&section.as_str()) {
             return Err(format!(
-                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2, structured"
+                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2, structured, second-order"
             ));
         }
     }
@@ -497,6 +498,12 @@ fn run(args: &Args) -> Result<(), String> {
         let rows = tuning_section(&bench, &plan, &options, &tuning_sizes)?;
         print_tuning(&rows, &tuning_sizes, software);
         report["tuning"] = serde_json::to_value(&rows).expect("plain data");
+    }
+    if sections.iter().any(|s| s == "second-order") {
+        let dims = if args.quick { vec![1 << 16] } else { vec![1 << 16, 1 << 20] };
+        let rows = second_order::second_order_section(&bench, &dims, if args.quick { 3 } else { 7 })?;
+        second_order::print_second_order(&rows);
+        report["second_order"] = serde_json::to_value(&rows).expect("plain data");
     }
     if sections.iter().any(|s| s == "structured") {
         let config = &structured_config;
