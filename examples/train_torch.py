@@ -9,6 +9,13 @@ measures how far apart they are.
     python3 examples/train_torch.py --out target/train/torch.json
     cargo run --release --example train -- --reference target/train/torch.json
 
+`--optimizer lbfgs` trains full-batch with torch.optim.LBFGS instead (one step per epoch, a
+closure over all training samples, the loss plus an L2 penalty weight_decay/2 * sum ||W||^2 on the
+weights), as `cargo run --release --example train -- --optimizer lbfgs` does:
+
+    python3 examples/train_torch.py --optimizer lbfgs --out target/train/torch-lbfgs.json
+    cargo run --release --example train -- --optimizer lbfgs --reference target/train/torch-lbfgs.json
+
 Everything random comes from SplitMix64 streams that examples/train/data.rs reproduces bit for
 bit: the split (fixed seed), the initial weights (--seed) and the minibatch order (--seed + 1).
 """
@@ -40,7 +47,12 @@ DEFAULTS = {
     "Adam": {"lr": 1e-2},
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1},
     "NAdam": {"lr": 1e-2},
+    # Full batch. torch.optim.LBFGS has no weight decay: weight_decay here is the lambda of an L2
+    # penalty lambda/2 * sum ||W||^2 that the closure adds to the loss (weights only).
+    "LBFGS": {"lr": 1.0, "max_iter": 20, "history_size": 10, "line_search_fn": "strong_wolfe", "weight_decay": 1e-3},
 }
+# The hyper-parameters of torch.optim.LBFGS that a run records (from its param_groups).
+LBFGS_KEYS = ("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change", "history_size", "line_search_fn", "maximize")
 
 
 class SplitMix64:
@@ -130,7 +142,7 @@ def main():
     parser.add_argument("--weight-decay", type=float, help="weight decay of the weights (default: per optimizer)")
     parser.add_argument("--hidden", default="128,64")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, help="epochs (default 30); with lbfgs, L-BFGS steps (default 10)")
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--warmup-start", type=float, default=0.01, help="LinearLR start_factor")
     parser.add_argument("--clip-grad-norm", type=float, default=1.0, help="max global L2 norm of the gradients (0: no clipping)")
@@ -153,6 +165,10 @@ def main():
     if args.weight_decay is not None:
         hyper["weight_decay"] = args.weight_decay
     hyper.update(spec)
+    if args.epochs is None:
+        args.epochs = 10 if name == "LBFGS" else 30
+    if name == "LBFGS":
+        return train_lbfgs(args, dtype, sizes, tensors, hyper, (x_train, y_train, x_test, y_test))
     optimizer = getattr(torch.optim, name)(
         [{"params": weights}, {"params": biases, "weight_decay": 0.0}], **hyper
     )
@@ -234,6 +250,103 @@ def main():
     print(f"{args.optimizer} ({args.dtype}): {total} steps in {seconds:.1f} s, "
           f"final train loss {record['loss'][-1]:.4f}, test accuracy {100 * evals['test_accuracy'][-1]:.2f} % "
           f"-> {out}")
+
+
+def forward_of(weights, biases):
+    def forward(x):
+        for k, (w, b) in enumerate(zip(weights, biases)):
+            x = F.linear(x, w, b)
+            if k + 1 < len(weights):
+                x = F.relu(x)
+        return x
+
+    return forward
+
+
+def train_lbfgs(args, dtype, sizes, tensors, hyper, data):
+    """Full-batch torch.optim.LBFGS: --epochs steps, each calling the closure (forward and backward
+    over every training sample) as often as its line search needs; the test set after each step."""
+    x_train, y_train, x_test, y_test = data
+    weights, biases = tensors[0::2], tensors[1::2]
+    hyper = dict(hyper)
+    l2 = float(hyper.pop("weight_decay", 0.0))
+    optimizer = torch.optim.LBFGS(tensors, **hyper)
+    xs, ys = torch.tensor(x_train, dtype=dtype), torch.tensor(y_train)
+    xt, yt = torch.tensor(x_test, dtype=dtype), torch.tensor(y_test)
+    forward = forward_of(weights, biases)
+
+    def objective():
+        # Mean cross-entropy, then lambda/2 * ||W||^2 per layer, in the order the WGSL kernels add them.
+        loss = F.cross_entropy(forward(xs), ys)
+        for w in weights:
+            loss = loss + 0.5 * l2 * (w * w).sum()
+        return loss
+
+    def closure():
+        optimizer.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    def log_eval(step):
+        with torch.no_grad():
+            logits = forward(xt)
+            evals["step"].append(step)
+            evals["test_loss"].append(F.cross_entropy(logits, yt).item())
+            evals["test_accuracy"].append((logits.argmax(1) == yt).double().mean().item())
+
+    record = {"loss": [], "lr": [], "param_norm": []}
+    evals = {"step": [], "test_loss": [], "test_accuracy": []}
+    curves = {"evaluations": [], "iterations": [], "step_seconds": []}
+    log_eval(0)
+    state = optimizer.state[tensors[0]]
+    start = time.perf_counter()
+    for step in range(args.epochs):
+        evals_before, iter_before = state.get("func_evals", 0), state.get("n_iter", 0)
+        step_start = time.perf_counter()
+        loss = optimizer.step(closure)
+        curves["step_seconds"].append(time.perf_counter() - step_start)
+        curves["evaluations"].append(state["func_evals"] - evals_before)
+        curves["iterations"].append(state["n_iter"] - iter_before)
+        record["loss"].append(loss.item())
+        record["lr"].append(optimizer.param_groups[0]["lr"])
+        with torch.no_grad():
+            record["param_norm"].append(math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors)))
+        log_eval(step + 1)
+        print(f"step {step + 1}/{args.epochs}: loss {record['loss'][-1]:.4f}, {curves['evaluations'][-1]} evaluations, "
+              f"test loss {evals['test_loss'][-1]:.4f}, test accuracy {100 * evals['test_accuracy'][-1]:.2f} %")
+    with torch.no_grad():
+        curves["final_loss"] = objective().item()
+    seconds = time.perf_counter() - start
+
+    group = optimizer.param_groups[0]
+    recorded = {key: group[key] for key in LBFGS_KEYS}
+    recorded["weight_decay"] = l2
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "trainer": f"torch {torch.__version__} ({args.dtype}, CPU)",
+        "data": "UCI digits 8×8",
+        "optimizer": "LBFGS",
+        "hyperparameters": recorded,
+        "hidden": sizes[1:-1],
+        "batch": len(x_train),
+        "epochs": args.epochs,
+        "steps_per_epoch": 1,
+        "warmup_steps": 0,
+        "warmup_start": 1.0,
+        "clip_grad_norm": 0.0,
+        "seed": args.seed,
+        "seconds": seconds,
+        "steps": record,
+        "evals": evals,
+        "lbfgs": curves,
+    }
+    out.write_text(json.dumps(result))
+    print(f"{args.optimizer} ({args.dtype}): {args.epochs} L-BFGS steps ({sum(curves['iterations'])} iterations, "
+          f"{sum(curves['evaluations'])} evaluations of the full batch) in {seconds:.1f} s, training loss "
+          f"{curves['final_loss']:.4f}, test loss {evals['test_loss'][-1]:.4f}, "
+          f"test accuracy {100 * evals['test_accuracy'][-1]:.2f} % -> {out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 // (256 invocations × vec4) into `partials[block]`, then `finalize` (one workgroup) adds the
 // blocks in a fixed order and writes the result into `registers`. The scalars that torch turns
 // into Python numbers (ys, gtd, the loss) are read back by the CPU; the others (ro, al, be,
-// H_diag) never leave the GPU. The CPU twin (src/lbfgs/vectors.rs) reduces in the same order.
+// H_diag) never leave the GPU. The reduction helpers are shaders/block_reduce.wgsl (prepended);
+// the CPU twin (src/lbfgs/vectors.rs) reduces in the same order.
 //
 //   entry           computes                                   reduces
 //   gather          g = ±grad                                  Σ|g|, g·d, max|g|
@@ -61,35 +62,6 @@ const FINALIZE_SET: u32 = 5u;
 @group(0) @binding(5) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> registers: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
-
-const WORKGROUP: u32 = 256u;
-var<workgroup> reduced: array<vec4<f32>, 256>;
-
-// (sum, sum, max, max) of two partial results.
-fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(a.xy + b.xy, max(a.zw, b.zw));
-}
-
-fn lane_sum(p: vec4<f32>) -> f32 {
-    return ((p.x + p.y) + p.z) + p.w;
-}
-
-fn lane_max(p: vec4<f32>) -> f32 {
-    return max(max(p.x, p.y), max(p.z, p.w));
-}
-
-// The workgroup's tree reduction (halving strides); every invocation returns the total.
-fn workgroup_total(lid: u32, value: vec4<f32>) -> vec4<f32> {
-    reduced[lid] = value;
-    workgroupBarrier();
-    for (var stride = WORKGROUP / 2u; stride > 0u; stride = stride / 2u) {
-        if lid < stride {
-            reduced[lid] = combine(reduced[lid], reduced[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    return reduced[0];
-}
 
 fn coefficient() -> f32 {
     if op.coef_register == NO_REGISTER {

@@ -11,6 +11,9 @@
 //               H_{i,i+1} = H_{i+1,i} = −400·x_i
 //   quadratic   H_ii = c_i
 //
+// `hessian_times_direction` writes product = H·direction from the same entries, row i as
+//   (H_ii·v_i + H_{i,i+1}·v_{i+1}) + H_{i,i−1}·v_{i−1}.
+//
 // `evaluate` writes the gradient and reduces the loss terms per block of 1,024 elements
 // (each invocation adds its four terms in order, then a halving tree); `total` adds the blocks
 // (src/problems.rs mirrors both on the CPU).
@@ -32,6 +35,8 @@ struct Shape {
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> hessian: array<f32>;
+@group(0) @binding(7) var<storage, read> direction: array<f32>;
+@group(0) @binding(8) var<storage, read_write> product: array<f32>;
 
 const WORKGROUP: u32 = 256u;
 var<workgroup> reduced: array<f32, 256>;
@@ -124,4 +129,42 @@ fn hessian_rows(@builtin(global_invocation_id) id: vec3<u32>) {
         return;
     }
     hessian[i * n + i] = curvature[i];
+}
+
+// The Hessian's entry (i, j), |i − j| ≤ 1.
+fn hessian_entry(i: u32, j: u32) -> f32 {
+    let n = shape.dim;
+    if problem != ROSENBROCK {
+        return select(0.0, curvature[i], i == j);
+    }
+    if i == j {
+        var diagonal = 0.0;
+        if i + 1u < n {
+            diagonal = ((1200.0 * x[i]) * x[i] - 400.0 * x[i + 1u]) + 2.0;
+        }
+        if i > 0u {
+            diagonal = diagonal + 200.0;
+        }
+        return diagonal;
+    }
+    return -400.0 * x[min(i, j)];
+}
+
+@compute @workgroup_size(256)
+fn hessian_times_direction(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * (65535u * WORKGROUP);
+    let n = shape.dim;
+    if i >= n {
+        return;
+    }
+    var value = hessian_entry(i, i) * direction[i];
+    if problem == ROSENBROCK {
+        if i + 1u < n {
+            value = value + hessian_entry(i, i + 1u) * direction[i + 1u];
+        }
+        if i > 0u {
+            value = value + hessian_entry(i, i - 1u) * direction[i - 1u];
+        }
+    }
+    product[i] = value;
 }

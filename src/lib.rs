@@ -44,6 +44,7 @@ mod layout;
 pub mod lbfgs;
 pub mod minimize;
 pub mod newton;
+pub mod newton_cg;
 pub mod optimizer;
 pub mod params;
 pub mod problems;

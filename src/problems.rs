@@ -175,7 +175,9 @@ pub struct GpuProblem {
     hessian: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
+    product: wgpu::ComputePipeline,
     has_hessian: bool,
+    has_product: bool,
     dim: u32,
 }
 
@@ -187,14 +189,32 @@ impl GpuProblem {
 
     /// [`GpuProblem::new`], and where [`GpuProblem::record_hessian`] writes the Hessian
     /// (n × n, row-major; only the nonzero entries are written).
-    pub async fn with_hessian(
+    pub async fn with_hessian(gpu: &GpuContext, problem: &Problem, x: &TensorView, grad: &TensorView, loss: &TensorView, hessian: Option<&TensorView>) -> Result<Self> {
+        Self::bind(gpu, problem, x, grad, loss, hessian, None).await
+    }
+
+    /// [`GpuProblem::new`], and the direction `v` and product `out` of
+    /// [`GpuProblem::record_hessian_times_direction`] (`out = H·v`).
+    pub async fn with_hessian_times(gpu: &GpuContext, problem: &Problem, x: &TensorView, grad: &TensorView, loss: &TensorView, v: &TensorView, out: &TensorView) -> Result<Self> {
+        Self::bind(gpu, problem, x, grad, loss, None, Some((v, out))).await
+    }
+
+    async fn bind(
         gpu: &GpuContext,
         problem: &Problem,
         x: &TensorView,
         grad: &TensorView,
         loss: &TensorView,
         hessian: Option<&TensorView>,
+        hessian_times: Option<(&TensorView, &TensorView)>,
     ) -> Result<Self> {
+        if let Some((v, out)) = hessian_times {
+            for (what, view) in [("the direction", v), ("the Hessian-vector product", out)] {
+                if view.len != problem.dim {
+                    return Err(Error::SizeMismatch { what: format!("{what} of {}", problem.kind), expected: problem.dim, actual: view.len });
+                }
+            }
+        }
         if let Some(h) = hessian {
             if h.len != problem.dim * problem.dim {
                 return Err(Error::SizeMismatch { what: format!("the Hessian of {}", problem.kind), expected: problem.dim * problem.dim, actual: h.len });
@@ -219,7 +239,7 @@ impl GpuProblem {
             grid_x: grid.0,
             _pad: 0,
         };
-        let (layout, shape_buffer, curvature, partials, unused) = gpu
+        let (layout, shape_buffer, curvature, partials, unused, unused_read, unused_write) = gpu
             .checked("allocating a problem's buffers", || {
                 use wgpu::util::DeviceExt;
                 let mut entries = vec![wgpu::BindGroupLayoutEntry {
@@ -233,7 +253,7 @@ impl GpuProblem {
                     count: None,
                 }];
                 entries.extend(
-                    [(1, true), (2, false), (3, true), (4, false), (5, false), (6, false)]
+                    [(1, true), (2, false), (3, true), (4, false), (5, false), (6, false), (7, true), (8, false)]
                         .map(|(b, read_only)| storage_binding(b, read_only, 4)),
                 );
                 let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -261,8 +281,10 @@ impl GpuProblem {
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
                 });
-                let unused = device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-optim problem (no hessian)"), size: 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
-                (layout, shape_buffer, curvature, partials, unused)
+                let unused = device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-optim problem (unused)"), size: 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+                let unused_read = device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-optim problem (unused)"), size: 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+                let unused_write = device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-optim problem (unused)"), size: 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+                (layout, shape_buffer, curvature, partials, unused, unused_read, unused_write)
             })
             .await?;
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -298,8 +320,15 @@ impl GpuProblem {
             )
             .await?;
         let hessian_pipeline = gpu
-            .pipeline(PipelineKey { label: "problems", entry: "hessian_rows", constants }, PROBLEMS_WGSL, &pipeline_layout)
+            .pipeline(PipelineKey { label: "problems", entry: "hessian_rows", constants: constants.clone() }, PROBLEMS_WGSL, &pipeline_layout)
             .await?;
+        let product_pipeline = gpu
+            .pipeline(PipelineKey { label: "problems", entry: "hessian_times_direction", constants }, PROBLEMS_WGSL, &pipeline_layout)
+            .await?;
+        let (direction_binding, product_binding) = match hessian_times {
+            Some((v, out)) => (v.binding(), out.binding()),
+            None => (unused_read.as_entire_binding(), unused_write.as_entire_binding()),
+        };
         let hessian_binding = match hessian {
             Some(h) => h.binding(),
             None => unused.as_entire_binding(),
@@ -335,11 +364,23 @@ impl GpuProblem {
                             resource: loss.binding(),
                         },
                         wgpu::BindGroupEntry { binding: 6, resource: hessian_binding },
+                        wgpu::BindGroupEntry { binding: 7, resource: direction_binding },
+                        wgpu::BindGroupEntry { binding: 8, resource: product_binding },
                     ],
                 })
             })
             .await?;
-        Ok(GpuProblem { evaluate, total, hessian: hessian_pipeline, bind_group, grid, has_hessian: hessian.is_some(), dim: problem.dim as u32 })
+        Ok(GpuProblem {
+            evaluate,
+            total,
+            hessian: hessian_pipeline,
+            product: product_pipeline,
+            bind_group,
+            grid,
+            has_hessian: hessian.is_some(),
+            has_product: hessian_times.is_some(),
+            dim: problem.dim as u32,
+        })
     }
 
     /// Records the Hessian's nonzero entries at the current `x` (bound by
@@ -353,6 +394,20 @@ impl GpuProblem {
         pass.set_pipeline(&self.hessian);
         // One invocation per row (n is small: the Hessian holds n² values).
         pass.dispatch_workgroups(self.dim.div_ceil(256), 1, 1);
+    }
+
+    /// Records `out = H·v` at the current `x` (bound by [`GpuProblem::with_hessian_times`];
+    /// nothing otherwise): one dispatch.
+    pub fn record_hessian_times_direction(&self, encoder: &mut wgpu::CommandEncoder) {
+        if !self.has_product {
+            return;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-optim problem hessian-vector"), timestamp_writes: None });
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_pipeline(&self.product);
+        // Rows of 65,535 workgroups (the WGSL's stride) when one row is not enough.
+        let groups = self.dim.div_ceil(256);
+        pass.dispatch_workgroups(groups.min(65_535), groups.div_ceil(65_535), 1);
     }
 
     /// Records the loss and gradient at the current `x`: two dispatches.

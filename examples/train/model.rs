@@ -3,11 +3,15 @@
 //! the gradients into the optimizer's gradient arenas (`opt.param(id)` / `opt.grad(id)`), so a
 //! training step never copies a tensor to or from the CPU: the loss and the parameter norm of
 //! every step go into a GPU history buffer that the host reads every few steps.
+//!
+//! The kernels bind [`TensorView`]s ([`Bindings`]), so the same model also trains with
+//! [`Lbfgs`]: its closure records the forward and backward over the whole training set, writing
+//! the gradients into `lbfgs.grad(id)` and the loss into `lbfgs.loss_view()`.
 
 use std::fmt;
 
 use wgpu::util::DeviceExt;
-use wgpu_optim::{read_views, GpuContext, Optimizer, Parameters, TensorId, TensorView};
+use wgpu_optim::{read_views, GpuContext, Lbfgs, Optimizer, Parameters, TensorId, TensorView};
 
 use super::data::{Split, SplitMix64, CLASSES};
 
@@ -67,6 +71,46 @@ pub fn init_parameters(sizes: &[usize], seed: u64) -> Result<(Parameters, Vec<La
     Ok((params, layers))
 }
 
+/// Where the model's kernels read the parameters and write the gradients and the loss: an
+/// [`Optimizer`]'s arenas, or [`Lbfgs`]'s flat vectors and loss register.
+pub struct Bindings {
+    /// Per layer: weights and bias.
+    pub params: Vec<(TensorView, TensorView)>,
+    /// Per layer: the gradients of weights and bias (overwritten by every backward pass).
+    pub grads: Vec<(TensorView, TensorView)>,
+    /// Where the training loss (one `f32`) goes instead of the per-step metrics, whose history
+    /// then holds only the parameter norm: L-BFGS's `loss_view()`.
+    pub loss: Option<TensorView>,
+    /// An L2 penalty λ: the training loss gains λ/2·Σ‖W‖² over the weights (not the biases),
+    /// each weight's gradient λ·W. 0: none (the minibatch optimizers decay weights themselves).
+    pub l2: f32,
+}
+
+impl Bindings {
+    /// The optimizer's arenas; the loss goes to the per-step metrics.
+    pub fn optimizer(opt: &Optimizer, layers: &[Layer]) -> Result<Self, ModelError> {
+        Ok(Bindings {
+            params: layers.iter().map(|l| Ok((opt.param(l.w)?, opt.param(l.b)?))).collect::<Result<_, ModelError>>()?,
+            grads: layers.iter().map(|l| Ok((opt.grad(l.w)?, opt.grad(l.b)?))).collect::<Result<_, ModelError>>()?,
+            loss: None,
+            l2: 0.0,
+        })
+    }
+
+    /// L-BFGS's parameters, gradients and loss register, with an L2 penalty `l2` in the loss.
+    pub fn lbfgs(lbfgs: &Lbfgs, layers: &[Layer], l2: f32) -> Result<Self, ModelError> {
+        if !(l2 >= 0.0 && l2.is_finite()) {
+            return Err(ModelError(format!("the L2 penalty must be finite and >= 0, not {l2}")));
+        }
+        Ok(Bindings {
+            params: layers.iter().map(|l| Ok((lbfgs.param(l.w)?, lbfgs.param(l.b)?))).collect::<Result<_, ModelError>>()?,
+            grads: layers.iter().map(|l| Ok((lbfgs.grad(l.w)?, lbfgs.grad(l.b)?))).collect::<Result<_, ModelError>>()?,
+            loss: Some(lbfgs.loss_view()),
+            l2,
+        })
+    }
+}
+
 /// Outputs per side of the tile one layer-kernel invocation computes (TILE in layers.wgsl).
 const TILE: usize = 4;
 
@@ -111,6 +155,7 @@ pub struct Kernels {
     cross_entropy: wgpu::ComputePipeline,
     evaluate: wgpu::ComputePipeline,
     param_norm: wgpu::ComputePipeline,
+    l2_penalty: wgpu::ComputePipeline,
 }
 
 impl Kernels {
@@ -147,6 +192,7 @@ impl Kernels {
                 cross_entropy: pipeline(&loss, "cross_entropy"),
                 evaluate: pipeline(&loss, "evaluate"),
                 param_norm: pipeline(&norm, "param_norm"),
+                l2_penalty: pipeline(&norm, "l2_penalty"),
             }
         })
     }
@@ -242,6 +288,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// `order` holds the training-sample indices of every step, `batch` per step, in order.
+    /// The kernels bind the optimizer's arenas.
     pub fn new(
         opt: &Optimizer,
         kernels: &Kernels,
@@ -251,8 +298,32 @@ impl Mlp {
         test: &Split,
         order: &[u32],
     ) -> Result<Self, ModelError> {
-        let gpu = opt.gpu().clone();
+        let bindings = Bindings::optimizer(opt, layers)?;
+        Self::with_bindings(opt.gpu(), &bindings, kernels, layers, batch, train, test, order)
+    }
+
+    /// [`Mlp::new`] with the kernels binding `bindings` (e.g. [`Bindings::lbfgs`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_bindings(
+        gpu: &GpuContext,
+        bindings: &Bindings,
+        kernels: &Kernels,
+        layers: &[Layer],
+        batch: usize,
+        train: &Split,
+        test: &Split,
+        order: &[u32],
+    ) -> Result<Self, ModelError> {
+        let gpu = gpu.clone();
         let device = gpu.device();
+        if bindings.params.len() != layers.len() || bindings.grads.len() != layers.len() {
+            return Err(ModelError(format!(
+                "{} layers but bindings for {} parameters and {} gradients",
+                layers.len(),
+                bindings.params.len(),
+                bindings.grads.len()
+            )));
+        }
         let last = layers.last().ok_or_else(|| ModelError("a model needs at least one layer".into()))?;
         if layers[0].inputs != train.features || train.features != test.features || last.outputs != CLASSES {
             return Err(ModelError(format!(
@@ -279,8 +350,7 @@ impl Mlp {
             )));
         }
         let steps = order.len() / batch;
-        let params = layers.iter().map(|l| Ok((opt.param(l.w)?, opt.param(l.b)?))).collect::<Result<Vec<_>, ModelError>>()?;
-        let grads = layers.iter().map(|l| Ok((opt.grad(l.w)?, opt.grad(l.b)?))).collect::<Result<Vec<_>, ModelError>>()?;
+        let (params, grads) = (&bindings.params, &bindings.grads);
 
         checked(device, "building the model's buffers and bind groups", || {
             let build = Builder { device, max_per_dimension: limits.max_compute_workgroups_per_dimension };
@@ -305,6 +375,11 @@ impl Mlp {
                 widths[1..].iter().map(|&w| build.storage("test activation", test.len() * w, none)).collect();
 
             let n = layers.len();
+            // The training loss: into the per-step metrics, or where the bindings say.
+            let loss_out = || match &bindings.loss {
+                Some(view) => view.binding(),
+                None => metrics.as_entire_binding(),
+            };
 
             let mut train_pass = vec![build.dispatch(
                 &kernels.gather,
@@ -337,7 +412,7 @@ impl Mlp {
                     (1, acts[n].as_entire_binding()),
                     (2, labels.as_entire_binding()),
                     (3, deltas[n].as_entire_binding()),
-                    (4, metrics.as_entire_binding()),
+                    (4, loss_out()),
                 ],
                 None,
             ));
@@ -365,6 +440,17 @@ impl Mlp {
                             (8, deltas[k].as_entire_binding()),
                         ],
                         Some(tiles(batch) * tiles(layer.inputs)),
+                    ));
+                }
+            }
+            if bindings.l2 > 0.0 {
+                // After the backward pass: λ·W onto the weights' gradients, λ/2·‖W‖² onto the loss.
+                for (k, layer) in layers.iter().enumerate() {
+                    train_pass.push(build.dispatch(
+                        &kernels.l2_penalty,
+                        Dims { rows: bindings.l2.to_bits(), ..dims(0, layer.inputs * layer.outputs, 0, false) },
+                        vec![(1, params[k].0.binding()), (3, loss_out()), (4, grads[k].0.binding())],
+                        None,
                     ));
                 }
             }
@@ -430,7 +516,8 @@ impl Mlp {
     }
 
     /// Records step `step`'s forward and backward passes: afterwards the optimizer's gradient
-    /// arenas hold the gradient of the minibatch's mean loss.
+    /// arenas hold the gradient of the minibatch's mean loss (plus the bindings' L2 penalty),
+    /// and the metrics or the bindings' loss view that loss.
     pub fn record_forward_backward(&self, encoder: &mut wgpu::CommandEncoder, step: usize) -> Result<(), ModelError> {
         if step >= self.steps {
             return Err(ModelError(format!("step {step} is past the {} steps of the batch order", self.steps)));

@@ -217,11 +217,53 @@ fn canvas<'a>(path: &'a Path, size: (u32, u32)) -> Result<DrawingArea<BitMapBack
     Ok(root)
 }
 
-/// One run: training loss, test accuracy, learning rate and parameter L2 norm per step.
+/// One run: training loss, test accuracy, learning rate and parameter L2 norm per step. An
+/// L-BFGS run shows its full-batch loss per step, and closure evaluations and GPU reads per step
+/// instead of the (constant) learning rate.
 pub fn training(path: &Path, run: &Run, title: &str) -> PlotResult {
     let root = canvas(path, (1400, 1000))?;
     let root = root.titled(title, ("sans-serif", 24))?;
     let areas = root.split_evenly((2, 2));
+    if let Some(lbfgs) = &run.lbfgs {
+        // Step k returns the loss before it, at the point after k - 1 steps; the final loss is after the last.
+        let mut train: Vec<(f64, f64)> = run.steps.loss.iter().enumerate().map(|(k, &l)| (k as f64, l)).collect();
+        train.extend(lbfgs.final_loss.map(|l| (run.steps.loss.len() as f64, l)));
+        panel(
+            &areas[0],
+            "Loss",
+            "cross-entropy",
+            Scale::Log,
+            Legend::Top,
+            &[
+                Curve::new("train (full batch)", train, color(0)),
+                Curve::new("test", evals(run, &run.evals.test_loss, 1.0), color(1)),
+            ],
+        )?;
+        let final_accuracy = run.evals.test_accuracy.last().copied().unwrap_or(f64::NAN) * 100.0;
+        panel(
+            &areas[1],
+            &format!("Test accuracy (final {final_accuracy:.2} %)"),
+            "%",
+            Scale::ZoomAfter(1),
+            Legend::Bottom,
+            &[Curve::new("", evals(run, &run.evals.test_accuracy, 100.0), color(2))],
+        )?;
+        let counts = |values: Vec<f64>| steps(&values);
+        panel(
+            &areas[2],
+            "Per L-BFGS step",
+            "count",
+            Scale::Linear,
+            Legend::Bottom,
+            &[
+                Curve::new("closure evaluations", counts(lbfgs.evaluations.iter().map(|&e| e as f64).collect()), color(3)),
+                Curve::new("GPU reads", counts(lbfgs.reads.iter().map(|&r| r as f64).collect()), color(5)),
+            ],
+        )?;
+        panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, Legend::Bottom, &[Curve::new("", steps(&run.steps.param_norm), color(4))])?;
+        root.present()?;
+        return Ok(());
+    }
     panel(
         &areas[0],
         "Loss",
@@ -305,7 +347,13 @@ pub fn reference(path: &Path, ours: &Run, references: &[Run], title: &str) -> Pl
     panel(&areas[1], "|loss difference| per step", "absolute", Scale::Log, Legend::Bottom, &differences)?;
     let accuracy = each(&|r| evals(r, &r.evals.test_accuracy, 100.0));
     panel(&areas[2], "Test accuracy", "%", Scale::ZoomAfter(1), Legend::Bottom, &accuracy)?;
-    panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, Legend::Bottom, &each(&|r| steps(&r.steps.param_norm)))?;
+    if all.iter().all(|r| r.lbfgs.is_some()) {
+        // L-BFGS: where the runs' line searches part ways.
+        let evaluations = |r: &Run| r.lbfgs.as_ref().map_or(Vec::new(), |l| l.evaluations.iter().map(|&e| e as f64).collect());
+        panel(&areas[3], "Closure evaluations per step", "count", Scale::Linear, Legend::Bottom, &each(&|r| steps(&evaluations(r))))?;
+    } else {
+        panel(&areas[3], "Parameter L2 norm", "‖θ‖₂", Scale::Linear, Legend::Bottom, &each(&|r| steps(&r.steps.param_norm)))?;
+    }
     root.present()?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use super::vectors::{register, Coef, Finalize, Vector, Vectors, WORKGROUP};
 
 /// The kernels of L-BFGS.
-pub const LBFGS_WGSL: &str = include_str!("../../shaders/lbfgs.wgsl");
+pub const LBFGS_WGSL: &str = concat!(include_str!("../../shaders/block_reduce.wgsl"), include_str!("../../shaders/lbfgs.wgsl"));
 
 const ENTRIES: [&str; 5] = [
     "gather",

@@ -163,7 +163,7 @@ impl LbfgsOptions {
 }
 
 /// What one `step` did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LbfgsStep {
     /// Times the CPU waited for scalars from the GPU (one `map_async` each).
     pub reads: usize,
@@ -173,6 +173,11 @@ pub struct LbfgsStep {
     pub evaluations: u64,
     /// Iterations (torch's local `n_iter`).
     pub iterations: u64,
+    /// The closure's loss where the step ended (torch's local `loss`, as the closure returned
+    /// it): already read, so free. After an iteration without a line search that stopped at
+    /// `max_iter`, the point moved once more without an evaluation (as in torch); this is then
+    /// the loss before that move.
+    pub last_loss: f32,
 }
 
 /// torch's state of an L-BFGS run, beyond the vectors: `func_evals`, `n_iter`, `t`,
@@ -293,7 +298,8 @@ impl Lbfgs {
         self.vectors.gpu()
     }
 
-    /// Where a parameter tensor lives (bindable: 256-byte aligned).
+    /// Where a parameter tensor lives (bindable: 256-byte aligned). The buffers behind
+    /// `param`, `grad` and `loss_view` have usages `STORAGE | COPY_SRC | COPY_DST`.
     pub fn param(&self, id: TensorId) -> Result<TensorView> {
         let (offset, len) = self.placement(id)?;
         Ok(TensorView {
@@ -615,6 +621,7 @@ impl<B: Vectors> Driver<B> {
         // evaluate initial f(x) and df/dx
         let (orig_loss, mut flat_grad, flat_grad_sum) = self.evaluate(closure, &[]).await?;
         let mut loss = self.signed_loss(orig_loss);
+        self.report.last_loss = orig_loss;
         let mut current_evals = 1;
         self.state.func_evals += 1;
         self.report.evaluations = current_evals;
@@ -732,6 +739,7 @@ impl<B: Vectors> Driver<B> {
                     ls_func_evals = 0;
                 }
             }
+            self.report.last_loss = self.signed_loss(loss as f32) as f32;
             // update func eval
             current_evals += ls_func_evals;
             self.state.func_evals += ls_func_evals;

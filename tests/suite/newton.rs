@@ -3,6 +3,7 @@
 //! variant avoids, convergence on Rosenbrock, and bad input.
 
 use wgpu_optim::newton::{solve_reference, Damping, Evaluate, Newton, NewtonOptions};
+use wgpu_optim::newton_cg::{CgEvaluate, NewtonCg, NewtonCgOptions};
 use wgpu_optim::problems::{GpuProblem, Problem, ProblemKind};
 use wgpu_optim::{GpuContext, Parameters};
 
@@ -187,4 +188,47 @@ fn newton_rejects_bad_input_and_keeps_x_on_a_singular_hessian() {
         assert!(error.to_string().contains("singular"), "{error}");
         assert_eq!(newton.read_params().unwrap(), [1.0, 2.0, 3.0], "x stays");
     }
+}
+
+fn newton_cg_on(gpu: &GpuContext, problem: &Problem, start: Vec<f32>, options: NewtonCgOptions) -> (NewtonCg, GpuProblem) {
+    let mut params = Parameters::new();
+    params.add("x", &[problem.dim()], start).unwrap();
+    let cg = NewtonCg::new(gpu, params, options).unwrap();
+    let bound = pollster::block_on(GpuProblem::with_hessian_times(gpu, problem, &cg.param_view(), &cg.grad_view(), &cg.loss_view(), &cg.direction_view(), &cg.product_view())).unwrap();
+    (cg, bound)
+}
+
+fn cg_step(cg: &mut NewtonCg, problem: &GpuProblem) -> f32 {
+    cg.step(|encoder, what| {
+        match what {
+            CgEvaluate::LossAndGradient => problem.record(encoder),
+            CgEvaluate::HessianTimesDirection => problem.record_hessian_times_direction(encoder),
+        }
+        Ok(())
+    })
+    .unwrap()
+}
+
+/// Newton-CG sees H only through Hessian-vector products: one step on the quadratic (CG run to
+/// convergence) lands on its minimum, and from near Rosenbrock's minimum in 10,000 dimensions the
+/// loss falls quadratically.
+#[test]
+fn newton_cg_solves_the_quadratic_and_converges_on_rosenbrock() {
+    let quadratic = Problem::new(ProblemKind::Quadratic, 100).unwrap();
+    let start: Vec<f32> = Rng::new(5).vec(100, 1.0);
+    let rosenbrock = Problem::new(ProblemKind::Rosenbrock, 10_000).unwrap();
+    let mut rng = Rng::new(9);
+    let near: Vec<f32> = (0..10_000).map(|_| 1.0 + 0.01 * (2.0 * rng.uniform() - 1.0)).collect();
+    for gpu in gpus() {
+        let (mut cg, bound) = newton_cg_on(gpu, &quadratic, start.clone(), NewtonCgOptions { max_cg_iter: 200, cg_tolerance: 1e-7, ..NewtonCgOptions::default() });
+        cg_step(&mut cg, &bound);
+        let worst = cg.read_params().unwrap().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(worst < 1e-4, "on {}: max |x| after one Newton-CG step is {worst:e}", gpu.adapter());
+
+        let (mut cg, bound) = newton_cg_on(gpu, &rosenbrock, near.clone(), NewtonCgOptions { max_cg_iter: 30, ..NewtonCgOptions::default() });
+        let losses: Vec<f32> = (0..6).map(|_| cg_step(&mut cg, &bound)).collect();
+        eprintln!("Newton-CG on Rosenbrock 10,000-d on {}: {losses:?}", gpu.adapter());
+        assert!(losses[5] < 1e-6 * losses[0], "on {}: {losses:?}", gpu.adapter());
+    }
+    assert!(NewtonCgOptions { max_cg_iter: 0, ..NewtonCgOptions::default() }.validate().is_err());
 }

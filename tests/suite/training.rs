@@ -1,7 +1,8 @@
 //! The training example's GPU model (examples/train/: its WGSL forward and backward kernels
 //! and their host code, compiled in here from the same files) on a few dozen real digits:
 //! gradients written into the optimizer's arenas match a CPU backward pass, and a few steps of
-//! AdamW lower the loss.
+//! AdamW lower the loss; bound to L-BFGS's views instead (with the L2 penalty its runs add), the
+//! same kernels write its loss and gradients, and a few full-batch L-BFGS steps lower the loss.
 
 #[allow(dead_code)]
 #[path = "../../examples/train/data.rs"]
@@ -13,11 +14,11 @@ mod model;
 use std::path::Path;
 
 use wgpu_optim::rules::AdamW;
-use wgpu_optim::{Optimizer, ParamGroup};
+use wgpu_optim::{read_views, Lbfgs, LbfgsOptions, LineSearch, Optimizer, ParamGroup, TensorView};
 
 use crate::common::gpus;
 use data::{Split, CLASSES};
-use model::{Kernels, Layer, Mlp};
+use model::{Bindings, Kernels, Layer, Mlp};
 
 const SIZES: [usize; 4] = [64, 24, 16, CLASSES];
 const BATCH: usize = 16;
@@ -190,4 +191,60 @@ fn a_batch_order_past_the_training_set_is_an_error() {
     let mlp = Mlp::new(&opt, &kernels, &layers, BATCH, &train, &test, &[0; BATCH]).unwrap();
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     assert!(mlp.record_forward_backward(&mut encoder, 1).is_err(), "the order holds one step");
+}
+
+#[test]
+fn a_few_full_batch_lbfgs_steps_lower_the_loss() {
+    const SAMPLES: usize = 48;
+    const L2: f32 = 1e-3;
+    for gpu in gpus() {
+        let (train, test) = digits(SAMPLES, 40);
+        let (params, layers) = model::init_parameters(&SIZES, 7).unwrap();
+        let options = LbfgsOptions { max_iter: 10, history_size: 10, line_search_fn: Some(LineSearch::StrongWolfe), ..LbfgsOptions::default() };
+        let mut lbfgs = Lbfgs::new(gpu, params, options).unwrap();
+        let kernels = Kernels::new(gpu).unwrap();
+        let bindings = Bindings::lbfgs(&lbfgs, &layers, L2).unwrap();
+        let everything: Vec<u32> = (0..SAMPLES as u32).collect();
+        let mlp = Mlp::with_bindings(gpu, &bindings, &kernels, &layers, SAMPLES, &train, &test, &everything).unwrap();
+        let (_, accuracy_before) = mlp.evaluate().unwrap();
+
+        // What the closure writes: the mean loss plus λ/2·Σ‖W‖² into loss_view(), the gradients
+        // (λ·W added to the weights') into grad(id).
+        let params: Vec<LayerValues<f32>> =
+            layers.iter().map(|l| (lbfgs.read_param(l.w).unwrap(), lbfgs.read_param(l.b).unwrap())).collect();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        mlp.record_forward_backward(&mut encoder, 0).unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        let views: Vec<TensorView> = std::iter::once(lbfgs.loss_view())
+            .chain(layers.iter().flat_map(|l| [lbfgs.grad(l.w).unwrap(), lbfgs.grad(l.b).unwrap()]))
+            .collect();
+        let written = pollster::block_on(read_views(gpu, &views)).unwrap();
+        let (cross_entropy, cpu_grads) = cpu_backward(&params, &train.x, &train.y);
+        let penalty: f64 = params.iter().flat_map(|(w, _)| w).map(|&v| 0.5 * f64::from(L2) * f64::from(v).powi(2)).sum();
+        let (gpu_loss, cpu_loss) = (f64::from(written[0][0]), cross_entropy + penalty);
+        assert!((gpu_loss - cpu_loss).abs() < 1e-5 * cpu_loss, "{}: loss {gpu_loss} vs {cpu_loss}", gpu.adapter());
+        for (k, (layer, (dw, db))) in layers.iter().zip(&cpu_grads).enumerate() {
+            let dw: Vec<f64> = dw.iter().zip(&params[k].0).map(|(g, &w)| g + f64::from(L2) * f64::from(w)).collect();
+            let (gw, gb) = (&written[1 + 2 * k], &written[2 + 2 * k]);
+            assert!(scaled_error(gw, &dw) < 1e-5, "{}: dW of a {}×{} layer off by {:e}", gpu.adapter(), layer.outputs, layer.inputs, scaled_error(gw, &dw));
+            assert!(scaled_error(gb, db) < 1e-5, "{}: db of a {}-wide layer off by {:e}", gpu.adapter(), layer.outputs, scaled_error(gb, db));
+        }
+
+        // Each step calls the closure (forward and backward over all 48 samples) as its line
+        // search needs; the loss it returns is the one before the step.
+        let mut losses = Vec::new();
+        for _ in 0..4 {
+            let loss = lbfgs.step(|encoder| mlp.record_forward_backward(encoder, 0).map_err(|e| wgpu_optim::Error::Tensor(e.0))).unwrap();
+            let report = lbfgs.last_step();
+            assert!(report.evaluations >= 1 && report.reads >= report.evaluations as usize, "{}: {report:?}", gpu.adapter());
+            losses.push(loss);
+        }
+        assert!((f64::from(losses[0]) - cpu_loss).abs() < 1e-5 * cpu_loss, "{}: first step's loss {} vs {cpu_loss}", gpu.adapter(), losses[0]);
+        assert!(losses.iter().all(|l| l.is_finite()) && losses.windows(2).all(|w| w[1] <= w[0]), "{}: {losses:?}", gpu.adapter());
+        assert!(losses[3] < 0.5 * losses[0], "{}: loss {losses:?}", gpu.adapter());
+        assert!(lbfgs.func_evals() > 4 && lbfgs.n_iter() > 4, "{}: {} evaluations, {} iterations", gpu.adapter(), lbfgs.func_evals(), lbfgs.n_iter());
+        let (test_loss, accuracy_after) = mlp.evaluate().unwrap();
+        assert!(test_loss.is_finite() && (0.0..=1.0).contains(&accuracy_after), "{}: {test_loss} {accuracy_after}", gpu.adapter());
+        assert!(accuracy_after > accuracy_before, "{}: test accuracy {accuracy_before} -> {accuracy_after}", gpu.adapter());
+    }
 }
