@@ -500,8 +500,8 @@ fn run(args: &Args) -> Result<(), String> {
         report["tuning"] = serde_json::to_value(&rows).expect("plain data");
     }
     if sections.iter().any(|s| s == "second-order") {
-        let dims = if args.quick { vec![1 << 16] } else { vec![1 << 16, 1 << 20] };
-        let rows = second_order::second_order_section(&bench, &dims, if args.quick { 3 } else { 7 })?;
+        let dims = if args.quick { vec![1 << 12] } else { vec![1 << 14, 1 << 16] };
+        let rows = second_order::second_order_section(&bench, &dims, if args.quick { 1 } else { 3 })?;
         second_order::print_second_order(&rows);
         report["second_order"] = serde_json::to_value(&rows).expect("plain data");
     }

@@ -69,6 +69,7 @@ pub fn second_order_section(bench: &Bench, dims: &[usize], steps: usize) -> Resu
                 }
             }
             let ms = median(&times);
+            eprintln!("second-order: AdamW at {dim}: {ms:.2} ms per step");
             rows.push(SecondOrderRow {
                 method: "AdamW".into(),
                 dim,
@@ -107,6 +108,7 @@ pub fn second_order_section(bench: &Bench, dims: &[usize], steps: usize) -> Resu
                 }
             }
             let n = steps as f64;
+            eprintln!("second-order: {name} at {dim}: {:.1} ms per step", median(&times));
             rows.push(SecondOrderRow {
                 method: name.into(),
                 dim,
