@@ -19,6 +19,15 @@
 //! [`CpuRunner`] does the same with the CPU reference ([`CpuOptimizer`]) and
 //! [`TestFunction::gradient_f32`], the scalar mirror of the WGSL: the browser's fallback when it
 //! has no WebGPU.
+//!
+//! Beyond the update rules, a run may use more than the gradient ([`Method`]): Newton's method,
+//! plain (`"Newton"`) or damped (`"DampedNewton"`, Levenberg–Marquardt), with the functions'
+//! analytic Hessians in WGSL beside their gradients ([`newton`]: one dispatch per step, every
+//! start point independent); and L-BFGS (`"LBFGS"`, torch.optim.LBFGS through the library's
+//! [`crate::Lbfgs`], one per start point: [`lbfgs`]).
+
+pub mod lbfgs;
+pub mod newton;
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,10 +37,12 @@ use serde::{Deserialize, Serialize};
 use crate::context::{GpuContext, PipelineKey};
 use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
+use crate::lbfgs::LbfgsOptions;
 use crate::optimizer::{read_views, Optimizer, OptimizerOptions, TensorView};
 use crate::params::{ParamGroup, Parameters, TensorId};
 use crate::rules::{self, CycledMomentum, UpdateRule};
 use crate::schedule::{self, LearningRates};
+pub use newton::{DampedNewtonOptions, NewtonMethod, NewtonOptions, NewtonStats};
 
 /// The gradient kernel of every test function; `override function_id` picks the function.
 pub const FUNCTIONS_WGSL: &str = include_str!("../shaders/functions.wgsl");
@@ -214,6 +225,91 @@ impl TestFunction {
         }
     }
 
+    /// f(x, y) in f32, following `value_at` in `shaders/functions.wgsl` operation by operation
+    /// (the loss of L-BFGS's closure and damped Newton's acceptance test on the CPU).
+    pub fn value_f32(self, x: f32, y: f32) -> f32 {
+        const TWO_PI: f32 = std::f32::consts::TAU;
+        match self {
+            TestFunction::Rosenbrock => {
+                let a = 1.0 - x;
+                let r = y - x * x;
+                (100.0 * r) * r + a * a
+            }
+            TestFunction::Beale => {
+                let y2 = y * y;
+                let a = 1.5 - x + x * y;
+                let b = 2.25 - x + x * y2;
+                let c = 2.625 - x + x * (y2 * y);
+                a * a + b * b + c * c
+            }
+            TestFunction::Himmelblau => {
+                let a = x * x + y - 11.0;
+                let b = x + y * y - 7.0;
+                a * a + b * b
+            }
+            TestFunction::Rastrigin => {
+                20.0 + x * x - 10.0 * (TWO_PI * x).cos() + y * y - 10.0 * (TWO_PI * y).cos()
+            }
+            TestFunction::Saddle => x * x - y * y,
+            TestFunction::IllConditioned => 0.5 * (x * x + 100.0 * y * y),
+            TestFunction::Booth => {
+                let a = x + 2.0 * y - 7.0;
+                let b = 2.0 * x + y - 5.0;
+                a * a + b * b
+            }
+        }
+    }
+
+    /// The analytic Hessian `[f_xx, f_xy, f_yy]` in f32, following `hessian_at` in
+    /// `shaders/functions.wgsl` operation by operation (Newton's method on the CPU).
+    pub fn hessian_f32(self, x: f32, y: f32) -> [f32; 3] {
+        const TWO_PI: f32 = std::f32::consts::TAU;
+        match self {
+            TestFunction::Rosenbrock => {
+                let r = y - x * x;
+                [2.0 - 400.0 * r + 800.0 * x * x, -400.0 * x, 200.0]
+            }
+            TestFunction::Beale => {
+                let y2 = y * y;
+                let y3 = y2 * y;
+                let a = 1.5 - x + x * y;
+                let b = 2.25 - x + x * y2;
+                let c = 2.625 - x + x * y3;
+                // First derivatives of the three residuals.
+                let (ax, bx, cx) = (y - 1.0, y2 - 1.0, y3 - 1.0);
+                let (ay, by, cy) = (x, 2.0 * x * y, 3.0 * x * y2);
+                let xx = 2.0 * (ax * ax + bx * bx + cx * cx);
+                let xy = 2.0 * (ay * ax + a)
+                    + 2.0 * (by * bx + 2.0 * y * b)
+                    + 2.0 * (cy * cx + 3.0 * y2 * c);
+                let yy = 2.0 * (ay * ay)
+                    + 2.0 * (by * by + 2.0 * x * b)
+                    + 2.0 * (cy * cy + 6.0 * x * y * c);
+                [xx, xy, yy]
+            }
+            TestFunction::Himmelblau => {
+                let a = x * x + y - 11.0;
+                let b = x + y * y - 7.0;
+                [
+                    4.0 * a + 8.0 * x * x + 2.0,
+                    4.0 * (x + y),
+                    2.0 + 4.0 * b + 8.0 * y * y,
+                ]
+            }
+            TestFunction::Rastrigin => {
+                let k = 10.0 * TWO_PI * TWO_PI;
+                [
+                    2.0 + k * (TWO_PI * x).cos(),
+                    0.0,
+                    2.0 + k * (TWO_PI * y).cos(),
+                ]
+            }
+            TestFunction::Saddle => [2.0, 0.0, -2.0],
+            TestFunction::IllConditioned => [1.0, 0.0, 100.0],
+            TestFunction::Booth => [10.0, 8.0, 10.0],
+        }
+    }
+
     /// The region the demo shows.
     pub fn domain(self) -> Domain {
         let square = |h: f64| Domain { x: [-h, h], y: [-h, h] };
@@ -350,7 +446,8 @@ impl FromStr for TestFunction {
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// A torch class name: `SGD`, `Adagrad`, `RMSprop`, `Adadelta`, `Adam`, `AdamW`, `NAdam`, ... (any of
-    /// [`crate::rules::OPTIMIZER_NAMES`]).
+    /// [`crate::rules::OPTIMIZER_NAMES`]), or one of [`SECOND_ORDER_NAMES`]: `Newton`,
+    /// `DampedNewton`, `LBFGS` (see [`Method`]).
     pub optimizer: String,
     /// torch keyword arguments; missing ones take torch's defaults.
     #[serde(default)]
@@ -364,9 +461,34 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// The rule, validated as torch validates it.
+    /// The rule, validated as torch validates it (an error for the methods that are not update
+    /// rules: see [`RunSpec::method`]).
     pub fn rule(&self) -> Result<Box<dyn UpdateRule>> {
         rules::from_config(&self.optimizer, &serde_json::Value::Object(self.hyperparameters.clone()))
+    }
+
+    /// The method: an update rule, Newton's method or L-BFGS, its hyper-parameters validated.
+    pub fn method(&self) -> Result<Method> {
+        Method::from_config(&self.optimizer, &serde_json::Value::Object(self.hyperparameters.clone()))
+    }
+
+    /// Checks the method and the learning rates of `steps` steps; returns the method and the
+    /// learning rate of each step (`None`: constant). Newton and L-BFGS take no schedule.
+    pub fn checked(&self, steps: u32) -> Result<(Method, Option<Vec<f64>>)> {
+        let method = self.method()?;
+        let lr = match &method {
+            Method::Rule(rule) => self.learning_rates(rule.as_ref(), steps)?,
+            other => {
+                if self.schedule.as_ref().is_some_and(|s| !s.is_null()) || self.lr.is_some() {
+                    return Err(Error::Config(format!(
+                        "{} takes no learning-rate schedule or per-step \"lr\" (only the update rules do)",
+                        other.name()
+                    )));
+                }
+                None
+            }
+        };
+        Ok((method, lr))
     }
 
     /// The learning rate of each of `steps` steps, or `None` for a constant one.
@@ -494,9 +616,10 @@ impl TrajectorySpec {
             return Err(Error::Config("a trajectory spec needs at least one run".into()));
         }
         check_starts(&self.start_points())?;
+        let starts = self.start_points().len();
         for run in &self.runs {
-            let rule = run.rule()?;
-            run.learning_rates(rule.as_ref(), self.steps)?;
+            let (method, _) = run.checked(self.steps)?;
+            method.check_starts(starts)?;
         }
         Ok(())
     }
@@ -508,6 +631,16 @@ fn check_steps(steps: u32, sample_every: u32) -> Result<()> {
     }
     if sample_every == 0 {
         return Err(Error::Config("sample_every must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn check_history(steps: u32, sample_every: u32, starts: usize) -> Result<()> {
+    let bytes = sampled_steps(steps, sample_every).len() as u64 * starts as u64 * 8;
+    if bytes > MAX_HISTORY_BYTES {
+        return Err(Error::Config(format!(
+            "the position history would take {bytes} bytes (at most {MAX_HISTORY_BYTES}); sample less often"
+        )));
     }
     Ok(())
 }
@@ -580,8 +713,21 @@ pub struct RunReport {
     /// Wall time of the run on the device: recording, submission, waiting and reading back
     /// (optimizer and pipeline creation excluded), in milliseconds.
     pub elapsed_ms: f64,
-    /// Dispatches recorded (gradient + optimizer, per step).
+    /// Dispatches recorded (gradient + optimizer, per step; Newton: one per step; L-BFGS: its
+    /// own and one per closure evaluation).
     pub dispatches: usize,
+    /// L-BFGS: closure evaluations (each one gradient, torch's `func_evals`) made by each
+    /// sampled step, `[start][sample]`. Absent for the other methods: an update rule evaluates
+    /// one gradient per step, Newton one gradient and Hessian per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluations: Option<Vec<Vec<u64>>>,
+    /// Newton and DampedNewton: per start, singular Hessians, rejected steps and the damping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newton: Option<Vec<NewtonStats>>,
+    /// Set when the run did not execute on the report's backend, and why: in a browser, an
+    /// L-BFGS run whose GPU execution WebGPU rejected ran on the CPU twin instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// The result of a [`TrajectorySpec`]: the JSON of `wgpu-optim trajectories --out`.
@@ -648,6 +794,205 @@ impl Device {
             }
         }
     }
+
+    /// Runs any [`Method`] from every start: an update rule through [`Device::run`], Newton's
+    /// method through [`newton`]'s runners, L-BFGS through [`lbfgs`]'s.
+    pub async fn run_method(&self, function: TestFunction, input: &MethodInput, clock: &dyn Fn() -> f64) -> Result<MethodRun> {
+        input.check()?;
+        let (starts, steps, every) = (&input.starts[..], input.steps, input.sample_every);
+        let run = match (&input.method, self) {
+            (Method::Rule(rule), _) => {
+                let rule_input = RunInput { rule: rule.clone(), starts: starts.to_vec(), steps, sample_every: every, lr: input.lr.clone() };
+                let (paths, elapsed_ms, dispatches) = self.run(function, &rule_input, clock).await?;
+                MethodRun { paths, elapsed_ms, dispatches, evaluations: None, newton: None, fallback: None }
+            }
+            (Method::Newton(method), Device::Gpu(gpu)) => {
+                let runner = newton::GpuNewtonRunner::new(gpu, function, method, starts, steps, every).await?;
+                let dispatches = runner.dispatches();
+                let start = clock();
+                let (paths, stats) = runner.run().await?;
+                MethodRun { paths, elapsed_ms: clock() - start, dispatches, evaluations: None, newton: Some(stats), fallback: None }
+            }
+            (Method::Newton(method), Device::Cpu) => {
+                let start = clock();
+                let (paths, stats) = newton::run_cpu(function, method, starts, steps, every)?;
+                MethodRun { paths, elapsed_ms: clock() - start, dispatches: 0, evaluations: None, newton: Some(stats), fallback: None }
+            }
+            (Method::Lbfgs(options), device) => {
+                #[cfg_attr(not(target_arch = "wasm32"), allow(unused_mut))]
+                let mut fallback = None;
+                let run = match device {
+                    Device::Gpu(gpu) => match lbfgs::run_gpu(gpu, function, options, starts, steps, every, clock).await {
+                        Ok(run) => run,
+                        // In a browser only: WebGPU validates what wgpu natively does not (a
+                        // storage buffer bound writable twice in one bind group, as src/lbfgs's
+                        // placeholder buffer is), so the library's GPU L-BFGS may fail there. The
+                        // page then runs its CPU twin, and says so (`RunReport::fallback`).
+                        #[cfg(target_arch = "wasm32")]
+                        Err(Error::Gpu { message, .. }) => {
+                            let first = message.lines().next().unwrap_or_default();
+                            fallback = Some(format!("the GPU L-BFGS failed on this adapter ({first}); this run is its CPU twin"));
+                            lbfgs::run_cpu(function, options, starts, steps, every, clock)?
+                        }
+                        Err(error) => return Err(error),
+                    },
+                    Device::Cpu => lbfgs::run_cpu(function, options, starts, steps, every, clock)?,
+                };
+                MethodRun {
+                    paths: run.paths,
+                    elapsed_ms: run.elapsed_ms,
+                    dispatches: run.dispatches,
+                    evaluations: Some(run.evaluations),
+                    newton: None,
+                    fallback,
+                }
+            }
+        };
+        Ok(run)
+    }
+}
+
+/// The names of the methods that are not update rules: Newton's method (plain and damped) and
+/// L-BFGS.
+pub const SECOND_ORDER_NAMES: [&str; 3] = ["Newton", "DampedNewton", "LBFGS"];
+
+/// What a run executes: one of the library's first-order update rules, Newton's method with
+/// the function's analytic Hessian ([`newton`]), or torch's L-BFGS ([`lbfgs`]).
+#[derive(Clone, Debug)]
+pub enum Method {
+    /// An update rule ([`crate::rules::OPTIMIZER_NAMES`]).
+    Rule(Box<dyn UpdateRule>),
+    /// `"Newton"` or `"DampedNewton"`.
+    Newton(NewtonMethod),
+    /// `"LBFGS"`: torch.optim.LBFGS's keyword arguments.
+    Lbfgs(LbfgsOptions),
+}
+
+impl Method {
+    /// From a name (an update rule's torch class name or one of [`SECOND_ORDER_NAMES`]) and
+    /// its hyper-parameters as a JSON object; unknown names, unknown keys and invalid values
+    /// are errors.
+    pub fn from_config(name: &str, hyperparameters: &serde_json::Value) -> Result<Method> {
+        match name {
+            "Newton" => Ok(Method::Newton(NewtonMethod::Plain(NewtonOptions::from_json(hyperparameters)?))),
+            "DampedNewton" => Ok(Method::Newton(NewtonMethod::Damped(DampedNewtonOptions::from_json(hyperparameters)?))),
+            "LBFGS" => Ok(Method::Lbfgs(LbfgsOptions::from_json(hyperparameters)?)),
+            _ => rules::from_config(name, hyperparameters).map(Method::Rule).map_err(|e| match e {
+                Error::UnknownOptimizer(name, known) => {
+                    Error::UnknownOptimizer(name, format!("{known}, {}", SECOND_ORDER_NAMES.join(", ")))
+                }
+                other => other,
+            }),
+        }
+    }
+
+    /// Every method's name: the update rules, then [`SECOND_ORDER_NAMES`].
+    pub fn names() -> Vec<&'static str> {
+        rules::OPTIMIZER_NAMES.iter().copied().chain(SECOND_ORDER_NAMES).collect()
+    }
+
+    /// The name, e.g. `"Adam"`, `"DampedNewton"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Rule(rule) => rule.name(),
+            Method::Newton(method) => method.name(),
+            Method::Lbfgs(_) => "LBFGS",
+        }
+    }
+
+    /// Every hyper-parameter, defaults included, as JSON.
+    pub fn hyperparameters(&self) -> serde_json::Value {
+        match self {
+            Method::Rule(rule) => rule.hyperparameters(),
+            Method::Newton(method) => method.hyperparameters(),
+            Method::Lbfgs(options) => serde_json::to_value(options).expect("plain data"),
+        }
+    }
+
+    /// Whether a basin map (thousands of independent start points) can run it: the
+    /// element-wise rules and Newton's methods (one invocation per start point), not the rules
+    /// that work per tensor nor L-BFGS (one optimizer per start point).
+    pub fn basin(&self) -> bool {
+        match self {
+            Method::Rule(rule) => rule.kernel().is_element_wise(),
+            Method::Newton(_) => true,
+            Method::Lbfgs(_) => false,
+        }
+    }
+
+    /// Whether it takes a learning-rate schedule (the update rules do).
+    pub fn schedulable(&self) -> bool {
+        matches!(self, Method::Rule(_))
+    }
+
+    /// Checks the number of start points: at most [`MAX_TENSOR_STARTS`] for methods that give
+    /// each start an optimizer or a tensor of its own.
+    pub fn check_starts(&self, starts: usize) -> Result<()> {
+        if self.basin() || starts <= MAX_TENSOR_STARTS {
+            return Ok(());
+        }
+        let why = match self {
+            Method::Lbfgs(_) => "couples every element of its parameters, so each start point has an L-BFGS of its own",
+            _ => "works per tensor, so each start point is a 1×2 tensor of its own",
+        };
+        Err(Error::Config(format!(
+            "{} {why}; at most {MAX_TENSOR_STARTS} start points (got {starts}). Basin maps take {}",
+            self.name(),
+            basin_methods().join(", ")
+        )))
+    }
+}
+
+/// What [`Device::run_method`] runs: a method from N starts.
+#[derive(Clone, Debug)]
+pub struct MethodInput {
+    /// The method, with its hyper-parameters.
+    pub method: Method,
+    /// The start points, one run each.
+    pub starts: Vec<[f32; 2]>,
+    /// Steps (`step(closure)` calls for L-BFGS), 1 to [`MAX_STEPS`].
+    pub steps: u32,
+    /// Keep every k-th position (and always the first and the last).
+    pub sample_every: u32,
+    /// An update rule's learning rate of each step, or `None`.
+    pub lr: Option<Vec<f64>>,
+}
+
+impl MethodInput {
+    fn check(&self) -> Result<()> {
+        check_steps(self.steps, self.sample_every)?;
+        check_starts(&self.starts)?;
+        self.method.check_starts(self.starts.len())?;
+        if self.lr.is_some() && !self.method.schedulable() {
+            return Err(Error::Config(format!("{} takes no per-step learning rates", self.method.name())));
+        }
+        check_history(self.steps, self.sample_every, self.starts.len())
+    }
+}
+
+/// What [`Device::run_method`] produced.
+#[derive(Clone, Debug)]
+pub struct MethodRun {
+    /// The positions at the sampled steps.
+    pub paths: Paths,
+    /// As [`RunReport::elapsed_ms`].
+    pub elapsed_ms: f64,
+    /// As [`RunReport::dispatches`].
+    pub dispatches: usize,
+    /// As [`RunReport::evaluations`].
+    pub evaluations: Option<Vec<Vec<u64>>>,
+    /// As [`RunReport::newton`].
+    pub newton: Option<Vec<NewtonStats>>,
+    /// As [`RunReport::fallback`].
+    pub fallback: Option<String>,
+}
+
+/// The methods a basin map takes ([`Method::basin`]): the element-wise rules
+/// ([`basin_rules`]), `Newton` and `DampedNewton`.
+pub fn basin_methods() -> Vec<&'static str> {
+    let mut names = basin_rules();
+    names.extend(["Newton", "DampedNewton"]);
+    names
 }
 
 /// Start points of a run of a rule that works per tensor (each start is a 1×2 tensor).
@@ -712,13 +1057,7 @@ impl RunInput {
                 return Err(Error::Config(format!("{} learning rates for {} steps", lr.len(), self.steps)));
             }
         }
-        let bytes = sampled_steps(self.steps, self.sample_every).len() as u64 * self.starts.len() as u64 * 8;
-        if bytes > MAX_HISTORY_BYTES {
-            return Err(Error::Config(format!(
-                "the position history would take {bytes} bytes (at most {MAX_HISTORY_BYTES}); sample less often"
-            )));
-        }
-        Ok(())
+        check_history(self.steps, self.sample_every, self.starts.len())
     }
 
     fn flat_starts(&self) -> Vec<f32> {
@@ -733,11 +1072,10 @@ pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -
     let starts = spec.start_points();
     let mut runs = Vec::with_capacity(spec.runs.len());
     for run in &spec.runs {
-        let rule = run.rule()?;
-        let lr = run.learning_rates(rule.as_ref(), spec.steps)?;
-        let hyperparameters = rule.hyperparameters();
-        let input = RunInput { rule, starts: starts.clone(), steps: spec.steps, sample_every: spec.sample_every, lr: lr.clone() };
-        let (paths, elapsed_ms, dispatches) = device.run(spec.function, &input, clock).await?;
+        let (method, lr) = run.checked(spec.steps)?;
+        let hyperparameters = method.hyperparameters();
+        let input = MethodInput { method, starts: starts.clone(), steps: spec.steps, sample_every: spec.sample_every, lr: lr.clone() };
+        let MethodRun { paths, elapsed_ms, dispatches, evaluations, newton, fallback } = device.run_method(spec.function, &input, clock).await?;
         let paths: Vec<Vec<[f32; 2]>> = (0..starts.len()).map(|s| paths.path(s)).collect();
         let losses = paths
             .iter()
@@ -752,6 +1090,9 @@ pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -
             losses,
             elapsed_ms,
             dispatches,
+            evaluations,
+            newton,
+            fallback,
         });
     }
     Ok(TrajectoryReport {
@@ -771,7 +1112,8 @@ pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -
 pub struct BasinSpec {
     /// The function to descend.
     pub function: TestFunction,
-    /// A torch class name; an element-wise rule (see [`basin_rules`]).
+    /// A torch class name of an element-wise rule, `Newton` or `DampedNewton` (see
+    /// [`basin_methods`]).
     pub optimizer: String,
     /// torch keyword arguments; missing ones take torch's defaults.
     #[serde(default)]
@@ -841,19 +1183,21 @@ pub async fn run_basin(device: &Device, spec: &BasinSpec, clock: &dyn Fn() -> f6
         return Err(Error::Config(format!("resolution must be in 1..=1024, got {}", spec.resolution)));
     }
     check_steps(spec.steps, spec.steps)?;
-    let run = spec.run();
-    let rule = run.rule()?;
-    if !rule.kernel().is_element_wise() {
+    let (method, lr) = spec.run().checked(spec.steps)?;
+    if !method.basin() {
+        let why = match method {
+            Method::Lbfgs(_) => "runs one L-BFGS per start point",
+            _ => "works per tensor",
+        };
         return Err(Error::Config(format!(
-            "a basin map runs its start points as one tensor, so it takes the element-wise rules ({}); {} works per tensor",
-            basin_rules().join(", "),
-            rule.name()
+            "a basin map runs its start points as one tensor, so it takes the element-wise rules and Newton's methods ({}); {} {why}",
+            basin_methods().join(", "),
+            method.name()
         )));
     }
-    let lr = run.learning_rates(rule.as_ref(), spec.steps)?;
-    let hyperparameters = rule.hyperparameters();
-    let input = RunInput { rule, starts: domain.grid(resolution), steps: spec.steps, sample_every: spec.steps, lr };
-    let (paths, elapsed_ms, _) = device.run(spec.function, &input, clock).await?;
+    let hyperparameters = method.hyperparameters();
+    let input = MethodInput { method, starts: domain.grid(resolution), steps: spec.steps, sample_every: spec.steps, lr };
+    let MethodRun { paths, elapsed_ms, .. } = device.run_method(spec.function, &input, clock).await?;
     let end = paths.last().to_vec();
     let loss = end.chunks(2).map(|p| spec.function.value(f64::from(p[0]), f64::from(p[1]))).collect();
     let basin = end.chunks(2).map(|p| spec.function.basin(p[0], p[1])).collect();
@@ -1043,6 +1387,11 @@ impl GpuRunner {
             }
             if step.is_multiple_of(self.steps_per_submission) && step < self.steps {
                 self.gpu.queue().submit([std::mem::replace(&mut encoder, new_encoder()).finish()]);
+                // The next submission reuses the scalar ring's slots, which the optimizer frees
+                // from callbacks once these steps have run. Natively it polls the device for
+                // them; in a browser the callbacks run only when the event loop does.
+                #[cfg(target_arch = "wasm32")]
+                submitted_work_done(&self.gpu).await;
             }
         }
         self.gpu.queue().submit([encoder.finish()]);
@@ -1050,6 +1399,16 @@ impl GpuRunner {
         let positions = read_views(&self.gpu, &[view]).await?.remove(0);
         Ok(Paths { starts: self.starts, sampled_steps: self.samples, positions })
     }
+}
+
+/// Resolves once the work submitted so far has run (and the callbacks registered before it).
+#[cfg(target_arch = "wasm32")]
+async fn submitted_work_done(gpu: &GpuContext) {
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    gpu.queue().on_submitted_work_done(move || {
+        let _ = sender.send(());
+    });
+    let _ = receiver.await;
 }
 
 /// N runs of one optimizer on the CPU reference, with the f32 gradient mirror of the WGSL.

@@ -2,6 +2,11 @@
 //! finite differences, the GPU runner (gradient kernel + optimizer in one pass, many steps per
 //! submission, positions sampled on the GPU) against the CPU reference for every rule and
 //! function, per-step learning rates, basin maps, errors, and the `trajectories` command.
+//! Newton's method (plain and damped, with the analytic Hessians) and L-BFGS: their GPU runs
+//! against their CPU mirrors on every function, and the lessons the demo shows, in numbers:
+//! Newton solves the ill-conditioned quadratic in one step, plain Newton walks into the saddle
+//! of x² − y² and damped Newton does not, L-BFGS needs far fewer gradient evaluations than
+//! Adam needs steps on Rosenbrock.
 
 #[cfg(feature = "cli")]
 use std::path::PathBuf;
@@ -10,8 +15,8 @@ use std::process::Command;
 
 use wgpu_optim::rules;
 use wgpu_optim::trajectories::{
-    blocking, learning_rates, sampled_steps, BasinSpec, CpuRunner, Device, GpuRunner, RunInput, RunSpec, TestFunction,
-    TrajectorySpec, MAX_STEPS_PER_SUBMISSION,
+    blocking, learning_rates, sampled_steps, BasinSpec, CpuRunner, Device, GpuRunner, Method, MethodInput, MethodRun,
+    RunInput, RunSpec, TestFunction, TrajectorySpec, MAX_STEPS_PER_SUBMISSION,
 };
 use wgpu_optim::Error;
 
@@ -424,4 +429,443 @@ fn the_gradient_kernel_translates_for_every_backend_and_function() {
             .and_then(|mut w| w.write())
             .unwrap();
     }
+}
+
+// ---- Newton's method and L-BFGS ----
+
+fn method(name: &str, hyperparameters: serde_json::Value) -> Method {
+    Method::from_config(name, &hyperparameters).unwrap()
+}
+
+fn run_method(device: &Device, function: TestFunction, method: Method, starts: Vec<[f32; 2]>, steps: u32) -> MethodRun {
+    let input = MethodInput { method, starts, steps, sample_every: 1, lr: None };
+    let clock = || 0.0;
+    pollster::block_on(device.run_method(function, &input, &clock)).unwrap()
+}
+
+/// Every device: the CPU reference, then each adapter.
+fn devices() -> Vec<Device> {
+    std::iter::once(Device::Cpu).chain(gpus().iter().map(|gpu| Device::Gpu(gpu.clone()))).collect()
+}
+
+/// Largest coordinate difference relative to the larger of the domain's width and the
+/// coordinates (damped Newton leaves the saddle's map for coordinates up to 1e19, where f32
+/// carries a relative difference); both non-finite counts as equal.
+fn relative_difference(function: TestFunction, a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let width = function.domain().x[1] - function.domain().x[0];
+    a.iter().zip(b).fold(0.0, |m, (&x, &y)| {
+        let d = match (x.is_finite(), y.is_finite()) {
+            (true, true) => {
+                let (x, y) = (f64::from(x), f64::from(y));
+                (x - y).abs() / width.max(x.abs()).max(y.abs())
+            }
+            (false, false) => 0.0,
+            _ => f64::INFINITY,
+        };
+        m.max(d)
+    })
+}
+
+#[test]
+fn values_and_hessians_match_the_functions_and_finite_differences() {
+    for function in TestFunction::ALL {
+        for [x, y] in starts(function).into_iter().chain([[0.3, -0.7], [1.1, 0.9]]) {
+            let v = function.value_f32(x, y);
+            let (x, y) = (f64::from(x), f64::from(y));
+            let exact = function.value(x, y);
+            assert!((f64::from(v) - exact).abs() <= 1e-5 * exact.abs().max(1.0), "{function} at ({x}, {y}): {v} against {exact}");
+            let h = function.hessian_f32(x as f32, y as f32);
+            let e = 1e-4;
+            let f = |dx: f64, dy: f64| function.value(x + dx, y + dy);
+            let xx = (f(e, 0.0) - 2.0 * f(0.0, 0.0) + f(-e, 0.0)) / (e * e);
+            let yy = (f(0.0, e) - 2.0 * f(0.0, 0.0) + f(0.0, -e)) / (e * e);
+            let xy = (f(e, e) - f(e, -e) - f(-e, e) + f(-e, -e)) / (4.0 * e * e);
+            let scale = xx.abs().max(yy.abs()).max(xy.abs()).max(1.0);
+            for (name, analytic, numeric) in [("f_xx", h[0], xx), ("f_xy", h[1], xy), ("f_yy", h[2], yy)] {
+                assert!(
+                    (f64::from(analytic) - numeric).abs() / scale < 1e-4,
+                    "{function} at ({x}, {y}): {name} {analytic} against finite difference {numeric}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn newton_methods_match_their_cpu_mirrors_on_every_function() {
+    // The kernels follow their CPU mirrors operation by operation: on llvmpipe's Vulkan the
+    // paths are bit-identical except where Rastrigin's sin and cos or Beale's gradient differ in
+    // a last bit (the GL driver fuses Beale's multiply-adds), which plain Newton amplifies on
+    // Beale near its singular Hessians (measured: up to 4e-3 of the width over 30 steps at
+    // lr 0.5, whose runs wander off the map; the damped runs agree to 2e-6).
+    let methods = [("Newton", serde_json::json!({})), ("Newton", serde_json::json!({"lr": 0.5})), ("DampedNewton", serde_json::json!({}))];
+    let mut worst = 0.0f64;
+    for gpu in gpus() {
+        for function in TestFunction::ALL {
+            for (name, hyperparameters) in &methods {
+                let m = method(name, hyperparameters.clone());
+                let cpu = run_method(&Device::Cpu, function, m.clone(), starts(function), 30);
+                let on_gpu = run_method(&Device::Gpu(gpu.clone()), function, m, starts(function), 30);
+                assert_eq!(on_gpu.dispatches, 30, "one dispatch per step");
+                let d = relative_difference(function, &on_gpu.paths.positions, &cpu.paths.positions);
+                let exact = !matches!(function, TestFunction::Rastrigin | TestFunction::Beale);
+                let tolerance = match function {
+                    TestFunction::Beale => 1e-2,
+                    TestFunction::Rastrigin => 1e-4,
+                    _ => 1e-5,
+                };
+                assert!(d <= tolerance, "{} {name} {hyperparameters} on {function}: GPU differs from the CPU mirror by {d:e}", gpu.adapter());
+                let (a, b) = (on_gpu.newton.unwrap(), cpu.newton.unwrap());
+                for (a, b) in a.iter().zip(&b) {
+                    if exact {
+                        assert_eq!(a.singular_at, b.singular_at, "{name} on {function}");
+                        assert_eq!(a.rejected, b.rejected, "{name} on {function}");
+                    }
+                }
+                worst = worst.max(d);
+            }
+        }
+        eprintln!("{}: largest Newton GPU/CPU path difference {worst:e}", gpu.adapter());
+    }
+}
+
+#[test]
+fn lbfgs_matches_its_cpu_twin_on_every_function() {
+    // One L-BFGS per start point; the library's L-BFGS equals its CPU twin bit for bit when the
+    // closure's values do, and the closure's kernel computes f and ∇f as their CPU mirrors
+    // (bit for bit on llvmpipe's Vulkan but for Rastrigin's sin and cos; its GL driver fuses
+    // Beale's multiply-adds). The line search branches on those values, so a run that wanders
+    // across a plateau amplifies a last bit: Beale's start (−1.8, 1.8), which drifts towards
+    // x → −∞ along the plateau y = 1, is left out (measured there: 0.14 of the width).
+    let configurations = [
+        serde_json::json!({"line_search_fn": "strong_wolfe"}),
+        serde_json::json!({"line_search_fn": "strong_wolfe", "max_iter": 1, "max_eval": 25, "history_size": 5}),
+        serde_json::json!({"lr": 0.1, "max_iter": 2}),
+    ];
+    let mut worst = 0.0f64;
+    for gpu in gpus() {
+        for function in TestFunction::ALL {
+            if function == TestFunction::Saddle {
+                continue; // unbounded below: the line search runs off to infinity
+            }
+            let mut points = starts(function);
+            if function == TestFunction::Beale {
+                points.remove(1);
+            }
+            for hyperparameters in &configurations {
+                let m = method("LBFGS", hyperparameters.clone());
+                let cpu = run_method(&Device::Cpu, function, m.clone(), points.clone(), 40);
+                let on_gpu = run_method(&Device::Gpu(gpu.clone()), function, m, points.clone(), 40);
+                let d = relative_difference(function, &on_gpu.paths.positions, &cpu.paths.positions);
+                assert!(d <= 1e-5, "{} LBFGS {hyperparameters} on {function}: GPU differs from the CPU twin by {d:e}", gpu.adapter());
+                assert_eq!(on_gpu.evaluations, cpu.evaluations, "{hyperparameters} on {function}: closure evaluations");
+                assert!(on_gpu.dispatches > 0);
+                worst = worst.max(d);
+            }
+        }
+        eprintln!("{}: largest L-BFGS GPU/CPU path difference {worst:e}", gpu.adapter());
+    }
+}
+
+#[test]
+fn newton_reaches_the_ill_conditioned_minimum_in_one_step() {
+    // f = (x² + 100 y²)/2: Newton's step −H⁻¹∇f = −(x, y) is exact. From the default start
+    // (−2.5, 1.5) every operation is exact in f32: (0, 0) itself; from any start within a few
+    // ulps of it. A first-order method needs many steps (SGD is limited by the steep direction).
+    let function = TestFunction::IllConditioned;
+    let others = starts(function).into_iter().chain([[0.3, -0.7], [2.9, 2.9]]).collect::<Vec<_>>();
+    for device in devices() {
+        let run = run_method(&device, function, method("Newton", serde_json::json!({})), others.clone(), 3);
+        assert_eq!(run.paths.at(1, 0), [0.0, 0.0], "{}: one step from the default start", device.adapter_name());
+        for s in 0..others.len() {
+            let [x, y] = run.paths.at(1, s);
+            assert!(x.abs() <= 1e-6 && y.abs() <= 1e-6, "{}: from {:?} one step reaches ({x}, {y})", device.adapter_name(), others[s]);
+        }
+        let sgd = run_method(&device, function, method("SGD", serde_json::json!({"lr": 0.015, "momentum": 0.5})), others.clone(), 100);
+        let reached = (0..=100).find(|&k| {
+            let [x, y] = sgd.paths.at(k, 0);
+            function.value(f64::from(x), f64::from(y)) < 1e-6
+        });
+        eprintln!("{}: Newton reaches (0, 0) in 1 step; SGD (lr 0.015, momentum 0.5) reaches f < 1e-6 at step {reached:?}", device.adapter_name());
+        assert!(reached.is_none_or(|k| k > 20));
+    }
+}
+
+#[test]
+fn plain_newton_walks_into_the_saddle_and_damped_newton_leaves_it() {
+    // f = x² − y², H = diag(2, −2). Plain Newton from (1, 0.1): (1, 0.1) − H⁻¹(2, −0.2) = (0, 0),
+    // the saddle, where ∇f = 0 keeps it. Damped Newton: μ = λ + 2 + δ makes H + μI positive
+    // definite, so it descends: |y| grows and f falls below 0.
+    let function = TestFunction::Saddle;
+    let steps = 12;
+    for device in devices() {
+        let name = device.adapter_name();
+        let plain = run_method(&device, function, method("Newton", serde_json::json!({})), vec![[1.0, 0.1]], steps);
+        for k in 1..=steps as usize {
+            assert_eq!(plain.paths.at(k, 0), [0.0, 0.0], "{name}: plain Newton at step {k}");
+        }
+        let damped = run_method(&device, function, method("DampedNewton", serde_json::json!({})), vec![[1.0, 0.1]], steps);
+        let path = damped.paths.path(0);
+        let loss = |p: [f32; 2]| function.value(f64::from(p[0]), f64::from(p[1]));
+        for k in 1..path.len() {
+            assert!(path[k][1].abs() >= path[k - 1][1].abs(), "{name}: |y| shrank at step {k}: {path:?}");
+            assert!(loss(path[k]) <= loss(path[k - 1]), "{name}: f rose at step {k}");
+            assert!(path[k][0].hypot(path[k][1]) > 0.5, "{name}: damped Newton near the saddle at step {k}: {:?}", path[k]);
+        }
+        assert!(path[1][1] > path[0][1] && loss(path[1]) < loss(path[0]), "{name}: the first step is accepted");
+        assert!(loss(path[2]) < 0.0 && loss(path[steps as usize]) < -1e6, "{name}: {path:?}");
+        let stats = &damped.newton.as_ref().unwrap()[0];
+        eprintln!(
+            "{name}: plain Newton (1, 0.1) -> {:?} after 1 step; damped Newton -> {:?} (f = {:e}), then {:?} (f = {:e}) after {steps} steps, {} rejected",
+            plain.paths.at(1, 0),
+            path[1],
+            loss(path[1]),
+            path[steps as usize],
+            loss(path[steps as usize]),
+            stats.rejected
+        );
+    }
+}
+
+#[test]
+fn lbfgs_needs_far_fewer_gradient_evaluations_than_adam_needs_steps_on_rosenbrock() {
+    // From (−1.2, 1) to f < 1e-6. L-BFGS's closure evaluations (each one gradient, torch's
+    // func_evals) against Adam's steps (each one gradient) at its best learning rate of a grid,
+    // counted generously: the first step below 1e-6, although Adam's runs with lr ≥ 0.5 leave
+    // the minimum again (measured on the CPU: 1691 steps at lr 0.05, 679 at lr 0.3, 587 at lr
+    // 0.7, which ends at f = 1e-2).
+    let function = TestFunction::Rosenbrock;
+    let start = vec![[-1.2f32, 1.0]];
+    let first_below = |run: &MethodRun| {
+        (0..run.paths.sampled_steps.len()).find(|&k| {
+            let [x, y] = run.paths.at(k, 0);
+            function.value(f64::from(x), f64::from(y)) < 1e-6
+        })
+    };
+    let adam = |device: &Device, lr: f64, steps: u32| {
+        let run = run_method(device, function, method("Adam", serde_json::json!({"lr": lr})), start.clone(), steps);
+        first_below(&run).map(|k| run.paths.sampled_steps[k])
+    };
+    // The learning-rate grid on the CPU reference (the GPU runs equal it: see
+    // every_rule_on_every_function_matches_the_cpu_reference).
+    let grid: Vec<(f64, Option<u32>)> =
+        [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0].iter().map(|&lr| (lr, adam(&Device::Cpu, lr, 10_000))).collect();
+    eprintln!("Adam, steps to f < 1e-6 by lr: {grid:?}");
+    let (best_lr, best_steps) = grid.iter().filter_map(|&(lr, s)| s.map(|s| (lr, s))).min_by_key(|&(_, s)| s).unwrap();
+    for device in devices() {
+        let name = device.adapter_name();
+        let adam_steps = adam(&device, best_lr, best_steps + 10).expect("Adam reaches it within its CPU count");
+        for hyperparameters in [
+            serde_json::json!({"line_search_fn": "strong_wolfe"}),
+            serde_json::json!({"line_search_fn": "strong_wolfe", "max_iter": 1, "max_eval": 25}),
+        ] {
+            let run = run_method(&device, function, method("LBFGS", hyperparameters.clone()), start.clone(), 100);
+            let k = first_below(&run).expect("L-BFGS reaches f < 1e-6");
+            let evaluations = run.evaluations.as_ref().unwrap()[0][k];
+            eprintln!(
+                "{name}: L-BFGS {hyperparameters}: f < 1e-6 at step {} after {evaluations} closure evaluations; Adam (lr {best_lr}): {adam_steps} steps",
+                run.paths.sampled_steps[k]
+            );
+            assert!(evaluations * 5 < u64::from(adam_steps), "{name}: {evaluations} evaluations against {adam_steps} steps");
+            assert!(evaluations <= 100, "{name}: {evaluations}");
+        }
+    }
+}
+
+#[test]
+fn specs_run_newton_and_lbfgs_beside_the_update_rules() {
+    let spec = TrajectorySpec::from_json(
+        r#"{"function": "himmelblau", "steps": 40, "starts": [[0, 0], [-1, 2.5]],
+            "runs": [{"optimizer": "Newton"},
+                     {"optimizer": "DampedNewton", "hyperparameters": {"grow": 10}},
+                     {"optimizer": "LBFGS", "hyperparameters": {"line_search_fn": "strong_wolfe", "max_iter": 1, "max_eval": 25}},
+                     {"optimizer": "Adam", "hyperparameters": {"lr": 0.05}}]}"#,
+    )
+    .unwrap();
+    let cpu = blocking::run_spec(&Device::Cpu, &spec).unwrap();
+    assert_eq!(cpu.runs[0].hyperparameters, serde_json::json!({"lr": 1.0}));
+    assert_eq!(cpu.runs[1].hyperparameters["grow"], 10.0);
+    assert_eq!(cpu.runs[1].hyperparameters["shrink"], 1.0 / 3.0);
+    assert_eq!(cpu.runs[2].hyperparameters["history_size"], 100);
+    assert!(cpu.runs[0].newton.is_some() && cpu.runs[1].newton.is_some() && cpu.runs[2].newton.is_none());
+    assert!(cpu.runs[2].evaluations.is_some() && cpu.runs[3].evaluations.is_none());
+    let json = serde_json::to_value(&cpu).unwrap();
+    assert!(json["runs"][0]["newton"][0]["singular_at"].is_null());
+    assert!(json["runs"][0]["newton"][0].get("damping").is_none());
+    assert!(json["runs"][1]["newton"][1]["damping"].is_number());
+    assert_eq!(json["runs"][2]["evaluations"][0].as_array().unwrap().len(), 41);
+    // Damped Newton and L-BFGS descend to one of Himmelblau's minima from both starts.
+    for run in &cpu.runs[1..3] {
+        for (s, losses) in run.losses.iter().enumerate() {
+            assert!(*losses.last().unwrap() < 1e-6, "{} from {:?}: {losses:?}", run.optimizer, spec.starts[s]);
+        }
+    }
+    for gpu in gpus() {
+        let report = blocking::run_spec(&Device::Gpu(gpu.clone()), &spec).unwrap();
+        assert_eq!(report.runs[0].dispatches, 40);
+        for (a, b) in report.runs.iter().zip(&cpu.runs) {
+            let flat = |r: &wgpu_optim::trajectories::RunReport| r.paths.iter().flatten().flatten().copied().collect::<Vec<f32>>();
+            assert!(relative_difference(spec.function, &flat(a), &flat(b)) <= 1e-5, "{} {}", gpu.adapter(), a.optimizer);
+            assert_eq!(a.hyperparameters, b.hyperparameters);
+            assert_eq!(a.evaluations, b.evaluations);
+        }
+    }
+}
+
+#[test]
+fn a_singular_hessian_leaves_the_point_where_it_is() {
+    // Rosenbrock's Hessian is singular where det = 80000 (x² − y + 0.005) vanishes; at
+    // (0, 0.005) it is diag(2 − 400·0.005, 200) = diag(0, 200) in f32 arithmetic too.
+    let function = TestFunction::Rosenbrock;
+    let h = function.hessian_f32(0.0, 0.005);
+    assert_eq!(h[1], 0.0);
+    assert!(h[0].abs() < 1e-6, "f_xx = {}", h[0]);
+    for device in devices() {
+        let run = run_method(&device, function, method("Newton", serde_json::json!({})), vec![[0.0, 0.005], [-1.2, 1.0]], 5);
+        for k in 0..=5 {
+            assert_eq!(run.paths.at(k, 0), [0.0, 0.005], "{}", device.adapter_name());
+        }
+        let stats = run.newton.unwrap();
+        assert_eq!(stats[0].singular_at, Some(1));
+        assert_eq!(stats[1].singular_at, None);
+        // From (−1.2, 1) plain Newton converges (quadratically, near (1, 1)).
+        let [x, y] = run.paths.at(5, 1);
+        assert!((x - 1.0).abs() < 1e-4 && (y - 1.0).abs() < 1e-4, "({x}, {y})");
+    }
+}
+
+#[test]
+fn newton_basin_maps_run_on_the_gpu_as_on_the_cpu() {
+    let spec = BasinSpec {
+        function: TestFunction::Himmelblau,
+        optimizer: "DampedNewton".into(),
+        hyperparameters: Default::default(),
+        schedule: None,
+        lr: None,
+        steps: 60,
+        resolution: 24,
+        domain: None,
+    };
+    let cpu = blocking::run_basin(&Device::Cpu, &spec).unwrap();
+    let mut found = [0; 4];
+    for &b in &cpu.basin {
+        if b >= 0 {
+            found[b as usize] += 1;
+        }
+    }
+    assert!(found.iter().all(|&n| n > 20), "damped Newton finds each of Himmelblau's minima: {found:?}");
+    let newton = blocking::run_basin(&Device::Cpu, &BasinSpec { optimizer: "Newton".into(), ..spec.clone() }).unwrap();
+    let named = newton.basin.iter().filter(|&&b| b >= 0).count();
+    eprintln!("Himmelblau 24x24, 60 steps: damped Newton ends at a minimum from {} starts {found:?}, plain Newton from {named}", found.iter().sum::<i32>());
+    assert!(named < found.iter().sum::<i32>() as usize, "plain Newton also stops at maxima and saddles");
+    for gpu in gpus() {
+        for s in [&spec, &BasinSpec { optimizer: "Newton".into(), ..spec.clone() }] {
+            let report = blocking::run_basin(&Device::Gpu(gpu.clone()), s).unwrap();
+            let reference = if s.optimizer == "Newton" { &newton } else { &cpu };
+            let differing = report.basin.iter().zip(&reference.basin).filter(|(a, b)| a != b).count();
+            assert!(differing <= 2, "{} {}: {differing} of 576 basins differ", gpu.adapter(), s.optimizer);
+        }
+    }
+}
+
+#[test]
+fn bad_newton_and_lbfgs_specs_are_errors() {
+    let parse = |runs: &str| TrajectorySpec::from_json(&format!(r#"{{"function": "booth", "steps": 10, "runs": {runs}}}"#)).unwrap_err().to_string();
+    assert!(parse(r#"[{"optimizer": "Newton", "hyperparameters": {"lr": -1}}]"#).contains("Newton: invalid lr"));
+    assert!(parse(r#"[{"optimizer": "Newton", "hyperparameters": {"momentum": 0.9}}]"#).contains("momentum"));
+    assert!(parse(r#"[{"optimizer": "DampedNewton", "hyperparameters": {"shrink": 1.5}}]"#).contains("shrink"));
+    assert!(parse(r#"[{"optimizer": "DampedNewton", "hyperparameters": {"grow": 1}}]"#).contains("grow"));
+    assert!(parse(r#"[{"optimizer": "DampedNewton", "hyperparameters": {"damping": 0}}]"#).contains("damping"));
+    assert!(parse(r#"[{"optimizer": "DampedNewton", "hyperparameters": {"margin": "big"}}]"#).contains("margin"));
+    assert!(parse(r#"[{"optimizer": "LBFGS", "hyperparameters": {"history_size": 0}}]"#).contains("history_size"));
+    assert!(parse(r#"[{"optimizer": "LBFGS", "hyperparameters": {"line_search_fn": "armijo"}}]"#).contains("armijo"));
+    assert!(parse(r#"[{"optimizer": "Newton", "schedule": {"name": "StepLR", "step_size": 2}}]"#).contains("Newton takes no learning-rate schedule"));
+    assert!(parse(r#"[{"optimizer": "LBFGS", "lr": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}]"#).contains("LBFGS takes no"));
+    let unknown = parse(r#"[{"optimizer": "BFGS"}]"#);
+    assert!(unknown.contains("BFGS") && unknown.contains("DampedNewton, LBFGS"), "{unknown}");
+    let many = format!(r#"{{"function": "booth", "steps": 3, "starts": {:?}, "runs": [{{"optimizer": "LBFGS"}}]}}"#, vec![[0.5f32, 0.5]; 65]);
+    assert!(TrajectorySpec::from_json(&many).unwrap_err().to_string().contains("at most 64 start points"));
+    let basin = BasinSpec {
+        function: TestFunction::Booth,
+        optimizer: "LBFGS".into(),
+        hyperparameters: Default::default(),
+        schedule: None,
+        lr: None,
+        steps: 10,
+        resolution: 4,
+        domain: None,
+    };
+    let error = blocking::run_basin(&Device::Cpu, &basin).unwrap_err().to_string();
+    assert!(error.contains("LBFGS runs one L-BFGS per start point") && error.contains("DampedNewton"), "{error}");
+}
+
+#[test]
+fn the_newton_and_closure_kernels_translate_for_every_backend_and_function() {
+    // As the_gradient_kernel_translates_for_every_backend_and_function, for Newton's entries
+    // and L-BFGS's closure.
+    let sources = [
+        (wgpu_optim::trajectories::newton::NEWTON_WGSL, &["newton", "damped_newton"][..]),
+        (wgpu_optim::trajectories::FUNCTIONS_WGSL, &["value_and_gradient"][..]),
+    ];
+    for (source, entries) in sources {
+        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
+        let info = validator.validate(&module).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+        for &entry_name in entries {
+            for (id, function) in TestFunction::ALL.iter().enumerate() {
+                let constants: naga::back::PipelineConstants = [("function_id".to_string(), id as f64)].into_iter().collect();
+                let entry = (naga::ShaderStage::Compute, entry_name);
+                let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some(entry), &constants).unwrap();
+                let spirv = naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None).unwrap();
+                assert!(!spirv.is_empty(), "{function} {entry_name}: SPIR-V");
+                let msl_pipeline = naga::back::msl::PipelineOptions { entry_point: Some((entry.0, entry.1.to_string())), ..Default::default() };
+                naga::back::msl::write_string(&module, &info, &naga::back::msl::Options::default(), &msl_pipeline).unwrap();
+                let hlsl_options = naga::back::hlsl::Options {
+                    special_constants_binding: Some(naga::back::hlsl::BindTarget { space: 1, register: 0, ..Default::default() }),
+                    ..Default::default()
+                };
+                let hlsl_pipeline = naga::back::hlsl::PipelineOptions { entry_point: Some((entry.0, entry.1.to_string())) };
+                let mut hlsl = String::new();
+                naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline).write(&module, &info, None).unwrap();
+                let glsl_options = naga::back::glsl::Options {
+                    version: naga::back::glsl::Version::Embedded { version: 310, is_webgl: false },
+                    ..Default::default()
+                };
+                let glsl_pipeline = naga::back::glsl::PipelineOptions { shader_stage: entry.0, entry_point: entry.1.to_string(), multiview: None };
+                let mut glsl = String::new();
+                naga::back::glsl::Writer::new(&mut glsl, &module, &info, &glsl_options, &glsl_pipeline, Default::default())
+                    .and_then(|mut w| w.write())
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg(feature = "cli")]
+fn the_trajectories_command_runs_newton_and_lbfgs() {
+    gpus();
+    let dir = scratch("cli-newton");
+    let out = dir.join("paths.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args(["trajectories", "--function", "saddle", "--start", "1,0.1", "--steps", "8"])
+        .args(["--optimizer", "Newton", "--optimizer", "DampedNewton", "--hyperparameters", "{}", "--hyperparameters", r#"{"grow": 10}"#])
+        .args(["--optimizer", "LBFGS", "--hyperparameters", r#"{"line_search_fn": "strong_wolfe"}"#, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("closure evaluations") && log.contains("steps rejected, damping"), "{log}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(report["runs"][0]["paths"][0][1], serde_json::json!([0.0, 0.0]), "plain Newton on the saddle");
+    assert_eq!(report["runs"][1]["hyperparameters"]["grow"], 10.0);
+    let output = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args(["trajectories", "--optimizer", "Newton", "--hyperparameters", r#"{"lr": 0}"#, "--out"])
+        .arg(dir.join("bad.json"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Newton: invalid lr"));
 }

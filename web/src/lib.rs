@@ -10,8 +10,7 @@
 use std::cell::{Cell, RefCell};
 
 use wasm_bindgen::prelude::*;
-use wgpu_optim::rules;
-use wgpu_optim::trajectories::{self, BasinSpec, Device, RunSpec, TestFunction, TrajectorySpec};
+use wgpu_optim::trajectories::{self, BasinSpec, Device, Method, RunSpec, TestFunction, TrajectorySpec};
 use wgpu_optim::GpuContext;
 
 thread_local! {
@@ -149,17 +148,22 @@ pub fn functions() -> String {
     serde_json::Value::Array(list).to_string()
 }
 
-/// Every update rule of the library with torch's default hyper-parameters, and whether a basin
-/// map can run it (the element-wise rules; see `trajectories::basin_rules`), as JSON
-/// `[{"name": "Adam", "defaults": {...}, "basin": true}]`.
+/// Every method the page offers: each update rule of the library with torch's default
+/// hyper-parameters, then Newton, DampedNewton and LBFGS (`trajectories::Method`); whether a
+/// basin map can run it (`Method::basin`) and whether it takes a learning-rate schedule, as
+/// JSON `[{"name": "Adam", "defaults": {...}, "basin": true, "schedule": true}]`.
 #[wasm_bindgen]
 pub fn optimizers() -> Result<String, JsError> {
-    let list = rules::OPTIMIZER_NAMES
-        .iter()
+    let list = Method::names()
+        .into_iter()
         .map(|name| {
-            let rule = rules::from_config(name, &serde_json::json!({}))?;
-            let basin = rule.kernel().is_element_wise();
-            Ok(serde_json::json!({ "name": name, "defaults": rule.hyperparameters(), "basin": basin }))
+            let method = Method::from_config(name, &serde_json::json!({}))?;
+            Ok(serde_json::json!({
+                "name": name,
+                "defaults": method.hyperparameters(),
+                "basin": method.basin(),
+                "schedule": method.schedulable(),
+            }))
         })
         .collect::<wgpu_optim::Result<Vec<_>>>()
         .map_err(js_error)?;
@@ -178,9 +182,8 @@ pub fn check_run(run_json: &str) -> Result<String, JsError> {
         .and_then(|s| s.as_u64())
         .ok_or_else(|| JsError::new("check_run needs \"steps\""))?;
     let run: RunSpec = serde_json::from_value(value).map_err(js_error)?;
-    let rule = run.rule().map_err(js_error)?;
-    run.learning_rates(rule.as_ref(), steps.min(u64::from(u32::MAX)) as u32).map_err(js_error)?;
-    Ok(rule.hyperparameters().to_string())
+    let (method, _) = run.checked(steps.min(u64::from(u32::MAX)) as u32).map_err(js_error)?;
+    Ok(method.hyperparameters().to_string())
 }
 
 /// The map's levels: `display_level(f)` at `width × height` pixel centres of the function's

@@ -2,8 +2,10 @@
 // (SwiftShader's WebGPU adapter), driven by playwright-core (no downloaded browser).
 //
 // It proves that the page runs on WebGPU (not its CPU fallback), that its trajectories match
-// the native `wgpu-optim trajectories` output for every update rule and every test function,
-// that it draws, that its controls change the result, and times the basin map.
+// the native `wgpu-optim trajectories` output for every update rule, Newton's methods and
+// L-BFGS on every test function, that it draws, that its controls change the result, that its
+// lessons (Newton on a quadratic and on a saddle, L-BFGS against Adam) show what they claim,
+// and times the basin map.
 //
 // Needs: web/build.sh done (web/www/pkg), the native binary (target/debug/wgpu-optim, or
 // $WGPU_OPTIM_BIN), Chromium (/usr/lib/chromium/chromium, or $CHROMIUM). Run: web/test.sh.
@@ -77,14 +79,33 @@ function native(spec, extra = []) {
 
 const DOMAIN_WIDTH = { rosenbrock: 4, beale: 9, himmelblau: 10, rastrigin: 10.24, saddle: 4, ill_conditioned: 6, booth: 20 };
 
-/// Largest |web − native| over every run, start, sample and coordinate, relative to the domain width.
-function pathDifference(web, nat) {
+/// Largest |web − native| over every run, start, sample and coordinate, relative to the domain
+/// width (`relative`: to the larger of the width and the coordinates, for runs that leave the
+/// map by orders of magnitude, as damped Newton does on the saddle). L-BFGS's evaluation counts
+/// and Newton's singular steps must be equal.
+function pathDifference(web, nat, relative = false) {
   assert.equal(web.runs.length, nat.runs.length);
   assert.deepEqual(web.sampled_steps, nat.sampled_steps);
   let worst = 0;
   web.runs.forEach((run, r) => {
     assert.equal(run.optimizer, nat.runs[r].optimizer);
     assert.deepEqual(run.hyperparameters, nat.runs[r].hyperparameters);
+    if (run.fallback) {
+      // src/lbfgs binds one placeholder buffer to two writable bindings, which WebGPU rejects
+      // (wgpu natively does not): until it binds two, the page runs L-BFGS on its CPU twin.
+      assert.equal(run.optimizer, 'LBFGS', `only L-BFGS falls back: ${run.fallback}`);
+      console.log(`LBFGS_FALLBACK: ${run.fallback.split('\n')[0]}`);
+    }
+    assert.deepEqual(run.evaluations, nat.runs[r].evaluations, `${run.optimizer}: closure evaluations`);
+    // Newton: the same singular steps; damped Newton's rejections may differ by a step or two
+    // once a run sits at a minimum, where accepting a step that lowers f by its last bit
+    // depends on that bit.
+    (run.newton ?? []).forEach((stats, s) => {
+      const other = nat.runs[r].newton[s];
+      assert.equal(stats.singular_at, other.singular_at, `${run.optimizer}: singular step`);
+      assert.ok(Math.abs(stats.rejected - other.rejected) <= 2, `${run.optimizer}: ${stats.rejected} against ${other.rejected} rejected steps`);
+    });
+    assert.equal(run.newton === undefined, nat.runs[r].newton === undefined);
     run.paths.forEach((p, s) => {
       const q = nat.runs[r].paths[s];
       assert.equal(p.length, q.length);
@@ -92,7 +113,8 @@ function pathDifference(web, nat) {
         for (const c of [0, 1]) {
           const a = p[k][c], b = q[k][c];
           assert.ok(a !== null && b !== null, `${run.optimizer}: non-finite position at sample ${k}`);
-          worst = Math.max(worst, Math.abs(a - b) / DOMAIN_WIDTH[web.function]);
+          const scale = relative ? Math.max(DOMAIN_WIDTH[web.function], Math.abs(a), Math.abs(b)) : DOMAIN_WIDTH[web.function];
+          worst = Math.max(worst, Math.abs(a - b) / scale);
         }
       }
     });
@@ -132,6 +154,29 @@ const CASES = [
     { optimizer: 'Muon', hyperparameters: { lr: 0.02, weight_decay: 0 } },
     { optimizer: 'Muon', hyperparameters: { lr: 0.02, weight_decay: 0, ns_precision: 'float32', nesterov: false } },
     { optimizer: 'SparseAdam', hyperparameters: { lr: 0.05 } }] },
+  // Newton's methods (the Hessians in WGSL beside the gradients) and L-BFGS (the library's
+  // torch.optim.LBFGS per start point, its closure a WGSL dispatch). 60 steps: each L-BFGS
+  // iteration waits for a few GPU read-backs (about 60 ms per iteration on SwiftShader).
+  { function: 'ill_conditioned', steps: 60, runs: [
+    { optimizer: 'Newton', hyperparameters: {} },
+    { optimizer: 'DampedNewton', hyperparameters: {} },
+    { optimizer: 'LBFGS', hyperparameters: { line_search_fn: 'strong_wolfe' } }] },
+  { function: 'rosenbrock', steps: 60, starts: [[-1.2, 1], [1.5, -0.5]], runs: [
+    { optimizer: 'Newton', hyperparameters: { lr: 0.5 } },
+    { optimizer: 'DampedNewton', hyperparameters: { grow: 10 } },
+    { optimizer: 'LBFGS', hyperparameters: { line_search_fn: 'strong_wolfe', max_iter: 1, max_eval: 25 } },
+    { optimizer: 'LBFGS', hyperparameters: { history_size: 5, max_iter: 4 } }] },
+  { function: 'himmelblau', steps: 60, starts: [[0, 0], [-1, 2.5]], runs: [
+    { optimizer: 'Newton', hyperparameters: {} },
+    { optimizer: 'DampedNewton', hyperparameters: {} },
+    { optimizer: 'LBFGS', hyperparameters: { line_search_fn: 'strong_wolfe', max_iter: 1, max_eval: 25 } }] },
+  { function: 'booth', steps: 60, runs: [
+    { optimizer: 'DampedNewton', hyperparameters: { damping: 10, shrink: 0.5 } },
+    { optimizer: 'LBFGS', hyperparameters: { line_search_fn: 'strong_wolfe' } }] },
+  { function: 'beale', steps: 300, runs: [{ optimizer: 'DampedNewton', hyperparameters: {} }] },
+  { function: 'saddle', starts: [[1, 0.1]], steps: 12, relative: true, runs: [
+    { optimizer: 'Newton', hyperparameters: {} },
+    { optimizer: 'DampedNewton', hyperparameters: {} }] },
 ];
 
 before(async () => {
@@ -175,11 +220,11 @@ test('the page runs on a WebGPU adapter, not the CPU fallback', async () => {
 test('trajectories match the native `wgpu-optim trajectories` for every rule and function', async () => {
   let worst = 0;
   for (const c of CASES) {
-    const spec = { function: c.function, steps: c.steps ?? 300, sample_every: 1, starts: [], runs: c.runs };
+    const spec = { function: c.function, steps: c.steps ?? 300, sample_every: 1, starts: c.starts ?? [], runs: c.runs };
     const web = await page.evaluate((s) => window.demo.runTrajectories(s), spec);
     assert.equal(web.backend, 'browserwebgpu');
     const nat = native(spec);
-    const difference = pathDifference(web, nat);
+    const difference = pathDifference(web, nat, c.relative);
     const names = c.runs.map((r) => r.optimizer).join(', ');
     console.log(`${c.function} (${names}): max |web - native| = ${difference.toExponential(2)} of the domain width (native: ${nat.adapter})`);
     assert.ok(difference <= TOLERANCE, `${c.function}: ${difference} > ${TOLERANCE}`);
@@ -338,6 +383,72 @@ test('basin map: 10,000 starts x 1,000 steps of Adam on Rosenbrock', async () =>
   fs.writeFileSync(file, shot);
   console.log(`screenshot: ${file} (${shot.length} bytes)`);
   assert.ok(shot.length > 30_000);
+});
+
+test('the lessons: Newton on a quadratic and a saddle, L-BFGS against Adam, as the page shows them', async () => {
+  const lesson = async (name) => {
+    const n = await page.evaluate(() => window.demo.computations);
+    await page.click(`button[data-lesson="${name}"]`);
+    await page.waitForFunction((m) => window.demo.computations > m, n, { timeout: 120_000 });
+    const seen = await page.evaluate(() => ({
+      spec: window.demo.lastSpec, report: window.demo.lastReport,
+      legend: document.getElementById('legend').textContent, text: document.getElementById('lesson').textContent,
+    }));
+    assert.equal(seen.report.backend, 'browserwebgpu');
+    assert.ok(seen.text.length > 100, 'the lesson explains itself');
+    const difference = pathDifference(seen.report, native(seen.spec), name === 'saddle');
+    console.log(`lesson ${name}: max |web - native| = ${difference.toExponential(2)}; legend: ${seen.legend}`);
+    assert.ok(difference <= TOLERANCE, `${name}: ${difference}`);
+    return seen;
+  };
+  const loss = (run, k) => run.losses[0][k];
+
+  // Newton reaches the ill-conditioned quadratic's minimum in one step; SGD and Adam do not.
+  const quadratic = await lesson('quadratic');
+  const [newton, sgd, adam] = quadratic.report.runs;
+  assert.equal(newton.optimizer, 'Newton');
+  assert.deepEqual(newton.paths[0][1], [0, 0]);
+  assert.match(quadratic.legend, /Newton \(lr 1\).*f < 1e-6 at step 1[^0-9]/);
+  for (const run of [sgd, adam]) assert.ok(loss(run, 1) > 1, `${run.optimizer} after one step: ${loss(run, 1)}`);
+
+  // Plain Newton walks into the saddle of x² − y² from (1, 0.1); damped Newton leaves it downhill.
+  const saddle = await lesson('saddle');
+  assert.deepEqual(saddle.report.starts, [[1, 0.1]]);
+  const [plain, damped] = saddle.report.runs;
+  for (let k = 1; k < plain.paths[0].length; k++) assert.deepEqual(plain.paths[0][k], [0, 0]);
+  const walk = damped.paths[0];
+  for (let k = 1; k < walk.length; k++) {
+    assert.ok(Math.abs(walk[k][1]) >= Math.abs(walk[k - 1][1]), `damped Newton: |y| shrank at step ${k}`);
+    assert.ok(loss(damped, k) <= loss(damped, k - 1), `damped Newton: f rose at step ${k}`);
+  }
+  assert.ok(loss(damped, 2) < 0 && loss(damped, walk.length - 1) < -1e6);
+  assert.match(saddle.legend, /DampedNewton.*steps rejected, damping/);
+
+  // L-BFGS reaches f < 1e-6 on Rosenbrock in far fewer gradient evaluations than Adam needs steps.
+  const race = await lesson('lbfgs');
+  const [lbfgs, ...adams] = race.report.runs;
+  const first = (run) => run.losses[0].findIndex((v) => v < 1e-6);
+  const k = first(lbfgs);
+  assert.ok(k > 0, 'L-BFGS reaches f < 1e-6');
+  const evaluations = lbfgs.evaluations[0][k];
+  const adamSteps = adams.map((run) => race.report.sampled_steps[first(run)]);
+  console.log(`LESSON_NUMBERS: L-BFGS f < 1e-6 at step ${race.report.sampled_steps[k]} after ${evaluations} closure evaluations; ` +
+    `Adam ${adams.map((r, i) => `lr ${r.hyperparameters.lr}: step ${adamSteps[i]}`).join(', ')}`);
+  for (const steps of adamSteps) assert.ok(steps > 5 * evaluations, `Adam ${steps} steps against ${evaluations} evaluations`);
+  assert.match(race.legend, /Adam \(lr 0.05\).*f < 1e-6 at step \d+/);
+  assert.match(race.legend, /LBFGS.*f < 1e-6 at step \d+ \(\d+ gradient evaluations\)/);
+
+  // Newton's basin map on Himmelblau through the page, against native.
+  const basin = { function: 'himmelblau', optimizer: 'DampedNewton', hyperparameters: {}, steps: 60, resolution: 24 };
+  const web = await page.evaluate((s) => window.demo.runBasin(s), basin);
+  const specFile = path.join(SCRATCH, 'newton-basin-spec.json');
+  fs.writeFileSync(specFile, JSON.stringify({ function: 'himmelblau', steps: 60, runs: [{ optimizer: 'DampedNewton' }] }));
+  const outFile = path.join(SCRATCH, 'newton-basin-native.json');
+  execFileSync(NATIVE, ['trajectories', '--config', specFile, '--basin', '24', '--out', outFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const nat = JSON.parse(fs.readFileSync(outFile, 'utf8'));
+  const differing = web.basin.filter((b, i) => b !== nat.basin[i]).length;
+  console.log(`damped Newton basin map 24x24 on Himmelblau: ${web.basin.filter((b) => b >= 0).length} of 576 end at a minimum; ${differing} differ from native`);
+  assert.ok(differing <= 2);
 });
 
 test('without WebGPU the page says so and runs the CPU reference, labelled', async () => {

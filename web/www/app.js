@@ -1,7 +1,8 @@
 // The demo page: controls, drawing and animation. Every number it draws comes from the wasm
 // module (web/src/lib.rs), that is from the wgpu-optim library: the functions, their gradients
-// and the optimizer steps run as WGSL on the WebGPU adapter (or, without WebGPU, on the
-// library's CPU reference compiled to wasm). Nothing here computes an optimizer step.
+// and Hessians, and the optimizer steps (the update rules, Newton's method, L-BFGS) run as WGSL
+// on the WebGPU adapter (or, without WebGPU, on the library's CPU reference compiled to wasm).
+// Nothing here computes an optimizer step.
 
 import initWasm, * as wasm from './pkg/wgpu_optim_web.js';
 
@@ -14,12 +15,54 @@ const DEFAULT_RUNS = [
 ];
 
 const $ = (id) => document.getElementById(id);
+const REACHED = 1e-6;  // the loss the legend reports reaching (written 1e-6)
+
+// Lessons from the articles on second-order methods: presets with what to look for. Each sets
+// the function, the start, the steps and the runs; the legend then shows the numbers.
+const LESSONS = {
+  quadratic: {
+    title: 'Newton: one step on a quadratic',
+    state: { function: 'ill_conditioned', start: null, steps: 100, runs: [
+      { optimizer: 'Newton', hp: { lr: 1 } },
+      { optimizer: 'SGD', hp: { lr: 0.015, momentum: 0.5 } },
+      { optimizer: 'Adam', hp: { lr: 0.05 } },
+    ] },
+    text: 'f = (x² + 100 y²)/2 has the Hessian diag(1, 100). Newton\'s step −H⁻¹∇f is exact on a quadratic: ' +
+      'it lands on the minimum (0, 0) in one step, whatever the conditioning. SGD must keep lr below 2/100 for the steep ' +
+      'y direction and then crawls along the flat x direction; Adam rescales each coordinate but still needs many steps.',
+  },
+  saddle: {
+    title: 'Newton walks into the saddle',
+    state: { function: 'saddle', start: [1, 0.1], steps: 12, runs: [
+      { optimizer: 'Newton', hp: { lr: 1 } },
+      { optimizer: 'DampedNewton', hp: { lr: 1 } },
+      { optimizer: 'SGD', hp: { lr: 0.1 } },
+    ] },
+    text: 'f = x² − y² has H = diag(2, −2). Plain Newton jumps to the stationary point of its quadratic model, which here ' +
+      'is the saddle (0, 0): from (1, 0.1) it lands on it in one step and stays (∇f = 0). Damped Newton adds μ ≥ −λ_min(H) + δ ' +
+      'to the diagonal, so H + μI is positive definite and every step goes downhill: it leaves the saddle along y, ' +
+      'f falling below 0 (the function is unbounded below, so it accelerates off the map).',
+  },
+  lbfgs: {
+    title: 'L-BFGS against Adam on Rosenbrock',
+    state: { function: 'rosenbrock', start: [-1.2, 1], steps: 2000, runs: [
+      { optimizer: 'LBFGS', hp: { lr: 1, line_search_fn: 'strong_wolfe', max_iter: 1, max_eval: 25 } },
+      { optimizer: 'Adam', hp: { lr: 0.3 } },
+      { optimizer: 'Adam', hp: { lr: 0.05 } },
+    ] },
+    text: 'From (−1.2, 1) L-BFGS (torch\'s, with the strong-Wolfe line search; one iteration per step here, so each step ' +
+      'also re-evaluates the point its line search ended at) follows the curved valley with a curvature estimate built from ' +
+      'its last gradients and reaches f < 1e-6 after a few dozen gradient evaluations. Adam, one gradient per step, needs ' +
+      'hundreds of steps at its best learning rate and over a thousand at a cautious one. The legend shows the counts.',
+  },
+};
 const demo = { state: null, lastSpec: null, lastReport: null, lastBasin: null, computations: 0, busy: false };
 window.demo = demo;
 
 let FUNCTIONS = [];      // from wasm.functions()
 let OPTIMIZERS = {};     // name -> torch defaults, from wasm.optimizers()
-let BASIN_RULES = new Set();  // the rules a basin map runs (element-wise ones), from wasm.optimizers()
+let BASIN_RULES = new Set();  // the methods a basin map runs (element-wise rules, Newton), from wasm.optimizers()
+let SCHEDULABLE = new Set();  // the methods that take a learning-rate schedule (the update rules)
 let cursor = 0;          // step shown by the animation
 let playing = true;
 let background = null;   // ImageData of the contour map of the current function
@@ -70,7 +113,7 @@ function trajectorySpec() {
 }
 
 function runSpec(run, steps) {
-  const schedule = scheduleFor(run, steps);
+  const schedule = SCHEDULABLE.has(run.optimizer) ? scheduleFor(run, steps) : null;
   return schedule === null
     ? { optimizer: run.optimizer, hyperparameters: run.hp }
     : { optimizer: run.optimizer, hyperparameters: run.hp, schedule };
@@ -132,7 +175,13 @@ function renderRuns() {
     head.className = 'head';
     const select = document.createElement('select');
     for (const name of Object.keys(OPTIMIZERS)) select.add(new Option(name, name, false, name === run.optimizer));
-    select.onchange = () => { run.optimizer = select.value; run.hp = { lr: run.hp.lr }; compute(); };
+    select.onchange = () => {
+      // Keep the learning rate between update rules; Newton's and L-BFGS's lr is a step scale.
+      const keep = SCHEDULABLE.has(run.optimizer) && SCHEDULABLE.has(select.value);
+      run.optimizer = select.value;
+      run.hp = { lr: keep ? run.hp.lr : OPTIMIZERS[select.value].lr };
+      compute();
+    };
     const remove = document.createElement('button');
     remove.textContent = '×';
     remove.title = 'remove this optimizer';
@@ -141,7 +190,7 @@ function renderRuns() {
     card.append(head);
     const defaults = OPTIMIZERS[run.optimizer];
     for (const [key, value] of Object.entries(defaults)) card.append(hpInput(run, key, value));
-    card.append(scheduleInput(run));
+    if (SCHEDULABLE.has(run.optimizer)) card.append(scheduleInput(run));
     if (run.error) {
       const error = document.createElement('div');
       error.className = 'error';
@@ -232,13 +281,18 @@ function hpInput(run, key, fallback) {
     input.onchange = () => { run.hp[key] = input.checked; compute(); };
     label.append(input);
   } else if (typeof fallback === 'string' || fallback === null) {
-    // Named choices (Muon's ns_precision, adjust_lr_fn); empty is null.
+    // Named choices (Muon's ns_precision, adjust_lr_fn, L-BFGS's line_search_fn) or an optional
+    // number (L-BFGS's max_eval); empty is null.
     const input = document.createElement('input');
     input.type = 'text';
     input.size = 12;
     input.value = current ?? '';
     input.dataset.hp = key;
-    input.onchange = () => { run.hp[key] = input.value === '' ? null : input.value; compute(); };
+    input.onchange = () => {
+      const text = input.value.trim();
+      run.hp[key] = text === '' ? null : (Number.isFinite(Number(text)) ? Number(text) : text);
+      compute();
+    };
     label.append(input);
   } else if (Array.isArray(fallback)) {
     const pair = [...current];
@@ -253,12 +307,12 @@ function hpInput(run, key, fallback) {
 function renderBasinRuns() {
   const select = $('basin-run');
   select.replaceChildren();
-  // A basin map runs thousands of starts as rows of one tensor: element-wise rules only.
+  // A basin map runs thousands of independent starts: element-wise rules and Newton's methods.
   demo.state.runs.forEach((run, i) => {
     const option = new Option(`${i + 1}: ${run.optimizer}`, i, false, i === demo.state.basin.run);
     if (!BASIN_RULES.has(run.optimizer)) {
       option.disabled = true;
-      option.text += ' (works per tensor: no basin map)';
+      option.text += run.optimizer === 'LBFGS' ? ' (one L-BFGS per start: no basin map)' : ' (works per tensor: no basin map)';
     }
     select.add(option);
   });
@@ -276,11 +330,42 @@ function renderLegend() {
     const end = run.paths[0][run.paths[0].length - 1];
     const lr = run.hyperparameters.lr;
     const schedule = run.schedule ? `, ${run.schedule.name}: ${fmt(run.lr[0])} → ${fmt(run.lr[run.lr.length - 1])}` : '';
-    line.innerHTML = `<span class="swatch" style="background:${COLOURS[i % COLOURS.length]}"></span>` +
+    const swatch = document.createElement('span');
+    swatch.className = 'swatch';
+    swatch.style.background = COLOURS[i % COLOURS.length];
+    line.append(swatch,
       `${run.optimizer} (lr ${lr}${schedule}): f = ${fmt(last)} at (${fmt(end[0])}, ${fmt(end[1])}); ` +
-      `${report.steps} steps, ${run.dispatches} dispatches, ${run.elapsed_ms.toFixed(1)} ms on the ${report.backend === 'cpu' ? 'CPU' : 'GPU'}`;
+      `${report.steps} steps, ${run.dispatches} dispatches, ${run.elapsed_ms.toFixed(1)} ms on the ${report.backend === 'cpu' || run.fallback ? 'CPU' : 'GPU'}` +
+      progress(report, run));
     legend.append(line);
   });
+}
+
+/// What the legend adds about a run's progress: when it first reached f < 1e-6 (with the
+/// gradient evaluations it took: one per step for an update rule, L-BFGS's closure
+/// evaluations), Newton's singular Hessians, damped Newton's rejected steps and damping.
+function progress(report, run) {
+  const parts = [];
+  const losses = run.losses[0];
+  if (fn().log_scale) {
+    const k = losses.findIndex((v) => Number.isFinite(v) && v < REACHED);
+    if (k < 0) {
+      parts.push('f < 1e-6 not reached');
+    } else {
+      const step = report.sampled_steps[k];
+      const evaluations = run.evaluations ? run.evaluations[0][k] : null;
+      parts.push(`f < 1e-6 at step ${step}` + (evaluations === null ? '' : ` (${evaluations} gradient evaluations)`));
+    }
+  }
+  if (run.evaluations) {
+    const e = run.evaluations[0];
+    parts.push(`${e[e.length - 1]} closure evaluations in all`);
+  }
+  const newton = run.newton?.[0];
+  if (newton?.singular_at) parts.push(`Hessian singular at step ${newton.singular_at}: the point stays there`);
+  if (newton && newton.damping !== undefined) parts.push(`${newton.rejected} steps rejected, damping λ = ${fmt(newton.damping)}`);
+  if (run.fallback) parts.push(`NOT on the GPU: ${run.fallback}`);
+  return parts.length ? '; ' + parts.join('; ') : '';
 }
 
 function fmt(v) {
@@ -576,9 +661,30 @@ function wire() {
     a.download = 'spec.json';
     a.click();
   };
+  for (const [name, lesson] of Object.entries(LESSONS)) {
+    const button = document.createElement('button');
+    button.textContent = lesson.title;
+    button.dataset.lesson = name;
+    button.onclick = () => showLesson(name);
+    $('lessons').append(button);
+  }
   demo.sync = sync;
   sync();
 }
+
+/// Sets a lesson's function, start, steps and runs, explains what to look for, and runs it.
+function showLesson(name) {
+  const lesson = LESSONS[name];
+  Object.assign(demo.state, structuredClone(lesson.state));
+  demo.state.basin.run = Math.min(demo.state.basin.run, demo.state.runs.length - 1);
+  $('lesson').textContent = lesson.text;
+  demo.sync();
+  renderBasinRuns();
+  cursor = 0;
+  setPlaying(true);
+  return compute();
+}
+demo.showLesson = showLesson;
 
 /// What the browser says about its WebGPU adapter (GPUAdapterInfo).
 async function webgpuAdapterInfo() {
@@ -598,6 +704,7 @@ async function main() {
   const optimizers = JSON.parse(wasm.optimizers());
   OPTIMIZERS = Object.fromEntries(optimizers.map((o) => [o.name, o.defaults]));
   BASIN_RULES = new Set(optimizers.filter((o) => o.basin).map((o) => o.name));
+  SCHEDULABLE = new Set(optimizers.filter((o) => o.schedule).map((o) => o.name));
   const wantGpu = !new URLSearchParams(location.search).has('cpu');
   demo.gpuInfo = wantGpu ? await webgpuAdapterInfo() : null;
   const label = demo.gpuInfo ? [demo.gpuInfo.vendor, demo.gpuInfo.architecture, demo.gpuInfo.device].filter(Boolean).join(' ') : '';

@@ -121,7 +121,8 @@ struct TrajectoriesArgs {
     /// rosenbrock, beale, himmelblau, rastrigin, saddle, ill_conditioned or booth.
     #[arg(long, default_value = "rosenbrock")]
     function: String,
-    /// A torch.optim class name (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, Adamax, RAdam, Rprop, ...); repeat to race several.
+    /// A torch.optim class name (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, Adamax, RAdam, Rprop, ...,
+    /// LBFGS) or Newton / DampedNewton (with the function's analytic Hessian); repeat to race several.
     #[arg(long = "optimizer", default_value = "Adam")]
     optimizers: Vec<String>,
     /// torch keyword arguments as JSON, e.g. '{"lr": 0.05}'; the n-th applies to the n-th --optimizer.
@@ -464,10 +465,23 @@ fn trajectories(args: TrajectoriesArgs) -> Result<ExitCode, wgpu_optim::Error> {
     }
     let report = blocking::run_spec(&device, &spec)?;
     for run in &report.runs {
-        for (path, losses) in run.paths.iter().zip(&run.losses) {
+        for (k, (path, losses)) in run.paths.iter().zip(&run.losses).enumerate() {
             let (end, loss) = (path[path.len() - 1], losses[losses.len() - 1]);
+            // What the second-order methods did beyond their paths.
+            let mut extra = String::new();
+            if let Some(evaluations) = &run.evaluations {
+                extra += &format!(", {} closure evaluations", evaluations[k][evaluations[k].len() - 1]);
+            }
+            if let Some(stats) = run.newton.as_ref().map(|n| &n[k]) {
+                if let Some(step) = stats.singular_at {
+                    extra += &format!(", Hessian singular at step {step} (the point stayed)");
+                }
+                if let Some(damping) = stats.damping {
+                    extra += &format!(", {} steps rejected, damping {damping:e}", stats.rejected);
+                }
+            }
             println!(
-                "{:<8} {} steps: ({}, {}) -> ({}, {}), f = {loss:.6e}  [{:.1} ms, {} dispatches]",
+                "{:<8} {} steps: ({}, {}) -> ({}, {}), f = {loss:.6e}  [{:.1} ms, {} dispatches{extra}]",
                 run.optimizer, report.steps, path[0][0], path[0][1], end[0], end[1], run.elapsed_ms, run.dispatches
             );
         }
