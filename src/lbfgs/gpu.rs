@@ -71,9 +71,10 @@ pub struct GpuVectors {
     op_stride: u64,
     op_capacity: usize,
     staging: wgpu::Buffer,
-    /// Bound where a dispatch does not use a binding (one for reading, one for writing).
+    /// Bound where a dispatch does not use a binding: one for reading, and one per writable
+    /// binding (WebGPU refuses two writable bindings of one buffer in a dispatch).
     unused_read: wgpu::Buffer,
-    unused_write: wgpu::Buffer,
+    unused_write: [wgpu::Buffer; 2],
     layout: wgpu::BindGroupLayout,
     pipelines: Vec<wgpu::ComputePipeline>,
     bind_groups: HashMap<Bindings, wgpu::BindGroup>,
@@ -157,11 +158,10 @@ impl GpuVectors {
                     16,
                     wgpu::BufferUsages::STORAGE,
                 );
-                let unused_write = buffer(
-                    "wgpu-optim lbfgs unused (write)",
-                    16,
-                    wgpu::BufferUsages::STORAGE,
-                );
+                let unused_write = [
+                    buffer("wgpu-optim lbfgs unused (write x)", 16, wgpu::BufferUsages::STORAGE),
+                    buffer("wgpu-optim lbfgs unused (write x2)", 16, wgpu::BufferUsages::STORAGE),
+                ];
                 let mut entries = vec![wgpu::BindGroupLayoutEntry {
                     binding: 0,
                     visibility: wgpu::ShaderStages::COMPUTE,
@@ -327,8 +327,8 @@ impl GpuVectors {
             return group.clone();
         }
         let unused = [
-            &self.unused_write,
-            &self.unused_write,
+            &self.unused_write[0],
+            &self.unused_write[1],
             &self.unused_read,
             &self.unused_read,
             &self.unused_read,
