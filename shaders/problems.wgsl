@@ -115,20 +115,15 @@ fn hessian_rows(@builtin(global_invocation_id) id: vec3<u32>) {
     if i >= n {
         return;
     }
+    hessian[i * n + i] = hessian_entry(i, i);
     if problem == ROSENBROCK {
-        var diagonal = 0.0;
         if i + 1u < n {
-            diagonal = ((1200.0 * x[i]) * x[i] - 400.0 * x[i + 1u]) + 2.0;
-            hessian[i * n + i + 1u] = -400.0 * x[i];
+            hessian[i * n + i + 1u] = hessian_entry(i, i + 1u);
         }
         if i > 0u {
-            diagonal = diagonal + 200.0;
-            hessian[i * n + i - 1u] = -400.0 * x[i - 1u];
+            hessian[i * n + i - 1u] = hessian_entry(i, i - 1u);
         }
-        hessian[i * n + i] = diagonal;
-        return;
     }
-    hessian[i * n + i] = curvature[i];
 }
 
 // The Hessian's entry (i, j), |i − j| ≤ 1.
