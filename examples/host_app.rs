@@ -103,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         })
     };
-    let view = |buffer: &wgpu::Buffer, len: usize| TensorView { buffer: buffer.clone(), offset: 0, len };
+    let view = |buffer: &wgpu::Buffer, len: usize| TensorView { buffer: buffer.clone(), offset: 0, len, dtype: wgpu_optim::Dtype::F32 };
     let frozen_backbone = view(&storage("backbone (frozen)", &pretrained), pretrained.len());
     let unused_grad = view(&storage("backbone gradient (frozen)", &vec![0.0; pretrained.len()]), pretrained.len());
     let data = [view(&storage("xs", &xs), xs.len()), view(&storage("ys", &ys), ys.len())];

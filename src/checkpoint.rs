@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gradients::GradientOptions;
 use crate::tensor_file::{read_safetensors_bytes, serialize_safetensors, write_file, NamedTensor};
 use crate::rules::{self, UpdateRule};
+use crate::storage::{Dtype, Precision};
 
 /// The `format` metadata value that marks a wgpu-optim checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "wgpu-optim-checkpoint";
@@ -106,8 +107,12 @@ pub struct Checkpoint {
     pub gradients: GradientOptions,
     /// The caller's schedule state (e.g. `Scheduler::state()`), restored by the caller.
     pub schedule: Option<serde_json::Value>,
-    /// Parameters, state, `step` and scalar state, by torch's names.
+    /// Parameters, state, `step` and scalar state, by torch's names, each in the type the
+    /// optimizer keeps it in.
     pub tensors: Vec<NamedTensor>,
+    /// The storage types the optimizer was built with (stochastic rounding's seed included);
+    /// a restore requires the same. All f32 in checkpoints written before storage types.
+    pub precision: Precision,
 }
 
 fn corrupt(origin: &str, message: impl std::fmt::Display) -> Error {
@@ -135,6 +140,7 @@ impl Checkpoint {
             ("counters", to_json(&self.counters)),
             ("gradients", to_json(&self.gradients)),
             ("schedule", to_json(&self.schedule)),
+            ("precision", to_json(&self.precision)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -183,6 +189,10 @@ impl Checkpoint {
             counters: typed(origin, "counters", parse("counters")?)?,
             gradients: typed(origin, "gradients", parse("gradients")?)?,
             schedule: typed(origin, "schedule", parse("schedule")?)?,
+            precision: match metadata.get("precision") {
+                Some(_) => typed(origin, "precision", parse("precision")?)?,
+                None => Precision::default(),
+            },
             tensors,
         })
     }
@@ -423,16 +433,16 @@ pub(crate) fn tensors_of(
     rule: &dyn UpdateRule,
     applied_steps: u64,
     running: [f64; 2],
-    param: Vec<f32>,
-    state: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+    param: (Vec<f32>, Dtype),
+    state: Vec<(&'static str, Vec<usize>, Vec<f32>, Dtype)>,
 ) -> Vec<NamedTensor> {
-    let mut out = vec![NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: param }];
-    for (key, shape, data) in state {
-        out.push(NamedTensor { name: format!("{name}.{key}"), shape, data });
+    let mut out = vec![NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: param.0, dtype: param.1 }];
+    for (key, shape, data, dtype) in state {
+        out.push(NamedTensor { name: format!("{name}.{key}"), shape, data, dtype });
     }
-    out.push(NamedTensor { name: format!("{name}.step"), shape: Vec::new(), data: vec![applied_steps as f32] });
+    out.push(NamedTensor::f32(format!("{name}.step"), Vec::new(), vec![applied_steps as f32]));
     for (key, value) in rule.scalar_state(running) {
-        out.push(NamedTensor { name: format!("{name}.{key}"), shape: Vec::new(), data: vec![value] });
+        out.push(NamedTensor::f32(format!("{name}.{key}"), Vec::new(), vec![value]));
     }
     out
 }

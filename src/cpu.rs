@@ -12,6 +12,7 @@ use crate::params::{
     TensorSpec,
 };
 use crate::rules::{self, CpuTensor, StateSlot, TermsMemo, UpdateRule};
+use crate::storage::{Dtype, Precision, RoundingSite};
 
 struct Tensor {
     name: String,
@@ -42,12 +43,20 @@ struct CpuGroup {
     train_mode: bool,
     /// The applied steps when the group was added: its own step count is the total less this.
     step_offset: u64,
+    /// Per state slot: its kernel binding's number in stochastic rounding's hash (1 + k for
+    /// the k-th state array the kernel declares).
+    hash_buffers: Vec<u32>,
 }
 
 impl CpuGroup {
     fn new(group: ParamGroup, step_offset: u64) -> Self {
         let kernel = group.rule.kernel();
+        let slots = group.rule.state_slots();
         CpuGroup {
+            hash_buffers: slots
+                .iter()
+                .map(|slot| 1 + kernel.state_bindings.iter().position(|b| *b == slot.key).unwrap_or(0) as u32)
+                .collect(),
             slots: group.rule.state_slots(),
             sparse: kernel.sparse_rows,
             switches: kernel.mode_switch.is_some(),
@@ -104,6 +113,8 @@ pub struct CpuOptimizer {
     conditioned: bool,
     /// The [`Parameters`] collection whose ids name these tensors.
     tag: CollectionTag,
+    /// The storage types it rounds to, as the GPU keeps them.
+    precision: Precision,
 }
 
 impl CpuOptimizer {
@@ -131,7 +142,36 @@ impl CpuOptimizer {
         let tag = params.tag();
         let tensors = params.into_specs().into_iter().zip(owner).map(|(spec, g)| Tensor::new(spec, &groups[g], g)).collect();
         let control = Control::new(&gradients);
-        Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned, tag })
+        Ok(CpuOptimizer { tensors, groups, gradients, control, conditioned, tag, precision: Precision::default() })
+    }
+
+    /// Keeps parameters, gradients and state in the storage types of `precision`, rounding
+    /// exactly as the GPU's kernels do (see [`crate::storage`]): the twin of
+    /// [`OptimizerOptions::precision`](crate::OptimizerOptions::precision). Call it before the
+    /// first step; the parameters and state are rounded to their types now.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        precision.validate()?;
+        self.precision = precision;
+        for tensor in &mut self.tensors {
+            round_all(&mut tensor.param, precision.updated_params());
+            for state in &mut tensor.state {
+                round_all(state, precision.state);
+            }
+            round_all(&mut tensor.grad, precision.grads);
+        }
+        Ok(self)
+    }
+
+    /// The storage types it keeps.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// A tensor's parameters as the model reads them: with master weights, the master copy
+    /// ([`CpuOptimizer::param`]) rounded to the parameters' type; else the parameters.
+    pub fn model_param(&self, id: TensorId) -> Result<Vec<f32>> {
+        let param = &self.tensor(id)?.param;
+        Ok(param.iter().map(|&x| self.precision.params.round(x)).collect())
     }
 
     /// One step of every group (skipped, with gradient conditioning, when a gradient is not
@@ -185,6 +225,7 @@ impl CpuOptimizer {
                 };
                 group.rule.cpu_update(own_scalars.as_ref().unwrap_or(&scalars), cpu_tensor);
                 tensor.grad_rows.fill(0);
+                store_rounded(&self.precision, group, id.0, tensor, step);
             }
         }
     }
@@ -232,6 +273,7 @@ impl CpuOptimizer {
                     first_step: false,
                 };
                 group.rule.cpu_switch_mode(to_train, cpu_tensor);
+                store_rounded(&self.precision, group, id.0, tensor, u64::from(self.control.step) - group.step_offset);
             }
         }
     }
@@ -372,12 +414,15 @@ impl CpuOptimizer {
             let mut missed = std::collections::BTreeMap::new();
             for id in &group.tensors {
                 let t = &self.tensors[id.0];
-                let element = group.slots.iter().zip(&t.state).map(|(slot, values)| (slot.key, t.shape.clone(), values.clone()));
-                let state = element.chain(t.tensor_state.iter().cloned()).collect();
+                let element =
+                    group.slots.iter().zip(&t.state).map(|(slot, values)| (slot.key, t.shape.clone(), values.clone(), self.precision.state));
+                let tensor_state = t.tensor_state.iter().map(|(key, shape, values)| (*key, shape.clone(), values.clone(), Dtype::F32));
+                let state = element.chain(tensor_state).collect();
                 let taken = applied - t.missed;
                 let tensor_running = if taken == applied { running } else { rules::running_after(group.rule.as_ref(), taken, &group.memo) };
                 let rule = group.rule.as_ref();
-                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, rule, taken, tensor_running, t.param.clone(), state));
+                let param = (t.param.clone(), self.precision.updated_params());
+                tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, rule, taken, tensor_running, param, state));
                 if t.missed > 0 {
                     missed.insert(t.name.clone(), t.missed);
                 }
@@ -393,6 +438,7 @@ impl CpuOptimizer {
             gradients: self.gradients.clone(),
             schedule,
             tensors,
+            precision: self.precision,
         }
     }
 
@@ -443,6 +489,7 @@ impl CpuOptimizer {
             });
         }
         tensor.grad.copy_from_slice(data);
+        round_all(&mut tensor.grad, self.precision.grads);
         tensor.present = true;
         Ok(())
     }
@@ -487,5 +534,31 @@ impl CpuOptimizer {
         }
         tensor.present = true;
         Ok(())
+    }
+}
+
+/// Rounds every value to `dtype` (to nearest even), as a CPU write into a GPU buffer does.
+fn round_all(values: &mut [f32], dtype: Dtype) {
+    if dtype != Dtype::F32 {
+        values.iter_mut().for_each(|x| *x = dtype.round(*x));
+    }
+}
+
+/// What the kernel's `store_` accessors write after a tensor's update at group step `step`:
+/// its parameters (without a master copy) and per-element state, rounded to their types.
+fn store_rounded(precision: &Precision, group: &CpuGroup, index: usize, tensor: &mut Tensor, step: u64) {
+    let site = |buffer: u32, element: usize| RoundingSite { step: step as u32, tensor: index as u32, buffer, element: element as u32 };
+    let params = precision.updated_params();
+    if params != Dtype::F32 {
+        for (k, x) in tensor.param.iter_mut().enumerate() {
+            *x = precision.store(params, *x, site(0, k));
+        }
+    }
+    if precision.state != Dtype::F32 {
+        for (state, &buffer) in tensor.state.iter_mut().zip(&group.hash_buffers) {
+            for (k, x) in state.iter_mut().enumerate() {
+                *x = precision.store(precision.state, *x, site(buffer, k));
+            }
+        }
     }
 }

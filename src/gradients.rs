@@ -410,7 +410,10 @@ impl GradientPass {
         control: &wgpu::Buffer,
         windows: &[GradientWindow],
         chunk_map: u32,
+        grads: crate::storage::Dtype,
     ) -> Result<Self> {
+        let typed = crate::storage::TypedBuffer { name: "grad", dtype: grads, hash_buffer: 0 };
+        let source = crate::storage::typed_source(&gradients_wgsl(), &[typed], None, crate::storage::Rounding::NearestEven)?;
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
         let device = gpu.device();
@@ -433,7 +436,7 @@ impl GradientPass {
             });
             let window_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-optim gradient window"),
-                entries: &[uniform(0, 16), storage(1, true, 16)],
+                entries: &[uniform(0, 16), storage(1, true, 8)],
             });
             // Without conditioning only the step counter runs: it reads no gradient window.
             let layouts = [Some(&shared_layout), Some(&window_layout)];
@@ -444,7 +447,7 @@ impl GradientPass {
             });
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("gradients"),
-                source: wgpu::ShaderSource::Wgsl(gradients_wgsl().into()),
+                source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
             });
             let pipeline = |entry: &str| {
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -38,9 +38,12 @@ pub(crate) fn plan_layout(
     kernels: &[Kernel],
     limits: &wgpu::Limits,
     max_arena_elements: Option<usize>,
+    smallest_element_bytes: usize,
 ) -> Result<Plan> {
     let binding_elements = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 4) as usize;
-    let base_align = (TENSOR_ALIGN_BYTES.max(u64::from(limits.min_storage_buffer_offset_alignment)) / 4) as usize;
+    // Every buffer's tensors start at an aligned byte offset: the smallest element type
+    // decides how many elements that is.
+    let base_align = (TENSOR_ALIGN_BYTES.max(u64::from(limits.min_storage_buffer_offset_alignment)) / smallest_element_bytes as u64) as usize;
     let chunk = CHUNK_ELEMENTS as usize;
     let mut arenas: Vec<(usize, Vec<TensorId>, usize, usize)> = Vec::new();
     let mut placement = vec![(0, 0); specs.len()];
@@ -189,7 +192,7 @@ mod layout_plan {
 
     fn plan(params: &Parameters, groups: &[ParamGroup], limits: &wgpu::Limits, max_arena: Option<usize>) -> Result<Plan> {
         let kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
-        plan_layout(&params.clone().into_specs(), groups, &kernels, limits, max_arena)
+        plan_layout(&params.clone().into_specs(), groups, &kernels, limits, max_arena, 4)
     }
 
     fn tensors(shapes: &[&[usize]]) -> (Parameters, Vec<TensorId>) {
@@ -240,7 +243,7 @@ mod layout_plan {
         let smaller = plan_with_max(&params, &ids, 256);
         assert_eq!(smaller.arenas.len(), 4, "every tensor but the last exceeds 256 elements: an arena each");
         let tiny = wgpu::Limits { max_buffer_size: 4000, ..limits };
-        let error = plan_layout(&params.clone().into_specs(), &[ParamGroup::new(Adam::default(), ids.clone())], &[Adam::default().kernel()], &tiny, None)
+        let error = plan_layout(&params.clone().into_specs(), &[ParamGroup::new(Adam::default(), ids.clone())], &[Adam::default().kernel()], &tiny, None, 4)
             .err()
             .expect("a tensor larger than max_buffer_size is refused");
         assert!(error.to_string().contains("max_buffer_size"), "{error}");

@@ -52,6 +52,7 @@ pub mod probe;
 pub mod replay;
 pub mod rules;
 pub mod schedule;
+pub mod storage;
 pub mod tensor_file;
 pub mod trajectories;
 
@@ -75,7 +76,8 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gradients::{ClipGradNorm, GradientOptions, LossScale, StepCounters};
 pub use lbfgs::{CpuLbfgs, Lbfgs, LbfgsOptions, LbfgsStep, LineSearch};
-pub use optimizer::{read_views, ArenaInfo, Optimizer, OptimizerOptions, TensorView, SCALAR_RING_STEPS, STEP_TERMS_RING};
+pub use optimizer::{read_views, ArenaInfo, BufferMemory, MemoryReport, Optimizer, OptimizerOptions, TensorView, SCALAR_RING_STEPS, STEP_TERMS_RING};
 pub use params::{ParamGroup, Parameters, TensorId, TensorSpec};
 pub use rules::UpdateRule;
 pub use schedule::{LearningRates, Scheduler};
+pub use storage::{Dtype, Precision, Rounding};

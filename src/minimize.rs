@@ -143,6 +143,7 @@ impl MinimizeSpec {
                     ),
                     offset: 0,
                     len: 1,
+                    dtype: crate::storage::Dtype::F32,
                 };
                 let losses = TensorView {
                     buffer: buffer(
@@ -151,6 +152,7 @@ impl MinimizeSpec {
                     ),
                     offset: 0,
                     len: self.steps,
+                    dtype: crate::storage::Dtype::F32,
                 };
                 let problem =
                     GpuProblem::new(gpu, &self.problem, &opt.param(x)?, &opt.grad(x)?, &loss)

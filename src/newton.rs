@@ -273,22 +273,22 @@ impl Newton {
 
     /// The parameters, tensors back to back (a tensor's elements at [`Newton::tensor_range`]).
     pub fn param_view(&self) -> TensorView {
-        TensorView { buffer: self.param.clone(), offset: 0, len: self.n }
+        TensorView { buffer: self.param.clone(), offset: 0, len: self.n, dtype: crate::storage::Dtype::F32 }
     }
 
     /// Where the closure writes the gradient (n values).
     pub fn grad_view(&self) -> TensorView {
-        TensorView { buffer: self.grad.clone(), offset: 0, len: self.n }
+        TensorView { buffer: self.grad.clone(), offset: 0, len: self.n, dtype: crate::storage::Dtype::F32 }
     }
 
     /// Where the closure writes the Hessian: n × n, row-major over the flat parameter index.
     pub fn hessian_view(&self) -> TensorView {
-        TensorView { buffer: self.hessian.clone(), offset: 0, len: self.n * self.n }
+        TensorView { buffer: self.hessian.clone(), offset: 0, len: self.n * self.n, dtype: crate::storage::Dtype::F32 }
     }
 
     /// Where the closure writes the loss (one `f32`).
     pub fn loss_view(&self) -> TensorView {
-        TensorView { buffer: self.scalars_out.clone(), offset: 0, len: 1 }
+        TensorView { buffer: self.scalars_out.clone(), offset: 0, len: 1, dtype: crate::storage::Dtype::F32 }
     }
 
     /// The flat index range of a tensor.
@@ -421,9 +421,9 @@ impl Newton {
 
     /// One read: (closure's last loss, min pivot, min |pivot|, the step's start loss).
     async fn read(&self) -> Result<(f32, f32, f32, f32)> {
-        let loss = TensorView { buffer: self.scalars_out.clone(), offset: 0, len: 1 };
-        let status = TensorView { buffer: self.scalars_out.clone(), offset: STATUS_OFFSET, len: 2 };
-        let start = TensorView { buffer: self.loss_start.clone(), offset: 0, len: 1 };
+        let loss = TensorView { buffer: self.scalars_out.clone(), offset: 0, len: 1, dtype: crate::storage::Dtype::F32 };
+        let status = TensorView { buffer: self.scalars_out.clone(), offset: STATUS_OFFSET, len: 2, dtype: crate::storage::Dtype::F32 };
+        let start = TensorView { buffer: self.loss_start.clone(), offset: 0, len: 1, dtype: crate::storage::Dtype::F32 };
         let values = read_views(&self.gpu, &[loss, status, start]).await?;
         Ok((values[0][0], values[1][0], values[1][1], values[2][0]))
     }

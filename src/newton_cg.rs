@@ -206,7 +206,7 @@ impl NewtonCg {
     }
 
     fn view(&self, buffer: &wgpu::Buffer) -> TensorView {
-        TensorView { buffer: buffer.clone(), offset: 0, len: self.n }
+        TensorView { buffer: buffer.clone(), offset: 0, len: self.n, dtype: crate::storage::Dtype::F32 }
     }
 
     /// The parameters, tensors back to back (a tensor at [`NewtonCg::tensor_range`]).
@@ -231,7 +231,7 @@ impl NewtonCg {
 
     /// Where the closure writes the loss (one `f32`).
     pub fn loss_view(&self) -> TensorView {
-        TensorView { buffer: self.loss.clone(), offset: 0, len: 1 }
+        TensorView { buffer: self.loss.clone(), offset: 0, len: 1, dtype: crate::storage::Dtype::F32 }
     }
 
     /// A tensor's flat index range.

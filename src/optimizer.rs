@@ -41,6 +41,7 @@ use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, GradientPass, GradientWindow, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
 use crate::params::{check_groups, CollectionTag, ParamGroup, Parameters, TensorId};
+use crate::storage::{typed_source, Dtype, Precision, TypedBuffer};
 use crate::rules::{
     self, matrix_dims, Kernel, Scope, StateSlot, StepTerms, TensorSlot, TermsMemo, UpdateRule, CHUNK_ELEMENTS,
     ELEMENTS_PER_INVOCATION, FIRST_STATE_BINDING, SCALARS_BYTES, WORKGROUP_SIZE,
@@ -123,6 +124,9 @@ pub struct OptimizerOptions {
     /// step: it is left as it is and [`Optimizer::counters`] reports
     /// [`Error::StepTermsLost`]. Each entry is 16 bytes per group.
     pub step_terms_history: Option<u64>,
+    /// The storage types of parameters, gradients and optimizer state (see
+    /// [`crate::storage`]). Default: all f32.
+    pub precision: Precision,
 }
 
 /// Where a tensor lives on the GPU: a range of a storage buffer.
@@ -137,14 +141,16 @@ pub struct TensorView {
     pub buffer: wgpu::Buffer,
     /// Byte offset of the first element.
     pub offset: u64,
-    /// Number of `f32` elements.
+    /// Number of elements.
     pub len: usize,
+    /// The element type (f16 and bf16 packed two to a `u32`; see [`crate::storage`]).
+    pub dtype: Dtype,
 }
 
 impl TensorView {
-    /// Its size in bytes.
+    /// Its size in bytes (16-bit types: whole `u32` words).
     pub fn byte_size(&self) -> u64 {
-        self.len as u64 * 4
+        self.dtype.byte_len(self.len)
     }
 
     /// A binding resource covering exactly this tensor.
@@ -170,6 +176,60 @@ impl TensorView {
         let entries: Vec<wgpu::BindGroupEntry> =
             views.iter().enumerate().map(|(k, view)| wgpu::BindGroupEntry { binding: k as u32, resource: view.binding() }).collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("wgpu-optim tensor views"), layout, entries: &entries })
+    }
+}
+
+/// The GPU memory of an optimizer ([`Optimizer::memory`]): every buffer's bytes, padding
+/// included, by role (`param`, `grad`, `exp_avg`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Parameters (elements of all tensors, without padding).
+    pub parameters: u64,
+    /// The buffers of each role, summed over arenas.
+    pub buffers: Vec<BufferMemory>,
+}
+
+/// The bytes of one role's buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferMemory {
+    /// `param` (what the model reads), `master param`, `grad`, a state key, or the
+    /// optimizer's own bookkeeping.
+    pub role: String,
+    /// The element type (None for the optimizer's bookkeeping buffers).
+    pub dtype: Option<Dtype>,
+    /// Bytes, padding included.
+    pub bytes: u64,
+}
+
+impl MemoryReport {
+    /// All bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.buffers.iter().map(|b| b.bytes).sum()
+    }
+
+    /// All bytes per parameter.
+    pub fn bytes_per_parameter(&self) -> f64 {
+        self.total_bytes() as f64 / self.parameters.max(1) as f64
+    }
+
+    /// The bytes per parameter of the buffers whose role is not `param`, `master param`,
+    /// `grad` or bookkeeping: the optimizer's state.
+    pub fn state_bytes_per_parameter(&self) -> f64 {
+        let state: u64 =
+            self.buffers.iter().filter(|b| b.dtype.is_some() && !["param", "master param", "grad"].contains(&b.role.as_str())).map(|b| b.bytes).sum();
+        state as f64 / self.parameters.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<40} {:>6} {:>14} {:>10}", "buffer", "type", "bytes", "B/param")?;
+        let per = |bytes: u64| bytes as f64 / self.parameters.max(1) as f64;
+        for b in &self.buffers {
+            let dtype = b.dtype.map_or("-", Dtype::name);
+            writeln!(f, "{:<40} {:>6} {:>14} {:>10.3}", b.role, dtype, b.bytes, per(b.bytes))?;
+        }
+        write!(f, "{:<40} {:>6} {:>14} {:>10.3}  ({} parameters)", "total", "", self.total_bytes(), self.bytes_per_parameter(), self.parameters)
     }
 }
 
@@ -216,6 +276,8 @@ struct Arena {
     param: wgpu::Buffer,
     grad: wgpu::Buffer,
     state: Vec<(&'static str, wgpu::Buffer)>,
+    /// With master weights: the rounded copy of `param` that the model reads.
+    model: Option<wgpu::Buffer>,
     windows: Vec<Window>,
 }
 
@@ -252,23 +314,66 @@ struct Command {
 }
 
 /// The pipelines of a rule's passes ([`Kernel::passes_and_switches`]), from the context's cache.
-async fn kernel_pipelines(gpu: &GpuContext, kernel: &Kernel, conditioned: bool, presence: bool) -> Result<Vec<wgpu::ComputePipeline>> {
+async fn kernel_pipelines(
+    gpu: &GpuContext,
+    kernel: &Kernel,
+    conditioned: bool,
+    presence: bool,
+    precision: &Precision,
+) -> Result<Vec<wgpu::ComputePipeline>> {
     let mut flags = kernel.flags.clone();
     flags.push(("conditioned", conditioned));
     flags.push(("gradient_presence", presence));
-    let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len());
-    let source = kernel.wgsl();
+    let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len(), precision.master_weights);
+    let source = kernel_source(kernel, precision)?;
+    let mut constants: Vec<(&'static str, u64)> = flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect();
+    if precision.is_stochastic() {
+        constants.push(("rounding_seed", f64::from(precision.seed()).to_bits()));
+    }
     let mut pipelines = Vec::new();
     for pass in kernel.passes_and_switches() {
-        let key = PipelineKey {
-            label: kernel.label,
-            entry: pass.entry,
-            constants: flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect(),
-        };
+        let key = PipelineKey { label: kernel.label, entry: pass.entry, constants: constants.clone() };
         pipelines.push(gpu.pipeline(key, &source, &layout).await?);
     }
     Ok(pipelines)
 }
+
+/// A rule's WGSL with its buffers in the storage types of `precision` (the rule's own source
+/// when everything is f32).
+fn kernel_source(kernel: &Kernel, precision: &Precision) -> Result<String> {
+    if precision.is_f32() {
+        return Ok(kernel.wgsl());
+    }
+    let mut buffers = vec![
+        TypedBuffer { name: "param", dtype: precision.updated_params(), hash_buffer: 0 },
+        TypedBuffer { name: "grad", dtype: precision.grads, hash_buffer: 0 },
+    ];
+    for (k, name) in kernel.state_bindings.iter().enumerate() {
+        buffers.push(TypedBuffer { name, dtype: precision.state, hash_buffer: 1 + k as u32 });
+    }
+    let model = precision.master_weights.then_some((precision.params, MODEL_BINDING));
+    typed_source(&kernel.wgsl(), &buffers, model, precision.rounding)
+}
+
+/// Rejects a storage type a rule's kernel cannot keep yet, with the reason.
+fn check_precision(rule: &dyn UpdateRule, kernel: &Kernel, precision: &Precision) -> Result<()> {
+    if precision.is_f32() {
+        return Ok(());
+    }
+    if kernel.has_matrix_passes() {
+        return Err(Error::Config(format!(
+            "{} runs matrix passes, which keep f32 storage only for now (precision {precision:?} asked)",
+            rule.name()
+        )));
+    }
+    if kernel.sparse_rows && precision.grads != Dtype::F32 {
+        return Err(Error::Config(format!("{} takes row-sparse gradients, which are f32 only", rule.name())));
+    }
+    Ok(())
+}
+
+/// The binding of the parameters' rounded copy, with master weights (`model_param`).
+const MODEL_BINDING: u32 = 16;
 
 /// Mirrors `struct Dispatch` in `shaders/common.wgsl`.
 #[repr(C)]
@@ -409,6 +514,8 @@ impl Optimizer {
     ) -> Result<Self> {
         check_groups(&params, &groups)?;
         options.gradients.validate()?;
+        options.precision.validate()?;
+        let precision = options.precision;
         let conditioned = options.gradients.is_active() || groups.iter().any(|g| g.rule.needs_grad_norm());
         crate::params::check_sparse_conditioning(&groups, conditioned)?;
         let device = gpu.device();
@@ -416,15 +523,17 @@ impl Optimizer {
         let presence = options.gradient_presence;
         let mut kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
         for (group, kernel) in groups.iter().zip(&mut kernels) {
-            check_kernel(group.rule.as_ref(), kernel, &limits)?;
-            // With presence tracked, every workgroup finds its tensor in the chunk map.
-            kernel.per_tensor |= presence;
+            check_kernel(group.rule.as_ref(), kernel, &limits, precision.master_weights)?;
+            check_precision(group.rule.as_ref(), kernel, &precision)?;
+            // With presence tracked or stochastic rounding, every workgroup finds its tensor
+            // in the chunk map.
+            kernel.per_tensor |= presence || precision.is_stochastic();
         }
         let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let terms_ring = terms_ring_entries(&options, steps_in_flight)?;
         let tag = params.tag();
         let specs = params.into_specs();
-        let plan = crate::layout::plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements)?;
+        let plan = crate::layout::plan_layout(&specs, &groups, &kernels, &limits, options.max_arena_elements, precision.smallest_element())?;
         let max_grid = options
             .max_workgroups_per_dimension
             .unwrap_or(limits.max_compute_workgroups_per_dimension)
@@ -608,7 +717,7 @@ impl Optimizer {
         let mut pipelines = Vec::new();
         let mut pipeline_of: HashMap<(usize, usize), usize> = HashMap::new();
         for (g, kernel) in kernels.iter().enumerate() {
-            for (p, pipeline) in kernel_pipelines(gpu, kernel, conditioned, presence).await?.into_iter().enumerate() {
+            for (p, pipeline) in kernel_pipelines(gpu, kernel, conditioned, presence, &precision).await?.into_iter().enumerate() {
                 pipeline_of.insert((g, p), pipelines.len());
                 pipelines.push(pipeline);
             }
@@ -679,8 +788,9 @@ impl Optimizer {
                             let t = &tensors[id.0];
                             initial[t.offset..t.offset + t.len].copy_from_slice(&specs[id.0].data);
                         }
-                        let param = arena_buffer(device, "param", len, Some(&initial));
-                        let grad = arena_buffer(device, "grad", len, None);
+                        let param = arena_buffer(device, "param", precision.updated_params(), len, Some(&initial));
+                        let model = precision.master_weights.then(|| arena_buffer(device, "model param", precision.params, len, Some(&initial)));
+                        let grad = arena_buffer(device, "grad", precision.grads, len, None);
                         let state: Vec<(&'static str, wgpu::Buffer)> = slots
                             .iter()
                             .map(|slot| {
@@ -688,7 +798,7 @@ impl Optimizer {
                                     initial.fill(slot.init);
                                     initial.as_slice()
                                 });
-                                (slot.key, arena_buffer(device, slot.key, len, contents))
+                                (slot.key, arena_buffer(device, slot.key, precision.state, len, contents))
                             })
                             .collect();
                         let kernel = &kernels[g];
@@ -696,10 +806,10 @@ impl Optimizer {
                         let windows = arena_windows[a]
                             .iter()
                             .map(|&(start, window_len, grid)| {
-                                let range = |buffer| wgpu::BufferBinding {
+                                let range = |buffer, dtype: Dtype| wgpu::BufferBinding {
                                     buffer,
-                                    offset: start as u64 * 4,
-                                    size: NonZeroU64::new(window_len as u64 * 4),
+                                    offset: dtype.byte_len(start),
+                                    size: NonZeroU64::new(dtype.byte_len(window_len)),
                                 };
                                 let uniform = |buffer, size| {
                                     wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset: 0, size: NonZeroU64::new(size) })
@@ -709,13 +819,17 @@ impl Optimizer {
                                     wgpu::BindGroupEntry { binding: 1, resource: uniform(&record_buffer, 64) },
                                     wgpu::BindGroupEntry { binding: 2, resource: tables.as_entire_binding() },
                                     wgpu::BindGroupEntry { binding: CONTROL_BINDING, resource: uniform(&tables, CONTROL_SIZE) },
-                                    wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::Buffer(range(&param)) },
-                                    wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::Buffer(range(&grad)) },
+                                    wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::Buffer(range(&param, precision.updated_params())) },
+                                    wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::Buffer(range(&grad, precision.grads)) },
                                     wgpu::BindGroupEntry { binding: 5, resource: aux.as_entire_binding() },
                                 ];
+                                if let Some(model) = &model {
+                                    let resource = wgpu::BindingResource::Buffer(range(model, precision.params));
+                                    entries.push(wgpu::BindGroupEntry { binding: MODEL_BINDING, resource });
+                                }
                                 for (k, key) in kernel.state_bindings.iter().enumerate() {
                                     let resource = match state.iter().find(|(name, _)| name == key) {
-                                        Some((_, buffer)) => wgpu::BindingResource::Buffer(range(buffer)),
+                                        Some((_, buffer)) => wgpu::BindingResource::Buffer(range(buffer, precision.state)),
                                         None => unused[k].as_entire_binding(),
                                     };
                                     entries.push(wgpu::BindGroupEntry { binding: FIRST_STATE_BINDING + k as u32, resource });
@@ -728,7 +842,7 @@ impl Optimizer {
                                 Window { bind_group: bind_groups.len() - 1, grid, start, len: window_len }
                             })
                             .collect();
-                        Arena { group: g, len, tensors: ids.clone(), param, grad, state, windows }
+                        Arena { group: g, len, tensors: ids.clone(), param, grad, state, model, windows }
                     })
                     .collect();
                 (scalars, tables, aux, arenas, bind_groups, record_buffer)
@@ -762,15 +876,15 @@ impl Optimizer {
             .flat_map(|(arena, (_, _, _, first_chunk))| {
                 arena.windows.iter().map(move |w| GradientWindow {
                     buffer: arena.grad.clone(),
-                    offset: w.start as u64 * 4,
-                    size: w.len as u64 * 4,
+                    offset: precision.grads.byte_len(w.start),
+                    size: precision.grads.byte_len(w.len),
                     grid: w.grid,
                     first_chunk: (first_chunk + w.start / CHUNK_ELEMENTS as usize) as u32,
                 })
             })
             .collect();
         let before_step =
-            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &windows, chunk_map as u32).await?;
+            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &windows, chunk_map as u32, precision.grads).await?;
 
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i, tag))).collect();
         let groups: Vec<Group> = groups
@@ -980,7 +1094,7 @@ impl Optimizer {
         let offset = self.presence.ok_or_else(|| {
             Error::Config("gradient presence is not tracked: build the optimizer with OptimizerOptions::gradient_presence".into())
         })?;
-        Ok(TensorView { buffer: self.tables.clone(), offset, len: self.tensors.len() })
+        Ok(TensorView { buffer: self.tables.clone(), offset, len: self.tensors.len(), dtype: Dtype::F32 })
     }
 
     /// Per tensor (by [`TensorId::index`]): the steps it has taken, torch's `state['step']`
@@ -1001,7 +1115,7 @@ impl Optimizer {
     /// Per tensor: the steps it missed without a gradient (all 0 without presence tracking).
     async fn missed_steps_async(&self) -> Result<Vec<u64>> {
         let Some(flags) = self.presence else { return Ok(vec![0; self.tensors.len()]) };
-        let view = TensorView { buffer: self.tables.clone(), offset: flags + self.tensors.len() as u64 * 4, len: self.tensors.len() };
+        let view = TensorView { buffer: self.tables.clone(), offset: flags + self.tensors.len() as u64 * 4, len: self.tensors.len(), dtype: Dtype::F32 };
         let words = read_views(&self.gpu, std::slice::from_ref(&view)).await?.remove(0);
         Ok(words.into_iter().map(|w| u64::from(w.to_bits())).collect())
     }
@@ -1141,7 +1255,7 @@ impl Optimizer {
 
     /// [`Optimizer::counters`], async.
     pub async fn counters_async(&mut self) -> Result<StepCounters> {
-        let view = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize };
+        let view = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize, dtype: Dtype::F32 };
         let words = read_views(&self.gpu, std::slice::from_ref(&view)).await?.remove(0);
         let mut control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
         let newly_skipped = u64::from(control.skipped - self.known.skipped);
@@ -1180,7 +1294,7 @@ impl Optimizer {
         let mut views = Vec::new();
         for group in &self.groups {
             for &id in &group.tensors {
-                views.push(self.param(id)?);
+                views.push(self.updated_param(id)?);
                 views.extend(self.state_entries(id)?.into_iter().map(|(_, _, view)| view));
             }
         }
@@ -1194,11 +1308,11 @@ impl Optimizer {
             let mut group_missed = std::collections::BTreeMap::new();
             for &id in &group.tensors {
                 let entry = &self.tensors[id.0];
-                let param = values.next().expect("one read per view");
+                let param = (values.next().expect("one read per view"), self.options.precision.updated_params());
                 let state = self
                     .state_entries(id)?
                     .into_iter()
-                    .map(|(key, shape, _)| (key, shape, values.next().expect("one read per view")))
+                    .map(|(key, shape, view)| (key, shape, values.next().expect("one read per view"), view.dtype))
                     .collect();
                 let rule = group.rule.as_ref();
                 // A tensor that missed steps has taken fewer (torch's state['step'] is its own).
@@ -1220,6 +1334,7 @@ impl Optimizer {
             gradients: self.gradients.clone(),
             schedule,
             tensors,
+            precision: self.options.precision,
         })
     }
 
@@ -1250,6 +1365,13 @@ impl Optimizer {
             self.presence.is_some(),
         );
         let restore = checkpoint::check(checkpoint, &target)?;
+        if checkpoint.precision != self.options.precision {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint was saved with storage types {:?}; this optimizer keeps {:?} (build it with the checkpoint's \
+                 `precision` to resume)",
+                checkpoint.precision, self.options.precision
+            )));
+        }
         let control = self.with_layout(checkpoint.counters.control(&self.gradients)?);
         let mut pipelines = Vec::new();
         for (g, rule) in restore.rules.iter().enumerate() {
@@ -1299,7 +1421,7 @@ impl Optimizer {
     /// The dynamic loss scale on the GPU, for the user's backward pass to multiply the loss by
     /// (a 4-byte view at offset 0 of the tables buffer; 1.0 without loss scaling).
     pub fn loss_scale_view(&self) -> TensorView {
-        TensorView { buffer: self.tables.clone(), offset: 0, len: 1 }
+        TensorView { buffer: self.tables.clone(), offset: 0, len: 1, dtype: Dtype::F32 }
     }
 
     /// The gradient conditioning this optimizer applies.
@@ -1432,29 +1554,53 @@ impl Optimizer {
             .iter()
             .map(|slot| {
                 let buffer = &self.arenas[entry.arena].state.iter().find(|(key, _)| *key == slot.key).expect("a buffer per slot").1;
-                (slot.key, entry.shape.clone(), TensorView { buffer: buffer.clone(), offset: entry.offset as u64 * 4, len: entry.len })
+                let dtype = self.options.precision.state;
+                (slot.key, entry.shape.clone(), TensorView { buffer: buffer.clone(), offset: dtype.byte_len(entry.offset), len: entry.len, dtype })
             })
             .collect();
         if let Some(region) = entry.aux {
             let mut at = region + 4;
             for TensorSlot { key, shape, .. } in group.rule.tensor_state(&entry.shape) {
                 let len = shape.iter().product();
-                out.push((key, shape, TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len }));
+                out.push((key, shape, TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len, dtype: Dtype::F32 }));
                 at += len;
             }
         }
         Ok(out)
     }
 
-    /// Where a parameter lives: bind it in your own kernels (forward passes read it).
+    /// Where a parameter lives as the model reads it: bind it in your own kernels (forward
+    /// passes read it). Its type is [`Precision::params`]; with master weights, this is the
+    /// rounded copy the step writes (see [`Optimizer::master_param`]).
     pub fn param(&self, id: TensorId) -> Result<TensorView> {
-        self.view(id, |a| &a.param)
+        match self.options.precision.master_weights {
+            true => self.view(id, self.options.precision.params, |a| a.model.as_ref().expect("a model copy with master weights")),
+            false => self.updated_param(id),
+        }
+    }
+
+    /// The f32 master copy of a parameter, which the step updates (with
+    /// [`Precision::master_weights`] only).
+    pub fn master_param(&self, id: TensorId) -> Result<TensorView> {
+        if !self.options.precision.master_weights {
+            return Err(Error::Tensor(format!(
+                "tensor {:?} has no master copy: this optimizer keeps its parameters in {} without master weights",
+                self.entry(id)?.name,
+                self.options.precision.params
+            )));
+        }
+        self.updated_param(id)
+    }
+
+    /// The parameter the step updates: the master copy, or the parameter itself.
+    fn updated_param(&self, id: TensorId) -> Result<TensorView> {
+        self.view(id, self.options.precision.updated_params(), |a| &a.param)
     }
 
     /// Where a tensor's gradient lives: your backward kernels write it; the step reads it
-    /// and leaves it as it was (see [`Optimizer::zero_grad`]).
+    /// and leaves it as it was (see [`Optimizer::zero_grad`]). Its type is [`Precision::grads`].
     pub fn grad(&self, id: TensorId) -> Result<TensorView> {
-        self.view(id, |a| &a.grad)
+        self.view(id, self.options.precision.grads, |a| &a.grad)
     }
 
     /// A state tensor by torch's key; an error names the keys this tensor has.
@@ -1467,12 +1613,36 @@ impl Optimizer {
         }
     }
 
-    fn view(&self, id: TensorId, buffer: impl Fn(&Arena) -> &wgpu::Buffer) -> Result<TensorView> {
+    fn view(&self, id: TensorId, dtype: Dtype, buffer: impl Fn(&Arena) -> &wgpu::Buffer) -> Result<TensorView> {
         let entry = self.entry(id)?;
-        Ok(TensorView { buffer: buffer(&self.arenas[entry.arena]).clone(), offset: entry.offset as u64 * 4, len: entry.len })
+        Ok(TensorView { buffer: buffer(&self.arenas[entry.arena]).clone(), offset: dtype.byte_len(entry.offset), len: entry.len, dtype })
     }
 
     // ---- groups ----
+
+    /// The bytes of every GPU buffer this optimizer owns, by role and type, and per parameter.
+    pub fn memory(&self) -> MemoryReport {
+        let precision = &self.options.precision;
+        let mut buffers: Vec<BufferMemory> = Vec::new();
+        let mut add = |role: String, dtype: Option<Dtype>, bytes: u64| match buffers.iter_mut().find(|b| b.role == role) {
+            Some(b) => b.bytes += bytes,
+            None => buffers.push(BufferMemory { role, dtype, bytes }),
+        };
+        for arena in &self.arenas {
+            let updated = if precision.master_weights { "master param" } else { "param" };
+            add(updated.into(), Some(precision.updated_params()), arena.param.size());
+            if let Some(model) = &arena.model {
+                add("param".into(), Some(precision.params), model.size());
+            }
+            add("grad".into(), Some(precision.grads), arena.grad.size());
+            for (key, buffer) in &arena.state {
+                add((*key).into(), Some(precision.state), buffer.size());
+            }
+        }
+        add("per-tensor state and scratch (aux)".into(), None, self.aux.size());
+        add("tables, step scalars, dispatch records".into(), None, self.tables.size() + self.scalars.size() + self.records.size());
+        MemoryReport { parameters: self.tensors.iter().map(|t| t.len as u64).sum(), buffers }
+    }
 
     /// The number of parameter groups.
     pub fn group_count(&self) -> usize {
@@ -1545,7 +1715,7 @@ impl Optimizer {
         if old.flags == new.flags {
             return Ok(Vec::new());
         }
-        kernel_pipelines(&self.gpu, &new, self.conditioned, self.options.gradient_presence).await
+        kernel_pipelines(&self.gpu, &new, self.conditioned, self.options.gradient_presence, &self.options.precision).await
     }
 
     /// Installs `rule` in group `g` with the pipelines [`Optimizer::pipelines_for`] gave, and
@@ -1630,6 +1800,7 @@ impl Optimizer {
         let mut encoder = self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-optim add_param_group") });
         let mut copy = |from: &TensorView, to: &TensorView| encoder.copy_buffer_to_buffer(&from.buffer, from.offset, &to.buffer, to.offset, from.byte_size());
         for id in self.tensor_ids().collect::<Vec<_>>() {
+            copy(&self.updated_param(id)?, &rebuilt.updated_param(id)?);
             copy(&self.param(id)?, &rebuilt.param(id)?);
             copy(&self.grad(id)?, &rebuilt.grad(id)?);
             for ((_, _, from), (_, _, to)) in self.state_entries(id)?.iter().zip(&rebuilt.state_entries(id)?) {
@@ -1641,14 +1812,14 @@ impl Optimizer {
         }
         // The counters, not the layout words (the new layout has its own).
         let counters_len = std::mem::offset_of!(Control, terms_ring) / 4;
-        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: counters_len };
+        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: counters_len, dtype: Dtype::F32 };
         copy(&control, &TensorView { buffer: rebuilt.tables.clone(), ..control.clone() });
         // Gradient presence: the flags and missed steps of the tensors there were.
         if let (Some(from), Some(to)) = (self.presence, rebuilt.presence) {
             let (old_count, new_count) = (self.tensors.len() as u64, rebuilt.tensors.len() as u64);
             for array in 0..2 {
-                let from = TensorView { buffer: self.tables.clone(), offset: from + array * old_count * 4, len: old_count as usize };
-                copy(&from, &TensorView { buffer: rebuilt.tables.clone(), offset: to + array * new_count * 4, len: old_count as usize });
+                let from = TensorView { buffer: self.tables.clone(), offset: from + array * old_count * 4, len: old_count as usize, dtype: Dtype::F32 };
+                copy(&from, &TensorView { buffer: rebuilt.tables.clone(), offset: to + array * new_count * 4, len: old_count as usize, dtype: Dtype::F32 });
             }
         }
         self.gpu.queue().submit([encoder.finish()]);
@@ -1720,9 +1891,14 @@ impl Optimizer {
     }
     // ---- CPU access ----
 
-    /// Uploads a parameter's values (with the next submission).
+    /// Uploads a parameter's values (with the next submission), rounded to nearest in its
+    /// type; with master weights, into the master copy and its rounded copy.
     pub fn write_param(&self, id: TensorId, data: &[f32]) -> Result<()> {
-        self.write(&self.param(id)?, data, || format!("parameter {:?}", self.tensors[id.0].name))
+        self.write(&self.updated_param(id)?, data, || format!("parameter {:?}", self.tensors[id.0].name))?;
+        if self.options.precision.master_weights {
+            self.write(&self.param(id)?, data, || format!("parameter {:?}", self.tensors[id.0].name))?;
+        }
+        Ok(())
     }
 
     /// Uploads a dense gradient; tensors whose rule takes sparse gradients (SparseAdam) refuse
@@ -1752,7 +1928,7 @@ impl Optimizer {
     pub fn grad_rows(&self, id: TensorId) -> Result<TensorView> {
         let entry = self.entry(id)?;
         match entry.row_mask {
-            Some(at) => Ok(TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len: rules::sparse_rows(&entry.shape).0 }),
+            Some(at) => Ok(TensorView { buffer: self.aux.clone(), offset: at as u64 * 4, len: rules::sparse_rows(&entry.shape).0, dtype: Dtype::F32 }),
             None => Err(Error::Tensor(format!(
                 "tensor {:?}'s rule ({}) takes dense gradients: it has no row mask",
                 entry.name,
@@ -1789,7 +1965,7 @@ impl Optimizer {
         if data.len() != view.len {
             return Err(Error::SizeMismatch { what: what(), expected: view.len, actual: data.len() });
         }
-        self.gpu.queue().write_buffer(&view.buffer, view.offset, bytemuck::cast_slice(data));
+        self.gpu.queue().write_buffer(&view.buffer, view.offset, &view.dtype.encode(data));
         Ok(())
     }
 
@@ -1871,7 +2047,7 @@ const READ_BATCH_BYTES: u64 = 64 << 20;
 /// 64 MiB (and `max_buffer_size`), one batch at a time, and maps them.
 pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Vec<f32>>> {
     let capacity = gpu.device().limits().max_buffer_size.min(READ_BATCH_BYTES) / 4 * 4;
-    let mut out: Vec<Vec<f32>> = views.iter().map(|view| Vec::with_capacity(view.len)).collect();
+    let mut out: Vec<Vec<u8>> = views.iter().map(|view| Vec::with_capacity(view.byte_size() as usize)).collect();
     // Pieces of views (view, buffer offset, bytes) that fill the next staging buffer.
     let mut batch: Vec<(usize, u64, u64)> = Vec::new();
     let mut batch_bytes = 0;
@@ -1892,12 +2068,12 @@ pub async fn read_views(gpu: &GpuContext, views: &[TensorView]) -> Result<Vec<Ve
     if batch_bytes > 0 {
         read_batch(gpu, views, &batch, batch_bytes, &mut out).await?;
     }
-    Ok(out)
+    Ok(out.iter().zip(views).map(|(bytes, view)| view.dtype.decode(bytes, view.len)).collect())
 }
 
 /// Copies the pieces into one staging buffer, maps it and appends each piece to its view's
 /// values.
-async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u64, u64)], bytes: u64, out: &mut [Vec<f32>]) -> Result<()> {
+async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u64, u64)], bytes: u64, out: &mut [Vec<u8>]) -> Result<()> {
     let device = gpu.device();
     let staging = gpu
         .checked("allocating a read-back buffer", || {
@@ -1929,12 +2105,10 @@ async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u6
         .map_err(|_| Error::ReadBack("the device was lost before the buffer was mapped".into()))?
         .map_err(|e| Error::ReadBack(e.to_string()))?;
     let mapped = staging.get_mapped_range(..).map_err(|e| Error::ReadBack(e.to_string()))?;
-    let all: &[f32] = bytemuck::cast_slice(&mapped);
     let mut at = 0;
     for &(k, _, size) in pieces {
-        let len = (size / 4) as usize;
-        out[k].extend_from_slice(&all[at..at + len]);
-        at += len;
+        out[k].extend_from_slice(&mapped[at..at + size as usize]);
+        at += size as usize;
     }
     drop(mapped);
     staging.unmap();
@@ -1943,14 +2117,16 @@ async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u6
 
 
 /// Rejects a kernel the dispatcher cannot run on this device, with the reason.
-fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits) -> Result<()> {
-    let needed = FIXED_STORAGE_BINDINGS + kernel.state_bindings.len() as u32;
+fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits, master_weights: bool) -> Result<()> {
+    let model = u32::from(master_weights);
+    let needed = FIXED_STORAGE_BINDINGS + kernel.state_bindings.len() as u32 + model;
     if needed > limits.max_storage_buffers_per_shader_stage {
         return Err(Error::Config(format!(
-            "{} needs {needed} storage buffers per shader stage ({} per-element state arrays + tables, param, grad, aux); \
+            "{} needs {needed} storage buffers per shader stage ({} per-element state arrays + tables, param, grad, aux{}); \
              this device allows {}",
             rule.name(),
             kernel.state_bindings.len(),
+            if master_weights { " + the master weights' model copy" } else { "" },
             limits.max_storage_buffers_per_shader_stage
         )));
     }
@@ -1981,7 +2157,7 @@ fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits) -
 /// Bind group layout of every rule's passes (see `shaders/common.wgsl`): scalars and the
 /// dispatch record (uniforms with dynamic offsets), tables, param, grad, aux, then
 /// `state_bindings` per-element state arrays.
-fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> wgpu::PipelineLayout {
+fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize, master_weights: bool) -> wgpu::PipelineLayout {
     let storage = |binding, read_only, min| crate::context::storage_binding(binding, read_only, min);
     let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
         binding,
@@ -2008,6 +2184,9 @@ fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> w
         },
     ];
     entries.extend((0..state_bindings as u32).map(|k| storage(FIRST_STATE_BINDING + k, false, 16)));
+    if master_weights {
+        entries.push(storage(MODEL_BINDING, false, 8));
+    }
     let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &entries,
@@ -2019,11 +2198,11 @@ fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize) -> w
     })
 }
 
-/// A storage buffer of `len` elements holding `contents` (zero-filled by wgpu when `None`).
-fn arena_buffer(device: &wgpu::Device, label: &str, len: usize, contents: Option<&[f32]>) -> wgpu::Buffer {
+/// A storage buffer of `len` elements of `dtype` holding `contents` (zero-filled by wgpu when `None`).
+fn arena_buffer(device: &wgpu::Device, label: &str, dtype: Dtype, len: usize, contents: Option<&[f32]>) -> wgpu::Buffer {
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(&format!("wgpu-optim {label}")),
-        size: len as u64 * 4,
+        size: dtype.byte_len(len),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: contents.is_some(),
     });
@@ -2031,7 +2210,7 @@ fn arena_buffer(device: &wgpu::Device, label: &str, len: usize, contents: Option
         buffer
             .get_mapped_range_mut(..)
             .expect("a buffer mapped at creation is mappable")
-            .copy_from_slice(bytemuck::cast_slice(contents));
+            .copy_from_slice(&dtype.encode(contents));
         buffer.unmap();
     }
     buffer

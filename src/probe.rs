@@ -155,7 +155,7 @@ pub async fn probe_float_semantics(gpu: &GpuContext) -> Result<FloatSemantics> {
         pass.dispatch_workgroups((PROBE_ELEMENTS / 64) as u32, 1, 1);
     }
     gpu.queue().submit([encoder.finish()]);
-    let view = TensorView { buffer: results, offset: 0, len: PROBE_ELEMENTS * 4 };
+    let view = TensorView { buffer: results, offset: 0, len: PROBE_ELEMENTS * 4, dtype: crate::storage::Dtype::F32 };
     let got = read_views(gpu, &[view]).await?.remove(0);
     Ok(compare(&a, &b, &c, &got))
 }

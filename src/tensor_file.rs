@@ -7,6 +7,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::storage::Dtype as StorageType;
 
 /// A named float32 tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,6 +18,15 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// The values in row-major order: the product of `shape` of them.
     pub data: Vec<f32>,
+    /// The type it is stored in (f16 and bf16 values are exactly representable in `data`).
+    pub dtype: StorageType,
+}
+
+impl NamedTensor {
+    /// A float32 tensor.
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
+        NamedTensor { name: name.into(), shape, data, dtype: StorageType::F32 }
+    }
 }
 
 /// Reads every tensor of a safetensors file; all must be float32.
@@ -38,11 +48,15 @@ pub(crate) fn read_safetensors_bytes(bytes: &[u8]) -> Result<(Vec<NamedTensor>, 
     let file = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut tensors = Vec::new();
     for (name, view) in file.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(format!("tensor {name:?} is {:?}; only float32 is supported", view.dtype()));
-        }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        tensors.push(NamedTensor { name, shape: view.shape().to_vec(), data });
+        let dtype = match view.dtype() {
+            Dtype::F32 => StorageType::F32,
+            Dtype::F16 => StorageType::F16,
+            Dtype::BF16 => StorageType::Bf16,
+            other => return Err(format!("tensor {name:?} is {other:?}; only F32, F16 and BF16 are supported")),
+        };
+        let len = view.shape().iter().product();
+        let data = dtype.decode(view.data(), len);
+        tensors.push(NamedTensor { name, shape: view.shape().to_vec(), data, dtype });
     }
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
@@ -69,10 +83,24 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Float32 tensors and metadata as the bytes of a safetensors file.
 pub(crate) fn serialize_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let fail = |e: safetensors::SafeTensorError| Error::Safetensors { path: "(in memory)".into(), message: e.to_string() };
-    let views = tensors
+    let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|t| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data)).map_err(fail)?;
+            let mut bytes = t.dtype.encode(&t.data);
+            bytes.truncate(t.data.len() * t.dtype.bytes());
+            bytes
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, bytes)| {
+            let dtype = match t.dtype {
+                StorageType::F32 => Dtype::F32,
+                StorageType::F16 => Dtype::F16,
+                StorageType::Bf16 => Dtype::BF16,
+            };
+            let view = safetensors::tensor::TensorView::new(dtype, t.shape.clone(), bytes).map_err(fail)?;
             Ok((t.name.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;

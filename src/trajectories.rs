@@ -1395,7 +1395,7 @@ impl GpuRunner {
             }
         }
         self.gpu.queue().submit([encoder.finish()]);
-        let view = TensorView { buffer: self.history.clone(), offset: 0, len: self.samples.len() * self.starts * 2 };
+        let view = TensorView { buffer: self.history.clone(), offset: 0, len: self.samples.len() * self.starts * 2, dtype: crate::storage::Dtype::F32 };
         let positions = read_views(&self.gpu, &[view]).await?.remove(0);
         Ok(Paths { starts: self.starts, sampled_steps: self.samples, positions })
     }

@@ -395,6 +395,7 @@ impl AdamBuffers {
             buffer: buffer.clone(),
             offset: 0,
             len: self.elements,
+            dtype: wgpu_optim::Dtype::F32,
         };
         let mut out = pollster::block_on(wgpu_optim::read_views(
             &bench.gpu,

@@ -552,7 +552,7 @@ impl Mlp {
         if from >= to || to > self.steps {
             return Err(ModelError(format!("no history for steps {from}..{to} of {}", self.steps)));
         }
-        let view = TensorView { buffer: self.history.clone(), offset: from as u64 * 8, len: (to - from) * 2 };
+        let view = TensorView { buffer: self.history.clone(), offset: from as u64 * 8, len: (to - from) * 2, dtype: wgpu_optim::Dtype::F32 };
         let values = pollster::block_on(read_views(&self.gpu, &[view]))?.remove(0);
         Ok(values.chunks(2).map(|m| (m[0], f64::from(m[1]).sqrt())).collect())
     }
@@ -567,7 +567,7 @@ impl Mlp {
             }
         }
         self.gpu.queue().submit([encoder.finish()]);
-        let view = TensorView { buffer: self.eval_metrics.clone(), offset: 0, len: 2 };
+        let view = TensorView { buffer: self.eval_metrics.clone(), offset: 0, len: 2, dtype: wgpu_optim::Dtype::F32 };
         let values = pollster::block_on(read_views(&self.gpu, &[view]))?.remove(0);
         Ok((f64::from(values[0]), f64::from(values[1]) / self.test_len as f64))
     }

@@ -39,14 +39,14 @@ impl<B: Vectors> Driver<B> {
         let mut tensors: Vec<NamedTensor> = self
             .tensors
             .iter()
-            .map(|(name, shape, offset)| NamedTensor { name: name.clone(), shape: shape.clone(), data: param[*offset..*offset + shape.iter().product::<usize>()].to_vec() })
+            .map(|(name, shape, offset)| NamedTensor { name: name.clone(), shape: shape.clone(), data: param[*offset..*offset + shape.iter().product::<usize>()].to_vec(), dtype: crate::storage::Dtype::F32 })
             .collect();
         let n = self.tensors.iter().map(|(_, shape, _)| shape.iter().product::<usize>()).sum::<usize>();
         let registers = self.vectors.read_registers().await?;
         if self.state.n_iter > 0 {
             let d = self.vectors.read_vector(self.direction).await?;
-            tensors.push(NamedTensor { name: "d".into(), shape: vec![n], data: self.unpad(&d) });
-            tensors.push(NamedTensor { name: "H_diag".into(), shape: vec![], data: vec![registers[register::H_DIAG]] });
+            tensors.push(NamedTensor { name: "d".into(), shape: vec![n], data: self.unpad(&d), dtype: crate::storage::Dtype::F32 });
+            tensors.push(NamedTensor { name: "H_diag".into(), shape: vec![], data: vec![registers[register::H_DIAG]], dtype: crate::storage::Dtype::F32 });
             let (mut dirs, mut stps, mut ro, mut al) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for slot in self.state.history.clone() {
                 let (y, s) = self.ring[slot];
@@ -57,14 +57,14 @@ impl<B: Vectors> Driver<B> {
                 al.push(registers[self.vectors.al_base() + slot]);
             }
             let m = self.state.history.len();
-            tensors.push(NamedTensor { name: "old_dirs".into(), shape: vec![m, n], data: dirs });
-            tensors.push(NamedTensor { name: "old_stps".into(), shape: vec![m, n], data: stps });
-            tensors.push(NamedTensor { name: "ro".into(), shape: vec![m], data: ro });
-            tensors.push(NamedTensor { name: "al".into(), shape: vec![m], data: al });
+            tensors.push(NamedTensor { name: "old_dirs".into(), shape: vec![m, n], data: dirs, dtype: crate::storage::Dtype::F32 });
+            tensors.push(NamedTensor { name: "old_stps".into(), shape: vec![m, n], data: stps, dtype: crate::storage::Dtype::F32 });
+            tensors.push(NamedTensor { name: "ro".into(), shape: vec![m], data: ro, dtype: crate::storage::Dtype::F32 });
+            tensors.push(NamedTensor { name: "al".into(), shape: vec![m], data: al, dtype: crate::storage::Dtype::F32 });
         }
         if let Some(prev) = self.state.prev_flat_grad {
             let values = self.vectors.read_vector(prev).await?;
-            tensors.push(NamedTensor { name: "prev_flat_grad".into(), shape: vec![n], data: self.unpad(&values) });
+            tensors.push(NamedTensor { name: "prev_flat_grad".into(), shape: vec![n], data: self.unpad(&values), dtype: crate::storage::Dtype::F32 });
         }
         let header = Header {
             hyperparameters: self.options.clone(),

@@ -417,6 +417,7 @@ impl GpuVectors {
             buffer: self.buffer(buffer).clone(),
             offset: 0,
             len: count,
+            dtype: crate::storage::Dtype::F32,
         };
         let mut values = crate::optimizer::read_views(&self.gpu, &[view]).await?;
         Ok(values.remove(0))
@@ -579,6 +580,7 @@ impl Vectors for GpuVectors {
             buffer: self.registers.clone(),
             offset: 0,
             len: self.register_count,
+            dtype: crate::storage::Dtype::F32,
         };
         Ok(crate::optimizer::read_views(&self.gpu, &[view])
             .await?

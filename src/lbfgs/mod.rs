@@ -306,6 +306,7 @@ impl Lbfgs {
             buffer: self.vectors.param_buffer().clone(),
             offset: offset as u64 * 4,
             len,
+            dtype: crate::storage::Dtype::F32,
         })
     }
 
@@ -316,6 +317,7 @@ impl Lbfgs {
             buffer: self.vectors.grad_buffer().clone(),
             offset: offset as u64 * 4,
             len,
+            dtype: crate::storage::Dtype::F32,
         })
     }
 
@@ -325,6 +327,7 @@ impl Lbfgs {
             buffer: self.vectors.registers_buffer().clone(),
             offset: 0,
             len: 1,
+            dtype: crate::storage::Dtype::F32,
         }
     }
 }

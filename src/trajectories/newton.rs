@@ -521,11 +521,13 @@ impl GpuNewtonRunner {
                 buffer: self.history.clone(),
                 offset: 0,
                 len: self.samples.len() * self.starts * 2,
+                dtype: crate::storage::Dtype::F32,
             },
             TensorView {
                 buffer: self.states.clone(),
                 offset: 0,
                 len: self.starts * 4,
+                dtype: crate::storage::Dtype::F32,
             },
         ];
         let mut read = read_views(&self.gpu, &views).await?;

@@ -115,7 +115,7 @@ fn replay_errors_are_clear_and_leave_no_output() {
     rejects("steps", None, None, Some(uneven), "steps but others record");
 
     let mut extra = grads.clone();
-    extra.push(NamedTensor { name: "ghost".into(), shape: vec![steps, 1], data: vec![0.0; steps] });
+    extra.push(NamedTensor { name: "ghost".into(), shape: vec![steps, 1], data: vec![0.0; steps], dtype: wgpu_optim::Dtype::F32 });
     rejects("extra", None, None, Some(extra), "\"ghost\", which is not a parameter");
 
     let mut renamed = params.clone();
@@ -243,7 +243,7 @@ fn minimize_reproduces_torch_lbfgs_on_every_backend() {
 fn minimize_errors_are_clear_and_leave_no_output() {
     let dir = scratch("minimize-errors");
     let start = dir.join("start.safetensors");
-    write_safetensors(&start, &[NamedTensor { name: "x".into(), shape: vec![4], data: vec![0.5; 4] }]).unwrap();
+    write_safetensors(&start, &[NamedTensor { name: "x".into(), shape: vec![4], data: vec![0.5; 4], dtype: wgpu_optim::Dtype::F32 }]).unwrap();
     let cases: [(&[&str], &str); 6] = [
         (&["--problem", "rosenbrock", "--dim", "5", "--optimizer", "LBFGS", "--steps", "2"], "--dim is 5"),
         (&["--problem", "himmelblau", "--dim", "4", "--optimizer", "LBFGS", "--steps", "2"], "unknown problem"),

@@ -18,6 +18,7 @@ mod golden;
 mod large;
 mod lbfgs;
 mod newton;
+mod precision;
 mod presence;
 mod reliability;
 mod rules;

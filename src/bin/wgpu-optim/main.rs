@@ -291,8 +291,8 @@ fn minimize(args: MinimizeArgs) -> Result<ExitCode, wgpu_optim::Error> {
     };
     let steps = result.loss.len();
     let tensors = [
-        NamedTensor { name: "x".into(), shape: vec![result.x.len()], data: result.x.clone() },
-        NamedTensor { name: "loss".into(), shape: vec![steps], data: result.loss.clone() },
+        NamedTensor { name: "x".into(), shape: vec![result.x.len()], data: result.x.clone(), dtype: wgpu_optim::Dtype::F32 },
+        NamedTensor { name: "loss".into(), shape: vec![steps], data: result.loss.clone(), dtype: wgpu_optim::Dtype::F32 },
     ];
     write_safetensors(&args.out, &tensors)?;
     let last = result.loss.last().map_or("-".to_string(), |l| l.to_string());

@@ -269,7 +269,7 @@ const STEPS: usize = 4;
 
 fn tensor(name: &str, shape: &[usize]) -> NamedTensor {
     let len = shape.iter().product();
-    NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: Rng::new(name.len() as u64 + 7 * len as u64).vec(len, 1.0) }
+    NamedTensor { name: name.to_string(), shape: shape.to_vec(), data: Rng::new(name.len() as u64 + 7 * len as u64).vec(len, 1.0), dtype: wgpu_optim::Dtype::F32 }
 }
 
 /// Gradients of `params` for [`STEPS`] steps: shape `[steps, *shape]`.
@@ -286,6 +286,7 @@ pub fn replay_cases() -> Vec<ReplayCase> {
         name: "e.rows".into(),
         shape: vec![STEPS, 6],
         data: (0..STEPS).flat_map(|s| (0..6).map(move |r| if (s % 2 == 0 && r % 4 == 0) || (s % 2 == 1 && r == 2) { 1.0 } else { 0.0 })).collect(),
+        dtype: wgpu_optim::Dtype::F32,
     };
     let mut sparse_grads = grads_of(&embedding);
     sparse_grads.push(rows);
