@@ -52,7 +52,7 @@ struct Dispatch {
     args: array<vec4<u32>, 2>,  // the pass's own words
 }
 
-// One tensor: mirrors `TableEntry` in src/optimizer.rs (10 words).
+// One tensor: mirrors `TableEntry` in src/optimizer.rs (11 words).
 struct Tensor {
     offset: u32,            // first element in its arena
     len: u32,
@@ -64,6 +64,7 @@ struct Tensor {
     scratch: u32,           // first element of its scratch
     first_chunk: u32,       // global index of its first chunk
     row_mask: u32,          // first element of its gradient's row mask in aux (sparse gradients)
+    kept_state: u32,        // int8 state: first word of its f32 state if kept in f32 (else NOT_KEPT)
 }
 
 @group(0) @binding(1) var<uniform> dispatch: Dispatch;
@@ -197,11 +198,11 @@ fn torch_lerp(start: vec4<f32>, end: vec4<f32>, weight: f32) -> vec4<f32> {
 // ---- tensors (rules that work per tensor) ----
 
 fn tensor_at(t: u32) -> Tensor {
-    let at = dispatch.table + t * 10u;
+    let at = dispatch.table + t * 11u;
     let w = &tables.words;
     return Tensor(
         (*w)[at], (*w)[at + 1u], (*w)[at + 2u], (*w)[at + 3u], (*w)[at + 4u],
-        (*w)[at + 5u], (*w)[at + 6u], (*w)[at + 7u], (*w)[at + 8u], (*w)[at + 9u],
+        (*w)[at + 5u], (*w)[at + 6u], (*w)[at + 7u], (*w)[at + 8u], (*w)[at + 9u], (*w)[at + 10u],
     );
 }
 

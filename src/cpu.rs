@@ -29,6 +29,9 @@ struct Tensor {
     present: bool,
     /// The steps of its group it sat out without a gradient.
     missed: u64,
+    /// Int8 state: per state array, the codes and block scales its values are the
+    /// dequantization of (None while kept in f32 or not int8).
+    int8: Vec<Option<(Vec<u8>, Vec<f32>)>>,
 }
 
 struct CpuGroup {
@@ -84,6 +87,7 @@ impl Tensor {
             grad_rows: if group.sparse { vec![0; rules::sparse_rows(&spec.shape).0] } else { Vec::new() },
             present: true,
             missed: 0,
+            int8: vec![None; group.slots.len()],
             name: spec.name,
             shape: spec.shape,
             group: g,
@@ -152,10 +156,22 @@ impl CpuOptimizer {
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
         precision.validate()?;
         self.precision = precision;
+        if precision.state == Dtype::Int8 {
+            for group in &self.groups {
+                let kernel = group.rule.kernel();
+                if !kernel.is_element_wise() || kernel.mode_switch.is_some() {
+                    return Err(Error::Config(format!("{} cannot keep int8 (8-bit blockwise) state yet", group.rule.name())));
+                }
+            }
+        }
         for tensor in &mut self.tensors {
             round_all(&mut tensor.param, precision.updated_params());
-            for state in &mut tensor.state {
-                round_all(state, precision.state);
+            let slots = &self.groups[tensor.group].slots;
+            for ((state, slot), int8) in tensor.state.iter_mut().zip(slots).zip(&mut tensor.int8) {
+                match precision.state {
+                    Dtype::Int8 => *int8 = crate::storage::int8_round_trip(state, slot.nonnegative),
+                    dtype => round_all(state, dtype),
+                }
             }
             round_all(&mut tensor.grad, precision.grads);
         }
@@ -554,7 +570,11 @@ fn store_rounded(precision: &Precision, group: &CpuGroup, index: usize, tensor: 
             *x = precision.store(params, *x, site(0, k));
         }
     }
-    if precision.state != Dtype::F32 {
+    if precision.state == Dtype::Int8 {
+        for ((state, slot), int8) in tensor.state.iter_mut().zip(&group.slots).zip(&mut tensor.int8) {
+            *int8 = crate::storage::int8_round_trip(state, slot.nonnegative);
+        }
+    } else if precision.state != Dtype::F32 {
         for (state, &buffer) in tensor.state.iter_mut().zip(&group.hash_buffers) {
             for (k, x) in state.iter_mut().enumerate() {
                 *x = precision.store(precision.state, *x, site(buffer, k));

@@ -412,7 +412,7 @@ impl GradientPass {
         chunk_map: u32,
         grads: crate::storage::Dtype,
     ) -> Result<Self> {
-        let typed = crate::storage::TypedBuffer { name: "grad", dtype: grads, hash_buffer: 0 };
+        let typed = crate::storage::TypedBuffer { name: "grad", dtype: grads, hash_buffer: 0, int8: None };
         let source = crate::storage::typed_source(&gradients_wgsl(), &[typed], None, crate::storage::Rounding::NearestEven)?;
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
@@ -436,7 +436,7 @@ impl GradientPass {
             });
             let window_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-optim gradient window"),
-                entries: &[uniform(0, 16), storage(1, true, 8)],
+                entries: &[uniform(0, 16), storage(1, true, if grads == crate::storage::Dtype::F32 { 16 } else { 8 })],
             });
             // Without conditioning only the step counter runs: it reads no gradient window.
             let layouts = [Some(&shared_layout), Some(&window_layout)];

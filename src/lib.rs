@@ -53,6 +53,7 @@ pub mod replay;
 pub mod rules;
 pub mod schedule;
 pub mod storage;
+mod quantization_maps;
 pub mod tensor_file;
 pub mod trajectories;
 

@@ -41,7 +41,7 @@ use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
 use crate::gradients::{Control, GradientOptions, GradientPass, GradientWindow, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
 use crate::params::{check_groups, CollectionTag, ParamGroup, Parameters, TensorId};
-use crate::storage::{typed_source, Dtype, Precision, TypedBuffer};
+use crate::storage::{typed_source, Dtype, Precision, TypedBuffer, INT8_BLOCK, INT8_MIN_ELEMENTS};
 use crate::rules::{
     self, matrix_dims, Kernel, Scope, StateSlot, StepTerms, TensorSlot, TermsMemo, UpdateRule, CHUNK_ELEMENTS,
     ELEMENTS_PER_INVOCATION, FIRST_STATE_BINDING, SCALARS_BYTES, WORKGROUP_SIZE,
@@ -281,6 +281,74 @@ struct Arena {
     windows: Vec<Window>,
 }
 
+/// Where int8 state's absmax words and the f32 state of tensors kept in f32 lie in the
+/// `quant` buffer (shaders/int8.wgsl): per state array s and rotation r, one word per block of
+/// 256 elements of every chunked arena, at `(s*3 + r)*blocks + block`; then each kept
+/// tensor's f32 state, its state arrays one after another.
+struct QuantLayout {
+    /// Per tensor: the first word of its f32 state when it is kept in f32.
+    kept: Vec<Option<usize>>,
+    /// Blocks of all chunked arenas (`control.chunks` × 4).
+    blocks: usize,
+    /// Words of the buffer.
+    words: usize,
+}
+
+impl QuantLayout {
+    fn new(tensors: &[TensorEntry], groups: &[ParamGroup], plan: &crate::layout::Plan, precision: &Precision) -> Self {
+        if precision.state != Dtype::Int8 {
+            return QuantLayout { kept: vec![None; tensors.len()], blocks: 0, words: 4 };
+        }
+        let slots = groups.iter().map(|g| g.rule.state_slots().len()).max().unwrap_or(0);
+        let blocks = plan.total_chunks * (CHUNK_ELEMENTS as usize / INT8_BLOCK);
+        let mut at = slots * 3 * blocks;
+        let kept = tensors
+            .iter()
+            .map(|t| {
+                (t.len < INT8_MIN_ELEMENTS).then(|| {
+                    let first = at;
+                    at += groups[t.group].rule.state_slots().len() * t.len.next_multiple_of(4);
+                    first
+                })
+            })
+            .collect();
+        QuantLayout { kept, blocks, words: at.max(4) }
+    }
+
+    fn absmax_word(&self, slot: usize, rotation: usize, block: usize) -> usize {
+        (slot * 3 + rotation) * self.blocks + block
+    }
+
+    /// The buffer before the first step: each quantized block's absmax (rotation 0, read by
+    /// step 1) is its state's initial magnitude, and kept tensors hold their initial state.
+    fn initial_words(&self, tensors: &[TensorEntry], groups: &[ParamGroup], first_chunks: &[usize]) -> Vec<u32> {
+        let mut words = vec![0u32; self.words];
+        for (i, t) in tensors.iter().enumerate() {
+            let slots = groups[t.group].rule.state_slots();
+            match self.kept[i] {
+                Some(at) => {
+                    for (s, slot) in slots.iter().enumerate() {
+                        let start = at + s * t.len.next_multiple_of(4);
+                        words[start..start + t.len].fill(slot.init.to_bits());
+                    }
+                }
+                None => {
+                    let first_block = first_chunks[i] * (CHUNK_ELEMENTS as usize / INT8_BLOCK);
+                    for (s, slot) in slots.iter().enumerate() {
+                        for b in 0..t.len.div_ceil(INT8_BLOCK) {
+                            words[self.absmax_word(s, 0, first_block + b)] = slot.init.abs().to_bits();
+                        }
+                    }
+                }
+            }
+        }
+        words
+    }
+}
+
+/// `kept_state` of a tensor whose state is quantized (or not int8).
+const NOT_KEPT: u32 = u32::MAX;
+
 struct Group {
     rule: Box<dyn UpdateRule>,
     tensors: Vec<TensorId>,
@@ -317,6 +385,7 @@ struct Command {
 async fn kernel_pipelines(
     gpu: &GpuContext,
     kernel: &Kernel,
+    slots: &[StateSlot],
     conditioned: bool,
     presence: bool,
     precision: &Precision,
@@ -324,15 +393,21 @@ async fn kernel_pipelines(
     let mut flags = kernel.flags.clone();
     flags.push(("conditioned", conditioned));
     flags.push(("gradient_presence", presence));
-    let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len(), precision.master_weights);
-    let source = kernel_source(kernel, precision)?;
+    let int8 = precision.state == Dtype::Int8;
+    let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len(), precision.master_weights, int8);
+    let source = kernel_source(kernel, slots, precision)?;
     let mut constants: Vec<(&'static str, u64)> = flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect();
     if precision.is_stochastic() {
         constants.push(("rounding_seed", f64::from(precision.seed()).to_bits()));
     }
     let mut pipelines = Vec::new();
-    for pass in kernel.passes_and_switches() {
-        let key = PipelineKey { label: kernel.label, entry: pass.entry, constants: constants.clone() };
+    for (p, pass) in kernel.passes_and_switches().enumerate() {
+        let mut constants = constants.clone();
+        if int8 {
+            // The first pass is the absmax phase (see `group_kernel`).
+            constants.push(("quantize_phase", f64::from(u8::from(p == 0)).to_bits()));
+        }
+        let key = PipelineKey { label: kernel.label, entry: pass.entry, constants };
         pipelines.push(gpu.pipeline(key, &source, &layout).await?);
     }
     Ok(pipelines)
@@ -340,25 +415,55 @@ async fn kernel_pipelines(
 
 /// A rule's WGSL with its buffers in the storage types of `precision` (the rule's own source
 /// when everything is f32).
-fn kernel_source(kernel: &Kernel, precision: &Precision) -> Result<String> {
+fn kernel_source(kernel: &Kernel, slots: &[StateSlot], precision: &Precision) -> Result<String> {
     if precision.is_f32() {
         return Ok(kernel.wgsl());
     }
     let mut buffers = vec![
-        TypedBuffer { name: "param", dtype: precision.updated_params(), hash_buffer: 0 },
-        TypedBuffer { name: "grad", dtype: precision.grads, hash_buffer: 0 },
+        TypedBuffer { name: "param", dtype: precision.updated_params(), hash_buffer: 0, int8: None },
+        TypedBuffer { name: "grad", dtype: precision.grads, hash_buffer: 0, int8: None },
     ];
     for (k, name) in kernel.state_bindings.iter().enumerate() {
-        buffers.push(TypedBuffer { name, dtype: precision.state, hash_buffer: 1 + k as u32 });
+        // An int8 array's absmax slot is its index among the configuration's state arrays
+        // (arrays the configuration does not keep are never touched).
+        let int8 = (precision.state == Dtype::Int8).then(|| match slots.iter().position(|slot| slot.key == *name) {
+            Some(at) => (at as u32, slots[at].nonnegative),
+            None => (0, false),
+        });
+        buffers.push(TypedBuffer { name, dtype: precision.state, hash_buffer: 1 + k as u32, int8 });
     }
     let model = precision.master_weights.then_some((precision.params, MODEL_BINDING));
     typed_source(&kernel.wgsl(), &buffers, model, precision.rounding)
 }
 
+/// A group's kernel under `precision`: with int8 state, the rule's one pass runs twice, first
+/// as the absmax phase (see shaders/int8.wgsl).
+fn group_kernel(rule: &dyn UpdateRule, precision: &Precision) -> Kernel {
+    let mut kernel = rule.kernel();
+    if precision.state == Dtype::Int8 {
+        kernel.passes.insert(0, kernel.passes[0].clone());
+    }
+    kernel
+}
+
 /// Rejects a storage type a rule's kernel cannot keep yet, with the reason.
-fn check_precision(rule: &dyn UpdateRule, kernel: &Kernel, precision: &Precision) -> Result<()> {
+fn check_precision(rule: &dyn UpdateRule, kernel: &Kernel, precision: &Precision, presence: bool) -> Result<()> {
     if precision.is_f32() {
         return Ok(());
+    }
+    if precision.state == Dtype::Int8 {
+        let why = if !rule.kernel().is_element_wise() {
+            Some("its passes work per tensor or per matrix")
+        } else if kernel.mode_switch.is_some() {
+            Some("it switches between training and evaluation parameters")
+        } else if presence {
+            Some("gradient presence is tracked (a tensor that sits out a step would lose its block scales)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::Config(format!("{} cannot keep int8 (8-bit blockwise) state yet: {why}", rule.name())));
+        }
     }
     if kernel.has_matrix_passes() {
         return Err(Error::Config(format!(
@@ -374,6 +479,8 @@ fn check_precision(rule: &dyn UpdateRule, kernel: &Kernel, precision: &Precision
 
 /// The binding of the parameters' rounded copy, with master weights (`model_param`).
 const MODEL_BINDING: u32 = 16;
+/// The binding of int8 state's block scales and kept f32 state (`quant`, shaders/int8.wgsl).
+const QUANT_BINDING: u32 = 17;
 
 /// Mirrors `struct Dispatch` in `shaders/common.wgsl`.
 #[repr(C)]
@@ -405,6 +512,8 @@ struct TableEntry {
     scratch: u32,
     first_chunk: u32,
     row_mask: u32,
+    /// Int8 state: the `quant` word of its f32 state when kept in f32 (else `NOT_KEPT`).
+    kept_state: u32,
 }
 
 /// A GPU optimizer over a set of parameter groups, each with its own update rule.
@@ -473,6 +582,12 @@ pub struct Optimizer {
     presence: Option<u64>,
     /// The control block's layout words ([`Optimizer::with_layout`]).
     layout: Control,
+    /// Int8 state: its block scales and kept f32 state (binding `QUANT_BINDING`), and where
+    /// they lie.
+    quant: Option<wgpu::Buffer>,
+    quant_layout: QuantLayout,
+    /// Per tensor: its first chunk (global; tensors of chunked arenas).
+    first_chunks: Vec<usize>,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -521,13 +636,13 @@ impl Optimizer {
         let device = gpu.device();
         let limits = device.limits();
         let presence = options.gradient_presence;
-        let mut kernels: Vec<Kernel> = groups.iter().map(|g| g.rule.kernel()).collect();
+        let mut kernels: Vec<Kernel> = groups.iter().map(|g| group_kernel(g.rule.as_ref(), &precision)).collect();
         for (group, kernel) in groups.iter().zip(&mut kernels) {
-            check_kernel(group.rule.as_ref(), kernel, &limits, precision.master_weights)?;
-            check_precision(group.rule.as_ref(), kernel, &precision)?;
-            // With presence tracked or stochastic rounding, every workgroup finds its tensor
-            // in the chunk map.
-            kernel.per_tensor |= presence || precision.is_stochastic();
+            check_kernel(group.rule.as_ref(), kernel, &limits, &precision)?;
+            check_precision(group.rule.as_ref(), kernel, &precision, presence)?;
+            // With presence tracked, stochastic rounding or int8 state, every workgroup finds
+            // its tensor in the chunk map.
+            kernel.per_tensor |= presence || precision.is_stochastic() || precision.state == Dtype::Int8;
         }
         let steps_in_flight = options.steps_in_flight.unwrap_or(SCALAR_RING_STEPS).max(1);
         let terms_ring = terms_ring_entries(&options, steps_in_flight)?;
@@ -557,6 +672,15 @@ impl Optimizer {
         // The tables: control block, rings, tensor table, chunk map, tensor lists (words after
         // the control block).
         let mut words: Vec<u32> = Vec::new();
+        if precision.state == Dtype::Int8 {
+            // The quantization maps first, at words 0..1024 (shaders/int8.wgsl).
+            for nonnegative in [false, true] {
+                let map = crate::storage::int8_map(nonnegative);
+                words.extend(map.iter().map(|x| x.to_bits()));
+                words.extend(crate::storage::int8_midpoints(&map).iter().map(|x| x.to_bits()));
+            }
+        }
+        let quant = QuantLayout::new(&tensors, &groups, &plan, &precision);
         let mut terms_rings = Vec::new();
         for _ in &groups {
             let at = words.len();
@@ -580,6 +704,7 @@ impl Optimizer {
                 scratch: plan.scratch[i] as u32,
                 first_chunk: first_chunk as u32,
                 row_mask: plan.row_mask[i].unwrap_or(0) as u32,
+                kept_state: quant.kept[i].map_or(NOT_KEPT, |at| at as u32),
             };
             words.extend_from_slice(bytemuck::cast_slice(&[entry]));
         }
@@ -717,7 +842,8 @@ impl Optimizer {
         let mut pipelines = Vec::new();
         let mut pipeline_of: HashMap<(usize, usize), usize> = HashMap::new();
         for (g, kernel) in kernels.iter().enumerate() {
-            for (p, pipeline) in kernel_pipelines(gpu, kernel, conditioned, presence, &precision).await?.into_iter().enumerate() {
+            let slots = groups[g].rule.state_slots();
+            for (p, pipeline) in kernel_pipelines(gpu, kernel, &slots, conditioned, presence, &precision).await?.into_iter().enumerate() {
                 pipeline_of.insert((g, p), pipelines.len());
                 pipelines.push(pipeline);
             }
@@ -753,6 +879,14 @@ impl Optimizer {
                     label: Some("wgpu-optim aux"),
                     contents: bytemuck::cast_slice(&aux_values),
                     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                });
+                let quant_buffer = (precision.state == Dtype::Int8).then(|| {
+                    let words = quant.initial_words(&tensors, &groups, &first_chunks);
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("wgpu-optim int8 scales"),
+                        contents: bytemuck::cast_slice(&words),
+                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    })
                 });
                 let mut record_bytes = vec![0u8; (records.len().max(1) as u64 * record_stride) as usize];
                 for (k, record) in records.iter().enumerate() {
@@ -794,10 +928,18 @@ impl Optimizer {
                         let state: Vec<(&'static str, wgpu::Buffer)> = slots
                             .iter()
                             .map(|slot| {
-                                let contents = (slot.init != 0.0).then(|| {
-                                    initial.fill(slot.init);
-                                    initial.as_slice()
-                                });
+                                let contents = if precision.state == Dtype::Int8 {
+                                    // Every element's code of the initial value (its block's absmax).
+                                    let map = crate::storage::int8_map(slot.nonnegative);
+                                    let code = crate::storage::quantize_value(slot.init, slot.init.abs(), false, &crate::storage::int8_midpoints(&map));
+                                    initial.fill(f32::from(code));
+                                    Some(initial.as_slice())
+                                } else {
+                                    (slot.init != 0.0).then(|| {
+                                        initial.fill(slot.init);
+                                        initial.as_slice()
+                                    })
+                                };
                                 (slot.key, arena_buffer(device, slot.key, precision.state, len, contents))
                             })
                             .collect();
@@ -827,6 +969,9 @@ impl Optimizer {
                                     let resource = wgpu::BindingResource::Buffer(range(model, precision.params));
                                     entries.push(wgpu::BindGroupEntry { binding: MODEL_BINDING, resource });
                                 }
+                                if let Some(quant) = &quant_buffer {
+                                    entries.push(wgpu::BindGroupEntry { binding: QUANT_BINDING, resource: quant.as_entire_binding() });
+                                }
                                 for (k, key) in kernel.state_bindings.iter().enumerate() {
                                     let resource = match state.iter().find(|(name, _)| name == key) {
                                         Some((_, buffer)) => wgpu::BindingResource::Buffer(range(buffer, precision.state)),
@@ -845,10 +990,10 @@ impl Optimizer {
                         Arena { group: g, len, tensors: ids.clone(), param, grad, state, model, windows }
                     })
                     .collect();
-                (scalars, tables, aux, arenas, bind_groups, record_buffer)
+                (scalars, tables, aux, arenas, bind_groups, record_buffer, quant_buffer)
             })
             .await?;
-        let (scalars, tables, aux, arenas, bind_groups, records_buffer) = built;
+        let (scalars, tables, aux, arenas, bind_groups, records_buffer, quant_buffer) = built;
 
         // Command k uses record k. A pass index past the rule's passes is a mode switch's:
         // toward training, then toward evaluation.
@@ -935,6 +1080,9 @@ impl Optimizer {
             terms_ring,
             presence: presence_word.map(|at| CONTROL_SIZE + at as u64 * 4),
             layout: control_values,
+            quant: quant_buffer,
+            quant_layout: quant,
+            first_chunks,
         };
         optimizer.fill_terms_rings();
         Ok(optimizer)
@@ -1555,7 +1703,16 @@ impl Optimizer {
             .map(|slot| {
                 let buffer = &self.arenas[entry.arena].state.iter().find(|(key, _)| *key == slot.key).expect("a buffer per slot").1;
                 let dtype = self.options.precision.state;
-                (slot.key, entry.shape.clone(), TensorView { buffer: buffer.clone(), offset: dtype.byte_len(entry.offset), len: entry.len, dtype })
+                match self.quant_layout.kept[id.0] {
+                    // Int8 state of a small tensor: f32, in the quant buffer.
+                    Some(at) => {
+                        let s = group.slots.iter().position(|x| x.key == slot.key).expect("its own slot");
+                        let offset = (at + s * entry.len.next_multiple_of(4)) as u64 * 4;
+                        let quant = self.quant.as_ref().expect("a quant buffer with int8 state").clone();
+                        (slot.key, entry.shape.clone(), TensorView { buffer: quant, offset, len: entry.len, dtype: Dtype::F32 })
+                    }
+                    None => (slot.key, entry.shape.clone(), TensorView { buffer: buffer.clone(), offset: dtype.byte_len(entry.offset), len: entry.len, dtype }),
+                }
             })
             .collect();
         if let Some(region) = entry.aux {
@@ -1639,6 +1796,9 @@ impl Optimizer {
                 add((*key).into(), Some(precision.state), buffer.size());
             }
         }
+        if let Some(quant) = &self.quant {
+            add("int8 block scales, small tensors' f32 state".into(), Some(Dtype::F32), quant.size());
+        }
         add("per-tensor state and scratch (aux)".into(), None, self.aux.size());
         add("tables, step scalars, dispatch records".into(), None, self.tables.size() + self.scalars.size() + self.records.size());
         MemoryReport { parameters: self.tensors.iter().map(|t| t.len as u64).sum(), buffers }
@@ -1711,18 +1871,19 @@ impl Optimizer {
     /// The pipelines group `g` needs under `rule` (checked by `rules::check_rule_change`):
     /// none when its flags are those of the group's rule, else compiled (once per context).
     async fn pipelines_for(&self, g: usize, rule: &dyn UpdateRule) -> Result<Vec<wgpu::ComputePipeline>> {
-        let (old, new) = (self.groups[g].rule.kernel(), rule.kernel());
+        let precision = &self.options.precision;
+        let (old, new) = (group_kernel(self.groups[g].rule.as_ref(), precision), group_kernel(rule, precision));
         if old.flags == new.flags {
             return Ok(Vec::new());
         }
-        kernel_pipelines(&self.gpu, &new, self.conditioned, self.options.gradient_presence, &self.options.precision).await
+        kernel_pipelines(&self.gpu, &new, &rule.state_slots(), self.conditioned, self.options.gradient_presence, precision).await
     }
 
     /// Installs `rule` in group `g` with the pipelines [`Optimizer::pipelines_for`] gave, and
     /// the pass words of every dispatch record of the group from it. Nothing here fails.
     fn install_rule(&mut self, g: usize, rule: Box<dyn UpdateRule>, pipelines: Vec<wgpu::ComputePipeline>) {
         let group = &self.groups[g];
-        let args: Vec<[u32; 8]> = rule.kernel().passes_and_switches().map(|pass| pass.args).collect();
+        let args: Vec<[u32; 8]> = group_kernel(rule.as_ref(), &self.options.precision).passes_and_switches().map(|pass| pass.args).collect();
         let switches = group.switch.iter().flatten().flatten();
         let records: Vec<(u64, usize)> = self
             .plan
@@ -1957,8 +2118,47 @@ impl Optimizer {
     }
 
     /// Uploads a state tensor's values by torch's key (with the next submission).
+    /// Int8 state is quantized here as the kernels quantize it (block scales for the GPU's
+    /// current step; blocking on native to read that step).
     pub fn write_state(&self, id: TensorId, key: &str, data: &[f32]) -> Result<()> {
-        self.write(&self.state(id, key)?, data, || format!("{key} of {:?}", self.tensors[id.0].name))
+        let view = self.state(id, key)?;
+        if view.dtype != Dtype::Int8 {
+            return self.write(&view, data, || format!("{key} of {:?}", self.tensors[id.0].name));
+        }
+        if data.len() != view.len {
+            return Err(Error::SizeMismatch { what: format!("{key} of {:?}", self.tensors[id.0].name), expected: view.len, actual: data.len() });
+        }
+        let (_, slot) = self.int8_slot(id, key)?;
+        let map = crate::storage::int8_map(slot.nonnegative);
+        let (mut codes, mut absmax) = (Vec::new(), Vec::new());
+        for (b, block) in data.chunks(INT8_BLOCK).enumerate() {
+            let (block_codes, block_absmax) = crate::storage::quantize_block(block, &map, (b + 1) * INT8_BLOCK > data.len());
+            codes.extend(block_codes.into_iter().map(f32::from));
+            absmax.push(block_absmax);
+        }
+        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize, dtype: Dtype::F32 };
+        let words: Vec<u32> = pollster::block_on(read_views(&self.gpu, &[control]))?[0].iter().map(|x| x.to_bits()).collect();
+        let control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
+        self.write_int8(id, key, &codes, &absmax, control.step)
+    }
+
+    /// Writes an int8 state array's codes and block scales as the GPU reads them after `step`
+    /// applied steps (and clears the scales the next step gathers into).
+    fn write_int8(&self, id: TensorId, key: &str, codes: &[f32], absmax: &[f32], step: u32) -> Result<()> {
+        let (s, _) = self.int8_slot(id, key)?;
+        let name = &self.tensors[id.0].name;
+        self.write(&self.state(id, key)?, codes, || format!("{key} of {name:?}"))?;
+        let first_block = self.first_chunks[id.0] * (CHUNK_ELEMENTS as usize / INT8_BLOCK);
+        let quant = self.quant.as_ref().expect("a quant buffer with int8 state");
+        let at = |rotation: usize| self.quant_layout.absmax_word(s, rotation, first_block) as u64 * 4;
+        let blocks = self.tensors[id.0].len.div_ceil(INT8_BLOCK);
+        if absmax.len() != blocks {
+            return Err(Error::SizeMismatch { what: format!("{key}.absmax of {name:?}"), expected: blocks, actual: absmax.len() });
+        }
+        let rotation = step as usize % 3;
+        self.gpu.queue().write_buffer(quant, at(rotation), bytemuck::cast_slice(absmax));
+        self.gpu.queue().write_buffer(quant, at((rotation + 1) % 3), bytemuck::cast_slice(&vec![0u32; blocks]));
+        Ok(())
     }
 
     fn write(&self, view: &TensorView, data: &[f32], what: impl Fn() -> String) -> Result<()> {
@@ -1984,7 +2184,7 @@ impl Optimizer {
     /// Reads a state tensor back by torch's key (blocking; native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_state(&self, id: TensorId, key: &str) -> Result<Vec<f32>> {
-        self.read(&self.state(id, key)?)
+        pollster::block_on(self.read_state_async(id, key))
     }
 
     /// Reads one view back (blocking; native only).
@@ -2005,7 +2205,45 @@ impl Optimizer {
 
     /// Reads a state tensor back by torch's key, async.
     pub async fn read_state_async(&self, id: TensorId, key: &str) -> Result<Vec<f32>> {
-        self.read_async(&self.state(id, key)?).await
+        let view = self.state(id, key)?;
+        if view.dtype != Dtype::Int8 {
+            return self.read_async(&view).await;
+        }
+        let (codes, absmax, map) = self.read_int8_async(id, key).await?;
+        Ok(codes.iter().enumerate().map(|(k, &q)| map[q as usize] * absmax[k / INT8_BLOCK]).collect())
+    }
+
+    /// An int8 state array's codes, its blocks' absmax (read at the GPU's current step) and
+    /// its map.
+    async fn read_int8_async(&self, id: TensorId, key: &str) -> Result<(Vec<u8>, Vec<f32>, [f32; 256])> {
+        let (s, slot) = self.int8_slot(id, key)?;
+        let entry = &self.tensors[id.0];
+        let quant = self.quant.as_ref().expect("a quant buffer with int8 state");
+        let control = TensorView { buffer: self.tables.clone(), offset: 0, len: (CONTROL_SIZE / 4) as usize, dtype: Dtype::F32 };
+        let first_block = self.first_chunks[id.0] * (CHUNK_ELEMENTS as usize / INT8_BLOCK);
+        let blocks = entry.len.div_ceil(INT8_BLOCK);
+        let mut views = vec![control, self.state(id, key)?];
+        for rotation in 0..3 {
+            let offset = self.quant_layout.absmax_word(s, rotation, first_block) as u64 * 4;
+            views.push(TensorView { buffer: quant.clone(), offset, len: blocks, dtype: Dtype::F32 });
+        }
+        let mut values = read_views(&self.gpu, &views).await?;
+        let words: Vec<u32> = values[0].iter().map(|x| x.to_bits()).collect();
+        let control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
+        let absmax = values.swap_remove(2 + control.step as usize % 3);
+        let codes = values[1].iter().map(|&q| q as u8).collect();
+        Ok((codes, absmax, crate::storage::int8_map(slot.nonnegative)))
+    }
+
+    /// The index of an int8 state array among its group's and the slot; an error for state
+    /// that is not per-element or a tensor kept in f32.
+    fn int8_slot(&self, id: TensorId, key: &str) -> Result<(usize, StateSlot)> {
+        let entry = self.entry(id)?;
+        let slots = &self.groups[entry.group].slots;
+        match slots.iter().position(|slot| slot.key == key) {
+            Some(s) if self.quant_layout.kept[id.0].is_none() => Ok((s, slots[s])),
+            _ => Err(Error::Tensor(format!("{key} of {:?} is not 8-bit state", entry.name))),
+        }
     }
 
     /// Reads several views back with one copy submission (blocking; native only).
@@ -2117,16 +2355,22 @@ async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u6
 
 
 /// Rejects a kernel the dispatcher cannot run on this device, with the reason.
-fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits, master_weights: bool) -> Result<()> {
-    let model = u32::from(master_weights);
-    let needed = FIXED_STORAGE_BINDINGS + kernel.state_bindings.len() as u32 + model;
+fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits, precision: &Precision) -> Result<()> {
+    let master_weights = precision.master_weights;
+    let extra = u32::from(master_weights) + u32::from(precision.state == Dtype::Int8);
+    let needed = FIXED_STORAGE_BINDINGS + kernel.state_bindings.len() as u32 + extra;
     if needed > limits.max_storage_buffers_per_shader_stage {
         return Err(Error::Config(format!(
             "{} needs {needed} storage buffers per shader stage ({} per-element state arrays + tables, param, grad, aux{}); \
              this device allows {}",
             rule.name(),
             kernel.state_bindings.len(),
-            if master_weights { " + the master weights' model copy" } else { "" },
+            match (master_weights, precision.state == Dtype::Int8) {
+                (true, true) => " + the master weights' model copy + int8 scales",
+                (true, false) => " + the master weights' model copy",
+                (false, true) => " + int8 scales",
+                (false, false) => "",
+            },
             limits.max_storage_buffers_per_shader_stage
         )));
     }
@@ -2157,7 +2401,7 @@ fn check_kernel(rule: &dyn UpdateRule, kernel: &Kernel, limits: &wgpu::Limits, m
 /// Bind group layout of every rule's passes (see `shaders/common.wgsl`): scalars and the
 /// dispatch record (uniforms with dynamic offsets), tables, param, grad, aux, then
 /// `state_bindings` per-element state arrays.
-fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize, master_weights: bool) -> wgpu::PipelineLayout {
+fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize, master_weights: bool, int8: bool) -> wgpu::PipelineLayout {
     let storage = |binding, read_only, min| crate::context::storage_binding(binding, read_only, min);
     let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
         binding,
@@ -2186,6 +2430,9 @@ fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize, mast
     entries.extend((0..state_bindings as u32).map(|k| storage(FIRST_STATE_BINDING + k, false, 16)));
     if master_weights {
         entries.push(storage(MODEL_BINDING, false, 8));
+    }
+    if int8 {
+        entries.push(storage(QUANT_BINDING, false, 4));
     }
     let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),

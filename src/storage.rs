@@ -52,7 +52,19 @@ pub enum Dtype {
     F16,
     /// bfloat16: f32's exponent with 8 bits of significand, 2 bytes.
     Bf16,
+    /// Optimizer state only: 8-bit blockwise dynamic quantization as bitsandbytes 0.50.2
+    /// keeps it (see [`quantize_block`]): one byte per element, a code into a 256-value map
+    /// (signed for first moments, unsigned for second), scaled by its block's absmax (blocks
+    /// of 256). Tensors below [`INT8_MIN_ELEMENTS`] keep f32 state, as bitsandbytes' do.
+    Int8,
 }
+
+/// Tensors with fewer elements keep f32 state under [`Dtype::Int8`] (bitsandbytes'
+/// `min_8bit_size`).
+pub const INT8_MIN_ELEMENTS: usize = 4096;
+
+/// Elements per block of 8-bit state, each with its own absmax (bitsandbytes' optimizers).
+pub const INT8_BLOCK: usize = 256;
 
 impl Dtype {
     /// Bytes per element.
@@ -60,6 +72,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::Int8 => 1,
         }
     }
 
@@ -69,6 +82,7 @@ impl Dtype {
             Dtype::F32 => "f32",
             Dtype::F16 => "f16",
             Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
         }
     }
 
@@ -78,6 +92,7 @@ impl Dtype {
             Dtype::F32 => "F32",
             Dtype::F16 => "F16",
             Dtype::Bf16 => "BF16",
+            Dtype::Int8 => "U8",
         }
     }
 
@@ -87,19 +102,21 @@ impl Dtype {
             "f32" | "float32" => Ok(Dtype::F32),
             "f16" | "float16" | "half" => Ok(Dtype::F16),
             "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            _ => Err(Error::Config(format!("unknown dtype {name:?}: expected f32, f16 or bf16"))),
+            "int8" | "u8" | "8bit" => Ok(Dtype::Int8),
+            _ => Err(Error::Config(format!("unknown dtype {name:?}: expected f32, f16, bf16 or int8"))),
         }
     }
 
-    /// Bytes of `len` elements as a buffer holds them (16-bit types: whole `u32` words).
+    /// Bytes of `len` elements as a buffer holds them (in whole `u32` words).
     pub fn byte_len(self, len: usize) -> u64 {
         match self {
             Dtype::F32 => len as u64 * 4,
             Dtype::F16 | Dtype::Bf16 => len.div_ceil(2) as u64 * 4,
+            Dtype::Int8 => len.div_ceil(4) as u64 * 4,
         }
     }
 
-    /// `x` rounded to this type (to nearest even), as an f32.
+    /// `x` rounded to this type (to nearest even), as an f32 (int8 codes: `x` itself).
     pub fn round(self, x: f32) -> f32 {
         self.value(self.nearest_bits(x))
     }
@@ -107,7 +124,7 @@ impl Dtype {
     /// The bits of `x` rounded to nearest even (f32: its own bits).
     pub fn nearest_bits(self, x: f32) -> u32 {
         match self {
-            Dtype::F32 => x.to_bits(),
+            Dtype::F32 | Dtype::Int8 => x.to_bits(),
             Dtype::F16 => f16_rounded(x, None),
             Dtype::Bf16 => bf16_nearest(x),
         }
@@ -116,7 +133,7 @@ impl Dtype {
     /// The bits of `x` rounded stochastically with `random` bits (f32: its own bits).
     pub fn stochastic_bits(self, x: f32, random: u32) -> u32 {
         match self {
-            Dtype::F32 => x.to_bits(),
+            Dtype::F32 | Dtype::Int8 => x.to_bits(),
             Dtype::F16 => f16_rounded(x, Some(random)),
             Dtype::Bf16 => bf16_stochastic(x, random),
         }
@@ -125,19 +142,20 @@ impl Dtype {
     /// The value of stored bits (exact).
     pub fn value(self, bits: u32) -> f32 {
         match self {
-            Dtype::F32 => f32::from_bits(bits),
+            Dtype::F32 | Dtype::Int8 => f32::from_bits(bits),
             Dtype::F16 => f16_value(bits),
             Dtype::Bf16 => bf16_value(bits),
         }
     }
 
-    /// `values` as this type's little-endian bytes, rounded to nearest even (16-bit types
-    /// padded to whole `u32` words with a zero element).
+    /// `values` as this type's little-endian bytes, rounded to nearest even (padded to whole
+    /// `u32` words with zero elements). Int8: the values are codes (0 to 255).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(self.byte_len(values.len()) as usize);
         for &x in values {
             match self {
                 Dtype::F32 => bytes.extend_from_slice(&x.to_le_bytes()),
+                Dtype::Int8 => bytes.push(x as u8),
                 _ => bytes.extend_from_slice(&(self.nearest_bits(x) as u16).to_le_bytes()),
             }
         }
@@ -149,6 +167,7 @@ impl Dtype {
     pub fn decode(self, bytes: &[u8], len: usize) -> Vec<f32> {
         match self {
             Dtype::F32 => bytes.chunks_exact(4).take(len).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::Int8 => bytes.iter().take(len).map(|&b| f32::from(b)).collect(),
             _ => bytes.chunks_exact(2).take(len).map(|b| self.value(u32::from(u16::from_le_bytes([b[0], b[1]])))).collect(),
         }
     }
@@ -188,8 +207,9 @@ pub struct Precision {
     pub master_weights: bool,
     /// The gradients' type, as the user's backward writes them.
     pub grads: Dtype,
-    /// The per-element optimizer state's type (`exp_avg`, `momentum_buffer`, ...): f32 or
-    /// bf16. (f16's range, 6e-8 to 65504, loses second moments such as `exp_avg_sq`.)
+    /// The per-element optimizer state's type (`exp_avg`, `momentum_buffer`, ...): f32, bf16
+    /// or int8 (8-bit blockwise). (f16's range, 6e-8 to 65504, loses second moments such as
+    /// `exp_avg_sq`.)
     pub state: Dtype,
     /// How the step rounds what it writes in f16/bf16 (state; parameters without a master copy).
     pub rounding: Rounding,
@@ -200,6 +220,9 @@ impl Precision {
     pub fn validate(&self) -> Result<()> {
         if self.master_weights && self.params == Dtype::F32 {
             return Err(Error::Config("master_weights needs f16 or bf16 parameters (f32 parameters are their own master copy)".into()));
+        }
+        if self.params == Dtype::Int8 || self.grads == Dtype::Int8 {
+            return Err(Error::Config("int8 (8-bit blockwise) is a storage type for optimizer state only".into()));
         }
         if self.state == Dtype::F16 {
             return Err(Error::Config(
@@ -356,7 +379,13 @@ pub(crate) struct TypedBuffer {
     pub dtype: Dtype,
     /// The rounding-hash buffer number (0: parameters, 1 + k: state array k).
     pub hash_buffer: u32,
+    /// Int8 state: its index among the configuration's state arrays (its absmax and kept-state
+    /// slot) and whether it is never negative (the unsigned map).
+    pub int8: Option<(u32, bool)>,
 }
+
+/// The 8-bit state's shared WGSL (`quant_site`, `int8_quantize`, ...).
+const INT8_WGSL: &str = include_str!("../shaders/int8.wgsl");
 
 /// The kernel of `source` with each buffer of `buffers` kept in its type: its declaration's
 /// `array<vec4<f32>>` becomes packed words, every `name[i]` read becomes `load_name(i)` and
@@ -373,7 +402,10 @@ pub(crate) fn typed_source(
     let mut out = source.to_string();
     let mut accessors = String::new();
     let mut rewritten: Vec<&'static str> = buffers.iter().filter(|b| b.dtype != Dtype::F32).map(|b| b.name).collect();
-    if model_copy.is_some() && !rewritten.contains(&"param") {
+    let int8 = buffers.iter().any(|b| b.dtype == Dtype::Int8);
+    // The parameters' store goes through an accessor with master weights (it writes the
+    // copy too) and with int8 state (the absmax phase writes nothing).
+    if (model_copy.is_some() || int8) && !rewritten.contains(&"param") {
         rewritten.push("param");
     }
     for name in rewritten {
@@ -384,13 +416,20 @@ pub(crate) fn typed_source(
         };
         out = rewrite_accesses(&declared, name)?;
         let hash_buffer = typed.map_or(0, |b| b.hash_buffer);
-        accessors.push_str(&accessor_wgsl(name, dtype, writable, hash_buffer, rounding, if name == "param" { model_copy } else { None }));
+        let accessor = match typed.and_then(|b| b.int8) {
+            Some((slot, nonnegative)) => int8_accessor_wgsl(name, slot, nonnegative),
+            None => accessor_wgsl(name, dtype, writable, hash_buffer, rounding, if name == "param" { model_copy } else { None }, int8),
+        };
+        accessors.push_str(&accessor);
     }
     if accessors.is_empty() {
         return Ok(out);
     }
     if matches!(rounding, Rounding::Stochastic { .. }) {
         accessors.push_str(ELEMENT_RANDOM_WGSL);
+    }
+    if int8 {
+        accessors.push_str(INT8_WGSL);
     }
     if let Some((_, binding)) = model_copy {
         accessors.push_str(&format!("@group(0) @binding({binding}) var<storage, read_write> model_param: array<vec2<u32>>;\n"));
@@ -427,10 +466,12 @@ fn retype_declaration(source: &str, name: &str, dtype: Dtype) -> Option<(String,
         return None;
     }
     let writable = declaration.contains("read_write");
-    if dtype == Dtype::F32 {
-        return Some((source.to_string(), writable));
-    }
-    Some((source.replacen(&pattern, &format!(" {name}: array<vec2<u32>>;"), 1), writable))
+    let words = match dtype {
+        Dtype::F32 => return Some((source.to_string(), writable)),
+        Dtype::F16 | Dtype::Bf16 => "vec2<u32>",
+        Dtype::Int8 => "u32",
+    };
+    Some((source.replacen(&pattern, &format!(" {name}: array<{words}>;"), 1), writable))
 }
 
 /// Every `name[index]` of `source` through the accessors (see [`typed_source`]).
@@ -490,15 +531,25 @@ fn matching(source: &str, open: usize, left: u8, right: u8) -> Option<usize> {
 }
 
 /// The `load_`/`store_` accessors of one buffer.
-fn accessor_wgsl(name: &str, dtype: Dtype, writable: bool, hash_buffer: u32, rounding: Rounding, model_copy: Option<(Dtype, u32)>) -> String {
+fn accessor_wgsl(
+    name: &str,
+    dtype: Dtype,
+    writable: bool,
+    hash_buffer: u32,
+    rounding: Rounding,
+    model_copy: Option<(Dtype, u32)>,
+    absmax_phase: bool,
+) -> String {
     let mut s = String::new();
+    // With int8 state, the absmax phase computes the step and writes nothing but absmax.
+    let guard = if absmax_phase { "    if (quantize_phase == 1u) {\n        return;\n    }\n" } else { "" };
     match dtype {
-        Dtype::F32 => {
+        Dtype::F32 | Dtype::Int8 => {
             s.push_str(&format!("fn load_{name}(i: u32) -> vec4<f32> {{\n    return {name}[i];\n}}\n"));
             if !writable {
                 return s;
             }
-            s.push_str(&format!("fn store_{name}(i: u32, v: vec4<f32>) {{\n    {name}[i] = v;\n"));
+            s.push_str(&format!("fn store_{name}(i: u32, v: vec4<f32>) {{\n{guard}    {name}[i] = v;\n"));
         }
         Dtype::F16 | Dtype::Bf16 => {
             let t = dtype.name();
@@ -515,7 +566,7 @@ fn accessor_wgsl(name: &str, dtype: Dtype, writable: bool, hash_buffer: u32, rou
                     "vec4<u32>({t}_stochastic(v.x, r.x), {t}_stochastic(v.y, r.y), {t}_stochastic(v.z, r.z), {t}_stochastic(v.w, r.w))"
                 ),
             };
-            s.push_str(&format!("fn store_{name}(i: u32, v: vec4<f32>) {{\n"));
+            s.push_str(&format!("fn store_{name}(i: u32, v: vec4<f32>) {{\n{guard}"));
             if matches!(rounding, Rounding::Stochastic { .. }) {
                 s.push_str(&format!("    let r = element_random(i, {hash_buffer}u);\n"));
             }
@@ -531,4 +582,115 @@ fn accessor_wgsl(name: &str, dtype: Dtype, writable: bool, hash_buffer: u32, rou
     }
     s.push_str("}\n");
     s
+}
+
+// ---- 8-bit blockwise state (bitsandbytes 0.50.2) ----
+
+/// The dynamic map of a state array: unsigned for values that are never negative (second
+/// moments), signed otherwise, each 256 ascending f32 values.
+pub fn int8_map(nonnegative: bool) -> [f32; 256] {
+    let bits = if nonnegative { crate::quantization_maps::UNSIGNED } else { crate::quantization_maps::SIGNED };
+    bits.map(f32::from_bits)
+}
+
+/// The midpoints between neighbouring codes of a map, in f32 as bitsandbytes computes them
+/// (`(code[:-1] + code[1:]) / 2`), padded to 256 with +inf.
+pub fn int8_midpoints(map: &[f32; 256]) -> [f32; 256] {
+    let mut mid = [f32::INFINITY; 256];
+    for k in 0..255 {
+        mid[k] = (map[k] + map[k + 1]) / 2.0;
+    }
+    mid
+}
+
+/// The smallest normal f32: a block whose absmax is below it quantizes to the code of 0.
+const MIN_NORMAL: f32 = 1.175_494_4e-38;
+
+/// One block's codes and absmax, as bitsandbytes' reference quantizer computes them: absmax =
+/// max |x|; each x scaled to [-1, 1] (multiplied by 1/absmax, or divided by absmax in a
+/// tensor's last, partial block) and given the nearest code, ties to the lower one (the
+/// number of midpoints below it).
+pub fn quantize_block(values: &[f32], map: &[f32; 256], partial: bool) -> (Vec<u8>, f32) {
+    let absmax = values.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let midpoints = int8_midpoints(map);
+    let codes = values.iter().map(|&x| quantize_value(x, absmax, partial, &midpoints)).collect();
+    (codes, absmax)
+}
+
+/// The code of one value of a block (see [`quantize_block`]).
+pub fn quantize_value(x: f32, absmax: f32, partial: bool, midpoints: &[f32; 256]) -> u8 {
+    let scaled = if absmax < MIN_NORMAL {
+        0.0
+    } else if partial {
+        x / absmax
+    } else {
+        x * (1.0 / absmax)
+    };
+    let scaled = scaled.clamp(-1.0, 1.0);
+    let (mut lo, mut hi) = (0usize, 255usize);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if midpoints[mid] < scaled {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo as u8
+}
+
+/// A tensor's 8-bit state as the kernels keep it: values replaced by their dequantized codes
+/// (code × absmax), block by block from the tensor's start. Tensors below
+/// [`INT8_MIN_ELEMENTS`] are left in f32. The CPU twin of the kernels' `store_` accessors.
+/// Returns the codes and block scales (None for a tensor kept in f32).
+pub fn int8_round_trip(values: &mut [f32], nonnegative: bool) -> Option<(Vec<u8>, Vec<f32>)> {
+    if values.len() < INT8_MIN_ELEMENTS {
+        return None;
+    }
+    let map = int8_map(nonnegative);
+    let len = values.len();
+    let (mut all_codes, mut scales) = (Vec::with_capacity(len), Vec::with_capacity(len.div_ceil(INT8_BLOCK)));
+    for (b, block) in values.chunks_mut(INT8_BLOCK).enumerate() {
+        let partial = (b + 1) * INT8_BLOCK > len;
+        let (codes, absmax) = quantize_block(block, &map, partial);
+        for (x, &q) in block.iter_mut().zip(&codes) {
+            *x = map[q as usize] * absmax;
+        }
+        all_codes.extend(codes);
+        scales.push(absmax);
+    }
+    Some((all_codes, scales))
+}
+
+/// The accessors of an int8 state array (see shaders/int8.wgsl): `slot` is its index among
+/// the configuration's state arrays.
+fn int8_accessor_wgsl(name: &str, slot: u32, nonnegative: bool) -> String {
+    let map = u32::from(nonnegative);
+    format!(
+        "fn load_{name}(i: u32) -> vec4<f32> {{
+    let site = quant_site(i);
+    if (site.kept != NOT_KEPT) {{
+        if (site.element >= site.len) {{
+            return vec4<f32>(0.0);  // the padding after a kept tensor has no state
+        }}
+        return kept_load(kept_word(site, {slot}u));
+    }}
+    return int8_dequantize({name}[i], absmax_read({slot}u, site.block), {map}u);
+}}
+fn store_{name}(i: u32, v: vec4<f32>) {{
+    let site = quant_site(i);
+    if (site.kept != NOT_KEPT) {{
+        if (quantize_phase == 0u && site.element < site.len) {{
+            kept_store(kept_word(site, {slot}u), v);
+        }}
+        return;
+    }}
+    if (quantize_phase == 1u) {{
+        record_absmax({slot}u, site, v);
+        return;
+    }}
+    {name}[i] = int8_codes({slot}u, site, v, {map}u);
+}}
+"
+    )
 }

@@ -52,7 +52,8 @@ pub(crate) fn read_safetensors_bytes(bytes: &[u8]) -> Result<(Vec<NamedTensor>, 
             Dtype::F32 => StorageType::F32,
             Dtype::F16 => StorageType::F16,
             Dtype::BF16 => StorageType::Bf16,
-            other => return Err(format!("tensor {name:?} is {other:?}; only F32, F16 and BF16 are supported")),
+            Dtype::U8 => StorageType::Int8,
+            other => return Err(format!("tensor {name:?} is {other:?}; only F32, F16, BF16 and U8 are supported")),
         };
         let len = view.shape().iter().product();
         let data = dtype.decode(view.data(), len);
@@ -99,6 +100,7 @@ pub(crate) fn serialize_safetensors(tensors: &[NamedTensor], metadata: HashMap<S
                 StorageType::F32 => Dtype::F32,
                 StorageType::F16 => Dtype::F16,
                 StorageType::Bf16 => Dtype::BF16,
+                StorageType::Int8 => Dtype::U8,
             };
             let view = safetensors::tensor::TensorView::new(dtype, t.shape.clone(), bytes).map_err(fail)?;
             Ok((t.name.clone(), view))

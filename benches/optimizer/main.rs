@@ -9,6 +9,7 @@
 mod gpu;
 mod layouts;
 mod naive;
+mod precision;
 mod report;
 mod second_order;
 mod structured;
@@ -399,9 +400,9 @@ fn run(args: &Args) -> Result<(), String> {
         sections.push("structured".into());
     }
     for section in &sections {
-        if !["bandwidth", "scaling", "tuning", "gpt2", "structured", "second-order"].contains(&section.as_str()) {
+        if !["bandwidth", "scaling", "tuning", "gpt2", "structured", "second-order", "precision"].contains(&section.as_str()) {
             return Err(format!(
-                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2, structured, second-order"
+                "unknown section {section:?}; sections are bandwidth, scaling, tuning, gpt2, structured, second-order, precision"
             ));
         }
     }
@@ -504,6 +505,12 @@ fn run(args: &Args) -> Result<(), String> {
         let rows = second_order::second_order_section(&bench, &dims, if args.quick { 1 } else { 3 })?;
         second_order::print_second_order(&rows);
         report["second_order"] = serde_json::to_value(&rows).expect("plain data");
+    }
+    if sections.iter().any(|s| s == "precision") {
+        let layout = if args.quick { Layout::split(1 << 20, 8) } else { Layout::gpt2_small() };
+        println!("Storage types: AdamW on {} ({} parameters), one group", layout.name, format_count(layout.elements()));
+        let rows = precision::precision_section(&bench, &layout, if args.quick { 2 } else { 3 })?;
+        report["precision"] = serde_json::to_value(&rows).expect("plain data");
     }
     if sections.iter().any(|s| s == "structured") {
         let config = &structured_config;

@@ -80,7 +80,7 @@ impl UpdateRule for Adadelta {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "square_avg", init: 0.0 }, StateSlot { key: "acc_delta", init: 0.0 }]
+        vec![StateSlot { key: "square_avg", init: 0.0, nonnegative: true }, StateSlot { key: "acc_delta", init: 0.0, nonnegative: true }]
     }
 
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {

@@ -89,7 +89,7 @@ impl UpdateRule for Adagrad {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "sum", init: self.initial_accumulator_value as f32 }]
+        vec![StateSlot { key: "sum", init: self.initial_accumulator_value as f32, nonnegative: true }]
     }
 
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {

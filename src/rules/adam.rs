@@ -163,9 +163,9 @@ impl UpdateRule for Adam {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        let mut slots = vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }];
+        let mut slots = vec![StateSlot { key: "exp_avg", init: 0.0, nonnegative: false }, StateSlot { key: "exp_avg_sq", init: 0.0, nonnegative: true }];
         if self.amsgrad {
-            slots.push(StateSlot { key: "max_exp_avg_sq", init: 0.0 });
+            slots.push(StateSlot { key: "max_exp_avg_sq", init: 0.0, nonnegative: true });
         }
         slots
     }

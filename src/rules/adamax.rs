@@ -91,7 +91,7 @@ impl UpdateRule for Adamax {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_inf", init: 0.0 }]
+        vec![StateSlot { key: "exp_avg", init: 0.0, nonnegative: false }, StateSlot { key: "exp_inf", init: 0.0, nonnegative: true }]
     }
 
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {

@@ -127,7 +127,7 @@ impl UpdateRule for Adan {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        ["exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"].into_iter().map(|key| StateSlot { key, init: 0.0 }).collect()
+        ["exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad"].into_iter().map(|key| StateSlot { key, init: 0.0, nonnegative: key == "exp_avg_sq" }).collect()
     }
 
     /// Per group: the Adan reference keeps `step` in the param group, and it advances on every step.

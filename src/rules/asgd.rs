@@ -127,7 +127,7 @@ impl UpdateRule for Asgd {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "ax", init: 0.0 }]
+        vec![StateSlot { key: "ax", init: 0.0, nonnegative: false }]
     }
 
     /// torch's 0-d `eta` and `mu`.

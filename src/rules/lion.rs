@@ -88,7 +88,7 @@ impl UpdateRule for Lion {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "exp_avg", init: 0.0 }]
+        vec![StateSlot { key: "exp_avg", init: 0.0, nonnegative: false }]
     }
 
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {

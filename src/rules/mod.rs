@@ -393,6 +393,9 @@ pub struct StateSlot {
     pub key: &'static str,
     /// The value every element starts at (Adagrad's `initial_accumulator_value`; else 0).
     pub init: f32,
+    /// Its values are never negative (second moments, accumulated squares, step sizes):
+    /// 8-bit state then uses bitsandbytes' unsigned map, which spends its codes on one sign.
+    pub nonnegative: bool,
 }
 
 /// The momentum-like hyper-parameter of a rule, as torch's `CyclicLR` and `OneCycleLR` see it.

@@ -266,7 +266,7 @@ impl UpdateRule for Muon {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "momentum_buffer", init: 0.0 }]
+        vec![StateSlot { key: "momentum_buffer", init: 0.0, nonnegative: false }]
     }
 
     /// The norm's four words, then X and Y (m × n) and A and B (m × m).

@@ -143,7 +143,7 @@ impl UpdateRule for NAdam {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }]
+        vec![StateSlot { key: "exp_avg", init: 0.0, nonnegative: false }, StateSlot { key: "exp_avg_sq", init: 0.0, nonnegative: true }]
     }
 
     /// torch's per-tensor `mu_product`: the group's running product.

@@ -101,12 +101,12 @@ impl UpdateRule for RMSprop {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        let mut slots = vec![StateSlot { key: "square_avg", init: 0.0 }];
+        let mut slots = vec![StateSlot { key: "square_avg", init: 0.0, nonnegative: true }];
         if self.momentum > 0.0 {
-            slots.push(StateSlot { key: "momentum_buffer", init: 0.0 });
+            slots.push(StateSlot { key: "momentum_buffer", init: 0.0, nonnegative: false });
         }
         if self.centered {
-            slots.push(StateSlot { key: "grad_avg", init: 0.0 });
+            slots.push(StateSlot { key: "grad_avg", init: 0.0, nonnegative: false });
         }
         slots
     }

@@ -94,7 +94,7 @@ impl UpdateRule for Rprop {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "prev", init: 0.0 }, StateSlot { key: "step_size", init: self.lr as f32 }]
+        vec![StateSlot { key: "prev", init: 0.0, nonnegative: false }, StateSlot { key: "step_size", init: self.lr as f32, nonnegative: true }]
     }
 
     fn step_terms(&self, step: u64, _: &mut TermsMemo) -> StepTerms {

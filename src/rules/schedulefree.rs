@@ -158,7 +158,7 @@ impl UpdateRule for AdamWScheduleFree {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "z", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }]
+        vec![StateSlot { key: "z", init: 0.0, nonnegative: false }, StateSlot { key: "exp_avg_sq", init: 0.0, nonnegative: true }]
     }
 
     fn running_keys(&self) -> &'static [&'static str] {

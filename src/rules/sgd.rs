@@ -105,7 +105,7 @@ impl UpdateRule for Sgd {
 
     fn state_slots(&self) -> Vec<StateSlot> {
         if self.momentum != 0.0 {
-            vec![StateSlot { key: "momentum_buffer", init: 0.0 }]
+            vec![StateSlot { key: "momentum_buffer", init: 0.0, nonnegative: false }]
         } else {
             Vec::new()
         }

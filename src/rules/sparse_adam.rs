@@ -91,7 +91,7 @@ impl UpdateRule for SparseAdam {
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot { key: "exp_avg", init: 0.0 }, StateSlot { key: "exp_avg_sq", init: 0.0 }]
+        vec![StateSlot { key: "exp_avg", init: 0.0, nonnegative: false }, StateSlot { key: "exp_avg_sq", init: 0.0, nonnegative: true }]
     }
 
     /// The step's tag and `-step_size` (it depends on t).
