@@ -243,6 +243,8 @@ pub(crate) struct Restore {
     /// Per tensor name: the steps it missed without a gradient (gradient presence), if any.
     pub missed: HashMap<String, u64>,
     pub values: HashMap<String, Vec<Vec<f32>>>,
+    /// Int8 state (`name.key`): the block scales of the codes in `values`.
+    pub absmax: HashMap<String, Vec<f32>>,
 }
 
 /// Checks everything a restore needs; changes nothing.
@@ -267,6 +269,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
     let mut step_offsets = Vec::new();
     let mut missed = HashMap::new();
     let mut values = HashMap::new();
+    let mut absmax = HashMap::new();
     let mut expected = std::collections::HashSet::new();
     for (g, (saved, (tensors, rule))) in checkpoint.groups.iter().zip(&target.groups).enumerate() {
         let names: Vec<&str> = tensors.iter().map(|(name, _)| *name).collect();
@@ -357,6 +360,26 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
                         saved.shape
                     ));
                 }
+                // Int8 state of a quantized tensor: codes, and their block scales beside them.
+                let int8 = checkpoint.precision.state == Dtype::Int8
+                    && !suffix.is_empty()
+                    && restored.state_slots().iter().any(|s| suffix == format!(".{}", s.key))
+                    && expected_len >= crate::storage::INT8_MIN_ELEMENTS;
+                if int8 != (saved.dtype == Dtype::Int8) {
+                    let want = if int8 { "int8 codes" } else { "f32, f16 or bf16 values" };
+                    return mismatch(format!("{key:?} is {}, where {want} were expected", saved.dtype));
+                }
+                if int8 {
+                    let scales_key = format!("{key}.absmax");
+                    let blocks = expected_len.div_ceil(crate::storage::INT8_BLOCK);
+                    match checkpoint.tensor(&scales_key) {
+                        Some(t) if t.shape == [blocks] && t.dtype == Dtype::F32 && t.data.iter().all(|x| x.is_finite() && *x >= 0.0) => {
+                            absmax.insert(key.clone(), t.data.clone());
+                        }
+                        _ => return mismatch(format!("{scales_key:?} is missing or not {blocks} non-negative f32 block scales")),
+                    }
+                    expected.insert(scales_key);
+                }
                 tensor_values.push(saved.data.clone());
                 expected.insert(key);
             }
@@ -376,7 +399,7 @@ pub(crate) fn check(checkpoint: &Checkpoint, target: &Target) -> Result<Restore>
             c.applied_steps, c.skipped_steps, c.steps_recorded
         )));
     }
-    Ok(Restore { rules, running, train_modes, step_offsets, missed, values })
+    Ok(Restore { rules, running, train_modes, step_offsets, missed, values, absmax })
 }
 
 impl CounterRecord {

@@ -430,8 +430,11 @@ impl CpuOptimizer {
             let mut missed = std::collections::BTreeMap::new();
             for id in &group.tensors {
                 let t = &self.tensors[id.0];
-                let element =
-                    group.slots.iter().zip(&t.state).map(|(slot, values)| (slot.key, t.shape.clone(), values.clone(), self.precision.state));
+                let element = group.slots.iter().zip(&t.state).zip(&t.int8).map(|((slot, values), int8)| match int8 {
+                    Some((codes, _)) => (slot.key, t.shape.clone(), codes.iter().map(|&q| f32::from(q)).collect(), Dtype::Int8),
+                    None if self.precision.state == Dtype::Int8 => (slot.key, t.shape.clone(), values.clone(), Dtype::F32),
+                    None => (slot.key, t.shape.clone(), values.clone(), self.precision.state),
+                });
                 let tensor_state = t.tensor_state.iter().map(|(key, shape, values)| (*key, shape.clone(), values.clone(), Dtype::F32));
                 let state = element.chain(tensor_state).collect();
                 let taken = applied - t.missed;
@@ -439,6 +442,11 @@ impl CpuOptimizer {
                 let rule = group.rule.as_ref();
                 let param = (t.param.clone(), self.precision.updated_params());
                 tensors.extend(checkpoint::tensors_of(&t.name, &t.shape, rule, taken, tensor_running, param, state));
+                for (slot, int8) in group.slots.iter().zip(&t.int8) {
+                    if let Some((_, scales)) = int8 {
+                        tensors.push(crate::tensor_file::NamedTensor::f32(format!("{}.{}.absmax", t.name, slot.key), vec![scales.len()], scales.clone()));
+                    }
+                }
                 if t.missed > 0 {
                     missed.insert(t.name.clone(), t.missed);
                 }
@@ -467,6 +475,12 @@ impl CpuOptimizer {
             &self.gradients,
             true,
         );
+        if checkpoint.precision != self.precision {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint was saved with storage types {:?}; this optimizer keeps {:?}",
+                checkpoint.precision, self.precision
+            )));
+        }
         let mut restore = checkpoint::check(checkpoint, &target)?;
         self.control = checkpoint.counters.control(&self.gradients)?;
         let applied = u64::from(self.control.step);
@@ -479,8 +493,16 @@ impl CpuOptimizer {
         for tensor in &mut self.tensors {
             let mut values = restore.values.remove(&tensor.name).expect("checked").into_iter();
             tensor.param = values.next().expect("the parameter");
-            for state in &mut tensor.state {
+            let slots = &self.groups[tensor.group].slots;
+            for ((state, slot), int8) in tensor.state.iter_mut().zip(slots).zip(&mut tensor.int8) {
                 *state = values.next().expect("checked: one value per state slot");
+                // Int8 state: codes, dequantized with their saved block scales.
+                if let Some(scales) = restore.absmax.remove(&format!("{}.{}", tensor.name, slot.key)) {
+                    let map = crate::storage::int8_map(slot.nonnegative);
+                    let codes: Vec<u8> = state.iter().map(|&q| q as u8).collect();
+                    *state = codes.iter().enumerate().map(|(k, &q)| map[q as usize] * scales[k / crate::storage::INT8_BLOCK]).collect();
+                    *int8 = Some((codes, scales));
+                }
             }
             for (_, _, state) in &mut tensor.tensor_state {
                 *state = values.next().expect("checked: one value per per-tensor state slot");

@@ -1475,6 +1475,16 @@ impl Optimizer {
             let record = GroupRecord::of(group.rule.as_ref(), names, running, group.train_mode, group.step_offset);
             groups.push(GroupRecord { missed: (!group_missed.is_empty()).then_some(group_missed), ..record });
         }
+        // Int8 state: the block scales of its codes, beside them.
+        for group in &self.groups {
+            for &id in &group.tensors {
+                for slot in group.slots.iter().filter(|_| self.options.precision.state == Dtype::Int8 && self.quant_layout.kept[id.0].is_none()) {
+                    let (_, scales, _) = self.read_int8_async(id, slot.key).await?;
+                    let name = format!("{}.{}.absmax", self.tensors[id.0].name, slot.key);
+                    tensors.push(crate::tensor_file::NamedTensor::f32(name, vec![scales.len()], scales));
+                }
+            }
+        }
         Ok(Checkpoint {
             optimizer: self.groups[0].rule.name().to_string(),
             groups,
@@ -1541,7 +1551,10 @@ impl Optimizer {
                 let values = &restore.values[&self.tensors[id.0].name];
                 self.write_param(id, &values[0])?;
                 for ((key, _, _), data) in self.state_entries(id)?.into_iter().zip(&values[1..]) {
-                    self.write_state(id, key, data)?;
+                    match restore.absmax.get(&format!("{}.{key}", self.tensors[id.0].name)) {
+                        Some(scales) => self.write_int8(id, key, data, scales, control.step)?,
+                        None => self.write_state(id, key, data)?,
+                    }
                 }
             }
         }

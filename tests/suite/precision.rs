@@ -169,7 +169,9 @@ fn memory_reports_bytes_per_parameter() {
     let gpus = gpus();
     let gpu = &gpus[0];
     let mut bytes = Vec::new();
-    for p in [Precision::default(), precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Bf16, Rounding::NearestEven)] {
+    let int8 = precision(Dtype::F32, false, Dtype::F32, Dtype::Int8, Rounding::NearestEven);
+    let lean = precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Int8, Rounding::NearestEven);
+    for p in [Precision::default(), precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Bf16, Rounding::NearestEven), int8, lean] {
         let mut params = Parameters::new();
         let w = params.zeros("w", &[512, 512]).unwrap();
         let options = OptimizerOptions { precision: p, ..Default::default() };
@@ -178,7 +180,11 @@ fn memory_reports_bytes_per_parameter() {
         println!("{memory}");
         let role = |name: &str| memory.buffers.iter().find(|b| b.role == name).map(|b| (b.dtype, b.bytes));
         let n = 512 * 512;
-        if p.is_f32() {
+        if p.state == Dtype::Int8 {
+            assert_eq!(role("exp_avg"), Some((Some(Dtype::Int8), n)));
+            // Codes (1 B each) + three rotating block scales (12 B per 256 elements), per array.
+            assert_eq!(memory.state_bytes_per_parameter(), 2.0 * (1.0 + 12.0 / 256.0));
+        } else if p.is_f32() {
             assert_eq!(role("param"), Some((Some(Dtype::F32), 4 * n)));
             assert_eq!(role("exp_avg_sq"), Some((Some(Dtype::F32), 4 * n)));
             assert_eq!(memory.state_bytes_per_parameter(), 8.0);
@@ -195,59 +201,98 @@ fn memory_reports_bytes_per_parameter() {
     // per parameter of this small model).
     assert!(bytes[0] > 16.0 && bytes[0] < 16.35, "f32 AdamW: {}", bytes[0]);
     assert!(bytes[1] > 12.0 && bytes[1] < 12.35, "bf16 + master + bf16 grads + bf16 state: {}", bytes[1]);
+    // The goals: 8-bit AdamW state <= 2.1 B per parameter; bf16 parameters + f32
+    // master + bf16 gradients + 8-bit state <= 10.1 B in all (bookkeeping aside, see above).
+    assert!(bytes[2] > 10.09 && bytes[2] < 10.45, "f32 parameters and gradients + int8 state: {}", bytes[2]);
+    assert!(bytes[3] > 10.09 && bytes[3] < 10.45, "bf16 + master + bf16 grads + int8 state: {}", bytes[3]);
 }
 
 #[test]
 fn checkpoints_keep_each_buffer_in_its_type_and_resume_bit_exact() {
     let dir = std::env::temp_dir().join(format!("wgpu-optim-precision-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Bf16, Rounding::Stochastic { seed: 77 });
+    let bf16 = precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Bf16, Rounding::Stochastic { seed: 77 });
+    let int8 = precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Int8, Rounding::NearestEven);
     let rule = || ParamGroup::new(AdamW { lr: 1e-2, ..AdamW::default() }, []);
+    let gradients = |step: usize| {
+        let mut rng = Rng::new(step as u64);
+        SIZES.iter().map(|&n| gradient(&mut rng, n, step)).collect::<Vec<_>>()
+    };
     for gpu in gpus() {
-        let build = |precision: Precision| {
-            let (params, ids) = model(4);
-            let options = OptimizerOptions { precision, ..Default::default() };
-            (Optimizer::with_options(gpu, params, vec![ParamGroup { tensors: ids.clone(), ..rule() }], options), ids)
-        };
-        let feed = |opt: &mut Optimizer, ids: &[TensorId], steps: std::ops::Range<usize>| {
-            for step in steps {
-                let mut rng = Rng::new(step as u64);
-                for (&id, &n) in ids.iter().zip(&SIZES) {
-                    opt.write_grad(id, &gradient(&mut rng, n, step)).unwrap();
+        for p in [bf16, int8] {
+            let build = |precision: Precision| {
+                let (params, ids) = model(4);
+                let options = OptimizerOptions { precision, ..Default::default() };
+                (Optimizer::with_options(gpu, params, vec![ParamGroup { tensors: ids.clone(), ..rule() }], options), ids)
+            };
+            let feed = |opt: &mut Optimizer, ids: &[TensorId], steps: std::ops::Range<usize>| {
+                for step in steps {
+                    for (&id, g) in ids.iter().zip(gradients(step)) {
+                        opt.write_grad(id, &g).unwrap();
+                    }
+                    opt.step_and_submit().unwrap();
                 }
-                opt.step_and_submit().unwrap();
+            };
+            let (straight, ids) = build(p);
+            let mut straight = straight.unwrap();
+            feed(&mut straight, &ids, 0..6);
+            let (first, first_ids) = build(p);
+            let mut first = first.unwrap();
+            feed(&mut first, &first_ids, 0..3);
+            let path = dir.join("typed.safetensors");
+            first.save_checkpoint(&path, None).unwrap();
+            // The file keeps master weights in F32, the state in its type (int8: U8 codes and
+            // F32 block scales; a tensor below 4,096 elements keeps F32 state).
+            let file = wgpu_optim::checkpoint::Checkpoint::load(&path).unwrap();
+            assert_eq!(file.tensor("t0").unwrap().dtype, Dtype::F32);
+            assert_eq!(file.precision, p);
+            if p.state == Dtype::Int8 {
+                assert_eq!(file.tensor("t2.exp_avg").unwrap().dtype, Dtype::Int8);
+                assert_eq!(file.tensor("t2.exp_avg.absmax").unwrap().shape, [17]);
+                assert_eq!(file.tensor("t0.exp_avg").unwrap().dtype, Dtype::F32);
+            } else {
+                assert_eq!(file.tensor("t0.exp_avg").unwrap().dtype, Dtype::Bf16);
             }
-        };
-        let (straight, ids) = build(p);
-        let mut straight = straight.unwrap();
-        feed(&mut straight, &ids, 0..6);
-        let (first, first_ids) = build(p);
-        let mut first = first.unwrap();
-        feed(&mut first, &first_ids, 0..3);
-        let path = dir.join("bf16.safetensors");
-        first.save_checkpoint(&path, None).unwrap();
-        // The file keeps master weights in F32 and the state in BF16.
-        let file = wgpu_optim::checkpoint::Checkpoint::load(&path).unwrap();
-        assert_eq!(file.tensor("t0").unwrap().dtype, Dtype::F32);
-        assert_eq!(file.tensor("t0.exp_avg").unwrap().dtype, Dtype::Bf16);
-        assert_eq!(file.precision, p);
-        let (resumed, resumed_ids) = build(p);
-        let mut resumed = resumed.unwrap();
-        resumed.load_checkpoint(&path).unwrap();
-        feed(&mut resumed, &resumed_ids, 3..6);
-        for (&id, &r) in ids.iter().zip(&resumed_ids) {
-            assert_same(&resumed.read_param(r).unwrap(), &straight.read_param(id).unwrap(), "resumed param");
+            let (resumed, resumed_ids) = build(p);
+            let mut resumed = resumed.unwrap();
+            resumed.load_checkpoint(&path).unwrap();
+            feed(&mut resumed, &resumed_ids, 3..6);
+            // The CPU twin's checkpoint of the same 3 steps, resumed on the GPU, too.
+            let (params, twin_ids) = model(4);
+            let mut twin = CpuOptimizer::new(params, vec![ParamGroup { tensors: twin_ids.clone(), ..rule() }]).unwrap().with_precision(p).unwrap();
+            for step in 0..3 {
+                for (&id, g) in twin_ids.iter().zip(gradients(step)) {
+                    twin.write_grad(id, &g).unwrap();
+                }
+                twin.step();
+            }
+            let (from_twin, from_twin_ids) = build(p);
+            let mut from_twin = from_twin.unwrap();
+            from_twin.restore(&twin.checkpoint(None)).unwrap();
+            feed(&mut from_twin, &from_twin_ids, 3..6);
             let master = |opt: &Optimizer, id| opt.read(&opt.master_param(id).unwrap()).unwrap();
-            assert_same(&master(&resumed, r), &master(&straight, id), "resumed master");
-            assert_same(&resumed.read_state(r, "exp_avg_sq").unwrap(), &straight.read_state(id, "exp_avg_sq").unwrap(), "resumed exp_avg_sq");
+            for ((&id, &r), &c) in ids.iter().zip(&resumed_ids).zip(&from_twin_ids) {
+                for (opt, id2, what) in [(&resumed, r, "resumed"), (&from_twin, c, "resumed from the twin")] {
+                    let what = format!("{p:?} on {}: {what}", gpu.adapter());
+                    assert_same(&opt.read_param(id2).unwrap(), &straight.read_param(id).unwrap(), &format!("{what}: param"));
+                    assert_same(&master(opt, id2), &master(&straight, id), &format!("{what}: master"));
+                    for key in ["exp_avg", "exp_avg_sq"] {
+                        assert_same(&opt.read_state(id2, key).unwrap(), &straight.read_state(id, key).unwrap(), &format!("{what}: {key}"));
+                    }
+                }
+            }
+            // Another precision (another seed, another state type) refuses it, and changes nothing.
+            let other_precision = match p.state {
+                Dtype::Int8 => Precision { state: Dtype::Bf16, ..p },
+                _ => Precision { rounding: Rounding::Stochastic { seed: 78 }, ..p },
+            };
+            let (other, other_ids) = build(other_precision);
+            let mut other = other.unwrap();
+            let before = other.read_param(other_ids[0]).unwrap();
+            let error = other.load_checkpoint(&path).unwrap_err();
+            assert!(matches!(error, Error::Checkpoint(_)) && error.to_string().contains("storage types"), "{error}");
+            assert_eq!(other.read_param(other_ids[0]).unwrap(), before);
         }
-        // Another precision (here another seed) refuses it, and changes nothing.
-        let (other, other_ids) = build(Precision { rounding: Rounding::Stochastic { seed: 78 }, ..p });
-        let mut other = other.unwrap();
-        let before = other.read_param(other_ids[0]).unwrap();
-        let error = other.load_checkpoint(&path).unwrap_err();
-        assert!(matches!(error, Error::Checkpoint(_)) && error.to_string().contains("storage types"), "{error}");
-        assert_eq!(other.read_param(other_ids[0]).unwrap(), before);
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -268,6 +313,16 @@ fn unsupported_precisions_are_clear_errors() {
     assert!(build(f16_state, Box::new(Sgd::default())).unwrap_err().to_string().contains("bf16"));
     let bf16 = precision(Dtype::Bf16, false, Dtype::Bf16, Dtype::Bf16, Rounding::NearestEven);
     assert!(build(bf16, Box::new(Muon::default())).unwrap_err().to_string().contains("matrix passes"));
+    let int8 = precision(Dtype::F32, false, Dtype::F32, Dtype::Int8, Rounding::NearestEven);
+    let lamb = build(int8, Box::new(wgpu_optim::rules::Lamb::default())).unwrap_err().to_string();
+    assert!(lamb.contains("int8") && lamb.contains("per tensor"), "{lamb}");
+    let int8_params = precision(Dtype::Int8, false, Dtype::F32, Dtype::F32, Rounding::NearestEven);
+    assert!(build(int8_params, Box::new(Sgd::default())).unwrap_err().to_string().contains("optimizer state only"));
+    let mut params = Parameters::new();
+    let w = params.zeros("w", &[8]).unwrap();
+    let options = OptimizerOptions { precision: int8, gradient_presence: true, ..Default::default() };
+    let presence = Optimizer::with_options(gpu, params, vec![ParamGroup::new(Sgd { momentum: 0.9, ..Sgd::default() }, [w])], options).unwrap_err();
+    assert!(presence.to_string().contains("gradient presence"), "{presence}");
     // A gradient of the wrong length is refused whatever its type.
     let mut params = Parameters::new();
     let w = params.zeros("w", &[5]).unwrap();
@@ -284,7 +339,7 @@ fn unsupported_precisions_are_clear_errors() {
 #[test]
 fn distance_from_the_f32_path_after_100_and_1000_steps() {
     use Dtype::*;
-    const N: usize = 4096;
+    const N: usize = 8192;
     let mut rng = Rng::new(8);
     let target = rng.vec(N, 1.0);
     let curvature: Vec<f32> = (0..N).map(|k| 0.1 + 10.0 * (k as f32 / N as f32)).collect();
@@ -322,6 +377,8 @@ fn distance_from_the_f32_path_after_100_and_1000_steps() {
         (precision(Bf16, false, Bf16, Bf16, rne), 0.16, 2.1),
         (precision(Bf16, false, Bf16, Bf16, sr), 4e-2, 0.12),
         (precision(F16, false, F16, F32, sr), 2.5e-3, 1.4e-2),
+        (precision(F32, false, F32, Int8, rne), 5e-3, 4e-2),
+        (precision(Bf16, true, Bf16, Int8, rne), 5e-3, 4e-2),
     ] {
         let got = run(p);
         let distance = |k: usize| {
@@ -336,4 +393,47 @@ fn distance_from_the_f32_path_after_100_and_1000_steps() {
     for (p, after_100, after_1000, bound_100, bound_1000) in measured {
         assert!(after_100 < bound_100 && after_1000 < bound_1000, "{p:?}: {after_100} {after_1000}");
     }
+}
+
+/// The 8-bit scheme against bitsandbytes 0.50.2 (tests/golden/quantization, written by its
+/// generate.py): the maps bit for bit, and the codes, block scales and dequantized values of
+/// its reference quantizer on whole and partial blocks at three scales.
+#[test]
+fn int8_quantization_matches_bitsandbytes() {
+    use wgpu_optim::storage::{int8_map, quantize_block, INT8_BLOCK};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/quantization/maps.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        let view = file.tensor(name).unwrap();
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    for (name, nonnegative) in [("signed", false), ("unsigned", true)] {
+        let map = int8_map(nonnegative);
+        assert_eq!(bits(&map), bits(&f32s(&format!("{name}.code"))), "{name} map");
+    }
+    let mut cases = 0;
+    for name in file.names() {
+        let Some(case) = name.strip_suffix(".input") else { continue };
+        let map = int8_map(case.starts_with("unsigned"));
+        let input = f32s(name);
+        let codes = file.tensor(&format!("{case}.codes")).unwrap().data().to_vec();
+        let (mut ours, mut scales) = (Vec::new(), Vec::new());
+        for (b, block) in input.chunks(INT8_BLOCK).enumerate() {
+            let (block_codes, absmax) = quantize_block(block, &map, (b + 1) * INT8_BLOCK > input.len());
+            ours.extend(block_codes);
+            scales.push(absmax);
+        }
+        assert_eq!(ours, codes, "{case}: codes");
+        assert_eq!(bits(&scales), bits(&f32s(&format!("{case}.absmax"))), "{case}: absmax");
+        let dequantized: Vec<f32> = ours.iter().enumerate().map(|(k, &q)| map[q as usize] * scales[k / INT8_BLOCK]).collect();
+        assert_eq!(bits(&dequantized), bits(&f32s(&format!("{case}.dequantized"))), "{case}: dequantized");
+        cases += 1;
+    }
+    assert_eq!(cases, 12, "the golden file's cases");
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
 }
