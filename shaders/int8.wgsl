@@ -33,11 +33,13 @@ struct QuantSite {
 
 fn quant_site(i: u32) -> QuantSite {
     let chunk = dispatch.first_chunk + i / WORKGROUP_SIZE;
-    let t = tensor_at(tables.words[dispatch.chunk_map + chunk]);
-    let element = (chunk - t.first_chunk) * CHUNK_ELEMENTS + (i % WORKGROUP_SIZE) * 4u;
+    // Three words of the tensor's table entry (see `tensor_at`): len, first_chunk, kept_state.
+    let entry = dispatch.table + tables.words[dispatch.chunk_map + chunk] * 11u;
+    let len = tables.words[entry + 1u];
+    let element = (chunk - tables.words[entry + 8u]) * CHUNK_ELEMENTS + (i % WORKGROUP_SIZE) * 4u;
     let block = chunk * (CHUNK_ELEMENTS / INT8_BLOCK) + (i % WORKGROUP_SIZE) / (INT8_BLOCK / 4u);
     let block_start = element - element % INT8_BLOCK;
-    return QuantSite(t.len, t.kept_state, element, block, block_start + INT8_BLOCK > t.len);
+    return QuantSite(len, tables.words[entry + 10u], element, block, block_start + INT8_BLOCK > len);
 }
 
 // The word of state array `slot`'s absmax of `block` in rotation `rotation`.
@@ -54,29 +56,27 @@ fn int8_code(map: u32, q: u32) -> f32 {
     return bitcast<f32>(tables.words[map * 512u + q]);
 }
 
-// The nearest code of x in its block (ties to the lower code): the number of midpoints below
-// x scaled to [-1, 1] (x * (1 / absmax), or x / absmax in a tensor's last, partial block).
-fn int8_quantize(x: f32, absmax: f32, partial: bool, map: u32) -> u32 {
-    var scaled = 0.0;
+// The nearest codes of v in its block (ties to the lower code): for each element, the number
+// of midpoints below it scaled to [-1, 1] (x * (1 / absmax), or x / absmax in a tensor's last,
+// partial block), found in 8 branch-free halvings (the midpoints are padded to 256 with +inf).
+fn int8_quantize(v: vec4<f32>, absmax: f32, partial: bool, map: u32) -> vec4<u32> {
+    var scaled = vec4<f32>(0.0);
     if (absmax >= 1.17549435e-38) {
         if (partial) {
-            scaled = x / absmax;
+            scaled = v / absmax;
         } else {
-            scaled = x * (1.0 / absmax);
+            scaled = v * (1.0 / absmax);
         }
     }
-    scaled = clamp(scaled, -1.0, 1.0);
-    var lo = 0u;
-    var hi = 255u;
-    while (lo < hi) {
-        let mid = (lo + hi) / 2u;
-        if (bitcast<f32>(tables.words[map * 512u + 256u + mid]) < scaled) {
-            lo = mid + 1u;
-        } else {
-            hi = mid;
-        }
+    scaled = clamp(scaled, vec4<f32>(-1.0), vec4<f32>(1.0));
+    let midpoints = map * 512u + 256u;
+    var below = vec4<u32>(0u);
+    for (var step = 128u; step > 0u; step = step / 2u) {
+        let at = midpoints + below + vec4<u32>(step - 1u);
+        let mid = vec4<f32>(bitcast<f32>(tables.words[at.x]), bitcast<f32>(tables.words[at.y]), bitcast<f32>(tables.words[at.z]), bitcast<f32>(tables.words[at.w]));
+        below = below + select(vec4<u32>(0u), vec4<u32>(step), mid < scaled);
     }
-    return lo;
+    return below;
 }
 
 fn int8_dequantize(w: u32, absmax: f32, map: u32) -> vec4<f32> {
@@ -92,15 +92,19 @@ fn record_absmax(slot: u32, site: QuantSite, v: vec4<f32>) {
             m = max(m, abs(v[j]));
         }
     }
-    atomicMax(&quant[absmax_word(slot, control.step % 3u, site.block)], bitcast<u32>(m));
+    let word = absmax_word(slot, control.step % 3u, site.block);
+    // Most invocations find a larger value already there: skip their read-modify-write.
+    if (bitcast<u32>(m) > atomicLoad(&quant[word])) {
+        atomicMax(&quant[word], bitcast<u32>(m));
+    }
 }
 
 // Phase 0: the four codes of v with the block's new absmax (and the next step's array cleared).
 fn int8_codes(slot: u32, site: QuantSite, v: vec4<f32>, map: u32) -> u32 {
     atomicStore(&quant[absmax_word(slot, (control.step + 1u) % 3u, site.block)], 0u);
     let absmax = bitcast<f32>(atomicLoad(&quant[absmax_word(slot, control.step % 3u, site.block)]));
-    return int8_quantize(v.x, absmax, site.partial, map) | (int8_quantize(v.y, absmax, site.partial, map) << 8u)
-        | (int8_quantize(v.z, absmax, site.partial, map) << 16u) | (int8_quantize(v.w, absmax, site.partial, map) << 24u);
+    let q = int8_quantize(v, absmax, site.partial, map);
+    return q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
 }
 
 // A kept (f32) tensor's state: four words at `at`.

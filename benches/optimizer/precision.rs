@@ -35,6 +35,8 @@ pub fn combinations() -> Vec<Precision> {
         p(Bf16, true, Bf16, Bf16, sr),
         p(Bf16, false, Bf16, Bf16, sr),
         p(F16, true, F16, Bf16, sr),
+        p(F32, false, F32, Int8, rne),
+        p(Bf16, true, Bf16, Int8, rne),
     ]
 }
 

@@ -54,6 +54,7 @@ pub fn second_order_section(bench: &Bench, dims: &[usize], steps: usize) -> Resu
                 }),
                 offset: 0,
                 len: 1,
+                dtype: wgpu_optim::Dtype::F32,
             };
             let bound = pollster::block_on(GpuProblem::new(gpu, &problem, &opt.param(x).map_err(e)?, &opt.grad(x).map_err(e)?, &loss)).map_err(e)?;
             let mut times = Vec::new();
