@@ -46,8 +46,8 @@ use serde_json::{json, Map, Value};
 use wgpu_optim::rules::{self, UpdateRule};
 use wgpu_optim::schedule::{ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR};
 use wgpu_optim::{
-    read_views, BackendChoice, ClipGradNorm, GpuContext, GradientOptions, Lbfgs, LbfgsOptions, Optimizer, OptimizerOptions, ParamGroup,
-    Scheduler,
+    read_views, BackendChoice, ClipGradNorm, Dtype, GpuContext, GradientOptions, Lbfgs, LbfgsOptions, Optimizer, OptimizerOptions, ParamGroup,
+    Precision, Rounding, Scheduler,
 };
 
 use data::Dataset;
@@ -153,6 +153,35 @@ struct Args {
     /// TrueType font for the plots' text [default: DejaVu Sans or Arial where installed]
     #[arg(long)]
     font: Option<PathBuf>,
+    /// Storage type of the parameters the model reads: f32, f16 or bf16 (f16 and bf16 with
+    /// f32 master weights, which the optimizer updates; gradients stay f32)
+    #[arg(long, default_value = "f32")]
+    param_dtype: String,
+    /// Storage type of the optimizer state: f32, bf16 (stochastic rounding, seeded by --seed)
+    /// or int8 (8-bit blockwise, bitsandbytes' scheme; tensors below 4,096 elements stay f32)
+    #[arg(long, default_value = "f32")]
+    state_dtype: String,
+    /// Train --optimizer with several parameter and state types (f32/f32, bf16/bf16, bf16/int8,
+    /// f16/int8, f32/int8) and plot them on one figure
+    #[arg(long)]
+    compare_precision: bool,
+}
+
+/// The storage types of a run: low-precision parameters get f32 master weights, gradients
+/// stay f32, bf16 state rounds stochastically.
+fn precision_of(params: Dtype, state: Dtype, seed: u64) -> Result<Precision, Box<dyn Error>> {
+    if params == Dtype::Int8 {
+        return Err("--param-dtype takes f32, f16 or bf16 (int8 is for the optimizer state)".into());
+    }
+    let rounding = if state == Dtype::Bf16 { Rounding::Stochastic { seed: seed as u32 } } else { Rounding::NearestEven };
+    let precision = Precision { params, master_weights: params != Dtype::F32, grads: Dtype::F32, state, rounding };
+    precision.validate()?;
+    Ok(precision)
+}
+
+/// "params bf16, state int8", for labels.
+fn precision_label(p: &Precision) -> String {
+    format!("params {}, state {}", p.params, p.state)
 }
 
 /// One training run's curves, in the format examples/train_torch.py writes.
@@ -180,6 +209,12 @@ pub struct Run {
     /// L-BFGS runs only: what each step did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lbfgs: Option<LbfgsCurves>,
+    /// Storage types other than f32: which (wgpu-optim only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    /// With storage types other than f32: the optimizer's GPU bytes per parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_parameter: Option<f64>,
 }
 
 /// Per L-BFGS step (one "epoch" of a full-batch run): its closure evaluations, iterations, GPU
@@ -397,6 +432,8 @@ fn plan(setup: &Setup, spec: &RuleSpec) -> Result<Run, Box<dyn Error>> {
             steps: StepCurves::default(),
             evals: EvalCurves::default(),
             lbfgs: Some(LbfgsCurves::default()),
+            precision: None,
+            bytes_per_parameter: None,
         });
     }
     let [weight_rule, _] = spec.rules(args.lr, args.weight_decay, args.warmup_steps)?;
@@ -418,13 +455,18 @@ fn plan(setup: &Setup, spec: &RuleSpec) -> Result<Run, Box<dyn Error>> {
         steps: StepCurves::default(),
         evals: EvalCurves::default(),
         lbfgs: None,
+        precision: None,
+        bytes_per_parameter: None,
     })
 }
 
 /// Trains one model from the fixed initial weights with `spec`; `bar` shows progress.
-fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<dyn Error>> {
+fn train(setup: &Setup, spec: &RuleSpec, precision: Precision, kernels: &Kernels, bar: &ProgressBar) -> Result<Run, Box<dyn Error>> {
     let args = &setup.args;
     if spec.lbfgs() {
+        if !precision.is_f32() {
+            return Err("--param-dtype and --state-dtype apply to the minibatch optimizers, not lbfgs".into());
+        }
         return train_lbfgs(setup, spec, bar);
     }
     let (params, layers) = model::init_parameters(&setup.sizes, args.seed)?;
@@ -434,10 +476,10 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
         norm_type: 2.0,
         error_if_nonfinite: false,
     });
-    let options = OptimizerOptions { gradients: GradientOptions { clip_grad_norm: clip, ..Default::default() }, ..Default::default() };
+    let options = OptimizerOptions { gradients: GradientOptions { clip_grad_norm: clip, ..Default::default() }, precision, ..Default::default() };
     let mut opt = Optimizer::with_options(&setup.gpu, params, groups, options)?;
     let device = setup.gpu.device();
-    let mlp = Mlp::new(&opt, &setup.kernels, &layers, args.batch, &setup.data.train, &setup.data.test, &setup.order)?;
+    let mlp = Mlp::new(&opt, kernels, &layers, args.batch, &setup.data.train, &setup.data.test, &setup.order)?;
     let mut schedule: Box<dyn Scheduler> = if spec.schedule_free() {
         Box::new(ConstantLR::new(&mut opt, 1.0, 0)?) // the lr stays: Schedule-Free warms up itself
     } else {
@@ -445,6 +487,11 @@ fn train(setup: &Setup, spec: &RuleSpec, bar: &ProgressBar) -> Result<Run, Box<d
     };
 
     let mut run = plan(setup, spec)?;
+    if !precision.is_f32() {
+        run.label = format!("{} ({})", run.label, precision_label(&precision));
+        run.precision = Some(precision_label(&precision));
+    }
+    run.bytes_per_parameter = Some(opt.memory().bytes_per_parameter());
     // Schedule-Free evaluates x (eval()) and trains from y (train()); other rules have one point.
     let record_eval = |run: &mut Run, step: usize, opt: &mut Optimizer| -> Result<(), Box<dyn Error>> {
         let mut encoder = device.create_command_encoder(&Default::default());
@@ -920,11 +967,16 @@ fn run() -> Result<(), Box<dyn Error>> {
         data.test.len(),
         sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" → "),
     );
-    let kernels = Kernels::new(&gpu)?;
+    let precision = precision_of(Dtype::parse(&args.param_dtype)?, Dtype::parse(&args.state_dtype)?, args.seed)?;
+    if args.compare_precision && args.compare.is_some() {
+        return Err("--compare-precision trains --optimizer with several storage types; it cannot be combined with --compare".into());
+    }
+    let kernels = Kernels::new(&gpu, precision.params)?;
+    let setup_params = precision.params;
     let setup = Setup { gpu, kernels, data, sizes, order, steps_per_epoch, args };
     let args = &setup.args;
 
-    if args.compare.is_none() {
+    if args.compare.is_none() && !args.compare_precision {
         let spec = &specs[0];
         // A reference of another setup is refused before training, not after.
         let planned = plan(&setup, spec)?;
@@ -935,7 +987,7 @@ fn run() -> Result<(), Box<dyn Error>> {
             }
         }
         let bar = progress_bar(setup.total_steps(), &spec.text);
-        let run = train(&setup, spec, &bar)?;
+        let run = train(&setup, spec, precision, &setup.kernels, &bar)?;
         println!("{}: {}", spec.text, summary(&run, &setup));
         let metrics = args.out.join("metrics.json");
         write_json(&metrics, &run)?;
@@ -959,10 +1011,21 @@ fn run() -> Result<(), Box<dyn Error>> {
         return Ok(());
     }
 
+    // Several rules (--compare), or one rule in several storage types (--compare-precision).
+    let jobs: Vec<(&RuleSpec, Precision)> = if args.compare_precision {
+        use Dtype::{Bf16, Int8, F16, F32};
+        [(F32, F32), (Bf16, Bf16), (Bf16, Int8), (F16, Int8), (F32, Int8)]
+            .into_iter()
+            .map(|(params, state)| Ok((&specs[0], precision_of(params, state, args.seed)?)))
+            .collect::<Result<_, Box<dyn Error>>>()?
+    } else {
+        specs.iter().map(|spec| (spec, precision)).collect()
+    };
     let mut runs = Vec::new();
-    for spec in &specs {
+    for (spec, precision) in jobs {
         let bar = progress_bar(setup.total_steps(), &spec.text);
-        match train(&setup, spec, &bar) {
+        let own_kernels = (precision.params != setup_params).then(|| Kernels::new(&setup.gpu, precision.params)).transpose()?;
+        match train(&setup, spec, precision, own_kernels.as_ref().unwrap_or(&setup.kernels), &bar) {
             Ok(run) => {
                 println!("{}: {}", spec.text, summary(&run, &setup));
                 runs.push(run);
@@ -977,26 +1040,30 @@ fn run() -> Result<(), Box<dyn Error>> {
     if runs.is_empty() {
         return Err("no run finished".into());
     }
-    println!("\n| rule | lr | weight decay | train loss (last epoch) | test loss | test accuracy | seconds |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("\n| rule | lr | weight decay | train loss (last epoch) | test loss | test accuracy | GPU B/param | seconds |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for run in &runs {
         let hyper = |key: &str| run.hyperparameters.get(key).and_then(Value::as_f64).map_or("-".into(), |v| v.to_string());
         println!(
-            "| {} | {} | {} | {:.4} | {:.4} | {:.2} % | {:.1} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.2} % | {:.2} | {:.1} |",
             run.label,
             hyper("lr"),
             hyper("weight_decay"),
             last_epoch_mean(run),
             run.evals.test_loss.last().copied().unwrap_or_default(),
             run.evals.test_accuracy.last().copied().unwrap_or_default() * 100.0,
+            run.bytes_per_parameter.unwrap_or_default(),
             run.seconds
         );
     }
     let metrics = args.out.join("compare.json");
     write_json(&metrics, &runs)?;
     println!("metrics: {}", metrics.display());
-    let path = args.out.join("compare.png");
-    let title = format!("Update rules on {} ({} epochs, warmup + cosine)", setup.data.name, args.epochs);
+    let (path, title) = if args.compare_precision {
+        (args.out.join("precision.png"), format!("{} in several storage types on {} ({} epochs)", specs[0].text, setup.data.name, args.epochs))
+    } else {
+        (args.out.join("compare.png"), format!("Update rules on {} ({} epochs, warmup + cosine)", setup.data.name, args.epochs))
+    };
     plot_or_skip(font, &path, || plot::comparison(&path, &runs, &title))
 }
 

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use wgpu::util::DeviceExt;
-use wgpu_optim::{read_views, GpuContext, Lbfgs, Optimizer, Parameters, TensorId, TensorView};
+use wgpu_optim::{read_views, Dtype, GpuContext, Lbfgs, Optimizer, Parameters, TensorId, TensorView};
 
 use super::data::{Split, SplitMix64, CLASSES};
 
@@ -158,14 +158,52 @@ pub struct Kernels {
     l2_penalty: wgpu::ComputePipeline,
 }
 
+/// `source` reading the parameters `w` and `b` in `dtype`: f16 and bf16 arrive packed two to
+/// a `u32` (see `wgpu_optim::storage`), so their declarations become `array<u32>` and each
+/// `w[k]` a `w_at(k)` that unpacks element k, with the library's conversions.
+fn with_param_dtype(source: &str, dtype: Dtype) -> String {
+    if dtype == Dtype::F32 || !source.contains("var<storage, read> w: array<f32>;") {
+        return source.to_string();
+    }
+    let mut out = source.replace("var<storage, read> w: array<f32>;", "var<storage, read> w: array<u32>;");
+    out = out.replace("var<storage, read> b: array<f32>;", "var<storage, read> b: array<u32>;");
+    for name in ["w", "b"] {
+        let pattern = format!("{name}[");
+        let mut rewritten = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&pattern) {
+            let before = rest[..at].chars().last();
+            let is_name = before.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+            let close = at + rest[at..].find(']').expect("a closing bracket");
+            if is_name {
+                rewritten.push_str(&rest[..at]);
+                rewritten.push_str(&format!("{name}_at({})", &rest[at + pattern.len()..close]));
+            } else {
+                rewritten.push_str(&rest[..=close]);
+            }
+            rest = &rest[close + 1..];
+        }
+        rewritten.push_str(rest);
+        out = rewritten;
+    }
+    let value = if dtype == Dtype::Bf16 { "bf16_value" } else { "f16_value" };
+    format!(
+        "{out}\n{}\nfn w_at(k: u32) -> f32 {{\n    return {value}((w[k / 2u] >> (16u * (k % 2u))) & 0xffffu);\n}}\n\
+         fn b_at(k: u32) -> f32 {{\n    return {value}((b[k / 2u] >> (16u * (k % 2u))) & 0xffffu);\n}}\n",
+        wgpu_optim::storage::STORAGE_WGSL
+    )
+}
+
 impl Kernels {
-    pub fn new(gpu: &GpuContext) -> Result<Self, ModelError> {
+    /// The kernels of a model whose parameters the optimizer keeps in `param_dtype` (what the
+    /// forward and backward passes read; gradients are written in f32).
+    pub fn new(gpu: &GpuContext, param_dtype: Dtype) -> Result<Self, ModelError> {
         let device = gpu.device();
         checked(device, "compiling the training kernels", || {
             let module = |label: &str, source: &str| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl(format!("{COMMON_WGSL}\n{source}").into()),
+                    source: wgpu::ShaderSource::Wgsl(format!("{COMMON_WGSL}\n{}", with_param_dtype(source, param_dtype)).into()),
                 })
             };
             let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
