@@ -8,10 +8,11 @@
 // step runs the rule's kernel twice: `quantize_phase` 1 computes the update and records each
 // block's absmax of the new values (atomicMax of the bits of non-negative f32s, which order
 // as the values do), writing nothing else; phase 0 computes it again and writes codes,
-// parameters and the rest. The absmax words rotate through three arrays per state array:
-// at GPU step t, codes are read with array (t - 1) % 3, the new absmax gathered in t % 3, and
-// (t + 1) % 3 cleared for the next step. Tensors below 4,096 elements keep f32 state, in the
-// `quant` buffer after the absmax arrays (their table entry's `kept_state`).
+// parameters and the rest. The absmax words alternate between two arrays per state array: at
+// GPU step t, codes are read with array (t + 1) % 2 (the last step's), the new absmax gathered
+// in t % 2; a third pass, `int8_clear`, then zeroes array (t + 1) % 2 for the next step to
+// gather into. Tensors below 4,096 elements keep f32 state, in the `quant` buffer after the
+// absmax arrays (their table entry's `kept_state`).
 
 override quantize_phase: u32 = 0u;
 
@@ -42,14 +43,14 @@ fn quant_site(i: u32) -> QuantSite {
     return QuantSite(len, tables.words[entry + 10u], element, block, block_start + INT8_BLOCK > len);
 }
 
-// The word of state array `slot`'s absmax of `block` in rotation `rotation`.
+// The word of state array `slot`'s absmax of `block` in array `rotation` (0 or 1).
 fn absmax_word(slot: u32, rotation: u32, block: u32) -> u32 {
-    return (slot * 3u + rotation) * control.chunks * (CHUNK_ELEMENTS / INT8_BLOCK) + block;
+    return (slot * 2u + rotation) * control.chunks * (CHUNK_ELEMENTS / INT8_BLOCK) + block;
 }
 
-// The rotations of GPU step t: read (t - 1) % 3, gather t % 3, clear (t + 1) % 3.
+// At GPU step t: the scales the codes were written with (the last step's).
 fn absmax_read(slot: u32, block: u32) -> f32 {
-    return bitcast<f32>(atomicLoad(&quant[absmax_word(slot, (control.step + 2u) % 3u, block)]));
+    return bitcast<f32>(atomicLoad(&quant[absmax_word(slot, (control.step + 1u) % 2u, block)]));
 }
 
 fn int8_code(map: u32, q: u32) -> f32 {
@@ -92,17 +93,16 @@ fn record_absmax(slot: u32, site: QuantSite, v: vec4<f32>) {
             m = max(m, abs(v[j]));
         }
     }
-    let word = absmax_word(slot, control.step % 3u, site.block);
+    let word = absmax_word(slot, control.step % 2u, site.block);
     // Most invocations find a larger value already there: skip their read-modify-write.
     if (bitcast<u32>(m) > atomicLoad(&quant[word])) {
         atomicMax(&quant[word], bitcast<u32>(m));
     }
 }
 
-// Phase 0: the four codes of v with the block's new absmax (and the next step's array cleared).
+// Phase 0: the four codes of v with the block's new absmax.
 fn int8_codes(slot: u32, site: QuantSite, v: vec4<f32>, map: u32) -> u32 {
-    atomicStore(&quant[absmax_word(slot, (control.step + 1u) % 3u, site.block)], 0u);
-    let absmax = bitcast<f32>(atomicLoad(&quant[absmax_word(slot, control.step % 3u, site.block)]));
+    let absmax = bitcast<f32>(atomicLoad(&quant[absmax_word(slot, control.step % 2u, site.block)]));
     let q = int8_quantize(v, absmax, site.partial, map);
     return q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
 }
@@ -123,4 +123,21 @@ fn kept_store(at: u32, v: vec4<f32>) {
 // tensor's length rounded up to whole vec4s.
 fn kept_word(site: QuantSite, slot: u32) -> u32 {
     return site.kept + slot * ((site.len + 3u) / 4u * 4u) + site.element;
+}
+
+// The third pass of an int8 step: zero the scales this step read (array (t + 1) % 2), which the
+// next step gathers into. One word per block and state array; a skipped step read nothing new
+// and clears nothing.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn int8_clear(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) grid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let blocks_per_chunk = CHUNK_ELEMENTS / INT8_BLOCK;
+    if (!in_window(workgroup, grid) || step_skipped() || local >= blocks_per_chunk * INT8_SLOTS) {
+        return;
+    }
+    let block = (dispatch.first_chunk + workgroup_index(workgroup, grid)) * blocks_per_chunk + local % blocks_per_chunk;
+    atomicStore(&quant[absmax_word(local / blocks_per_chunk, (control.step + 1u) % 2u, block)], 0u);
 }

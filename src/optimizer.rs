@@ -282,8 +282,8 @@ struct Arena {
 }
 
 /// Where int8 state's absmax words and the f32 state of tensors kept in f32 lie in the
-/// `quant` buffer (shaders/int8.wgsl): per state array s and rotation r, one word per block of
-/// 256 elements of every chunked arena, at `(s*3 + r)*blocks + block`; then each kept
+/// `quant` buffer (shaders/int8.wgsl): per state array s and rotation r (0, 1), one word per
+/// block of 256 elements of every chunked arena, at `(s*2 + r)*blocks + block`; then each kept
 /// tensor's f32 state, its state arrays one after another.
 struct QuantLayout {
     /// Per tensor: the first word of its f32 state when it is kept in f32.
@@ -301,7 +301,7 @@ impl QuantLayout {
         }
         let slots = groups.iter().map(|g| g.rule.state_slots().len()).max().unwrap_or(0);
         let blocks = plan.total_chunks * (CHUNK_ELEMENTS as usize / INT8_BLOCK);
-        let mut at = slots * 3 * blocks;
+        let mut at = slots * 2 * blocks;
         let kept = tensors
             .iter()
             .map(|t| {
@@ -316,11 +316,11 @@ impl QuantLayout {
     }
 
     fn absmax_word(&self, slot: usize, rotation: usize, block: usize) -> usize {
-        (slot * 3 + rotation) * self.blocks + block
+        (slot * 2 + rotation) * self.blocks + block
     }
 
-    /// The buffer before the first step: each quantized block's absmax (rotation 0, read by
-    /// step 1) is its state's initial magnitude, and kept tensors hold their initial state.
+    /// The buffer before the first step: each quantized block's absmax (rotation 0, which
+    /// step 1 reads) is its state's initial magnitude, and kept tensors hold their initial state.
     fn initial_words(&self, tensors: &[TensorEntry], groups: &[ParamGroup], first_chunks: &[usize]) -> Vec<u32> {
         let mut words = vec![0u32; self.words];
         for (i, t) in tensors.iter().enumerate() {
@@ -437,11 +437,12 @@ fn kernel_source(kernel: &Kernel, slots: &[StateSlot], precision: &Precision) ->
 }
 
 /// A group's kernel under `precision`: with int8 state, the rule's one pass runs twice, first
-/// as the absmax phase (see shaders/int8.wgsl).
+/// as the absmax phase, then clears the scales it read (see shaders/int8.wgsl).
 fn group_kernel(rule: &dyn UpdateRule, precision: &Precision) -> Kernel {
     let mut kernel = rule.kernel();
     if precision.state == Dtype::Int8 {
         kernel.passes.insert(0, kernel.passes[0].clone());
+        kernel.passes.push(rules::Pass::new("int8_clear", Scope::Elements));
     }
     kernel
 }
@@ -2168,9 +2169,9 @@ impl Optimizer {
         if absmax.len() != blocks {
             return Err(Error::SizeMismatch { what: format!("{key}.absmax of {name:?}"), expected: blocks, actual: absmax.len() });
         }
-        let rotation = step as usize % 3;
+        let rotation = step as usize % 2;
         self.gpu.queue().write_buffer(quant, at(rotation), bytemuck::cast_slice(absmax));
-        self.gpu.queue().write_buffer(quant, at((rotation + 1) % 3), bytemuck::cast_slice(&vec![0u32; blocks]));
+        self.gpu.queue().write_buffer(quant, at(1 - rotation), bytemuck::cast_slice(&vec![0u32; blocks]));
         Ok(())
     }
 
@@ -2236,14 +2237,14 @@ impl Optimizer {
         let first_block = self.first_chunks[id.0] * (CHUNK_ELEMENTS as usize / INT8_BLOCK);
         let blocks = entry.len.div_ceil(INT8_BLOCK);
         let mut views = vec![control, self.state(id, key)?];
-        for rotation in 0..3 {
+        for rotation in 0..2 {
             let offset = self.quant_layout.absmax_word(s, rotation, first_block) as u64 * 4;
             views.push(TensorView { buffer: quant.clone(), offset, len: blocks, dtype: Dtype::F32 });
         }
         let mut values = read_views(&self.gpu, &views).await?;
         let words: Vec<u32> = values[0].iter().map(|x| x.to_bits()).collect();
         let control: Control = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&words));
-        let absmax = values.swap_remove(2 + control.step as usize % 3);
+        let absmax = values.swap_remove(2 + control.step as usize % 2);
         let codes = values[1].iter().map(|&q| q as u8).collect();
         Ok((codes, absmax, crate::storage::int8_map(slot.nonnegative)))
     }

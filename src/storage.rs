@@ -429,6 +429,9 @@ pub(crate) fn typed_source(
         accessors.push_str(ELEMENT_RANDOM_WGSL);
     }
     if int8 {
+        // The state arrays with scales: those of the configuration (others map to slot 0).
+        let slots = buffers.iter().filter_map(|b| b.int8).map(|(slot, _)| slot + 1).max().unwrap_or(1);
+        accessors.push_str(&format!("const INT8_SLOTS: u32 = {slots}u;\n"));
         accessors.push_str(INT8_WGSL);
     }
     if let Some((_, binding)) = model_copy {

@@ -38,7 +38,8 @@ use crate::context::{GpuContext, PipelineKey};
 use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
 use crate::lbfgs::LbfgsOptions;
-use crate::optimizer::{read_views, Optimizer, OptimizerOptions, TensorView};
+use crate::optimizer::{read_views, MemoryReport, Optimizer, OptimizerOptions, TensorView};
+use crate::storage::{Dtype, Precision, Rounding};
 use crate::params::{ParamGroup, Parameters, TensorId};
 use crate::rules::{self, CycledMomentum, UpdateRule};
 use crate::schedule::{self, LearningRates};
@@ -458,6 +459,24 @@ pub struct RunSpec {
     /// Explicit learning rate of every step (`lr[t-1]` for step `t`), instead of a schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<Vec<f64>>,
+    /// The type an update rule keeps its state in: `f32` (default), `bf16` (stochastic
+    /// rounding, seed 0) or `int8` (8-bit blockwise; tensors of fewer than 4,096 elements, i.e.
+    /// fewer than 2,048 start points, stay f32). See [`crate::storage`].
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub state_dtype: Dtype,
+}
+
+fn is_f32(dtype: &Dtype) -> bool {
+    *dtype == Dtype::F32
+}
+
+/// The storage types of a run whose state is kept in `state`: f32 parameters and gradients
+/// (the gradient kernel reads and writes f32), stochastic rounding for bf16.
+pub fn state_precision(state: Dtype) -> Result<Precision> {
+    let rounding = if state == Dtype::Bf16 { Rounding::Stochastic { seed: 0 } } else { Rounding::NearestEven };
+    let precision = Precision { state, rounding, ..Precision::default() };
+    precision.validate()?;
+    Ok(precision)
 }
 
 impl RunSpec {
@@ -728,6 +747,15 @@ pub struct RunReport {
     /// L-BFGS run whose GPU execution WebGPU rejected ran on the CPU twin instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// The type the update rule kept its state in (see [`RunSpec::state_dtype`]).
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub state_dtype: Dtype,
+    /// An update rule on a GPU: the bytes of its optimizer's buffers ([`Optimizer::memory`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_bytes: Option<u64>,
+    /// The same: its state's bytes per parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_bytes_per_parameter: Option<f64>,
 }
 
 /// The result of a [`TrajectorySpec`]: the JSON of `wgpu-optim trajectories --out`.
@@ -777,20 +805,22 @@ impl Device {
     }
 
     /// Runs `rule` from every start for `steps` steps.
-    pub async fn run(&self, function: TestFunction, run: &RunInput, clock: &dyn Fn() -> f64) -> Result<(Paths, f64, usize)> {
+    /// Returns the paths, the milliseconds, the dispatches and (on a GPU) the optimizer's memory.
+    pub async fn run(&self, function: TestFunction, run: &RunInput, clock: &dyn Fn() -> f64) -> Result<(Paths, f64, usize, Option<MemoryReport>)> {
         match self {
             Device::Gpu(gpu) => {
                 let runner = GpuRunner::new(gpu, function, run).await?;
                 let dispatches = runner.dispatches();
+                let memory = runner.opt.memory();
                 let start = clock();
                 let paths = runner.run().await?;
-                Ok((paths, clock() - start, dispatches))
+                Ok((paths, clock() - start, dispatches, Some(memory)))
             }
             Device::Cpu => {
                 let runner = CpuRunner::new(function, run)?;
                 let start = clock();
                 let paths = runner.run()?;
-                Ok((paths, clock() - start, 0))
+                Ok((paths, clock() - start, 0, None))
             }
         }
     }
@@ -802,21 +832,22 @@ impl Device {
         let (starts, steps, every) = (&input.starts[..], input.steps, input.sample_every);
         let run = match (&input.method, self) {
             (Method::Rule(rule), _) => {
-                let rule_input = RunInput { rule: rule.clone(), starts: starts.to_vec(), steps, sample_every: every, lr: input.lr.clone() };
-                let (paths, elapsed_ms, dispatches) = self.run(function, &rule_input, clock).await?;
-                MethodRun { paths, elapsed_ms, dispatches, evaluations: None, newton: None, fallback: None }
+                let rule_input =
+                    RunInput { rule: rule.clone(), starts: starts.to_vec(), steps, sample_every: every, lr: input.lr.clone(), precision: input.precision };
+                let (paths, elapsed_ms, dispatches, memory) = self.run(function, &rule_input, clock).await?;
+                MethodRun { paths, elapsed_ms, dispatches, evaluations: None, newton: None, fallback: None, memory }
             }
             (Method::Newton(method), Device::Gpu(gpu)) => {
                 let runner = newton::GpuNewtonRunner::new(gpu, function, method, starts, steps, every).await?;
                 let dispatches = runner.dispatches();
                 let start = clock();
                 let (paths, stats) = runner.run().await?;
-                MethodRun { paths, elapsed_ms: clock() - start, dispatches, evaluations: None, newton: Some(stats), fallback: None }
+                MethodRun { paths, elapsed_ms: clock() - start, dispatches, evaluations: None, newton: Some(stats), fallback: None, memory: None }
             }
             (Method::Newton(method), Device::Cpu) => {
                 let start = clock();
                 let (paths, stats) = newton::run_cpu(function, method, starts, steps, every)?;
-                MethodRun { paths, elapsed_ms: clock() - start, dispatches: 0, evaluations: None, newton: Some(stats), fallback: None }
+                MethodRun { paths, elapsed_ms: clock() - start, dispatches: 0, evaluations: None, newton: Some(stats), fallback: None, memory: None }
             }
             (Method::Lbfgs(options), device) => {
                 #[cfg_attr(not(target_arch = "wasm32"), allow(unused_mut))]
@@ -845,6 +876,7 @@ impl Device {
                     evaluations: Some(run.evaluations),
                     newton: None,
                     fallback,
+                    memory: None,
                 }
             }
         };
@@ -956,6 +988,8 @@ pub struct MethodInput {
     pub sample_every: u32,
     /// An update rule's learning rate of each step, or `None`.
     pub lr: Option<Vec<f64>>,
+    /// An update rule's storage types (see [`state_precision`]); Newton and L-BFGS keep f32.
+    pub precision: Precision,
 }
 
 impl MethodInput {
@@ -965,6 +999,9 @@ impl MethodInput {
         self.method.check_starts(self.starts.len())?;
         if self.lr.is_some() && !self.method.schedulable() {
             return Err(Error::Config(format!("{} takes no per-step learning rates", self.method.name())));
+        }
+        if !self.precision.is_f32() && !matches!(self.method, Method::Rule(_)) {
+            return Err(Error::Config(format!("{} keeps its state in f32 only", self.method.name())));
         }
         check_history(self.steps, self.sample_every, self.starts.len())
     }
@@ -985,6 +1022,8 @@ pub struct MethodRun {
     pub newton: Option<Vec<NewtonStats>>,
     /// As [`RunReport::fallback`].
     pub fallback: Option<String>,
+    /// An update rule on the GPU: its optimizer's buffers.
+    pub memory: Option<MemoryReport>,
 }
 
 /// The methods a basin map takes ([`Method::basin`]): the element-wise rules
@@ -1036,6 +1075,8 @@ pub struct RunInput {
     pub sample_every: u32,
     /// Learning rate of each step (a schedule), or `None` for the rule's constant `lr`.
     pub lr: Option<Vec<f64>>,
+    /// The optimizer's storage types (see [`state_precision`]).
+    pub precision: Precision,
 }
 
 impl RunInput {
@@ -1074,8 +1115,9 @@ pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -
     for run in &spec.runs {
         let (method, lr) = run.checked(spec.steps)?;
         let hyperparameters = method.hyperparameters();
-        let input = MethodInput { method, starts: starts.clone(), steps: spec.steps, sample_every: spec.sample_every, lr: lr.clone() };
-        let MethodRun { paths, elapsed_ms, dispatches, evaluations, newton, fallback } = device.run_method(spec.function, &input, clock).await?;
+        let precision = state_precision(run.state_dtype)?;
+        let input = MethodInput { method, starts: starts.clone(), steps: spec.steps, sample_every: spec.sample_every, lr: lr.clone(), precision };
+        let MethodRun { paths, elapsed_ms, dispatches, evaluations, newton, fallback, memory } = device.run_method(spec.function, &input, clock).await?;
         let paths: Vec<Vec<[f32; 2]>> = (0..starts.len()).map(|s| paths.path(s)).collect();
         let losses = paths
             .iter()
@@ -1093,6 +1135,9 @@ pub async fn run_spec(device: &Device, spec: &TrajectorySpec, clock: &dyn Fn() -
             evaluations,
             newton,
             fallback,
+            state_dtype: run.state_dtype,
+            gpu_bytes: memory.as_ref().map(MemoryReport::total_bytes),
+            state_bytes_per_parameter: memory.as_ref().map(MemoryReport::state_bytes_per_parameter),
         });
     }
     Ok(TrajectoryReport {
@@ -1141,6 +1186,7 @@ impl BasinSpec {
             hyperparameters: self.hyperparameters.clone(),
             schedule: self.schedule.clone(),
             lr: self.lr.clone(),
+            state_dtype: Dtype::F32,
         }
     }
 }
@@ -1196,7 +1242,7 @@ pub async fn run_basin(device: &Device, spec: &BasinSpec, clock: &dyn Fn() -> f6
         )));
     }
     let hyperparameters = method.hyperparameters();
-    let input = MethodInput { method, starts: domain.grid(resolution), steps: spec.steps, sample_every: spec.steps, lr };
+    let input = MethodInput { method, starts: domain.grid(resolution), steps: spec.steps, sample_every: spec.steps, lr, precision: Precision::default() };
     let MethodRun { paths, elapsed_ms, .. } = device.run_method(spec.function, &input, clock).await?;
     let end = paths.last().to_vec();
     let loss = end.chunks(2).map(|p| spec.function.value(f64::from(p[0]), f64::from(p[1]))).collect();
@@ -1248,7 +1294,8 @@ impl GpuRunner {
         let starts = run.starts.len();
         let (params, xy) = start_parameters(run)?;
         let steps_per_submission = run.steps.min(MAX_STEPS_PER_SUBMISSION);
-        let options = OptimizerOptions { steps_in_flight: Some(u64::from(steps_per_submission)), ..Default::default() };
+        let options =
+            OptimizerOptions { steps_in_flight: Some(u64::from(steps_per_submission)), precision: run.precision, ..Default::default() };
         let opt = Optimizer::new_async(gpu, params, vec![ParamGroup::from_boxed(run.rule.clone(), xy.clone())], options).await?;
         if opt.arenas().len() != 1 {
             return Err(Error::Config("the start points do not fit one arena".into()));
@@ -1429,7 +1476,7 @@ impl CpuRunner {
     pub fn new(function: TestFunction, run: &RunInput) -> Result<Self> {
         run.check()?;
         let (params, xy) = start_parameters(run)?;
-        let opt = CpuOptimizer::new(params, vec![ParamGroup::from_boxed(run.rule.clone(), xy.clone())])?;
+        let opt = CpuOptimizer::new(params, vec![ParamGroup::from_boxed(run.rule.clone(), xy.clone())])?.with_precision(run.precision)?;
         Ok(CpuRunner {
             function,
             opt,

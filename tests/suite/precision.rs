@@ -182,8 +182,8 @@ fn memory_reports_bytes_per_parameter() {
         let n = 512 * 512;
         if p.state == Dtype::Int8 {
             assert_eq!(role("exp_avg"), Some((Some(Dtype::Int8), n)));
-            // Codes (1 B each) + three rotating block scales (12 B per 256 elements), per array.
-            assert_eq!(memory.state_bytes_per_parameter(), 2.0 * (1.0 + 12.0 / 256.0));
+            // Codes (1 B each) + two alternating block scales (8 B per 256 elements), per array.
+            assert_eq!(memory.state_bytes_per_parameter(), 2.0 * (1.0 + 8.0 / 256.0));
         } else if p.is_f32() {
             assert_eq!(role("param"), Some((Some(Dtype::F32), 4 * n)));
             assert_eq!(role("exp_avg_sq"), Some((Some(Dtype::F32), 4 * n)));

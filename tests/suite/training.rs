@@ -36,13 +36,19 @@ fn digits(train: usize, test: usize) -> (Split, Split) {
 }
 
 fn optimizer(gpu: &wgpu_optim::GpuContext, lr: f64) -> (Optimizer, Vec<Layer>) {
+    optimizer_in(gpu, lr, wgpu_optim::Precision::default())
+}
+
+/// With the parameters and state in the types of `precision`.
+fn optimizer_in(gpu: &wgpu_optim::GpuContext, lr: f64, precision: wgpu_optim::Precision) -> (Optimizer, Vec<Layer>) {
     let (params, layers) = model::init_parameters(&SIZES, 7).unwrap();
     let rule = AdamW { lr, ..AdamW::default() };
     let groups = vec![
         ParamGroup::new(rule.clone(), layers.iter().map(|l| l.w)),
         ParamGroup::new(AdamW { weight_decay: 0.0, ..rule }, layers.iter().map(|l| l.b)),
     ];
-    (Optimizer::new(gpu, params, groups).unwrap(), layers)
+    let options = wgpu_optim::OptimizerOptions { precision, ..Default::default() };
+    (Optimizer::with_options(gpu, params, groups, options).unwrap(), layers)
 }
 
 /// Per layer: weights and bias.
@@ -114,10 +120,14 @@ fn scaled_error(gpu: &[f32], cpu: &[f64]) -> f64 {
 
 #[test]
 fn kernels_write_the_gradient_into_the_optimizers_arenas() {
-    for gpu in gpus() {
+    use wgpu_optim::Dtype;
+    // The model reads its parameters in each type (f16 and bf16: the master weights' copy,
+    // which its kernels unpack); the CPU backward takes the same rounded values.
+    for (gpu, dtype) in gpus().into_iter().flat_map(|gpu| [Dtype::F32, Dtype::Bf16, Dtype::F16].map(move |d| (gpu, d))) {
         let (train, test) = digits(BATCH, 20);
-        let (opt, layers) = optimizer(gpu, 1e-2);
-        let kernels = Kernels::new(gpu).unwrap();
+        let precision = wgpu_optim::Precision { params: dtype, master_weights: dtype != Dtype::F32, ..Default::default() };
+        let (opt, layers) = optimizer_in(gpu, 1e-2, precision);
+        let kernels = Kernels::new(gpu, dtype).unwrap();
         let order: Vec<u32> = (0..BATCH as u32).rev().collect(); // a permuted batch: exercises the gather
         let mlp = Mlp::new(&opt, &kernels, &layers, BATCH, &train, &test, &order).unwrap();
         let params: Vec<LayerValues<f32>> =
@@ -152,7 +162,7 @@ fn a_few_adamw_steps_lower_the_loss() {
     for gpu in gpus() {
         let (train, test) = digits(SAMPLES, 40);
         let (mut opt, layers) = optimizer(gpu, 3e-2);
-        let kernels = Kernels::new(gpu).unwrap();
+        let kernels = Kernels::new(gpu, wgpu_optim::Dtype::F32).unwrap();
         let order = data::batch_order(SAMPLES, BATCH, EPOCHS, 3);
         let mlp = Mlp::new(&opt, &kernels, &layers, BATCH, &train, &test, &order).unwrap();
         let (_, accuracy_before) = mlp.evaluate().unwrap();
@@ -182,7 +192,7 @@ fn a_batch_order_past_the_training_set_is_an_error() {
     let gpu = &gpus()[0];
     let (train, test) = digits(BATCH, 8);
     let (opt, layers) = optimizer(gpu, 1e-2);
-    let kernels = Kernels::new(gpu).unwrap();
+    let kernels = Kernels::new(gpu, wgpu_optim::Dtype::F32).unwrap();
     let order = vec![BATCH as u32; BATCH];
     let Err(error) = Mlp::new(&opt, &kernels, &layers, BATCH, &train, &test, &order) else {
         panic!("index 16 of 16 samples was accepted");
@@ -202,7 +212,7 @@ fn a_few_full_batch_lbfgs_steps_lower_the_loss() {
         let (params, layers) = model::init_parameters(&SIZES, 7).unwrap();
         let options = LbfgsOptions { max_iter: 10, history_size: 10, line_search_fn: Some(LineSearch::StrongWolfe), ..LbfgsOptions::default() };
         let mut lbfgs = Lbfgs::new(gpu, params, options).unwrap();
-        let kernels = Kernels::new(gpu).unwrap();
+        let kernels = Kernels::new(gpu, wgpu_optim::Dtype::F32).unwrap();
         let bindings = Bindings::lbfgs(&lbfgs, &layers, L2).unwrap();
         let everything: Vec<u32> = (0..SAMPLES as u32).collect();
         let mlp = Mlp::with_bindings(gpu, &bindings, &kernels, &layers, SAMPLES, &train, &test, &everything).unwrap();

@@ -109,7 +109,7 @@ fn every_rule_on_every_function_matches_the_cpu_reference() {
             for name in rules::OPTIMIZER_NAMES {
                 let rule = rule(name, sensible(name));
                 let element_wise = rule.kernel().is_element_wise();
-                let input = RunInput { rule, starts: starts(function), steps: if element_wise { 150 } else { 40 }, sample_every: 10, lr: None };
+                let input = RunInput { rule, starts: starts(function), steps: if element_wise { 150 } else { 40 }, sample_every: 10, lr: None, precision: Default::default() };
                 let cpu = CpuRunner::new(function, &input).unwrap().run().unwrap();
                 let gpu_paths = pollster::block_on(async { GpuRunner::new(gpu, function, &input).await?.run().await }).unwrap();
                 assert_eq!(cpu.sampled_steps, gpu_paths.sampled_steps);
@@ -130,7 +130,7 @@ fn sampling_keeps_the_positions_of_the_sampled_steps() {
     assert_eq!(sampled_steps(5, 100), [0, 5]);
     let function = TestFunction::Himmelblau;
     for gpu in gpus() {
-        let every = |k| RunInput { rule: rule("Adam", serde_json::json!({"lr": 0.05})), starts: starts(function), steps: 50, sample_every: k, lr: None };
+        let every = |k| RunInput { rule: rule("Adam", serde_json::json!({"lr": 0.05})), starts: starts(function), steps: 50, sample_every: k, lr: None, precision: Default::default() };
         let run = |input: &RunInput| pollster::block_on(async { GpuRunner::new(gpu, function, input).await?.run().await }).unwrap();
         let all = run(&every(1));
         let some = run(&every(7));
@@ -150,7 +150,7 @@ fn runs_longer_than_one_submission_continue_exactly() {
     // scalars in its own ring slot.
     const { assert!(2345 > 2 * MAX_STEPS_PER_SUBMISSION) };
     let function = TestFunction::Rosenbrock;
-    let input = RunInput { rule: rule("NAdam", serde_json::json!({"lr": 0.01})), starts: starts(function), steps: 2345, sample_every: 100, lr: None };
+    let input = RunInput { rule: rule("NAdam", serde_json::json!({"lr": 0.01})), starts: starts(function), steps: 2345, sample_every: 100, lr: None, precision: Default::default() };
     let cpu = CpuRunner::new(function, &input).unwrap().run().unwrap();
     for gpu in gpus() {
         let gpu_paths = pollster::block_on(async { GpuRunner::new(gpu, function, &input).await?.run().await }).unwrap();
@@ -167,7 +167,7 @@ fn per_step_learning_rates_are_applied_inside_one_submission() {
     // A step decay: 0.015 for 40 steps, then 0.0015 (what a StepLR schedule gives).
     let decayed: Vec<f64> = (0..steps).map(|t| if t < 40 { 0.015 } else { 0.0015 }).collect();
     let base = || rule("SGD", serde_json::json!({"lr": 0.015, "momentum": 0.5}));
-    let input = |lr| RunInput { rule: base(), starts: starts(function), steps, sample_every: 1, lr };
+    let input = |lr| RunInput { rule: base(), starts: starts(function), steps, sample_every: 1, lr, precision: Default::default() };
     let constant_cpu = CpuRunner::new(function, &input(None)).unwrap().run().unwrap();
     let decayed_cpu = CpuRunner::new(function, &input(Some(decayed.clone()))).unwrap().run().unwrap();
     let same_cpu = CpuRunner::new(function, &input(Some(vec![0.015; steps as usize]))).unwrap().run().unwrap();
@@ -302,7 +302,7 @@ fn bad_specs_are_errors() {
     assert!(learning_rates(Some(&cycling), adam.as_ref(), 10).unwrap_err().to_string().contains("cycle_momentum"));
     let no_cycling = serde_json::json!({"name": "OneCycleLR", "max_lr": 0.1, "total_steps": 10, "cycle_momentum": false});
     assert_eq!(learning_rates(Some(&no_cycling), adam.as_ref(), 10).unwrap().unwrap().len(), 10);
-    let run = RunSpec { optimizer: "Adam".into(), hyperparameters: Default::default(), schedule: None, lr: Some(vec![0.1; 3]) };
+    let run = RunSpec { optimizer: "Adam".into(), hyperparameters: Default::default(), schedule: None, lr: Some(vec![0.1; 3]), state_dtype: Default::default() };
     assert!(run.learning_rates(adam.as_ref(), 3).unwrap().is_some());
     let basin = BasinSpec {
         function: TestFunction::Booth,
@@ -318,7 +318,7 @@ fn bad_specs_are_errors() {
     let muon_basin = BasinSpec { optimizer: "Muon".into(), resolution: 10, ..basin };
     let error = blocking::run_basin(&Device::Cpu, &muon_basin).unwrap_err().to_string();
     assert!(error.contains("element-wise rules") && error.contains("Muon works per tensor"), "{error}");
-    let many = RunInput { rule: rule("Lamb", serde_json::json!({})), starts: vec![[0.5, 0.5]; 65], steps: 3, sample_every: 1, lr: None };
+    let many = RunInput { rule: rule("Lamb", serde_json::json!({})), starts: vec![[0.5, 0.5]; 65], steps: 3, sample_every: 1, lr: None, precision: Default::default() };
     assert!(CpuRunner::new(TestFunction::Booth, &many).err().expect("rejected").to_string().contains("at most 64 start points"));
     assert!("Ill-Conditioned".parse::<TestFunction>().is_ok());
 }
@@ -438,7 +438,7 @@ fn method(name: &str, hyperparameters: serde_json::Value) -> Method {
 }
 
 fn run_method(device: &Device, function: TestFunction, method: Method, starts: Vec<[f32; 2]>, steps: u32) -> MethodRun {
-    let input = MethodInput { method, starts, steps, sample_every: 1, lr: None };
+    let input = MethodInput { method, starts, steps, sample_every: 1, lr: None, precision: Default::default() };
     let clock = || 0.0;
     pollster::block_on(device.run_method(function, &input, &clock)).unwrap()
 }
@@ -868,4 +868,37 @@ fn the_trajectories_command_runs_newton_and_lbfgs() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("Newton: invalid lr"));
+}
+
+/// A run may keep its state in bf16 (stochastic rounding) or int8: the page's "state" choice.
+/// The GPU equals the CPU twin bit for bit, and the report gives the optimizer's memory.
+#[test]
+fn runs_keep_their_state_in_the_type_the_spec_asks() {
+    // 2,048 start points: one [2048, 2] tensor of 4,096 elements, so int8 quantizes it.
+    let starts: Vec<[f32; 2]> = (0..2048).map(|k| [-1.5 + (k % 64) as f32 * 0.05, -1.0 + (k / 64) as f32 * 0.07]).collect();
+    let spec = serde_json::json!({
+        "function": "rosenbrock", "steps": 60, "sample_every": 20, "starts": starts,
+        "runs": [{"optimizer": "Adam", "hyperparameters": {"lr": 0.01}},
+                 {"optimizer": "Adam", "hyperparameters": {"lr": 0.01}, "state_dtype": "bf16"},
+                 {"optimizer": "SGD", "hyperparameters": {"lr": 1e-4, "momentum": 0.9}, "state_dtype": "int8"}]});
+    let spec = TrajectorySpec::from_json(&spec.to_string()).unwrap();
+    let cpu = blocking::run_spec(&Device::Cpu, &spec).unwrap();
+    let flat = |r: &wgpu_optim::trajectories::RunReport| r.paths.iter().flatten().flatten().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_ne!(flat(&cpu.runs[0]), flat(&cpu.runs[1]), "bf16 state changes the paths");
+    for gpu in gpus() {
+        let report = blocking::run_spec(&Device::Gpu(gpu.clone()), &spec).unwrap();
+        for (a, b) in report.runs.iter().zip(&cpu.runs) {
+            assert_eq!(a.state_dtype, b.state_dtype);
+            assert!(flat(a) == flat(b), "{} with {} state on {}", a.optimizer, a.state_dtype, gpu.adapter());
+        }
+        let state = |k: usize| report.runs[k].state_bytes_per_parameter.unwrap();
+        assert_eq!((state(0), state(1)), (8.0, 4.0), "Adam's two moments in f32, then bf16");
+        assert!((state(2) - (1.0 + 8.0 / 256.0)).abs() < 1e-9, "SGD's momentum in int8: {}", state(2));
+        assert!(report.runs[1].gpu_bytes.unwrap() < report.runs[0].gpu_bytes.unwrap());
+    }
+    assert!(cpu.runs[0].gpu_bytes.is_none());
+    // Newton keeps f32 state only.
+    let newton = serde_json::json!({"function": "rosenbrock", "steps": 3, "runs": [{"optimizer": "Newton", "state_dtype": "bf16"}]});
+    let error = blocking::run_spec(&Device::Cpu, &TrajectorySpec::from_json(&newton.to_string()).unwrap()).unwrap_err();
+    assert!(error.to_string().contains("f32 only"), "{error}");
 }

@@ -487,3 +487,33 @@ test('without WebGPU the page says so and runs the CPU reference, labelled', asy
   assert.ok(difference <= TOLERANCE);
   await cpu.close();
 });
+
+test('the state type control keeps the update rules\' state in bf16 or int8, and the legend shows the memory', async () => {
+  const before = await page.evaluate(() => ({ n: window.demo.computations, report: window.demo.lastReport }));
+  assert.ok(before.report.runs.some((r) => r.gpu_bytes !== undefined), 'f32 runs report their optimizer memory');
+  for (const state of ['bf16', 'int8']) {
+    const n = await page.evaluate(() => window.demo.computations);
+    await page.selectOption('#state-dtype', state);
+    await page.waitForFunction((m) => window.demo.computations > m, n);
+    const { spec, report, legend } = await page.evaluate(() => ({
+      spec: window.demo.lastSpec, report: window.demo.lastReport, legend: document.getElementById('legend').textContent,
+    }));
+    const rules = report.runs.filter((r) => !['Newton', 'DampedNewton', 'LBFGS'].includes(r.optimizer));
+    assert.ok(rules.length > 0);
+    for (const run of rules) {
+      assert.equal(run.state_dtype, state);
+      assert.ok(run.gpu_bytes > 0 && run.state_bytes_per_parameter >= 0, `${run.optimizer}: memory reported`);
+    }
+    assert.match(legend, new RegExp(`state ${state} \\(`));
+    // The page's run equals the native command's, which runs the same spec on its adapter.
+    const difference = pathDifference(report, native(spec));
+    console.log(`state ${state}: max |web - native| = ${difference.toExponential(2)}; legend: ${legend.slice(0, 160)}`);
+    assert.ok(difference <= TOLERANCE);
+    if (state === 'bf16') {
+      // bf16 state moves the rules' paths (int8 keeps a one-start tensor in f32: it may not).
+      const index = report.runs.findIndex((r) => r.state_dtype === 'bf16');
+      assert.notDeepEqual(report.runs[index].paths, before.report.runs[index].paths);
+    }
+  }
+  await page.selectOption('#state-dtype', 'f32');
+});

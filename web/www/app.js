@@ -114,9 +114,22 @@ function trajectorySpec() {
 
 function runSpec(run, steps) {
   const schedule = SCHEDULABLE.has(run.optimizer) ? scheduleFor(run, steps) : null;
-  return schedule === null
+  const spec = schedule === null
     ? { optimizer: run.optimizer, hyperparameters: run.hp }
     : { optimizer: run.optimizer, hyperparameters: run.hp, schedule };
+  // The optimizer state's type (f32, bf16, int8): update rules only; Newton and L-BFGS keep f32.
+  const state = demo.state.stateDtype ?? 'f32';
+  if (state !== 'f32' && !SECOND_ORDER.has(run.optimizer)) spec.state_dtype = state;
+  return spec;
+}
+
+const SECOND_ORDER = new Set(['Newton', 'DampedNewton', 'LBFGS']);
+
+/// "1.2 KiB": a byte count for people.
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1 << 20)).toFixed(1)} MiB`;
 }
 
 // ---- computing (all in wasm) ----
@@ -336,6 +349,8 @@ function renderLegend() {
     line.append(swatch,
       `${run.optimizer} (lr ${lr}${schedule}): f = ${fmt(last)} at (${fmt(end[0])}, ${fmt(end[1])}); ` +
       `${report.steps} steps, ${run.dispatches} dispatches, ${run.elapsed_ms.toFixed(1)} ms on the ${report.backend === 'cpu' || run.fallback ? 'CPU' : 'GPU'}` +
+      (run.gpu_bytes === undefined ? '' :
+        `; optimizer memory ${bytes(run.gpu_bytes)}, state ${run.state_dtype ?? 'f32'} (${run.state_bytes_per_parameter.toFixed(2)} B/param)`) +
       progress(report, run));
     legend.append(line);
   });
@@ -644,6 +659,8 @@ function wire() {
     setTimeout(() => { $('share').textContent = 'Copy link'; }, 1500);
   };
   for (const name of Object.keys(OPTIMIZERS)) $('add-optimizer').add(new Option(name, name));
+  $('state-dtype').value = demo.state.stateDtype ?? 'f32';
+  $('state-dtype').onchange = () => { demo.state.stateDtype = $('state-dtype').value; compute(); };
   $('add-run').onclick = () => {
     const optimizer = $('add-optimizer').value;
     demo.state.runs.push({ optimizer, hp: { lr: OPTIMIZERS[optimizer].lr } });

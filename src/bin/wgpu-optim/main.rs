@@ -400,7 +400,7 @@ fn trajectories(args: TrajectoriesArgs) -> Result<ExitCode, wgpu_optim::Error> {
                             _ => return Err(Error::Config(format!("--hyperparameters {text:?} is not a JSON object"))),
                         },
                     };
-                    Ok(RunSpec { optimizer: optimizer.clone(), hyperparameters, schedule: None, lr: None })
+                    Ok(RunSpec { optimizer: optimizer.clone(), hyperparameters, schedule: None, lr: None, state_dtype: Default::default() })
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
             let starts = args
