@@ -258,12 +258,14 @@ impl GpuContext {
         Ok(Self::from_device(device, queue))
     }
 
-    /// The device [`GpuContext::from_adapter`] requests: no extra features, every limit the
-    /// adapter offers. For hosts that open the device themselves.
+    /// The device [`GpuContext::from_adapter`] requests: `shader-f16` where the adapter has it
+    /// (f16 buffers are then read and written as WGSL's `f16`; without it, as packed `u32`
+    /// words, with the same bytes and results), every limit the adapter offers. For hosts that
+    /// open the device themselves.
     pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
         wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & wgpu::Features::SHADER_F16,
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -275,7 +277,8 @@ impl GpuContext {
     /// its own kernels use.
     ///
     /// What the device needs:
-    /// - no optional [`wgpu::Features`]: the kernels are plain WGSL compute shaders;
+    /// - no optional [`wgpu::Features`]: the kernels are plain WGSL compute shaders (with
+    ///   `shader-f16`, f16 buffers use WGSL's `f16`; without, packed words);
     /// - WebGPU's default limits suffice for every rule: 256 invocations per workgroup, and 4
     ///   storage buffers per shader stage plus one per per-element state array (Adan's four use
     ///   all 8 of WebGPU's default). A device with fewer is refused with the count;
@@ -305,6 +308,12 @@ impl GpuContext {
     pub fn with_adapter_name(mut self, name: impl Into<String>) -> Self {
         self.adapter.name = name.into();
         self
+    }
+
+    /// Whether the device runs WGSL's `f16` (`enable f16`): f16 buffers are then accessed as
+    /// `array<vec4<f16>>`, else as packed `u32` words (see [`crate::storage`]).
+    pub fn native_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
     }
 
     /// The device the optimizers create their buffers and pipelines on.

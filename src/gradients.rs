@@ -413,7 +413,7 @@ impl GradientPass {
         grads: crate::storage::Dtype,
     ) -> Result<Self> {
         let typed = crate::storage::TypedBuffer { name: "grad", dtype: grads, hash_buffer: 0, int8: None };
-        let source = crate::storage::typed_source(&gradients_wgsl(), &[typed], None, crate::storage::Rounding::NearestEven)?;
+        let source = crate::storage::typed_source(&gradients_wgsl(), &[typed], None, crate::storage::Rounding::NearestEven, gpu.native_f16())?;
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
         let device = gpu.device();

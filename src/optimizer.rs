@@ -395,7 +395,7 @@ async fn kernel_pipelines(
     flags.push(("gradient_presence", presence));
     let int8 = precision.state == Dtype::Int8;
     let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len(), precision.master_weights, int8);
-    let source = kernel_source(kernel, slots, precision)?;
+    let source = kernel_source(kernel, slots, precision, gpu.native_f16())?;
     let mut constants: Vec<(&'static str, u64)> = flags.iter().map(|&(name, on)| (name, f64::from(u8::from(on)).to_bits())).collect();
     if precision.is_stochastic() {
         constants.push(("rounding_seed", f64::from(precision.seed()).to_bits()));
@@ -415,7 +415,7 @@ async fn kernel_pipelines(
 
 /// A rule's WGSL with its buffers in the storage types of `precision` (the rule's own source
 /// when everything is f32).
-fn kernel_source(kernel: &Kernel, slots: &[StateSlot], precision: &Precision) -> Result<String> {
+fn kernel_source(kernel: &Kernel, slots: &[StateSlot], precision: &Precision, native_f16: bool) -> Result<String> {
     if precision.is_f32() {
         return Ok(kernel.wgsl());
     }
@@ -433,7 +433,7 @@ fn kernel_source(kernel: &Kernel, slots: &[StateSlot], precision: &Precision) ->
         buffers.push(TypedBuffer { name, dtype: precision.state, hash_buffer: 1 + k as u32, int8 });
     }
     let model = precision.master_weights.then_some((precision.params, MODEL_BINDING));
-    typed_source(&kernel.wgsl(), &buffers, model, precision.rounding)
+    typed_source(&kernel.wgsl(), &buffers, model, precision.rounding, native_f16)
 }
 
 /// A group's kernel under `precision`: with int8 state, the rule's one pass runs twice, first
