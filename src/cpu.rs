@@ -165,15 +165,7 @@ impl CpuOptimizer {
             }
         }
         for tensor in &mut self.tensors {
-            round_all(&mut tensor.param, precision.updated_params());
-            let slots = &self.groups[tensor.group].slots;
-            for ((state, slot), int8) in tensor.state.iter_mut().zip(slots).zip(&mut tensor.int8) {
-                match precision.state {
-                    Dtype::Int8 => *int8 = crate::storage::int8_round_trip(state, slot.nonnegative),
-                    dtype => round_all(state, dtype),
-                }
-            }
-            round_all(&mut tensor.grad, precision.grads);
+            round_to_storage(tensor, &self.groups[tensor.group].slots, &precision);
         }
         Ok(self)
     }
@@ -417,6 +409,11 @@ impl CpuOptimizer {
         let group = CpuGroup::new(ParamGroup { rule, tensors: ids.clone() }, u64::from(self.control.step));
         self.tensors.extend(params.into_specs().into_iter().map(|spec| Tensor::new(spec, &group, g)));
         self.groups.push(group);
+        // The new tensors in the storage types, as the GPU uploads them.
+        let precision = self.precision;
+        for tensor in &mut self.tensors[first..] {
+            round_to_storage(tensor, &self.groups[g].slots, &precision);
+        }
         Ok(ids)
     }
 
@@ -573,6 +570,18 @@ impl CpuOptimizer {
         tensor.present = true;
         Ok(())
     }
+}
+
+/// A tensor's values as the GPU first holds them in the storage types of `precision`.
+fn round_to_storage(tensor: &mut Tensor, slots: &[StateSlot], precision: &Precision) {
+    round_all(&mut tensor.param, precision.updated_params());
+    for ((state, slot), int8) in tensor.state.iter_mut().zip(slots).zip(&mut tensor.int8) {
+        match precision.state {
+            Dtype::Int8 => *int8 = crate::storage::int8_round_trip(state, slot.nonnegative),
+            dtype => round_all(state, dtype),
+        }
+    }
+    round_all(&mut tensor.grad, precision.grads);
 }
 
 /// Rounds every value to `dtype` (to nearest even), as a CPU write into a GPU buffer does.

@@ -1984,6 +1984,19 @@ impl Optimizer {
             if let (Ok(from), Ok(to)) = (self.grad_rows(id), rebuilt.grad_rows(id)) {
                 copy(&from, &to);
             }
+            // Int8 state: its codes' block scales (both arrays) move with them.
+            if let (Some(from), Some(to)) = (&self.quant, &rebuilt.quant) {
+                let blocks_per_chunk = CHUNK_ELEMENTS as usize / INT8_BLOCK;
+                let blocks = self.tensors[id.0].len.div_ceil(INT8_BLOCK);
+                let slots = self.groups[self.tensors[id.0].group].slots.len();
+                for s in (0..slots).filter(|_| self.quant_layout.kept[id.0].is_none()) {
+                    for rotation in 0..2 {
+                        let at = |layout: &QuantLayout, first_chunk: usize| layout.absmax_word(s, rotation, first_chunk * blocks_per_chunk) as u64 * 4;
+                        let view = |buffer: &wgpu::Buffer, offset| TensorView { buffer: buffer.clone(), offset, len: blocks, dtype: Dtype::F32 };
+                        copy(&view(from, at(&self.quant_layout, self.first_chunks[id.0])), &view(to, at(&rebuilt.quant_layout, rebuilt.first_chunks[id.0])));
+                    }
+                }
+            }
         }
         // The counters, not the layout words (the new layout has its own).
         let counters_len = std::mem::offset_of!(Control, terms_ring) / 4;

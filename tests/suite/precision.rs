@@ -526,3 +526,55 @@ fn f16_takes_the_native_path_where_the_adapter_has_it() {
         assert!(!native, "llvmpipe's GL has no shader-f16");
     }
 }
+
+/// `add_param_group` lays the arenas out again: int8 codes, their block scales and 16-bit
+/// values move over, and the new group's tensors start in the storage types, on the GPU as on
+/// the twin.
+#[test]
+fn add_param_group_keeps_typed_and_int8_state() {
+    for gpu in gpus() {
+        for p in [
+            precision(Dtype::Bf16, true, Dtype::Bf16, Dtype::Int8, Rounding::NearestEven),
+            precision(Dtype::F16, false, Dtype::Bf16, Dtype::Bf16, Rounding::Stochastic { seed: 4 }),
+        ] {
+            let rule = || AdamW { lr: 1e-2, ..AdamW::default() };
+            let (params, ids) = model(6);
+            let options = OptimizerOptions { precision: p, ..Default::default() };
+            let mut opt = Optimizer::with_options(gpu, params, vec![ParamGroup::new(rule(), ids.clone())], options).unwrap();
+            let (params, twin_ids) = model(6);
+            let mut twin = CpuOptimizer::new(params, vec![ParamGroup::new(rule(), twin_ids.clone())]).unwrap().with_precision(p).unwrap();
+            let mut feed = |opt: &mut Optimizer, twin: &mut CpuOptimizer, pairs: &[(TensorId, TensorId, usize)], step: usize| {
+                let mut rng = Rng::new(step as u64 + 50);
+                for &(id, twin_id, n) in pairs {
+                    let g = gradient(&mut rng, n, step);
+                    opt.write_grad(id, &g).unwrap();
+                    twin.write_grad(twin_id, &g).unwrap();
+                }
+                opt.step_and_submit().unwrap();
+                twin.step();
+            };
+            let mut pairs: Vec<(TensorId, TensorId, usize)> = ids.iter().zip(&twin_ids).zip(SIZES).map(|((&a, &b), n)| (a, b, n)).collect();
+            for step in 0..3 {
+                feed(&mut opt, &mut twin, &pairs, step);
+            }
+            let extra = || {
+                let mut params = Parameters::new();
+                params.add("late", &[5000], Rng::new(77).vec(5000, 1.0)).unwrap();
+                params
+            };
+            let late = opt.add_param_group(extra(), Box::new(rule())).unwrap()[0];
+            let twin_late = twin.add_param_group(extra(), Box::new(rule())).unwrap()[0];
+            pairs.push((late, twin_late, 5000));
+            for step in 3..6 {
+                feed(&mut opt, &mut twin, &pairs, step);
+            }
+            for &(id, twin_id, _) in &pairs {
+                let what = format!("{p:?} on {}: {}", gpu.adapter(), opt.tensor_name(id).unwrap());
+                assert_same(&opt.read_param(id).unwrap(), &twin.model_param(twin_id).unwrap(), &what);
+                for key in ["exp_avg", "exp_avg_sq"] {
+                    assert_same(&opt.read_state(id, key).unwrap(), twin.state(twin_id, key).unwrap(), &format!("{what}.{key}"));
+                }
+            }
+        }
+    }
+}
