@@ -578,3 +578,108 @@ fn add_param_group_keeps_typed_and_int8_state() {
         }
     }
 }
+
+/// Every combination of the storage types (parameters f32, f16 or bf16 with or without master
+/// weights; gradients f32, f16 or bf16; state f32, bf16 or int8; nearest or stochastic
+/// rounding: 90) on AdamW, GPU against the twin bit for bit on each adapter (the six-rule test
+/// above covers the rules on a selection of them).
+#[test]
+fn every_storage_combination_of_adamw_equals_the_twin() {
+    use Dtype::*;
+    let mut combinations = Vec::new();
+    for (params, master) in [(F32, false), (F16, true), (Bf16, true), (F16, false), (Bf16, false)] {
+        for grads in [F32, F16, Bf16] {
+            for state in [F32, Bf16, Int8] {
+                for rounding in [Rounding::NearestEven, Rounding::Stochastic { seed: 21 }] {
+                    combinations.push(precision(params, master, grads, state, rounding));
+                }
+            }
+        }
+    }
+    assert_eq!(combinations.len(), 90);
+    let sizes = [4099usize, 37];
+    let rule = || AdamW { lr: 1e-2, ..AdamW::default() };
+    for gpu in gpus() {
+        for &p in &combinations {
+            let build = || {
+                let mut params = Parameters::new();
+                let ids: Vec<TensorId> = sizes.iter().enumerate().map(|(k, &n)| params.add(&format!("t{k}"), &[n], Rng::new(k as u64).vec(n, 1.0)).unwrap()).collect();
+                (params, ids)
+            };
+            let (params, ids) = build();
+            let options = OptimizerOptions { precision: p, ..Default::default() };
+            let mut opt = Optimizer::with_options(gpu, params, vec![ParamGroup::new(rule(), ids.clone())], options).unwrap();
+            let (params, twin_ids) = build();
+            let mut twin = CpuOptimizer::new(params, vec![ParamGroup::new(rule(), twin_ids.clone())]).unwrap().with_precision(p).unwrap();
+            for step in 0..3 {
+                let mut rng = Rng::new(100 + step);
+                for ((&id, &twin_id), &n) in ids.iter().zip(&twin_ids).zip(&sizes) {
+                    let g = gradient(&mut rng, n, step as usize);
+                    opt.write_grad(id, &g).unwrap();
+                    twin.write_grad(twin_id, &g).unwrap();
+                }
+                opt.step_and_submit().unwrap();
+                twin.step();
+            }
+            for (&id, &twin_id) in ids.iter().zip(&twin_ids) {
+                let what = format!("{p:?} on {}", gpu.adapter());
+                assert_same(&opt.read_param(id).unwrap(), &twin.model_param(twin_id).unwrap(), &what);
+                assert_same(&opt.read_state(id, "exp_avg_sq").unwrap(), twin.state(twin_id, "exp_avg_sq").unwrap(), &format!("{what}: exp_avg_sq"));
+            }
+        }
+    }
+}
+
+/// Loss scaling, norm clipping and skipping non-finite steps read f16 and bf16 gradients as
+/// they read f32 ones: on the GPU as on the twin, an inf in an f16 gradient skips the step and
+/// backs the scale off.
+#[test]
+fn gradient_conditioning_reads_16_bit_gradients() {
+    use wgpu_optim::{ClipGradNorm, GradientOptions, LossScale};
+    let gradients = GradientOptions {
+        clip_grad_norm: Some(ClipGradNorm { max_norm: 0.5, norm_type: 2.0, error_if_nonfinite: false }),
+        loss_scale: Some(LossScale { init_scale: 1024.0, growth_interval: 2, ..LossScale::default() }),
+        ..Default::default()
+    };
+    for gpu in gpus() {
+        for grads in [Dtype::F16, Dtype::Bf16] {
+            let p = precision(Dtype::F32, false, grads, Dtype::F32, Rounding::NearestEven);
+            let (params, ids) = model(2);
+            let options = OptimizerOptions { precision: p, gradients: gradients.clone(), ..Default::default() };
+            let mut opt = Optimizer::with_options(gpu, params, vec![ParamGroup::new(Adam { lr: 1e-2, ..Adam::default() }, ids.clone())], options).unwrap();
+            let (params, twin_ids) = model(2);
+            let groups = vec![ParamGroup::new(Adam { lr: 1e-2, ..Adam::default() }, twin_ids.clone())];
+            let mut twin = CpuOptimizer::with_gradients(params, groups, gradients.clone()).unwrap().with_precision(p).unwrap();
+            for step in 0..5 {
+                let mut rng = Rng::new(7 + step);
+                for ((&id, &twin_id), &n) in ids.iter().zip(&twin_ids).zip(&SIZES) {
+                    // Scaled gradients (as a backward of the scaled loss writes them); step 2's
+                    // overflows f16 in one element (1e5 > 65504).
+                    let mut g: Vec<f32> = gradient(&mut rng, n, step as usize).iter().map(|x| x * 1024.0).collect();
+                    if step == 2 && n == 37 {
+                        g[5] = if grads == Dtype::F16 { 1e5 } else { f32::INFINITY };
+                    }
+                    opt.write_grad(id, &g).unwrap();
+                    twin.write_grad(twin_id, &g).unwrap();
+                }
+                opt.step_and_submit().unwrap();
+                twin.step();
+            }
+            // The norm is a reduction, summed in another order on the GPU than on the CPU (as
+            // in tests/suite/conditioning.rs): counters equal, the norm and the clipped steps
+            // within a few ulps.
+            let (a, b) = (opt.counters().unwrap(), twin.counters().unwrap());
+            let what = format!("{grads} gradients on {}", gpu.adapter());
+            assert_eq!(a.skipped_steps, 1, "{what}: the step with an inf gradient is skipped");
+            assert_eq!((a.applied_steps, a.skipped_steps, a.loss_scale, a.growth_tracker), (b.applied_steps, b.skipped_steps, b.loss_scale, b.growth_tracker), "{what}");
+            assert_eq!(a.loss_scale, 2048.0, "{what}: 1024 grown to 2048, backed off to 1024 by the inf, grown again");
+            assert!((a.last_grad_norm - b.last_grad_norm).abs() <= 1e-5 * b.last_grad_norm, "{what}: {} {}", a.last_grad_norm, b.last_grad_norm);
+            for (&id, &twin_id) in ids.iter().zip(&twin_ids) {
+                let (x, y) = (opt.read_param(id).unwrap(), twin.param(twin_id).unwrap().to_vec());
+                let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let worst = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst <= 1e-5 * scale, "{what}: parameters off by {worst:e}");
+            }
+        }
+    }
+}
