@@ -15,6 +15,10 @@
 //! - [`Lbfgs`] is torch's `LBFGS` (history on the GPU, torch's strong-Wolfe line search) with its
 //!   CPU twin [`CpuLbfgs`]; [`newton`] is Newton's method with a dense Hessian, plain or damped;
 //!   [`minimize`] runs any of them on the built-in [`problems`] (the `wgpu-optim minimize` command).
+//! - [`storage`] gives each buffer its type ([`OptimizerOptions::precision`]): f16/bf16
+//!   parameters with or without f32 master weights, f16/bf16 gradients, bf16 state rounded to
+//!   nearest or stochastically, 8-bit blockwise state as bitsandbytes keeps it;
+//!   [`Optimizer::memory`] reports the bytes.
 //! - [`replay`] applies an optimizer to recorded gradients (the `wgpu-optim replay` command).
 //! - [`schedule`] holds torch's learning-rate schedulers (`StepLR`, `CosineAnnealingLR`,
 //!   `OneCycleLR`, `SequentialLR`, `ReduceLROnPlateau`, ...) with their exact step semantics.
