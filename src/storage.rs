@@ -13,8 +13,8 @@
 //! ```
 //!
 //! With [`Precision::master_weights`], the parameters the step updates stay f32 (the master
-//! copy) and the step also writes their rounded copy, which the model reads
-//! ([`Optimizer::model_param`](crate::Optimizer::model_param)).
+//! copy, [`Optimizer::master_param`](crate::Optimizer::master_param)) and the step also writes
+//! their rounded copy, which the model reads ([`Optimizer::param`](crate::Optimizer::param)).
 //!
 //! f16 and bf16 are packed two to a `u32` (element 2k in the low half), as little-endian
 //! `F16`/`BF16` tensors lie in memory, so a view binds like any WGSL `array<u32>`. The kernels'
