@@ -29,8 +29,8 @@ struct AsgdScalars {
     lr: f32,
     lambd: f32,
     weight_decay: f32,
-    _padding: f32,
-    eta_next: array<vec4<f32>, 4>,  // [j]: the next eta after step terms.step - j, with this step's lr
+    recorded_step: u32,             // the step the CPU recorded these scalars for (terms.step may be the GPU's)
+    eta_next: array<vec4<f32>, 4>,  // [j]: the next eta after step recorded_step - j, with this step's lr
 }
 
 @group(0) @binding(0) var<uniform> s: AsgdScalars;
@@ -105,8 +105,8 @@ fn schedule(
     }
     let tensor = tensor_at(index);
     var eta_next = t.eta_next;
-    if (s.terms.step >= t.step) {
-        let lag = s.terms.step - t.step;
+    if (s.recorded_step >= t.step) {
+        let lag = s.recorded_step - t.step;
         if (lag < 16u) {
             eta_next = s.eta_next[lag / 4u][lag % 4u];
         }

@@ -29,10 +29,10 @@ override gradient_presence: bool = false;
 
 // The step count lives on the GPU (control.step), advanced when a step executes, so a
 // recorded step that never reaches the GPU shifts nothing. A step's terms (bias corrections,
-// ...) are those recorded in its scalars when they are the step's (the common case, a uniform
-// read), else its group's ring's entry for that step, which the CPU fills ahead and keeps
-// for the last control.terms_ring steps: after skipped steps, steps whose encoders were
-// dropped, or for a tensor that missed steps.
+// ...) are in its group's ring, which the CPU fills ahead and keeps for the last
+// control.terms_ring steps; the step pass copies the GPU step's entry into the scalars
+// (`s.terms`, a uniform read), which is what the rules read, also after skipped steps or
+// steps whose encoders were dropped. Only a tensor that missed steps reads the ring itself.
 
 struct Tables {
     control: Control,
@@ -84,8 +84,17 @@ fn group_step() -> u32 {
 }
 
 // The words of the terms of step `step` in the group's ring (tagged with the step they are
-// for; a tag that differs means the ring no longer holds them).
+// for; a tag that differs means the ring no longer holds them). Only a tensor that missed
+// steps needs them: the step pass publishes each group's terms for the GPU's step into its
+// scalars (`s.terms`; publish_terms in shaders/gradients.wgsl), so without gradient presence
+// a rule's `s.terms` is its step's, or tagged otherwise when the ring lost them (then it
+// skips, as it would on the ring's entry). The ring is then not read at all: on CPU drivers
+// (llvmpipe) a storage read inside a branch costs a loop over the lanes even when none
+// takes it, 5 % of AdamW's step.
 fn ring_terms(step: u32) -> vec4<u32> {
+    if (!gradient_presence) {
+        return vec4<u32>(0u);
+    }
     let at = dispatch.terms + (step % control.terms_ring) * 4u;
     return vec4<u32>(tables.words[at], tables.words[at + 1u], tables.words[at + 2u], tables.words[at + 3u]);
 }

@@ -5,6 +5,7 @@
 //                  step is skipped, counts the step, sets the clip coefficient and updates the
 //                  dynamic loss scale (torch's clip_grad_norm_ and GradScaler semantics).
 //   advance:       without conditioning, counts the step (it always applies);
+//   (both then publish each group's terms for the step: see publish_terms)
 //   count_missed:  with gradient presence tracked, counts for each tensor without a gradient
 //                  a step it missed (after the step was counted and not skipped).
 // `Control`, `WORKGROUP_SIZE` and `vec4_index` come from control.wgsl.
@@ -20,6 +21,9 @@ struct Settings {
     growth_interval: u32,
     growth_factor: f32,
     backoff_factor: f32,
+    groups: u32,            // the groups whose terms publish_terms writes
+    group_table: u32,       // tables word of the group table: per group, its ring's word and step offset
+    scalar_stride: u32,     // distance between two groups' scalars, in vec4s
 }
 
 struct Window {
@@ -36,6 +40,8 @@ struct TablesRw {
     words: array<u32>,
 }
 @group(0) @binding(2) var<storage, read_write> tables_rw: TablesRw;
+// This step's slot of the scalars ring (every group's scalars; each starts with its terms).
+@group(0) @binding(3) var<storage, read_write> step_scalars: array<vec4<u32>>;
 @group(1) @binding(0) var<uniform> window: Window;
 @group(1) @binding(1) var<storage, read> grad: array<vec4<f32>>;
 
@@ -117,9 +123,30 @@ fn norm_partials(
     }
 }
 
+// Makes each group's scalars' terms, which the rules read as `s.terms` (a uniform), those
+// of the step now counted. The CPU wrote there the terms of the step it expected (tagged
+// with it); after skipped or dropped steps the GPU's step is an earlier one, whose terms
+// the CPU keeps in the ring, and they are copied from there. So the element passes never
+// read the ring in their common path: on CPU drivers (llvmpipe) a storage read costs a loop
+// over the lanes even where no lane takes it. A ring entry no longer held keeps its old
+// tag, and the rules then skip.
+fn publish_terms() {
+    let c = tables_rw.control;
+    for (var g = 0u; g < settings.groups; g++) {
+        let step = c.step - tables_rw.words[settings.group_table + 2u * g + 1u];
+        let slot = g * settings.scalar_stride;
+        if (step_scalars[slot].x != step) {
+            let at = tables_rw.words[settings.group_table + 2u * g] + (step % c.terms_ring) * 4u;
+            let w = &tables_rw.words;
+            step_scalars[slot] = vec4<u32>((*w)[at], (*w)[at + 1u], (*w)[at + 2u], (*w)[at + 3u]);
+        }
+    }
+}
+
 @compute @workgroup_size(1)
 fn advance() {
     tables_rw.control.step = tables_rw.control.step + 1u;
+    publish_terms();
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -180,6 +207,7 @@ fn finalize(@builtin(local_invocation_index) local: u32) {
         }
         tables_rw.control.inv_scale = 1.0 / tables_rw.control.loss_scale;
     }
+    publish_terms();
 }
 
 // Per tensor, from word control.presence of the tables (4 arrays of control.tensors words):

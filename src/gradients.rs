@@ -333,11 +333,17 @@ pub(crate) struct Settings {
     pub growth_interval: u32,
     pub growth_factor: f32,
     pub backoff_factor: f32,
-    pub _padding: [u32; 2],
+    /// The groups, whose terms the step pass publishes into their scalars.
+    pub groups: u32,
+    /// The tables word of the group table (per group: its ring's word, its step offset).
+    pub group_table: u32,
+    /// The distance between two groups' scalars, in 16-byte units.
+    pub scalar_stride: u32,
+    pub _padding: [u32; 3],
 }
 
 impl Settings {
-    pub fn new(options: &GradientOptions, partial_count: u32) -> Self {
+    pub fn new(options: &GradientOptions, partial_count: u32, terms: &StepTermsTarget<'_>) -> Self {
         let clip = options.clip_grad_norm.as_ref();
         let scale = options.loss_scale.clone().unwrap_or_default();
         Settings {
@@ -351,7 +357,10 @@ impl Settings {
             growth_interval: scale.growth_interval,
             growth_factor: scale.growth_factor as f32,
             backoff_factor: scale.backoff_factor as f32,
-            _padding: [0; 2],
+            groups: terms.groups,
+            group_table: terms.group_table,
+            scalar_stride: (terms.scalar_stride / 16) as u32,
+            _padding: [0; 3],
         }
     }
 }
@@ -389,6 +398,23 @@ pub(crate) struct GradientWindow {
     pub first_chunk: u32,
 }
 
+/// Where the step pass publishes each group's terms for the step it counts: the first 16
+/// bytes of the group's scalars in the step's slot, which every rule reads as `s.terms`.
+/// A rule then finds its step's terms in a uniform whether or not the CPU foresaw the step
+/// (skipped or dropped steps shift it), and reads the ring itself only for a tensor that
+/// missed steps (gradient presence).
+pub(crate) struct StepTermsTarget<'a> {
+    /// The ring of scalar slots (bound at the step's slot with a dynamic offset).
+    pub scalars: &'a wgpu::Buffer,
+    pub groups: u32,
+    /// The tables word of the group table (per group: its ring's word, its step offset).
+    pub group_table: u32,
+    /// Bytes of one slot (every group's scalars).
+    pub slot_size: u64,
+    /// Bytes between two groups' scalars.
+    pub scalar_stride: u64,
+}
+
 /// The GPU side of [`conditioning_passes`]: its pipelines and bind groups. It has bindings of
 /// its own (it writes the control block, which the rules only read).
 pub(crate) struct GradientPass {
@@ -408,6 +434,7 @@ impl GradientPass {
         conditioned: bool,
         presence: bool,
         control: &wgpu::Buffer,
+        terms: &StepTermsTarget<'_>,
         windows: &[GradientWindow],
         chunk_map: u32,
         grads: crate::storage::Dtype,
@@ -432,7 +459,21 @@ impl GradientPass {
         gpu.checked("building the gradient-conditioning passes", || {
             let shared_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-optim gradients"),
-                entries: &[uniform(0, std::mem::size_of::<Settings>() as u64), storage(1, false, 8), storage(2, false, CONTROL_SIZE + 4)],
+                entries: &[
+                    uniform(0, std::mem::size_of::<Settings>() as u64),
+                    storage(1, false, 8),
+                    storage(2, false, CONTROL_SIZE + 4),
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 3,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only: false },
+                            has_dynamic_offset: true,
+                            min_binding_size: std::num::NonZeroU64::new(16),
+                        },
+                        count: None,
+                    },
+                ],
             });
             let window_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgpu-optim gradient window"),
@@ -461,7 +502,7 @@ impl GradientPass {
             };
             let settings = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("wgpu-optim gradient settings"),
-                contents: bytemuck::bytes_of(&Settings::new(options, partial_count)),
+                contents: bytemuck::bytes_of(&Settings::new(options, partial_count, terms)),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
             let partials = device.create_buffer(&wgpu::BufferDescriptor {
@@ -477,6 +518,14 @@ impl GradientPass {
                     wgpu::BindGroupEntry { binding: 0, resource: settings.as_entire_binding() },
                     wgpu::BindGroupEntry { binding: 1, resource: partials.as_entire_binding() },
                     wgpu::BindGroupEntry { binding: 2, resource: control.as_entire_binding() },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: terms.scalars,
+                            offset: 0,
+                            size: std::num::NonZeroU64::new(terms.slot_size),
+                        }),
+                    },
                 ],
             });
             let mut first_partial = 0u32;
@@ -513,9 +562,10 @@ impl GradientPass {
         .await
     }
 
-    /// Records the passes; returns the dispatches recorded.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
-        pass.set_bind_group(0, &self.shared, &[]);
+    /// Records the passes for the step whose scalars start at byte `slot` of the scalars;
+    /// returns the dispatches recorded.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, slot: u32) -> usize {
+        pass.set_bind_group(0, &self.shared, &[slot]);
         for (pipeline, scope) in &self.passes {
             pass.set_pipeline(pipeline);
             match scope {

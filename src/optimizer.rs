@@ -39,7 +39,9 @@ use std::sync::Arc;
 use crate::checkpoint::{self, Checkpoint, CounterRecord, GroupRecord};
 use crate::context::{GpuContext, PipelineKey};
 use crate::error::{Error, Result};
-use crate::gradients::{Control, GradientOptions, GradientPass, GradientWindow, StepCounters, CONTROL_ERROR_OFFSET, CONTROL_SIZE};
+use crate::gradients::{
+    Control, GradientOptions, GradientPass, GradientWindow, StepCounters, StepTermsTarget, CONTROL_ERROR_OFFSET, CONTROL_SIZE,
+};
 use crate::params::{check_groups, CollectionTag, ParamGroup, Parameters, TensorId};
 use crate::storage::{typed_source, Dtype, Precision, TypedBuffer, INT8_BLOCK, INT8_MIN_ELEMENTS};
 use crate::rules::{
@@ -578,6 +580,8 @@ pub struct Optimizer {
     known: Control,
     /// Entries of each group's ring of step terms.
     terms_ring: u64,
+    /// The byte offset in the tables of the group table (per group: ring word, step offset).
+    group_table: u64,
     /// Gradient presence: the byte offset in the tables of the per-tensor flags (then the
     /// missed steps, terms rings and step offsets), when tracked.
     presence: Option<u64>,
@@ -687,6 +691,12 @@ impl Optimizer {
             let at = words.len();
             words.resize(at + (terms_ring * TERMS_SIZE / 4) as usize, 0);
             terms_rings.push(CONTROL_SIZE + at as u64 * 4);
+        }
+        // Per group: its ring's word and its step offset, for the pass that publishes each
+        // step's terms into the scalars (see `publish_terms` in shaders/gradients.wgsl).
+        let group_table = words.len();
+        for &ring in &terms_rings {
+            words.extend([((ring - CONTROL_SIZE) / 4) as u32, 0]);
         }
         // Each tensor's first chunk (global index); meaningful for per-tensor rules' arenas.
         let first_chunks: Vec<usize> = tensors.iter().map(|t| plan.arenas[t.arena].3 + t.offset / CHUNK_ELEMENTS as usize).collect();
@@ -831,7 +841,9 @@ impl Optimizer {
             }
         }
 
-        let scalar_stride = (SCALARS_BYTES as u64).next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        // Each slot is bound as a uniform by the rules and as storage by the step pass.
+        let slot_alignment = limits.min_uniform_buffer_offset_alignment.max(limits.min_storage_buffer_offset_alignment);
+        let scalar_stride = (SCALARS_BYTES as u64).next_multiple_of(u64::from(slot_alignment));
         let mut control_values = Control::new(&options.gradients);
         control_values.terms_ring = terms_ring as u32;
         control_values.presence = presence_word.map_or(0, |at| at as u32);
@@ -856,7 +868,7 @@ impl Optimizer {
                 let scalars = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("wgpu-optim step scalars"),
                     size: scalar_stride * groups.len() as u64 * steps_in_flight,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
                 let mut table_bytes = bytemuck::bytes_of(&control_values).to_vec();
@@ -1029,8 +1041,16 @@ impl Optimizer {
                 })
             })
             .collect();
+        let terms = StepTermsTarget {
+            scalars: &scalars,
+            groups: groups.len() as u32,
+            group_table: group_table as u32,
+            slot_size: scalar_stride * groups.len() as u64,
+            scalar_stride,
+        };
         let before_step =
-            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &windows, chunk_map as u32, precision.grads).await?;
+            GradientPass::new(gpu, &options.gradients, conditioned, presence, &tables, &terms, &windows, chunk_map as u32, precision.grads)
+                .await?;
 
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), TensorId(i, tag))).collect();
         let groups: Vec<Group> = groups
@@ -1079,6 +1099,7 @@ impl Optimizer {
             options: options.clone(),
             known: control_values,
             terms_ring,
+            group_table: CONTROL_SIZE + group_table as u64 * 4,
             presence: presence_word.map(|at| CONTROL_SIZE + at as u64 * 4),
             layout: control_values,
             quant: quant_buffer,
@@ -1134,7 +1155,7 @@ impl Optimizer {
         let release = SlotRelease { slot: self.scalar_slots[slot].clone(), dropped: self.dropped_steps.clone(), ran: false };
         pass.on_submitted_work_done(move || release.ran());
 
-        let mut dispatches = switched + self.before_step.record(pass);
+        let mut dispatches = switched + self.before_step.record(pass, ring_base as u32);
         let mut bound = usize::MAX;
         for command in &self.plan {
             if command.pipeline != bound {
@@ -2038,6 +2059,8 @@ impl Optimizer {
             let at = u64::from(command.record_offset) + std::mem::offset_of!(DispatchRecord, step_offset) as u64;
             self.gpu.queue().write_buffer(&self.records, at, &offset.to_le_bytes());
         }
+        let at = self.group_table + (2 * g as u64 + 1) * 4;
+        self.gpu.queue().write_buffer(&self.tables, at, &offset.to_le_bytes());
         if let Some(flags) = self.presence {
             for id in &group.tensors {
                 let at = flags + (3 * self.tensors.len() + id.0) as u64 * 4;

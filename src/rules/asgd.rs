@@ -86,8 +86,10 @@ struct AsgdScalars {
     lr: f32,
     lambd: f32,
     weight_decay: f32,
-    _padding: f32,
-    /// The next eta after step `terms.step - j`, with this step's lr, at `[j]`.
+    /// The step these scalars were recorded for: `terms.step` as the CPU wrote it (the GPU
+    /// replaces `terms` by its own step's when that differs).
+    recorded_step: u32,
+    /// The next eta after step `recorded_step - j`, with this step's lr, at `[j]`.
     eta_next: [f32; ETA_CANDIDATES],
 }
 
@@ -160,7 +162,7 @@ impl UpdateRule for Asgd {
             lr: self.lr as f32,
             lambd: self.lambd as f32,
             weight_decay: self.weight_decay as f32,
-            _padding: 0.0,
+            recorded_step: terms.step,
             eta_next,
         })
     }
