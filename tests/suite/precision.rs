@@ -543,7 +543,7 @@ fn add_param_group_keeps_typed_and_int8_state() {
             let mut opt = Optimizer::with_options(gpu, params, vec![ParamGroup::new(rule(), ids.clone())], options).unwrap();
             let (params, twin_ids) = model(6);
             let mut twin = CpuOptimizer::new(params, vec![ParamGroup::new(rule(), twin_ids.clone())]).unwrap().with_precision(p).unwrap();
-            let mut feed = |opt: &mut Optimizer, twin: &mut CpuOptimizer, pairs: &[(TensorId, TensorId, usize)], step: usize| {
+            let feed = |opt: &mut Optimizer, twin: &mut CpuOptimizer, pairs: &[(TensorId, TensorId, usize)], step: usize| {
                 let mut rng = Rng::new(step as u64 + 50);
                 for &(id, twin_id, n) in pairs {
                     let g = gradient(&mut rng, n, step);
