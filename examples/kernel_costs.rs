@@ -1,9 +1,10 @@
 //! What one AdamW step costs on an adapter, kernel by kernel: the library's step against the
-//! same update as one plain kernel, against the kernel Burn 0.22.1 generates for its fused
-//! AdamW (its WGSL, transcribed from `CUBECL_DEBUG_LOG`), and against the floor (an empty
-//! kernel, a copy of one array). All run on the same device, in alternating order; each
-//! figure is the median over repetitions of the compute pass's time (timestamp queries where
-//! the adapter has them, else wall time from submit to completion).
+//! same update as one plain kernel (its scalars read after or before the bounds check),
+//! against the kernel Burn 0.22.1 generates for its fused AdamW (its WGSL, transcribed from
+//! `CUBECL_DEBUG_LOG`), and against the floor (an empty kernel, a copy of one array). All run
+//! on the same device, in alternating order; each figure is the median over repetitions of the
+//! compute pass's time (timestamp queries where the adapter has them, else wall time from
+//! submit to completion).
 //!
 //! ```sh
 //! cargo run --release --example kernel_costs -- --elements 16M --reps 7 --backend vulkan
@@ -25,6 +26,11 @@ struct Args {
     reps: usize,
     #[arg(long, default_value = "vulkan")]
     backend: BackendChoice,
+    /// Afterwards, the library's step per element over layouts of about 16M elements: one
+    /// tensor of 2^24 elements (buffers of exactly 64 MiB), one of 4000 x 4000, one of
+    /// 4096 x 4097, and 100 of 400 x 400 (see `STAGGER_BYTES` in src/optimizer.rs).
+    #[arg(long)]
+    layouts: bool,
 }
 
 /// AdamW's scalars as the plain kernels read them.
@@ -35,12 +41,15 @@ const SCALARS: &str = "struct Scalars {
 
 /// A kernel of one vec4 per invocation over `param`, 256 invocations per workgroup, running
 /// `body` for vec4 `i` (the library's mapping, without its step count, terms and tables).
-fn one_vec4_per_invocation(body: &str) -> String {
+/// The body reads its scalars as `s`: the uniform itself, or, with `uniforms_first`, a copy
+/// loaded before the bounds check (as the library's kernels do; see shaders/common.wgsl).
+fn one_vec4_per_invocation(body: &str, uniforms_first: bool) -> String {
+    let (name, copy) = if uniforms_first { ("scalars", "    let s = scalars;\n") } else { ("s", "") };
     format!(
-        "@group(0) @binding(0) var<uniform> s: Scalars;
+        "@group(0) @binding(0) var<uniform> {name}: Scalars;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grid: vec3<u32>, @builtin(local_invocation_index) local: u32) {{
-    let i = (wg.y * grid.x + wg.x) * 256u + local;
+{copy}    let i = (wg.y * grid.x + wg.x) * 256u + local;
     if (i >= arrayLength(&param)) {{
         return;
     }}
@@ -237,11 +246,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("library: Optimizer::step_in_pass (step count, then AdamW)", Box::new(|pass: &mut wgpu::ComputePass<'_>| {
             optimizer.step_in_pass(pass).expect("a step");
         })),
-        ("AdamW as one plain kernel (the library's update, wg 256)", Box::new(kernel(&one_vec4_per_invocation(ADAMW_UPDATE), (256, 1), false))),
+        ("AdamW as one plain kernel, scalars read after the bounds check", Box::new(kernel(&one_vec4_per_invocation(ADAMW_UPDATE, false), (256, 1), false))),
+        ("the same, scalars read first (as the library's kernels)", Box::new(kernel(&one_vec4_per_invocation(ADAMW_UPDATE, true), (256, 1), false))),
         ("AdamW as Burn 0.22.1 generates it (wg 8x8)", Box::new(kernel(BURN, (8, 8), true))),
         ("AdamW as Burn 0.22.1 generates it, wg 256", Box::new(kernel(BURN, (256, 1), true))),
-        ("empty kernel (index, bounds check)", Box::new(kernel(&one_vec4_per_invocation(""), (256, 1), false))),
-        ("copy: one vec4 read and written per invocation", Box::new(kernel(&one_vec4_per_invocation("    exp_avg[i] = param[i];"), (256, 1), false))),
+        ("empty kernel (index, bounds check)", Box::new(kernel(&one_vec4_per_invocation("", true), (256, 1), false))),
+        ("copy: one vec4 read and written per invocation", Box::new(kernel(&one_vec4_per_invocation("    exp_avg[i] = param[i];", true), (256, 1), false))),
     ];
     for (_, record) in runs.iter_mut() {
         timer.time(&gpu, record.as_mut());
@@ -263,6 +273,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for ((name, _), t) in runs.iter().zip(times.iter_mut()) {
         let ms = median(t);
         println!("| {name} | {ms:.2} | {:.2}× |", library / ms);
+    }
+    if args.layouts {
+        drop(runs);
+        compare_layouts(&GpuContext::new(args.backend)?, args.reps, &mut random)?;
+    }
+    Ok(())
+}
+
+/// The library's AdamW step per element over tensor layouts of about 16M elements, the
+/// optimizers stepped in turn; medians of wall time from submit to completion. It runs on a
+/// device of its own, opened as the library opens one: lavapipe stepped the same optimizers
+/// 1.8× slower by wall time on the device above, which has timestamp queries enabled.
+fn compare_layouts(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() -> f32) -> Result<(), Box<dyn std::error::Error>> {
+    let layouts: [(&str, Vec<[usize; 2]>); 4] = [
+        ("1 x 4096 x 4096 (2^24 elements)", vec![[4096, 4096]]),
+        ("1 x 4000 x 4000", vec![[4000, 4000]]),
+        ("1 x 4096 x 4097", vec![[4096, 4097]]),
+        ("100 x 400 x 400", vec![[400, 400]; 100]),
+    ];
+    let mut optimizers = Vec::new();
+    for (_, shapes) in &layouts {
+        let mut params = Parameters::new();
+        let mut ids = Vec::new();
+        for (k, shape) in shapes.iter().enumerate() {
+            ids.push(params.add(&format!("t{k}"), shape, (0..shape[0] * shape[1]).map(|_| random()).collect())?);
+        }
+        let optimizer = Optimizer::new(gpu, params, vec![ParamGroup::new(AdamW::default(), ids.clone())])?;
+        for (&id, shape) in ids.iter().zip(shapes) {
+            optimizer.write_grad(id, &(0..shape[0] * shape[1]).map(|_| random()).collect::<Vec<_>>())?;
+        }
+        optimizers.push(optimizer);
+    }
+    let mut times = vec![Vec::new(); layouts.len()];
+    for rep in 0..reps + 2 {
+        for (k, optimizer) in optimizers.iter_mut().enumerate() {
+            let start = Instant::now();
+            optimizer.step_and_submit()?;
+            gpu.device().poll(wgpu::PollType::wait_indefinitely())?;
+            if rep >= 2 {
+                times[k].push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    println!("| layout | ms per step (median of {reps}) | ns per element |");
+    println!("|---|---:|---:|");
+    for ((name, shapes), t) in layouts.iter().zip(times.iter_mut()) {
+        t.sort_by(f64::total_cmp);
+        let elements: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
+        println!("| {name} | {:.2} | {:.3} |", t[t.len() / 2], t[t.len() / 2] * 1e6 / elements as f64);
     }
     Ok(())
 }

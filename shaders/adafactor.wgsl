@@ -45,9 +45,9 @@ struct AdafactorScalars {
     decay_factor: f32,          // 1 - lr*wd
 }
 
-@group(0) @binding(0) var<uniform> s: AdafactorScalars;
+@group(0) @binding(0) var<uniform> scalars: AdafactorScalars;
 
-fn terms_at(step: u32) -> AdafactorTerms {
+fn terms_at(s: AdafactorScalars, step: u32) -> AdafactorTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -63,14 +63,14 @@ fn lerp1(start: f32, end: f32, weight: f32) -> f32 {
 }
 
 // The (conditioned, maximize-signed) gradients of the vec4 at window index i.
-fn signed_gradient(i: u32) -> vec4<f32> {
-    let g = conditioned_gradient(grad[i]);
+fn signed_gradient(i: u32, conditioning: Conditioning) -> vec4<f32> {
+    let g = conditioned_gradient(grad[i], conditioning);
     return select(g, -g, maximize);
 }
 
 // The gradient of element e of the window.
-fn gradient_at(e: u32) -> f32 {
-    return signed_gradient(e / 4u)[e % 4u];
+fn gradient_at(e: u32, conditioning: Conditioning) -> f32 {
+    return signed_gradient(e / 4u, conditioning)[e % 4u];
 }
 
 fn factored(tensor: Tensor) -> bool {
@@ -121,7 +121,7 @@ fn estimates(tensor: Tensor, first: u32) -> vec4<f32> {
     return est;
 }
 
-fn update(estimate: f32, g: f32) -> f32 {
+fn update(s: AdafactorScalars, estimate: f32, g: f32) -> f32 {
     return (1.0 / sqrt(max(estimate, s.eps1_squared))) * g;
 }
 
@@ -157,7 +157,7 @@ fn column_partials(tensor: Tensor) -> u32 {
 
 // One item of the moments pass: a row segment (items below matrices*rows*row_segments), else a
 // column-group segment. Each segment adds its elements in order.
-fn factor_item(tensor: Tensor, item: u32) {
+fn factor_item(tensor: Tensor, item: u32, conditioning: Conditioning) {
     let rows = tensor.rows;
     let cols = tensor.cols;
     let whole_vec4s = cols % 4u == 0u;
@@ -170,7 +170,7 @@ fn factor_item(tensor: Tensor, item: u32) {
         var sum = 0.0;
         if (whole_vec4s) {
             for (var v = start / 4u; v < end / 4u; v++) {
-                let g = signed_gradient(v);
+                let g = signed_gradient(v, conditioning);
                 sum += g.x * g.x;
                 sum += g.y * g.y;
                 sum += g.z * g.z;
@@ -178,7 +178,7 @@ fn factor_item(tensor: Tensor, item: u32) {
             }
         } else {
             for (var e = start; e < end; e++) {
-                let g = gradient_at(e);
+                let g = gradient_at(e, conditioning);
                 sum += g * g;
             }
         }
@@ -197,7 +197,7 @@ fn factor_item(tensor: Tensor, item: u32) {
         let c = (group % groups) * 4u;
         var sum = vec4<f32>(0.0);
         for (var r = first_row; r < last_row; r++) {
-            let g = signed_gradient((matrix + r * cols + c) / 4u);
+            let g = signed_gradient((matrix + r * cols + c) / 4u, conditioning);
             sum += g * g;
         }
         let column = b * cols + c;
@@ -209,7 +209,7 @@ fn factor_item(tensor: Tensor, item: u32) {
     let c = group % groups;
     var sum = 0.0;
     for (var r = first_row; r < last_row; r++) {
-        let g = gradient_at(matrix + r * cols + c);
+        let g = gradient_at(matrix + r * cols + c, conditioning);
         sum += g * g;
     }
     aux[column_partials(tensor) + (b * cols + c) * segments + k] = sum;
@@ -221,13 +221,13 @@ fn moments(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid)) {
-        return;
-    }
+    // Uniforms and the tensor table first (see common.wgsl); outside the window they mean nothing.
+    let s = scalars;
+    let conditioning = gradient_conditioning();
     let site = element_site(workgroup, grid, local);
     let step = tensor_step(workgroup_tensor(workgroup, grid));
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    if (!in_window(workgroup, grid) || !step_applies(t.step, step)) {
         return;
     }
     let tensor = site.tensor;
@@ -245,7 +245,7 @@ fn moments(
         let invocations = (tensor.len + CHUNK_ELEMENTS - 1u) / CHUNK_ELEMENTS * WORKGROUP_SIZE;
         let items = tensor.matrices * (tensor.rows * row_segments(tensor) + column_groups(tensor) * column_segments(tensor));
         for (var q = site.first / 4u; q < items; q += invocations) {
-            factor_item(tensor, q);
+            factor_item(tensor, q, conditioning);
         }
     }
     let total = workgroup_sum(local, vec4<f32>(p_sq, 0.0, 0.0, 0.0));
@@ -270,13 +270,15 @@ fn factor(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let k = workgroup_index(workgroup, grid);
     if (k >= dispatch.tensor_count) {
         return;
     }
     let index = dispatch_tensor(k);
     let step = tensor_step(index);
-    let t = terms_at(step);
+    let t = terms_at(s, step);
     if (!step_applies(t.step, step)) {
         return;
     }
@@ -317,19 +319,19 @@ fn update_norm(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid)) {
-        return;
-    }
+    // Uniforms and the tensor table first (see common.wgsl); outside the window they mean nothing.
+    let s = scalars;
+    let conditioning = gradient_conditioning();
     let site = element_site(workgroup, grid, local);
     let step = tensor_step(workgroup_tensor(workgroup, grid));
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    if (!in_window(workgroup, grid) || !step_applies(t.step, step)) {
         return;
     }
     let tensor = site.tensor;
     var u_sq = 0.0;
     if (site.first < tensor.len) {
-        let g = signed_gradient(site.i);
+        let g = signed_gradient(site.i, conditioning);
         if (!factored(tensor)) {
             for (var j = 0u; j < 4u; j++) {
                 let at = tensor.aux + 4u + site.first + j;
@@ -341,7 +343,7 @@ fn update_norm(
         let est = estimates(tensor, site.first);
         for (var j = 0u; j < 4u; j++) {
             if (site.first + j < tensor.len) {
-                let u = update(est[j], g[j]);
+                let u = update(s, est[j], g[j]);
                 u_sq += u * u;
             }
         }
@@ -358,13 +360,15 @@ fn step_size(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let k = workgroup_index(workgroup, grid);
     if (k >= dispatch.tensor_count) {
         return;
     }
     let index = dispatch_tensor(k);
     let step = tensor_step(index);
-    let t = terms_at(step);
+    let t = terms_at(s, step);
     if (!step_applies(t.step, step)) {
         return;
     }
@@ -386,12 +390,13 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid)) {
-        return;
-    }
+    // Uniforms and the tensor table first (see common.wgsl); outside the window they mean nothing.
+    let s = scalars;
+    let conditioning = gradient_conditioning();
     let site = element_site(workgroup, grid, local);
     let step = tensor_step(workgroup_tensor(workgroup, grid));
-    if (!step_applies(terms_at(step).step, step)) {
+    let coefficient = aux[site.tensor.aux + 1u];
+    if (!in_window(workgroup, grid) || !step_applies(terms_at(s, step).step, step)) {
         return;
     }
     let tensor = site.tensor;
@@ -400,16 +405,15 @@ fn apply(
         return;
     }
     let i = site.i;
-    let g = signed_gradient(i);
+    let g = signed_gradient(i, conditioning);
     var p = param[i];
     if (s.weight_decay != 0.0) {
         p = p * s.decay_factor;
     }
-    let coefficient = aux[tensor.aux + 1u];
     let est = estimates(tensor, first);
     for (var j = 0u; j < 4u; j++) {
         if (first + j < tensor.len) {
-            p[j] = p[j] + coefficient * update(est[j], g[j]);
+            p[j] = p[j] + coefficient * update(s, est[j], g[j]);
         }
     }
     param[i] = p;

@@ -31,13 +31,13 @@ struct AdamaxScalars {
     eps: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: AdamaxScalars;
+@group(0) @binding(0) var<uniform> scalars: AdamaxScalars;
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_inf: array<vec4<f32>>;
 
 // The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
 // ring's (after a skipped or dropped step, or for a tensor that missed steps).
-fn terms_at(step: u32) -> AdamaxTerms {
+fn terms_at(s: AdamaxScalars, step: u32) -> AdamaxTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -50,17 +50,17 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || step_skipped()) {
-        return;
-    }
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let step = element_step(workgroup, grid);
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    let conditioning = gradient_conditioning();
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || !step_applies(t.step, step)) {
         return;
     }
     let p = param[i];
-    var g = conditioned_gradient(grad[i]);
+    var g = conditioned_gradient(grad[i], conditioning);
     if (maximize) {
         g = -g;
     }

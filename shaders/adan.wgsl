@@ -41,7 +41,7 @@ struct AdanScalars {
     prox_divisor: f32,          // 1 + lr*wd
 }
 
-@group(0) @binding(0) var<uniform> s: AdanScalars;
+@group(0) @binding(0) var<uniform> scalars: AdanScalars;
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_diff: array<vec4<f32>>;
@@ -49,7 +49,7 @@ struct AdanScalars {
 
 // The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
 // ring's (after a skipped or dropped step, or for a tensor that missed steps).
-fn terms_at(step: u32) -> AdanTerms {
+fn terms_at(s: AdanScalars, step: u32) -> AdanTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -62,20 +62,21 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || step_skipped()) {
-        return;
-    }
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let step = element_group_step(workgroup, grid);
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
-        return;
-    }
-    let g = conditioned_gradient(grad[i]);
-    var pre = neg_pre_grad[i];
+    let t = terms_at(s, step);
+    let conditioning = gradient_conditioning();
     // The tensor's first step creates its state (its group's step may be later; it has a
     // gradient here, so its lag is the steps it missed).
-    if (group_step() - element_lag(workgroup, grid) == 1u) {
+    let first_step = group_step() - element_lag(workgroup, grid) == 1u;
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || !step_applies(t.step, step)) {
+        return;
+    }
+    let g = conditioned_gradient(grad[i], conditioning);
+    var pre = neg_pre_grad[i];
+    if (first_step) {
         pre = -g;
     }
     var n = pre + g;

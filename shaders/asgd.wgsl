@@ -33,10 +33,10 @@ struct AsgdScalars {
     eta_next: array<vec4<f32>, 4>,  // [j]: the next eta after step recorded_step - j, with this step's lr
 }
 
-@group(0) @binding(0) var<uniform> s: AsgdScalars;
+@group(0) @binding(0) var<uniform> scalars: AsgdScalars;
 @group(0) @binding(6) var<storage, read_write> ax: array<vec4<f32>>;
 
-fn terms_at(step: u32) -> AsgdTerms {
+fn terms_at(s: AsgdScalars, step: u32) -> AsgdTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -49,12 +49,15 @@ fn update(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
+    let conditioning = gradient_conditioning();
     if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
     let step = tensor_step(workgroup_tensor(workgroup, grid));
-    let t = terms_at(step);
+    let t = terms_at(s, step);
     if (!step_applies(t.step, step)) {
         return;
     }
@@ -69,7 +72,7 @@ fn update(
     }
     let i = site.i;
     var p = param[i];
-    var g = conditioned_gradient(grad[i]);
+    var g = conditioned_gradient(grad[i], conditioning);
     if (maximize) {
         g = -g;
     }
@@ -93,13 +96,15 @@ fn schedule(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let k = workgroup_index(workgroup, grid);
     if (k >= dispatch.tensor_count || local != 0u) {
         return;
     }
     let index = dispatch_tensor(k);
     let step = tensor_step(index);
-    let t = terms_at(step);
+    let t = terms_at(s, step);
     if (!step_applies(t.step, step)) {
         return;
     }

@@ -11,6 +11,11 @@
 //      per-tensor state (Adafactor's row_var, col_var) or its gradient's row mask (SparseAdam),
 //      then scratch (Muon's matrices)
 //   6..: the rule's per-element state arrays (read_write), e.g. exp_avg, exp_avg_sq
+// Uniforms first: a kernel reads its uniforms (the group's scalars, as `let s = scalars;`,
+// the control block and its dispatch record) before its first branch or return. llvmpipe
+// loads a uniform once while every invocation is known to run, and once per lane after any
+// branch: AdamW's pass spent 12 % of its time re-reading its scalars after the bounds check
+// (BENCHMARKS.md, "Uniforms first").
 // Bindings 3, 4 and 6.. cover one window of an arena: a run of whole tensors, at most
 // max_storage_buffer_binding_size bytes. In an element pass one invocation updates one vec4
 // (4 elements) and one workgroup one chunk (1,024 elements); tensors of rules that work per
@@ -146,7 +151,9 @@ fn workgroup_tensor(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
 
 // The lag of an element pass's workgroup's tensor: the steps it missed, or ABSENT when it
 // has no gradient now (one word per chunk, after the chunk map, written before the rules
-// run); 0 when presence is not tracked. Call it only for workgroups inside the window.
+// run); 0 when presence is not tracked. Meaningless for a workgroup outside the window (a
+// 2-D grid's last row), which the passes read it for and then return: WebGPU keeps
+// out-of-range storage reads inside the buffer.
 fn element_lag(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     if (!gradient_presence) {
         return 0u;
@@ -174,13 +181,23 @@ fn element_group_step(workgroup: vec3<u32>, grid: vec3<u32>) -> u32 {
     return select(group_step(), 0u, element_lag(workgroup, grid) == ABSENT);
 }
 
+// What the gradient conditioning does to this step's gradients, read at a kernel's top.
+struct Conditioning {
+    inv_scale: f32,         // 1 / the loss scale the gradients carry
+    clip_value: f32,
+    clip_coefficient: f32,  // clip_grad_norm_'s factor
+}
+
+fn gradient_conditioning() -> Conditioning {
+    return Conditioning(control.step_inv_scale, control.clip_value, control.clip_coefficient);
+}
+
 // The gradient as torch's GradScaler.unscale_, clip_grad_value_ and clip_grad_norm_ leave it.
-fn conditioned_gradient(g: vec4<f32>) -> vec4<f32> {
+fn conditioned_gradient(g: vec4<f32>, c: Conditioning) -> vec4<f32> {
     if (!conditioned) {
         return g;
     }
-    let c = control;
-    let unscaled = g * c.step_inv_scale;
+    let unscaled = g * c.inv_scale;
     let clamped = clamp(unscaled, vec4<f32>(-c.clip_value), vec4<f32>(c.clip_value));
     return clamped * c.clip_coefficient;
 }

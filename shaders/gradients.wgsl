@@ -53,19 +53,19 @@ fn not_finite(x: vec4<f32>) -> bool {
     return any(exponent == vec4<u32>(0x7f800000u));
 }
 
-fn combine(a: f32, b: f32) -> f32 {
-    if (settings.infinity_norm != 0u) {
+fn combine(a: f32, b: f32, infinity_norm: bool) -> f32 {
+    if (infinity_norm) {
         return max(a, b);
     }
     return a + b;
 }
 
 // Tree reduction of the workgroup's values into element 0.
-fn reduce(local: u32) {
+fn reduce(local: u32, infinity_norm: bool) {
     for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride = stride / 2u) {
         workgroupBarrier();
         if (local < stride) {
-            reduce_value[local] = combine(reduce_value[local], reduce_value[local + stride]);
+            reduce_value[local] = combine(reduce_value[local], reduce_value[local + stride], infinity_norm);
             reduce_flag[local] = max(reduce_flag[local], reduce_flag[local + stride]);
         }
     }
@@ -90,16 +90,22 @@ fn norm_partials(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniform values first, before any branch (see common.wgsl).
+    let inv_scale = tables_rw.control.inv_scale;
+    let clip_value = tables_rw.control.clip_value;
+    let infinity_norm = settings.infinity_norm != 0u;
+    let present = has_gradient(workgroup, grid);
+    let first_partial = window.first_partial;
     let i = vec4_index(workgroup, grid, local);
     var value = 0.0;
     var flag = 0.0;
-    if (i < arrayLength(&grad) && has_gradient(workgroup, grid)) {
-        let unscaled = grad[i] * tables_rw.control.inv_scale;
+    if (i < arrayLength(&grad) && present) {
+        let unscaled = grad[i] * inv_scale;
         if (not_finite(unscaled)) {
             flag = 1.0;
         }
-        let g = clamp(unscaled, vec4<f32>(-tables_rw.control.clip_value), vec4<f32>(tables_rw.control.clip_value));
-        if (settings.infinity_norm != 0u) {
+        let g = clamp(unscaled, vec4<f32>(-clip_value), vec4<f32>(clip_value));
+        if (infinity_norm) {
             let a = abs(g);
             value = max(max(a.x, a.y), max(a.z, a.w));
         } else {
@@ -116,10 +122,10 @@ fn norm_partials(
         var total = reduce_value[0];
         var any_flag = reduce_flag[0];
         for (var k = 1u; k < WORKGROUP_SIZE; k++) {
-            total = combine(total, reduce_value[k]);
+            total = combine(total, reduce_value[k], infinity_norm);
             any_flag = max(any_flag, reduce_flag[k]);
         }
-        partials[window.first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(total, any_flag);
+        partials[first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(total, any_flag);
     }
 }
 
@@ -151,20 +157,22 @@ fn advance() {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn finalize(@builtin(local_invocation_index) local: u32) {
+    let infinity_norm = settings.infinity_norm != 0u;
+    let partial_count = settings.partial_count;
     var value = 0.0;
     var flag = 0.0;
-    for (var k = local; k < settings.partial_count; k += WORKGROUP_SIZE) {
-        value = combine(value, partials[k].x);
+    for (var k = local; k < partial_count; k += WORKGROUP_SIZE) {
+        value = combine(value, partials[k].x, infinity_norm);
         flag = max(flag, partials[k].y);
     }
     reduce_value[local] = value;
     reduce_flag[local] = flag;
-    reduce(local);
+    reduce(local, infinity_norm);
     if (local != 0u) {
         return;
     }
     var norm = reduce_value[0];
-    if (settings.infinity_norm == 0u) {
+    if (!infinity_norm) {
         norm = sqrt(norm);
     }
     let found_inf = reduce_flag[0] != 0.0;

@@ -43,31 +43,34 @@ struct LambScalars {
     max_grad_norm: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: LambScalars;
+@group(0) @binding(0) var<uniform> scalars: LambScalars;
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
 // The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
 // ring's (after a skipped or dropped step).
-fn terms_at(step: u32) -> LambTerms {
+fn terms_at(s: LambScalars, step: u32) -> LambTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
     return lamb_terms(ring_terms(step));
 }
 
-// The gradient timm's Lamb sees: conditioned, then divided by its global-norm clip.
-fn lamb_gradient(i: u32) -> vec4<f32> {
-    let g = conditioned_gradient(grad[i]);
+// timm's global-norm clip, max(‖g_all‖ / max_grad_norm, 1) (unused without it).
+fn global_norm_clip(s: LambScalars) -> f32 {
+    return max(control.grad_norm * control.clip_coefficient / s.max_grad_norm, 1.0);
+}
+
+// The gradient timm's Lamb sees: the conditioned gradient divided by its global-norm clip.
+fn lamb_gradient(g: vec4<f32>, clip: f32) -> vec4<f32> {
     if (!clip_global_norm) {
         return g;
     }
-    let c = control;
-    return g / max(c.grad_norm * c.clip_coefficient / s.max_grad_norm, 1.0);
+    return g / clip;
 }
 
 // The update before the trust ratio, from the (new) moments.
-fn raw_update(t: LambTerms, m: vec4<f32>, v: vec4<f32>, p: vec4<f32>) -> vec4<f32> {
+fn raw_update(s: LambScalars, t: LambTerms, m: vec4<f32>, v: vec4<f32>, p: vec4<f32>) -> vec4<f32> {
     let denom = sqrt(v) / t.bias_correction2_sqrt + s.eps;
     var u = (m / t.bias_correction1) / denom;
     if (s.weight_decay != 0.0 && !decoupled_decay) {
@@ -77,7 +80,7 @@ fn raw_update(t: LambTerms, m: vec4<f32>, v: vec4<f32>, p: vec4<f32>) -> vec4<f3
 }
 
 // The parameter after decoupled decay.
-fn decayed(p: vec4<f32>) -> vec4<f32> {
+fn decayed(s: LambScalars, p: vec4<f32>) -> vec4<f32> {
     if (s.weight_decay != 0.0 && decoupled_decay) {
         return p + s.neg_lr_weight_decay * p;
     }
@@ -90,19 +93,20 @@ fn moments(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid)) {
-        return;
-    }
+    // Uniforms and the tensor table first (see common.wgsl); outside the window they mean nothing.
+    let s = scalars;
+    let conditioning = gradient_conditioning();
+    let clip = global_norm_clip(s);
     let site = element_site(workgroup, grid, local);
     let step = group_step_of(workgroup_tensor(workgroup, grid));
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    if (!in_window(workgroup, grid) || !step_applies(t.step, step)) {
         return;
     }
     let i = site.i;
     var sums = vec4<f32>(0.0);
     if (site.first < site.tensor.len) {
-        let g = lamb_gradient(i);
+        let g = lamb_gradient(conditioned_gradient(grad[i], conditioning), clip);
         var m: vec4<f32>;
         if (grad_averaging) {
             m = torch_lerp(exp_avg[i], g, s.beta3);
@@ -113,8 +117,8 @@ fn moments(
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
         let p = param[i];
-        let u = raw_update(t, m, v, p);
-        let pd = decayed(p);
+        let u = raw_update(s, t, m, v, p);
+        let pd = decayed(s, p);
         for (var k = 0u; k < 4u; k++) {
             if (site.first + k < site.tensor.len) {
                 sums.x += pd[k] * pd[k];
@@ -134,13 +138,15 @@ fn trust_ratio(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let k = workgroup_index(workgroup, grid);
     if (k >= dispatch.tensor_count) {
         return;
     }
     let index = dispatch_tensor(k);
     let step = group_step_of(index);
-    if (!step_applies(terms_at(step).step, step)) {
+    if (!step_applies(terms_at(s, step).step, step)) {
         return;
     }
     let tensor = tensor_at(index);
@@ -169,13 +175,13 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!in_window(workgroup, grid)) {
-        return;
-    }
+    // Uniforms and the tensor table first (see common.wgsl); outside the window they mean nothing.
+    let s = scalars;
     let site = element_site(workgroup, grid, local);
     let step = group_step_of(workgroup_tensor(workgroup, grid));
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    let ratio = tensor_scalars(site.tensor).x;
+    if (!in_window(workgroup, grid) || !step_applies(t.step, step)) {
         return;
     }
     if (site.first >= site.tensor.len) {
@@ -183,7 +189,6 @@ fn apply(
     }
     let i = site.i;
     let p = param[i];
-    let u = raw_update(t, exp_avg[i], exp_avg_sq[i], p);
-    let ratio = tensor_scalars(site.tensor).x;
-    param[i] = decayed(p) + s.neg_lr * (u * ratio);
+    let u = raw_update(s, t, exp_avg[i], exp_avg_sq[i], p);
+    param[i] = decayed(s, p) + s.neg_lr * (u * ratio);
 }

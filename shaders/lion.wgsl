@@ -22,7 +22,7 @@ struct LionScalars {
     one_minus_beta2: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: LionScalars;
+@group(0) @binding(0) var<uniform> scalars: LionScalars;
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -31,17 +31,17 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || step_skipped()) {
-        return;
-    }
+    // Uniforms first (see common.wgsl). The rule has no step terms; their tag says whether
+    // the step applies.
+    let s = scalars;
     let step = element_step(workgroup, grid);
     let tag = select(ring_terms(step).x, s.terms.step, s.terms.step == step);
-    if (!step_applies(tag, step)) {
-        // The step count lives on the GPU: only the step whose terms the ring holds applies.
+    let conditioning = gradient_conditioning();
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || !step_applies(tag, step)) {
         return;
     }
-    let g = conditioned_gradient(grad[i]);
+    let g = conditioned_gradient(grad[i], conditioning);
     var p = param[i] * s.decay_factor;
     let m = exp_avg[i];
     let c = m * s.beta1 + s.one_minus_beta1 * g;

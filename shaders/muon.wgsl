@@ -44,7 +44,7 @@ struct MuonScalars {
     adjust: u32,                // 0: "original", 1: "match_rms_adamw", 2: "spectral_unclamped"
 }
 
-@group(0) @binding(0) var<uniform> s: MuonScalars;
+@group(0) @binding(0) var<uniform> scalars: MuonScalars;
 @group(0) @binding(6) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
 // Scratch regions (the words of a matmul pass's args).
@@ -59,7 +59,7 @@ const UPDATE: u32 = 1u;     // m x m, inner m
 const COMBINE: u32 = 2u;    // m x n, inner m
 
 // Whether the matrix of grid layer z is updated this step.
-fn applies_to(z: u32) -> bool {
+fn applies_to(s: MuonScalars, z: u32) -> bool {
     let step = tensor_step(dispatch_tensor(z));
     if (s.terms.step == step) {
         return step_applies(s.terms.step, step);
@@ -124,13 +124,17 @@ fn momentum(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms and the tensor table first (see common.wgsl).
+    let s = scalars;
+    let conditioning = gradient_conditioning();
     let mat = matrix_at(workgroup.z);
+    let applies = applies_to(s, workgroup.z);
     let q = workgroup_index(workgroup, grid) * WORKGROUP_SIZE + local;
-    if (q * 4u >= mat.tensor.len || !applies_to(workgroup.z)) {
+    if (q * 4u >= mat.tensor.len || !applies) {
         return;
     }
     let i = mat.tensor.offset / 4u + q;
-    let g = conditioned_gradient(grad[i]);
+    let g = conditioned_gradient(grad[i], conditioning);
     let buf = torch_lerp(momentum_buffer[i], g, s.one_minus_momentum);
     momentum_buffer[i] = buf;
     var update = buf;
@@ -151,7 +155,9 @@ fn normalize(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!applies_to(workgroup.z)) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
+    if (!applies_to(s, workgroup.z)) {
         return;
     }
     let mat = matrix_at(workgroup.z);
@@ -181,14 +187,15 @@ fn matmul(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    if (!applies_to(workgroup.z)) {
-        return;
-    }
+    // Uniforms and the tensor table first (see common.wgsl).
     let mat = matrix_at(workgroup.z);
     let regions = dispatch.args[0];
     let product = dispatch.args[1].x;
     let alpha = bitcast<f32>(dispatch.args[1].y);
     let beta = bitcast<f32>(dispatch.args[1].z);
+    if (!applies_to(scalars, workgroup.z)) {
+        return;
+    }
     let m = mat.m;
     var cols = mat.m;            // of the output
     var inner = mat.m;
@@ -259,7 +266,7 @@ fn matmul(
 }
 
 // lr scaled for the shape (torch's _adjust_lr, on A x B = rows x cols).
-fn adjusted_lr(tensor: Tensor) -> f32 {
+fn adjusted_lr(s: MuonScalars, tensor: Tensor) -> f32 {
     let rows = f32(tensor.rows);
     let cols = f32(tensor.cols);
     switch (s.adjust) {
@@ -276,14 +283,17 @@ fn apply(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms and the tensor table first (see common.wgsl).
+    let s = scalars;
     let mat = matrix_at(workgroup.z);
+    let applies = applies_to(s, workgroup.z);
+    let result = region(mat, dispatch.args[0].x);
+    let step_size = -adjusted_lr(s, mat.tensor);
     let q = workgroup_index(workgroup, grid) * WORKGROUP_SIZE + local;
-    if (q * 4u >= mat.tensor.len || !applies_to(workgroup.z)) {
+    if (q * 4u >= mat.tensor.len || !applies) {
         return;
     }
     let i = mat.tensor.offset / 4u + q;
-    let result = region(mat, dispatch.args[0].x);
-    let step_size = -adjusted_lr(mat.tensor);
     var p = param[i] * s.decay_factor;
     for (var j = 0u; j < 4u; j++) {
         let e = q * 4u + j;

@@ -37,13 +37,13 @@ struct RadamScalars {
     eps: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: RadamScalars;
+@group(0) @binding(0) var<uniform> scalars: RadamScalars;
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
 // The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
 // ring's (after a skipped or dropped step, or for a tensor that missed steps).
-fn terms_at(step: u32) -> RadamTerms {
+fn terms_at(s: RadamScalars, step: u32) -> RadamTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -56,17 +56,17 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || step_skipped()) {
-        return;
-    }
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let step = element_step(workgroup, grid);
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    let conditioning = gradient_conditioning();
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || !step_applies(t.step, step)) {
         return;
     }
     var p = param[i];
-    var g = conditioned_gradient(grad[i]);
+    var g = conditioned_gradient(grad[i], conditioning);
     if (maximize) {
         g = -g;
     }

@@ -27,7 +27,7 @@ struct RpropScalars {
     step_size_max: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: RpropScalars;
+@group(0) @binding(0) var<uniform> scalars: RpropScalars;
 @group(0) @binding(6) var<storage, read_write> prev: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> step_size: array<vec4<f32>>;
 
@@ -37,18 +37,18 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || step_skipped()) {
-        return;
-    }
-    // The step count lives on the GPU: the step's tag comes from the ring.
+    // Uniforms first (see common.wgsl). The rule has no step terms; their tag says whether
+    // the step applies.
+    let s = scalars;
     let step = element_step(workgroup, grid);
     let tag = select(ring_terms(step).x, s.terms.step, s.terms.step == step);
-    if (!step_applies(tag, step)) {
+    let conditioning = gradient_conditioning();
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || !step_applies(tag, step)) {
         return;
     }
     let p = param[i];
-    var g = conditioned_gradient(grad[i]);
+    var g = conditioned_gradient(grad[i], conditioning);
     if (maximize) {
         g = -g;
     }

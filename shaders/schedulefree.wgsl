@@ -36,13 +36,13 @@ struct ScheduleFreeScalars {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: ScheduleFreeScalars;
+@group(0) @binding(0) var<uniform> scalars: ScheduleFreeScalars;
 @group(0) @binding(6) var<storage, read_write> z: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
 // The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
 // ring's (after a skipped or dropped step, or for a tensor that missed steps).
-fn terms_at(step: u32) -> ScheduleFreeTerms {
+fn terms_at(s: ScheduleFreeScalars, step: u32) -> ScheduleFreeTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -55,21 +55,22 @@ fn main(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = vec4_index(workgroup, grid, local);
-    if (i >= arrayLength(&param) || step_skipped()) {
-        return;
-    }
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     let step = element_group_step(workgroup, grid);
-    let t = terms_at(step);
-    if (!step_applies(t.step, step)) {
+    let t = terms_at(s, step);
+    let conditioning = gradient_conditioning();
+    // The tensor's first step creates its state (its group's step may be later; it has a
+    // gradient here, so its lag is the steps it missed).
+    let first_step = group_step() - element_lag(workgroup, grid) == 1u;
+    let i = vec4_index(workgroup, grid, local);
+    if (i >= arrayLength(&param) || !step_applies(t.step, step)) {
         return;
     }
     let y = param[i];
-    let g = conditioned_gradient(grad[i]);
+    let g = conditioned_gradient(grad[i], conditioning);
     var base = z[i];
-    // The tensor's first step creates its state (its group's step may be later; it has a
-    // gradient here, so its lag is the steps it missed).
-    if (group_step() - element_lag(workgroup, grid) == 1u) {
+    if (first_step) {
         base = y;
     }
     let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;

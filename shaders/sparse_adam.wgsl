@@ -34,13 +34,13 @@ struct SparseAdamScalars {
     _padding: f32,
 }
 
-@group(0) @binding(0) var<uniform> s: SparseAdamScalars;
+@group(0) @binding(0) var<uniform> scalars: SparseAdamScalars;
 @group(0) @binding(6) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
 // The terms of step `step`: those recorded with this step (uniform, cheap to read), or the
 // ring's (after a skipped or dropped step, or for a tensor that missed steps).
-fn terms_at(step: u32) -> SparseAdamTerms {
+fn terms_at(s: SparseAdamScalars, step: u32) -> SparseAdamTerms {
     if (s.terms.step == step) {
         return s.terms;
     }
@@ -88,12 +88,14 @@ fn update(
     @builtin(num_workgroups) grid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Uniforms first (see common.wgsl).
+    let s = scalars;
     if (!in_window(workgroup, grid)) {
         return;
     }
     let site = element_site(workgroup, grid, local);
     let step = tensor_step(workgroup_tensor(workgroup, grid));
-    let t = terms_at(step);
+    let t = terms_at(s, step);
     if (!step_applies(t.step, step)) {
         return;
     }

@@ -1820,16 +1820,25 @@ impl Optimizer {
             Some(b) => b.bytes += bytes,
             None => buffers.push(BufferMemory { role, dtype, bytes }),
         };
+        // An arena buffer's elements under its role; the page that staggers a large one apart
+        // from the next (`STAGGER_BYTES`) with the bookkeeping.
+        let mut staggering = 0;
         for arena in &self.arenas {
             let updated = if precision.master_weights { "master param" } else { "param" };
-            add(updated.into(), Some(precision.updated_params()), arena.param.size());
+            let mut buffers_of_arena: Vec<(&str, Dtype, &wgpu::Buffer)> = vec![(updated, precision.updated_params(), &arena.param)];
             if let Some(model) = &arena.model {
-                add("param".into(), Some(precision.params), model.size());
+                buffers_of_arena.push(("param", precision.params, model));
             }
-            add("grad".into(), Some(precision.grads), arena.grad.size());
-            for (key, buffer) in &arena.state {
-                add((*key).into(), Some(precision.state), buffer.size());
+            buffers_of_arena.push(("grad", precision.grads, &arena.grad));
+            buffers_of_arena.extend(arena.state.iter().map(|(key, buffer)| (*key, precision.state, buffer)));
+            for (role, dtype, buffer) in buffers_of_arena {
+                let bytes = dtype.byte_len(arena.len);
+                add(role.into(), Some(dtype), bytes);
+                staggering += buffer.size() - bytes;
             }
+        }
+        if staggering > 0 {
+            add("pages staggering large arena buffers".into(), None, staggering);
         }
         if let Some(quant) = &self.quant {
             add("int8 block scales, small tensors' f32 state".into(), Some(Dtype::F32), quant.size());
@@ -2495,17 +2504,27 @@ fn kernel_layout(device: &wgpu::Device, label: &str, state_bindings: usize, mast
     })
 }
 
+/// Bytes an arena buffer of at least [`STAGGERED_FROM`] bytes (1M f32 elements) gets beyond
+/// its elements. Allocators place buffers back to back (wgpu's packs two 64 MiB buffers into
+/// one 128 MiB block), and arrays a large power of two apart contend for the same cache sets
+/// and memory banks: on llvmpipe, AdamW over one tensor of 2^24 elements ran 7-14 % slower per
+/// element than over 4000 x 4000 or 4096 x 4097, and 0-4 % once its buffers were staggered by
+/// a page (BENCHMARKS.md, "Uniforms first"). [`Optimizer::memory`] reports the pages apart.
+const STAGGER_BYTES: u64 = 4096;
+const STAGGERED_FROM: u64 = 4 << 20;
+
 /// A storage buffer of `len` elements of `dtype` holding `contents` (zero-filled by wgpu when `None`).
 fn arena_buffer(device: &wgpu::Device, label: &str, dtype: Dtype, len: usize, contents: Option<&[f32]>) -> wgpu::Buffer {
+    let bytes = dtype.byte_len(len);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(&format!("wgpu-optim {label}")),
-        size: dtype.byte_len(len),
+        size: if bytes >= STAGGERED_FROM { bytes + STAGGER_BYTES } else { bytes },
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: contents.is_some(),
     });
     if let Some(contents) = contents {
         buffer
-            .get_mapped_range_mut(..)
+            .get_mapped_range_mut(..bytes)
             .expect("a buffer mapped at creation is mappable")
             .copy_from_slice(&dtype.encode(contents));
         buffer.unmap();

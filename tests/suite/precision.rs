@@ -205,6 +205,18 @@ fn memory_reports_bytes_per_parameter() {
     // master + bf16 gradients + 8-bit state <= 10.1 B in all (bookkeeping aside, see above).
     assert!(bytes[2] > 10.09 && bytes[2] < 10.45, "f32 parameters and gradients + int8 state: {}", bytes[2]);
     assert!(bytes[3] > 10.09 && bytes[3] < 10.45, "bf16 + master + bf16 grads + int8 state: {}", bytes[3]);
+
+    // From 1M f32 elements on, each arena buffer ends with a page that staggers it from the
+    // next one; the report keeps it out of the roles, and the tensor reads back whole.
+    let mut params = Parameters::new();
+    let w = params.add("w", &[1024, 1024], (0..1 << 20).map(|k| k as f32).collect()).unwrap();
+    let opt = Optimizer::new(gpu, params, vec![ParamGroup::new(AdamW::default(), [w])]).unwrap();
+    let memory = opt.memory();
+    let role = |name: &str| memory.buffers.iter().find(|b| b.role == name).map(|b| b.bytes);
+    assert_eq!(role("param"), Some(4 << 20));
+    assert_eq!(memory.state_bytes_per_parameter(), 8.0);
+    assert_eq!(role("pages staggering large arena buffers"), Some(4 * 4096), "{memory}");
+    assert_eq!(opt.read_param(w).unwrap(), (0..1 << 20).map(|k| k as f32).collect::<Vec<_>>());
 }
 
 #[test]
