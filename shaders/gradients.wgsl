@@ -8,7 +8,7 @@
 //   (both then publish each group's terms for the step: see publish_terms)
 //   count_missed:  with gradient presence tracked, counts for each tensor without a gradient
 //                  a step it missed (after the step was counted and not skipped).
-// `Control`, `WORKGROUP_SIZE` and `vec4_index` come from control.wgsl.
+// `Control` and `WORKGROUP_SIZE` come from control.wgsl.
 
 struct Settings {
     partial_count: u32,     // norm-pass workgroups over all windows
@@ -72,17 +72,22 @@ fn reduce(local: u32, infinity_norm: bool) {
     workgroupBarrier();
 }
 
-// Whether a norm workgroup's tensor has a gradient: torch's norm and its non-finite check
-// take only the gradients that are not None. Each tensor starts at a chunk when presence is
-// tracked.
-fn has_gradient(workgroup: vec3<u32>, grid: vec3<u32>) -> bool {
-    let presence = tables_rw.control.presence;
+// Whether a chunk's tensor has a gradient (`presence`: the control block's word, 0 when
+// presence is not tracked): torch's norm and its non-finite check take only the gradients
+// that are not None. Each tensor starts at a chunk when presence is tracked.
+fn chunk_has_gradient(chunk: u32, presence: u32) -> bool {
     if (presence == 0u) {
         return true;
     }
-    let tensor = tables_rw.words[window.chunk_map + window.first_chunk + workgroup.y * grid.x + workgroup.x];
+    let tensor = tables_rw.words[window.chunk_map + window.first_chunk + chunk];
     return tables_rw.words[presence + tensor] != 0u;
 }
+
+// Chunks (1,024 elements) one norm workgroup adds up. The pass is dispatched with a workgroup
+// per chunk; all but one in NORM_CHUNKS write a zero partial and stop. Fewer workgroups that
+// reduce means fewer barriers and folds, which llvmpipe pays for far more than for the reads:
+// with one chunk per workgroup the norm cost LAMB a third of its step at 16M.
+const NORM_CHUNKS: u32 = 16u;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn norm_partials(
@@ -94,12 +99,23 @@ fn norm_partials(
     let inv_scale = tables_rw.control.inv_scale;
     let clip_value = tables_rw.control.clip_value;
     let infinity_norm = settings.infinity_norm != 0u;
-    let present = has_gradient(workgroup, grid);
-    let first_partial = window.first_partial;
-    let i = vec4_index(workgroup, grid, local);
+    let presence = tables_rw.control.presence;
+    let partial = window.first_partial + workgroup.y * grid.x + workgroup.x;
+    let vec4s = arrayLength(&grad);
+    let first = (workgroup.y * grid.x + workgroup.x) * NORM_CHUNKS;
+    if (first * WORKGROUP_SIZE >= vec4s) {
+        if (local == 0u) {
+            partials[partial] = vec2<f32>(0.0);
+        }
+        return;
+    }
     var value = 0.0;
     var flag = 0.0;
-    if (i < arrayLength(&grad) && present) {
+    for (var chunk = first; chunk < first + NORM_CHUNKS; chunk++) {
+        let i = chunk * WORKGROUP_SIZE + local;
+        if (i >= vec4s || !chunk_has_gradient(chunk, presence)) {
+            continue;
+        }
         let unscaled = grad[i] * inv_scale;
         if (not_finite(unscaled)) {
             flag = 1.0;
@@ -107,9 +123,9 @@ fn norm_partials(
         let g = clamp(unscaled, vec4<f32>(-clip_value), vec4<f32>(clip_value));
         if (infinity_norm) {
             let a = abs(g);
-            value = max(max(a.x, a.y), max(a.z, a.w));
+            value = max(value, max(max(a.x, a.y), max(a.z, a.w)));
         } else {
-            value = dot(g, g);
+            value += dot(g, g);
         }
     }
     reduce_value[local] = value;
@@ -125,7 +141,7 @@ fn norm_partials(
             total = combine(total, reduce_value[k], infinity_norm);
             any_flag = max(any_flag, reduce_flag[k]);
         }
-        partials[first_partial + workgroup.y * grid.x + workgroup.x] = vec2<f32>(total, any_flag);
+        partials[partial] = vec2<f32>(total, any_flag);
     }
 }
 
