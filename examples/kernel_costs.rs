@@ -8,6 +8,7 @@
 //!
 //! ```sh
 //! cargo run --release --example kernel_costs -- --elements 16M --reps 7 --backend vulkan
+//! cargo run --release --example kernel_costs -- --elements 1M --reps 5 --muon
 //! ```
 //!
 //! BENCHMARKS.md ("The single-tensor gap") reads these on llvmpipe.
@@ -15,7 +16,8 @@
 use std::time::Instant;
 
 use clap::Parser;
-use wgpu_optim::{rules::AdamW, BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+use wgpu_optim::rules::{AdamW, Muon};
+use wgpu_optim::{BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
 
 #[derive(Parser)]
 struct Args {
@@ -31,6 +33,11 @@ struct Args {
     /// 4096 x 4097, and 100 of 400 x 400 (see `STAGGER_BYTES` in src/optimizer.rs).
     #[arg(long)]
     layouts: bool,
+    /// Afterwards, Muon's step (torch's defaults: 5 Newton–Schulz iterations, bfloat16) on 64
+    /// matrices of 256 x 256, with its products in both kernel shapes
+    /// (`GpuContext::with_cpu_kernels`: staged tiles for a GPU, register blocks for a CPU adapter).
+    #[arg(long)]
+    muon: bool,
 }
 
 /// AdamW's scalars as the plain kernels read them.
@@ -274,9 +281,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ms = median(t);
         println!("| {name} | {ms:.2} | {:.2}× |", library / ms);
     }
+    drop(runs);
     if args.layouts {
-        drop(runs);
         compare_layouts(&GpuContext::new(args.backend)?, args.reps, &mut random)?;
+    }
+    if args.muon {
+        compare_muon_shapes(&GpuContext::new(args.backend)?, args.reps, &mut random)?;
+    }
+    Ok(())
+}
+
+/// Median wall time of a step, submit to completion, for each optimizer stepped in turn.
+fn step_times(gpu: &GpuContext, optimizers: &mut [Optimizer], reps: usize) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let mut times = vec![Vec::new(); optimizers.len()];
+    for rep in 0..reps + 2 {
+        for (k, optimizer) in optimizers.iter_mut().enumerate() {
+            let start = Instant::now();
+            optimizer.step_and_submit()?;
+            gpu.device().poll(wgpu::PollType::wait_indefinitely())?;
+            if rep >= 2 {
+                times[k].push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
+
+/// Muon's step on 64 matrices of 256 x 256 with its products as staged tiles and as register
+/// blocks; the 15 products (3 per iteration) dominate the step.
+fn compare_muon_shapes(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() -> f32) -> Result<(), Box<dyn std::error::Error>> {
+    let shapes = [("staged tiles (the GPU shape)", false), ("register blocks (the CPU-adapter shape)", true)];
+    let mut optimizers = Vec::new();
+    for (_, cpu) in shapes {
+        let mut params = Parameters::new();
+        let mut ids = Vec::new();
+        for k in 0..64 {
+            ids.push(params.add(&format!("w{k}"), &[256, 256], (0..256 * 256).map(|_| random()).collect())?);
+        }
+        let optimizer = Optimizer::new(&gpu.clone().with_cpu_kernels(cpu), params, vec![ParamGroup::new(Muon::default(), ids.clone())])?;
+        for &id in &ids {
+            optimizer.write_grad(id, &(0..256 * 256).map(|_| random()).collect::<Vec<_>>())?;
+        }
+        optimizers.push(optimizer);
+    }
+    let times = step_times(gpu, &mut optimizers, reps)?;
+    println!("| Muon, 64 x 256 x 256, products as | ms per step (median of {reps}) |");
+    println!("|---|---:|");
+    for ((name, _), ms) in shapes.iter().zip(times) {
+        println!("| {name} | {ms:.0} |");
     }
     Ok(())
 }
@@ -305,23 +363,12 @@ fn compare_layouts(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() -> f3
         }
         optimizers.push(optimizer);
     }
-    let mut times = vec![Vec::new(); layouts.len()];
-    for rep in 0..reps + 2 {
-        for (k, optimizer) in optimizers.iter_mut().enumerate() {
-            let start = Instant::now();
-            optimizer.step_and_submit()?;
-            gpu.device().poll(wgpu::PollType::wait_indefinitely())?;
-            if rep >= 2 {
-                times[k].push(start.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-    }
+    let times = step_times(gpu, &mut optimizers, reps)?;
     println!("| layout | ms per step (median of {reps}) | ns per element |");
     println!("|---|---:|---:|");
-    for ((name, shapes), t) in layouts.iter().zip(times.iter_mut()) {
-        t.sort_by(f64::total_cmp);
+    for ((name, shapes), ms) in layouts.iter().zip(times) {
         let elements: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
-        println!("| {name} | {:.2} | {:.3} |", t[t.len() / 2], t[t.len() / 2] * 1e6 / elements as f64);
+        println!("| {name} | {ms:.2} | {:.3} |", ms * 1e6 / elements as f64);
     }
     Ok(())
 }

@@ -32,6 +32,11 @@ override conditioned: bool = false;
 // state['step']) count only the steps it took. Every tensor then starts at a chunk.
 override gradient_presence: bool = false;
 
+// Set on a CPU adapter (llvmpipe, device type Cpu), where invocations are SIMD lanes and
+// every storage or workgroup access inside a loop is a scalar load per lane: kernels whose
+// loops read a lot (Muon's products) take a shape for that there.
+override cpu_adapter: bool = false;
+
 // The step count lives on the GPU (control.step), advanced when a step executes, so a
 // recorded step that never reaches the GPU shifts nothing. A step's terms (bias corrections,
 // ...) are in its group's ring, which the CPU fills ahead and keeps for the last

@@ -53,10 +53,10 @@ const Y: u32 = 1u;
 const A: u32 = 2u;
 const B: u32 = 3u;
 const NONE: u32 = 4u;
-// Products (args[1].x): the output's shape and the inner dimension.
-const GRAM: u32 = 0u;       // m x m, inner n, the right factor is the left one transposed
-const UPDATE: u32 = 1u;     // m x m, inner m
-const COMBINE: u32 = 2u;    // m x n, inner m
+// Products (args[1].x).
+const GRAM: u32 = 0u;       // A = X Xᵀ: m x m, inner n
+const UPDATE: u32 = 1u;     // A A: m x m, inner m
+const COMBINE: u32 = 2u;    // B X: m x n, inner m
 
 // Whether the matrix of grid layer z is updated this step.
 fn applies_to(s: MuonScalars, z: u32) -> bool {
@@ -174,68 +174,108 @@ fn normalize(
     }
 }
 
-var<workgroup> left_tile: array<array<f32, 16>, 64>;     // 64 rows x 16 of the inner dimension
-var<workgroup> right_tile: array<array<f32, 64>, 16>;    // 16 of the inner dimension x 64 columns
+// One product of the iteration: out = alpha * (left @ right) + beta * add, rows x cols, summed
+// over `inner`. The left factor is row-major (rows x inner); the right one is read as
+// right(k, col) = aux[right + k * k_stride + col * col_stride], so the Gram matrix's Xᵀ is X
+// read with its strides swapped.
+struct Product {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    left: u32,
+    right: u32,
+    k_stride: u32,
+    col_stride: u32,
+    out: u32,
+    add: u32,
+    has_add: bool,
+    alpha: f32,
+    beta: f32,
+}
 
-// out = alpha * (left @ right) + beta * add, in 64 x 64 output tiles (the grid's x and y): the
-// workgroup stages 16-deep slices of both factors in workgroup memory, and each invocation
-// accumulates a 4 x 4 block in registers. Every output sums its products in index order, as the
-// CPU reference does. args[0]: out, left, right, add regions; args[1]: product, alpha, beta
-// (f32 bits).
-@compute @workgroup_size(WORKGROUP_SIZE)
+// The product of a matmul pass: args[0]: out, left, right, add regions; args[1]: product,
+// alpha, beta (f32 bits).
+fn product_of(mat: Matrix, args: array<vec4<u32>, 2>) -> Product {
+    let regions = args[0];
+    var p = Product(mat.m, mat.m, mat.m, region(mat, regions.y), region(mat, regions.z), mat.m, 1u,
+                    region(mat, regions.x), region(mat, regions.w), regions.w != NONE, bitcast<f32>(args[1].y), bitcast<f32>(args[1].z));
+    switch (args[1].x) {
+        case GRAM: {            // Xᵀ: X read with its strides swapped
+            p.inner = mat.n;
+            p.k_stride = 1u;
+            p.col_stride = mat.n;
+        }
+        case UPDATE: {}
+        default: {              // COMBINE
+            p.cols = mat.n;
+            p.k_stride = mat.n;
+        }
+    }
+    return p;
+}
+
+// Writes output (row, col) from its sum of products.
+fn finish(p: Product, row: u32, col: u32, sum: f32) {
+    let at = row * p.cols + col;
+    var value = p.alpha * sum;
+    if (p.has_add) {
+        value = value + p.beta * aux[p.add + at];
+    }
+    aux[p.out + at] = in_precision(value);
+}
+
+// A matmul workgroup computes a 64 x 64 tile of the output (the grid's x and y). Every output
+// sums its products in index order, as the CPU reference does. A GPU runs 256 invocations of
+// 4 x 4 outputs on factors staged in workgroup memory (`matmul_tiles`). On a CPU adapter
+// (llvmpipe) every storage or workgroup access inside a loop is a scalar load per lane, so
+// staging saves nothing and the cost is the loads per product: 16 invocations of 16 x 16
+// outputs read both factors straight from storage, 32 loads per 256 products where the tiles
+// take 8 per 16 (`matmul_blocks`; BENCHMARKS.md, "Muon's products on a CPU adapter").
+override matmul_invocations: u32 = select(256u, 16u, cpu_adapter);
+
+@compute @workgroup_size(matmul_invocations)
 fn matmul(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
     // Uniforms and the tensor table first (see common.wgsl).
     let mat = matrix_at(workgroup.z);
-    let regions = dispatch.args[0];
-    let product = dispatch.args[1].x;
-    let alpha = bitcast<f32>(dispatch.args[1].y);
-    let beta = bitcast<f32>(dispatch.args[1].z);
+    let p = product_of(mat, dispatch.args);
     if (!applies_to(scalars, workgroup.z)) {
         return;
     }
-    let m = mat.m;
-    var cols = mat.m;            // of the output
-    var inner = mat.m;
-    var left_stride = mat.m;     // row length of the left factor
-    var right_stride = mat.n;    // row length of the right factor's storage
-    if (product == GRAM) {
-        inner = mat.n;
-        left_stride = mat.n;
-    } else if (product == UPDATE) {
-        right_stride = mat.m;
+    if (cpu_adapter) {
+        matmul_blocks(p, workgroup.y * 64u + (local / 4u) * 16u, workgroup.x * 64u + (local % 4u) * 16u);
     } else {
-        cols = mat.n;
+        matmul_tiles(p, workgroup.y * 64u, workgroup.x * 64u, local);
     }
-    let left = region(mat, regions.y);
-    let right = region(mat, regions.z);
-    let tile_row = workgroup.y * 64u;
-    let tile_col = workgroup.x * 64u;
+}
+
+var<workgroup> left_tile: array<array<f32, 16>, 64>;     // 64 rows x 16 of the inner dimension
+var<workgroup> right_tile: array<array<f32, 64>, 16>;    // 16 of the inner dimension x 64 columns
+
+// The tile from (tile_row, tile_col): the workgroup stages 16-deep slices of both factors in
+// workgroup memory, and each invocation accumulates a 4 x 4 block in registers.
+fn matmul_tiles(p: Product, tile_row: u32, tile_col: u32, local: u32) {
     let ty = local / 16u;
     let tx = local % 16u;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < inner; k0 += 16u) {
+    for (var k0 = 0u; k0 < p.inner; k0 += 16u) {
         // 1,024 values of each factor, four per invocation; past the edges, zeros.
         for (var j = 0u; j < 4u; j++) {
             let at = local * 4u + j;
-            let l_row = at / 16u;
+            let l_row = tile_row + at / 16u;
             let l_k = k0 + at % 16u;
             var l = 0.0;
-            if (tile_row + l_row < m && l_k < inner) {
-                l = aux[left + (tile_row + l_row) * left_stride + l_k];
+            if (l_row < p.rows && l_k < p.inner) {
+                l = aux[p.left + l_row * p.inner + l_k];
             }
-            left_tile[l_row][at % 16u] = l;
+            left_tile[at / 16u][at % 16u] = l;
             let r_k = k0 + at / 64u;
             let r_col = tile_col + at % 64u;
             var r = 0.0;
-            if (r_k < inner && r_col < cols) {
-                if (product == GRAM) {
-                    r = aux[right + r_col * right_stride + r_k];     // Xᵀ[k][col] = X[col][k]
-                } else {
-                    r = aux[right + r_k * right_stride + r_col];
-                }
+            if (r_k < p.inner && r_col < p.cols) {
+                r = aux[p.right + r_k * p.k_stride + r_col * p.col_stride];
             }
             right_tile[at / 64u][at % 64u] = r;
         }
@@ -248,18 +288,70 @@ fn matmul(
         }
         workgroupBarrier();
     }
-    let out = region(mat, regions.x);
-    let add = region(mat, regions.w);
     for (var q = 0u; q < 4u; q++) {
         for (var c = 0u; c < 4u; c++) {
             let row = tile_row + ty * 4u + q;
             let col = tile_col + tx * 4u + c;
-            if (row < m && col < cols) {
-                var value = alpha * acc[q][c];
-                if (regions.w != NONE) {
-                    value = value + beta * aux[add + row * cols + col];
+            if (row < p.rows && col < p.cols) {
+                finish(p, row, col, acc[q][c]);
+            }
+        }
+    }
+}
+
+// Rows row..row+3 of the left factor at k; rows past the last read the last (no branch in the
+// loop: llvmpipe would run both sides' loads).
+fn left_column(p: Product, row: u32, k: u32) -> vec4<f32> {
+    let last = p.rows - 1u;
+    let at = p.left + k;
+    return vec4<f32>(aux[at + min(row, last) * p.inner], aux[at + min(row + 1u, last) * p.inner],
+                     aux[at + min(row + 2u, last) * p.inner], aux[at + min(row + 3u, last) * p.inner]);
+}
+
+// Columns col..col+3 of the right factor at k; columns past the last read the last.
+fn right_row(p: Product, k: u32, col: u32) -> vec4<f32> {
+    let last = p.cols - 1u;
+    let at = p.right + k * p.k_stride;
+    return vec4<f32>(aux[at + min(col, last) * p.col_stride], aux[at + min(col + 1u, last) * p.col_stride],
+                     aux[at + min(col + 2u, last) * p.col_stride], aux[at + min(col + 3u, last) * p.col_stride]);
+}
+
+// The products of a 4 x 4 block at one k: row i of the block is r * l[i].
+fn outer(l: vec4<f32>, r: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(r * l.x, r * l.y, r * l.z, r * l.w);
+}
+
+// The 16 x 16 block from (row, col), as 4 x 4 blocks: acc_ab holds rows row + 4a.. and
+// columns col + 4b... The accumulators are named variables: an array of them indexed in the
+// loop stays in memory on llvmpipe (3x slower).
+fn matmul_blocks(p: Product, row: u32, col: u32) {
+    var acc00: mat4x4<f32>; var acc01: mat4x4<f32>; var acc02: mat4x4<f32>; var acc03: mat4x4<f32>;
+    var acc10: mat4x4<f32>; var acc11: mat4x4<f32>; var acc12: mat4x4<f32>; var acc13: mat4x4<f32>;
+    var acc20: mat4x4<f32>; var acc21: mat4x4<f32>; var acc22: mat4x4<f32>; var acc23: mat4x4<f32>;
+    var acc30: mat4x4<f32>; var acc31: mat4x4<f32>; var acc32: mat4x4<f32>; var acc33: mat4x4<f32>;
+    for (var k = 0u; k < p.inner; k++) {
+        var l: array<vec4<f32>, 4>;
+        var r: array<vec4<f32>, 4>;
+        for (var b = 0u; b < 4u; b++) {
+            l[b] = left_column(p, row + 4u * b, k);
+            r[b] = right_row(p, k, col + 4u * b);
+        }
+        acc00 += outer(l[0], r[0]); acc01 += outer(l[0], r[1]); acc02 += outer(l[0], r[2]); acc03 += outer(l[0], r[3]);
+        acc10 += outer(l[1], r[0]); acc11 += outer(l[1], r[1]); acc12 += outer(l[1], r[2]); acc13 += outer(l[1], r[3]);
+        acc20 += outer(l[2], r[0]); acc21 += outer(l[2], r[1]); acc22 += outer(l[2], r[2]); acc23 += outer(l[2], r[3]);
+        acc30 += outer(l[3], r[0]); acc31 += outer(l[3], r[1]); acc32 += outer(l[3], r[2]); acc33 += outer(l[3], r[3]);
+    }
+    // A `var`: a `let` array indexed in a loop is copied whole at every index on llvmpipe.
+    var blocks = array<mat4x4<f32>, 16>(acc00, acc01, acc02, acc03, acc10, acc11, acc12, acc13,
+                                        acc20, acc21, acc22, acc23, acc30, acc31, acc32, acc33);
+    for (var a = 0u; a < 4u; a++) {
+        for (var b = 0u; b < 4u; b++) {
+            for (var i = 0u; i < 4u; i++) {
+                for (var c = 0u; c < 4u; c++) {
+                    if (row + 4u * a + i < p.rows && col + 4u * b + c < p.cols) {
+                        finish(p, row + 4u * a + i, col + 4u * b + c, blocks[a * 4u + b][i][c]);
+                    }
                 }
-                aux[out + row * cols + col] = in_precision(value);
             }
         }
     }

@@ -146,6 +146,8 @@ pub struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: AdapterReport,
+    /// Kernels in their CPU-adapter shapes (see [`GpuContext::with_cpu_kernels`]).
+    cpu_kernels: bool,
     /// Keyed by the variant and a hash of the full WGSL source, so that two rules with the same
     /// label but different shaders (a user's rule named like a built-in one) never share one.
     pipelines: Arc<Mutex<HashMap<(PipelineKey, u64), wgpu::ComputePipeline>>>,
@@ -300,7 +302,8 @@ impl GpuContext {
     /// ```
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let adapter = AdapterReport::from(&device.adapter_info());
-        GpuContext { device, queue, adapter, pipelines: Arc::default() }
+        let cpu_kernels = adapter.device_type == wgpu::DeviceType::Cpu;
+        GpuContext { device, queue, adapter, cpu_kernels, pipelines: Arc::default() }
     }
 
     /// The same context with the adapter's name set, for hosts whose driver reports none
@@ -308,6 +311,29 @@ impl GpuContext {
     pub fn with_adapter_name(mut self, name: impl Into<String>) -> Self {
         self.adapter.name = name.into();
         self
+    }
+
+    /// The same context with kernels in the shapes chosen for a CPU adapter (`on`) or for a
+    /// GPU. The default follows the adapter's device type (`Cpu`: llvmpipe, WARP, SwiftShader
+    /// when it says so). A software adapter runs each invocation as a SIMD lane and pays a
+    /// scalar load per lane for every storage access in a loop, so some kernels take another
+    /// shape there: Muon's products (`shaders/muon.wgsl`, `matmul`). Both shapes compute the
+    /// same values; set it for an adapter that misreports its type.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), wgpu_optim::Error> {
+    /// let gpu = wgpu_optim::GpuContext::new(wgpu_optim::BackendChoice::Auto)?.with_cpu_kernels(true);
+    /// assert!(gpu.cpu_kernels());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_cpu_kernels(mut self, on: bool) -> Self {
+        self.cpu_kernels = on;
+        self
+    }
+
+    /// Whether kernels take their CPU-adapter shapes ([`GpuContext::with_cpu_kernels`]).
+    pub fn cpu_kernels(&self) -> bool {
+        self.cpu_kernels
     }
 
     /// Whether the device runs WGSL's `f16` (`enable f16`): f16 buffers are then accessed as

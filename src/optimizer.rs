@@ -395,6 +395,7 @@ async fn kernel_pipelines(
     let mut flags = kernel.flags.clone();
     flags.push(("conditioned", conditioned));
     flags.push(("gradient_presence", presence));
+    flags.push(("cpu_adapter", gpu.cpu_kernels()));
     let int8 = precision.state == Dtype::Int8;
     let layout = kernel_layout(gpu.device(), kernel.label, kernel.state_bindings.len(), precision.master_weights, int8);
     let source = kernel_source(kernel, slots, precision, gpu.native_f16())?;

@@ -198,6 +198,26 @@ fn muon_matches_cpu_reference() {
     }
 }
 
+/// Muon's products have two kernel shapes (`GpuContext::with_cpu_kernels`): tiles staged in
+/// workgroup memory for a GPU, 16 x 16 register blocks for a CPU adapter. Both sum every output
+/// in index order, so on one adapter they agree bit for bit, at edges that are no multiple of
+/// 4, 16 or 64 in either direction.
+#[test]
+fn muon_kernel_shapes_agree_bit_for_bit() {
+    const SHAPES: &[&[usize]] = &[&[1, 40], &[40, 1], &[3, 1000], &[17, 33], &[70, 130], &[130, 70], &[64, 64]];
+    for ns_precision in [NsPrecision::Float32, NsPrecision::Bfloat16] {
+        let groups = one_group(Muon { lr: 0.02, ns_precision, ..Muon::default() });
+        for gpu in gpus() {
+            let [tiles, blocks] =
+                [false, true].map(|cpu| gpu_snapshot(&gpu.clone().with_cpu_kernels(cpu), SHAPES, groups.as_ref(), &GradientOptions::default(), 3));
+            for ((name, a), (_, b)) in tiles.iter().zip(&blocks) {
+                let differing = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                assert_eq!(differing, 0, "{name} ({ns_precision:?}) on {}: {differing} elements differ between the kernel shapes", gpu.adapter());
+            }
+        }
+    }
+}
+
 #[test]
 fn muon_and_adamw_in_one_optimizer_share_the_gradient_conditioning() {
     let muon = Muon { lr: 0.02, ns_precision: NsPrecision::Float32, ..Muon::default() };
