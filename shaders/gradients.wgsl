@@ -72,21 +72,26 @@ fn reduce(local: u32, infinity_norm: bool) {
     workgroupBarrier();
 }
 
-// Whether a chunk's tensor has a gradient (`presence`: the control block's word, 0 when
-// presence is not tracked): torch's norm and its non-finite check take only the gradients
-// that are not None. Each tensor starts at a chunk when presence is tracked.
+// Set when the optimizer tracks gradient presence (OptimizerOptions::gradient_presence). A
+// constant, so that without it the norm pass has no presence reads at all: llvmpipe pays for
+// a storage read in a branch even where no lane takes it.
+override gradient_presence: bool = false;
+
+// Whether a chunk's tensor has a gradient (`presence`: the control block's word): torch's
+// norm and its non-finite check take only the gradients that are not None. Each tensor
+// starts at a chunk when presence is tracked.
 fn chunk_has_gradient(chunk: u32, presence: u32) -> bool {
-    if (presence == 0u) {
+    if (!gradient_presence) {
         return true;
     }
     let tensor = tables_rw.words[window.chunk_map + window.first_chunk + chunk];
     return tables_rw.words[presence + tensor] != 0u;
 }
 
-// Chunks (1,024 elements) one norm workgroup adds up. The pass is dispatched with a workgroup
-// per chunk; all but one in NORM_CHUNKS write a zero partial and stop. Fewer workgroups that
-// reduce means fewer barriers and folds, which llvmpipe pays for far more than for the reads:
-// with one chunk per workgroup the norm cost LAMB a third of its step at 16M.
+// Chunks (1,024 elements) one norm workgroup adds up (`NORM_CHUNKS` in src/gradients.rs sizes
+// the grid). Fewer workgroups that reduce means fewer barriers and folds, which llvmpipe pays
+// for far more than for the reads: with one chunk per workgroup the norm cost LAMB a third of
+// its step at 16M.
 const NORM_CHUNKS: u32 = 16u;
 
 @compute @workgroup_size(WORKGROUP_SIZE)

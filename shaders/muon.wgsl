@@ -167,7 +167,7 @@ fn normalize(
     for (var q = local; q < count; q += WORKGROUP_SIZE) {
         sum += aux[x + q] * aux[x + q];
     }
-    let norm = in_precision(sqrt(workgroup_sum(local, vec4<f32>(sum, 0.0, 0.0, 0.0)).x));
+    let norm = in_precision(sqrt(workgroup_sum_to_all(local, vec4<f32>(sum, 0.0, 0.0, 0.0)).x));
     let scale = in_precision(max(norm, s.eps));
     for (var q = local; q < count; q += WORKGROUP_SIZE) {
         aux[x + q] = in_precision(aux[x + q] / scale);

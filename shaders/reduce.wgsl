@@ -4,27 +4,36 @@
 
 var<workgroup> reduce_sums: array<vec4<f32>, WORKGROUP_SIZE>;
 
-// The sum of `value` over the workgroup, returned to every invocation: invocation 0 adds the
-// workgroup's values in order. Three barriers where a binary tree needs nine: a software
-// adapter (llvmpipe) pays for each barrier with a switch between all the workgroup's
-// invocations, which costs more than the 255 additions.
+// The sum of `value` over the workgroup, in invocation 0 (the others get zero): invocation 0
+// adds the workgroup's values in order. One barrier: a software adapter (llvmpipe) pays for
+// each with a switch between all the workgroup's invocations, which costs more than the 255
+// additions (BENCHMARKS.md, "Workgroup folds").
 fn workgroup_sum(local: u32, value: vec4<f32>) -> vec4<f32> {
     reduce_sums[local] = value;
     workgroupBarrier();
+    var sum = vec4<f32>(0.0);
     if (local == 0u) {
-        var sum = reduce_sums[0];
+        sum = reduce_sums[0];
         for (var k = 1u; k < WORKGROUP_SIZE; k++) {
             sum += reduce_sums[k];
         }
+    }
+    return sum;
+}
+
+// The sum of `value` over the workgroup (`workgroup_sum`), returned to every invocation.
+fn workgroup_sum_to_all(local: u32, value: vec4<f32>) -> vec4<f32> {
+    let sum = workgroup_sum(local, value);
+    workgroupBarrier();
+    if (local == 0u) {
         reduce_sums[0] = sum;
     }
     workgroupBarrier();
-    let total = reduce_sums[0];
-    workgroupBarrier();
-    return total;
+    return reduce_sums[0];
 }
 
-// The sum of a tensor's chunk partials (a per-tensor pass, all invocations of the workgroup).
+// The sum of a tensor's chunk partials, in invocation 0 (a per-tensor pass, all invocations of
+// the workgroup).
 fn tensor_sum(local: u32, tensor: Tensor) -> vec4<f32> {
     let chunks = (tensor.len + CHUNK_ELEMENTS - 1u) / CHUNK_ELEMENTS;
     var sum = vec4<f32>(0.0);

@@ -415,6 +415,18 @@ pub(crate) struct StepTermsTarget<'a> {
     pub scalar_stride: u64,
 }
 
+/// Chunks one workgroup of the norm pass adds up; must equal `NORM_CHUNKS` in
+/// `shaders/gradients.wgsl`.
+const NORM_CHUNKS: u32 = 16;
+
+/// The norm pass's grid over a window whose element passes take `element_grid`: a workgroup
+/// per `NORM_CHUNKS` chunks, in rows no longer than the element grid's.
+fn norm_grid(element_grid: (u32, u32)) -> (u32, u32) {
+    let workgroups = (element_grid.0 * element_grid.1).div_ceil(NORM_CHUNKS).max(1);
+    let x = workgroups.min(element_grid.0.max(1));
+    (x, workgroups.div_ceil(x))
+}
+
 /// The GPU side of [`conditioning_passes`]: its pipelines and bind groups. It has bindings of
 /// its own (it writes the control block, which the rules only read).
 pub(crate) struct GradientPass {
@@ -444,7 +456,8 @@ impl GradientPass {
         let windows = if conditioned { windows } else { &[] };
         use wgpu::util::DeviceExt;
         let device = gpu.device();
-        let partial_count: u32 = windows.iter().map(|w| w.grid.0 * w.grid.1).sum();
+        let grids: Vec<(u32, u32)> = windows.iter().map(|w| norm_grid(w.grid)).collect();
+        let partial_count: u32 = grids.iter().map(|grid| grid.0 * grid.1).sum();
         let storage = crate::context::storage_binding;
         let uniform = |binding, min: u64| wgpu::BindGroupLayoutEntry {
             binding,
@@ -496,7 +509,10 @@ impl GradientPass {
                     layout: Some(&layout),
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &[("gradient_presence", f64::from(u8::from(presence)))],
+                        ..Default::default()
+                    },
                     cache: None,
                 })
             };
@@ -531,7 +547,8 @@ impl GradientPass {
             let mut first_partial = 0u32;
             let windows = windows
                 .iter()
-                .map(|GradientWindow { buffer: grad, offset, size, grid, first_chunk }| {
+                .zip(grids)
+                .map(|(GradientWindow { buffer: grad, offset, size, first_chunk, .. }, grid)| {
                     let window = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some("wgpu-optim gradient window"),
                         contents: bytemuck::bytes_of(&[first_partial, *first_chunk, chunk_map, 0]),
@@ -553,7 +570,7 @@ impl GradientPass {
                             },
                         ],
                     });
-                    (bind_group, *grid)
+                    (bind_group, grid)
                 })
                 .collect();
             let passes = conditioning_passes(conditioned, presence).into_iter().map(|pass| (pipeline(pass.entry), pass.scope)).collect();

@@ -39,7 +39,14 @@ pub fn translate_gradients() -> Result<Vec<Translation>> {
 /// Translates every flag combination of `source`, for each entry point.
 fn translate(label: &'static str, source: &str, entry_points: &[&str]) -> Result<Vec<Translation>> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| fail(label, "parsing", e.emit_to_string(source)))?;
-    let flag_names: Vec<String> = module.overrides.iter().filter_map(|(_, o)| o.name.clone()).collect();
+    // The boolean overrides are the flags; the others (e.g. a workgroup size derived from
+    // them) keep their initializers.
+    let flag_names: Vec<String> = module
+        .overrides
+        .iter()
+        .filter(|(_, o)| matches!(module.types[o.ty].inner, naga::TypeInner::Scalar(naga::Scalar::BOOL)))
+        .filter_map(|(_, o)| o.name.clone())
+        .collect();
     let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
     let info = validator.validate(&module).map_err(|e| fail(label, "validation", e.emit_to_string(source)))?;
     check_webgpu_limits(label, &module)?;

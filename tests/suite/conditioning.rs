@@ -154,6 +154,42 @@ fn adam_with(gpu: &GpuContext, params: Parameters, ids: &[TensorId], gradients: 
     Optimizer::with_options(gpu, params, vec![ParamGroup::new(Adam { lr: 0.05, ..Adam::default() }, ids.to_vec())], options).unwrap()
 }
 
+/// The norm pass adds 16 chunks (16,384 elements) per workgroup: a gradient of many such runs,
+/// swept in several windows and with grids made 2-D, gives the norm the CPU computes, with the
+/// largest value in the last chunk (which a grid short of workgroups would miss).
+#[test]
+fn the_gradient_norm_covers_every_chunk_of_every_window() {
+    const SIZES: [usize; 3] = [100_000, 2_100, 5];
+    let mut rng = Rng::new(23);
+    let grads: Vec<Vec<f32>> = SIZES
+        .iter()
+        .map(|&len| {
+            let mut g = rng.vec(len, 1.0);
+            g[len - 1] = if len == SIZES[0] { 30.0 } else { g[len - 1] };
+            g
+        })
+        .collect();
+    let sum_of_squares: f64 = grads.iter().flatten().map(|&x| f64::from(x) * f64::from(x)).sum();
+    for gpu in gpus() {
+        for (max_arena_elements, max_workgroups_per_dimension) in [(None, None), (Some(40 * 1024), Some(1))] {
+            for (norm_type, expected) in [(2.0, sum_of_squares.sqrt()), (f64::INFINITY, 30.0)] {
+                let mut params = Parameters::new();
+                let ids: Vec<TensorId> = SIZES.iter().enumerate().map(|(k, &len)| params.add(&format!("t{k}"), &[len], vec![0.0; len]).unwrap()).collect();
+                let gradients = GradientOptions { clip_grad_norm: Some(ClipGradNorm { max_norm: 1.0, norm_type, error_if_nonfinite: false }), ..Default::default() };
+                let options = OptimizerOptions { gradients, max_arena_elements, max_workgroups_per_dimension, ..Default::default() };
+                let mut opt = Optimizer::with_options(gpu, params, vec![ParamGroup::new(Sgd::default(), ids.clone())], options).unwrap();
+                for (&id, g) in ids.iter().zip(&grads) {
+                    opt.write_grad(id, g).unwrap();
+                }
+                opt.step_and_submit().unwrap();
+                let norm = f64::from(opt.counters().unwrap().last_grad_norm);
+                let context = format!("norm_type {norm_type}, arena {max_arena_elements:?}, grid rows {max_workgroups_per_dimension:?} on {}", gpu.adapter());
+                assert!((norm - expected).abs() <= 1e-5 * expected, "{context}: grad norm {norm}, expected {expected}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_skipped_step_changes_nothing_and_does_not_count() {
     let skip = GradientOptions { skip_nonfinite: true, ..Default::default() };

@@ -14,19 +14,21 @@ fn every_kernel_translates_to_every_backend_language() {
     assert_eq!(kernels.len(), 17, "one shader per rule (AdamW shares Adam's)");
     for kernel in &kernels {
         let variants = translate_all(kernel).unwrap_or_else(|e| panic!("{e}"));
-        // The rule's flags, plus `conditioned` (gradient conditioning on the GPU) and
-        // `gradient_presence` from common.wgsl.
+        // The rule's flags, plus `conditioned` (gradient conditioning on the GPU),
+        // `gradient_presence` and `cpu_adapter` from common.wgsl.
         assert_eq!(
             variants.len(),
-            kernel.entry_points().len() << (kernel.flags.len() + 2),
+            kernel.entry_points().len() << (kernel.flags.len() + 3),
             "{}: one translation per entry point and flag combination",
             kernel.label
         );
         for v in &variants {
             assert!(v.spirv_words > 100, "{}: SPIR-V", v.label);
             assert!(v.msl.contains("kernel void"), "{}: MSL has a kernel entry point", v.label);
-            assert!(v.hlsl.contains("[numthreads(256, 1, 1)]"), "{}: HLSL entry point", v.label);
-            assert!(v.glsl.contains("layout(local_size_x = 256"), "{}: GLSL workgroup size", v.label);
+            // Muon's products take 16 invocations per workgroup on a CPU adapter.
+            let size = if v.entry_point == "matmul" && v.flags.contains(&("cpu_adapter".to_string(), true)) { 16 } else { 256 };
+            assert!(v.hlsl.contains(&format!("[numthreads({size}, 1, 1)]")), "{}: HLSL entry point", v.label);
+            assert!(v.glsl.contains(&format!("layout(local_size_x = {size}")), "{}: GLSL workgroup size", v.label);
         }
     }
 }
