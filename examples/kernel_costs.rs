@@ -4,20 +4,23 @@
 //! `CUBECL_DEBUG_LOG`), and against the floor (an empty kernel, a copy of one array). All run
 //! on the same device, in alternating order; each figure is the median over repetitions of the
 //! compute pass's time (timestamp queries where the adapter has them, else wall time from
-//! submit to completion).
+//! submit to completion). Optional sections follow: the step per element over tensor layouts
+//! (`--layouts`), Muon's step in both shapes of its products (`--muon`), and the rules that
+//! reduce (`--reductions`); they time whole steps by wall time.
 //!
 //! ```sh
 //! cargo run --release --example kernel_costs -- --elements 16M --reps 7 --backend vulkan
-//! cargo run --release --example kernel_costs -- --elements 1M --reps 5 --muon
+//! cargo run --release --example kernel_costs -- --elements 1M --reps 5 --muon --reductions
 //! ```
 //!
-//! BENCHMARKS.md ("The single-tensor gap") reads these on llvmpipe.
+//! BENCHMARKS.md ("The single-tensor gap", "Muon's products on a CPU adapter", "Workgroup
+//! folds") reads these on llvmpipe.
 
 use std::time::Instant;
 
 use clap::Parser;
-use wgpu_optim::rules::{AdamW, Muon};
-use wgpu_optim::{BackendChoice, GpuContext, Optimizer, ParamGroup, Parameters};
+use wgpu_optim::rules::{Adafactor, AdamW, Lamb, Muon};
+use wgpu_optim::{BackendChoice, ClipGradNorm, GpuContext, GradientOptions, Optimizer, OptimizerOptions, ParamGroup, Parameters, UpdateRule};
 
 #[derive(Parser)]
 struct Args {
@@ -38,6 +41,12 @@ struct Args {
     /// (`GpuContext::with_cpu_kernels`: staged tiles for a GPU, register blocks for a CPU adapter).
     #[arg(long)]
     muon: bool,
+    /// Afterwards, the step of rules that reduce (one 4096 x 4096 tensor): AdamW alone and with
+    /// `clip_grad_norm` (the gradient norm pass), LAMB with and without its global-norm clip
+    /// (timm's default `max_grad_norm` 1.0; its moments pass writes a partial sum per chunk),
+    /// and Adafactor.
+    #[arg(long)]
+    reductions: bool,
 }
 
 /// AdamW's scalars as the plain kernels read them.
@@ -287,6 +296,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.muon {
         compare_muon_shapes(&GpuContext::new(args.backend)?, args.reps, &mut random)?;
+    }
+    if args.reductions {
+        compare_reductions(&GpuContext::new(args.backend)?, args.reps, &mut random)?;
+    }
+    Ok(())
+}
+
+/// The step of AdamW with and without the gradient norm pass, LAMB with and without its global
+/// norm, and Adafactor, on one 4096 x 4096 tensor.
+fn compare_reductions(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() -> f32) -> Result<(), Box<dyn std::error::Error>> {
+    let clip = GradientOptions { clip_grad_norm: Some(ClipGradNorm { max_norm: 1.0, norm_type: 2.0, error_if_nonfinite: false }), ..Default::default() };
+    let runs: [(&str, Box<dyn UpdateRule>, GradientOptions); 5] = [
+        ("AdamW", Box::new(AdamW::default()), GradientOptions::default()),
+        ("AdamW + clip_grad_norm", Box::new(AdamW::default()), clip),
+        ("LAMB (timm's defaults: global-norm clip)", Box::new(Lamb::default()), GradientOptions::default()),
+        ("LAMB, max_grad_norm None", Box::new(Lamb { max_grad_norm: None, ..Lamb::default() }), GradientOptions::default()),
+        ("Adafactor", Box::new(Adafactor::default()), GradientOptions::default()),
+    ];
+    let mut names = Vec::new();
+    let mut optimizers = Vec::new();
+    for (name, rule, gradients) in runs {
+        let mut params = Parameters::new();
+        let id = params.add("w", &[4096, 4096], (0..4096 * 4096).map(|_| random()).collect())?;
+        let options = OptimizerOptions { gradients, ..Default::default() };
+        let optimizer = Optimizer::with_options(gpu, params, vec![ParamGroup::from_boxed(rule, [id])], options)?;
+        optimizer.write_grad(id, &(0..4096 * 4096).map(|_| random()).collect::<Vec<_>>())?;
+        optimizers.push(optimizer);
+        names.push(name);
+    }
+    let times = step_times(gpu, &mut optimizers, reps)?;
+    println!("| one 4096 x 4096 tensor | ms per step (median of {reps}) | vs AdamW |");
+    println!("|---|---:|---:|");
+    for (name, ms) in names.iter().zip(&times) {
+        println!("| {name} | {ms:.1} | {:.2}× |", ms / times[0]);
     }
     Ok(())
 }

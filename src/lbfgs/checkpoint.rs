@@ -8,6 +8,7 @@
 //! that saved it, bit for bit.
 
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,9 @@ use super::scalar::Scalar;
 use super::vectors::{register, Vector, Vectors};
 use super::{Driver, LbfgsOptions};
 use crate::error::{Error, Result};
-use crate::tensor_file::{read_safetensors_bytes, serialize_safetensors, write_file, NamedTensor};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::tensor_file::write_file;
+use crate::tensor_file::{read_safetensors_bytes, serialize_safetensors, NamedTensor};
 
 /// The metadata of an L-BFGS checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
