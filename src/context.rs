@@ -138,6 +138,20 @@ pub(crate) struct PipelineKey {
     pub constants: Vec<(&'static str, u64)>,
 }
 
+/// Waits until everything submitted to `device` has run, and runs the callbacks of finished
+/// work. `PollType::wait_indefinitely` waits at most about 2 s on GL (wgpu-hal caps its fence
+/// wait at `i32::MAX` nanoseconds) and then reports a timeout, which only means that the work
+/// is still running: it waits again.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn wait_for_submitted_work(device: &wgpu::Device) -> std::result::Result<(), wgpu::PollError> {
+    loop {
+        match device.poll(wgpu::PollType::wait_indefinitely()) {
+            Err(wgpu::PollError::Timeout) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 /// An opened GPU: device, queue, the adapter that backs them, and the pipeline cache.
 ///
 /// Cloning is cheap and shares the device, the queue and the cache.

@@ -1186,7 +1186,7 @@ impl Optimizer {
             // Runs the callbacks of every finished submission; a slot still taken then
             // belongs to a step that was never submitted.
             #[cfg(not(target_arch = "wasm32"))]
-            self.gpu.device().poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu {
+            crate::context::wait_for_submitted_work(self.gpu.device()).map_err(|e| Error::Gpu {
                 context: "waiting for a submitted step".into(),
                 message: e.to_string(),
             })?;
@@ -1982,7 +1982,8 @@ impl Optimizer {
         crate::params::check_added_group(|name| self.by_name.contains_key(name), &params, rule.as_ref(), self.conditioned)?;
         // Every recorded step must have run: the new layout takes the state over from here.
         #[cfg(not(target_arch = "wasm32"))]
-        let _ = self.gpu.device().poll(wgpu::PollType::wait_indefinitely());
+        crate::context::wait_for_submitted_work(self.gpu.device())
+            .map_err(|e| Error::Gpu { context: "waiting for the recorded steps".into(), message: e.to_string() })?;
         if self.scalar_slots.iter().any(|slot| slot.load(Ordering::Acquire)) {
             return Err(Error::StepsInFlight { in_flight: self.steps_in_flight });
         }
@@ -2395,9 +2396,7 @@ async fn read_batch(gpu: &GpuContext, views: &[TensorView], pieces: &[(usize, u6
         let _ = sender.send(result);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::ReadBack(e.to_string()))?;
+    crate::context::wait_for_submitted_work(device).map_err(|e| Error::ReadBack(e.to_string()))?;
     receiver
         .await
         .map_err(|_| Error::ReadBack("the device was lost before the buffer was mapped".into()))?

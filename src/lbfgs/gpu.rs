@@ -549,10 +549,7 @@ impl Vectors for GpuVectors {
             let _ = sender.send(result);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        self.gpu
-            .device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        crate::context::wait_for_submitted_work(self.gpu.device()).map_err(|e| Error::ReadBack(e.to_string()))?;
         receiver
             .await
             .map_err(|_| {
