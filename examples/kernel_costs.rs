@@ -281,10 +281,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("| kernel | ms (median of {}) | vs the library's step |", args.reps);
     println!("|---|---:|---:|");
-    let median = |t: &mut Vec<f64>| {
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    };
     let library = median(&mut times[0].clone());
     for ((name, _), t) in runs.iter().zip(times.iter_mut()) {
         let ms = median(t);
@@ -317,12 +313,7 @@ fn compare_reductions(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() ->
     let mut names = Vec::new();
     let mut optimizers = Vec::new();
     for (name, rule, gradients) in runs {
-        let mut params = Parameters::new();
-        let id = params.add("w", &[4096, 4096], (0..4096 * 4096).map(|_| random()).collect())?;
-        let options = OptimizerOptions { gradients, ..Default::default() };
-        let optimizer = Optimizer::with_options(gpu, params, vec![ParamGroup::from_boxed(rule, [id])], options)?;
-        optimizer.write_grad(id, &(0..4096 * 4096).map(|_| random()).collect::<Vec<_>>())?;
-        optimizers.push(optimizer);
+        optimizers.push(random_optimizer(gpu, &[[4096, 4096]], rule, OptimizerOptions { gradients, ..Default::default() }, random)?);
         names.push(name);
     }
     let times = step_times(gpu, &mut optimizers, reps)?;
@@ -332,6 +323,26 @@ fn compare_reductions(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() ->
         println!("| {name} | {ms:.1} | {:.2}× |", ms / times[0]);
     }
     Ok(())
+}
+
+/// One group of `rule` over tensors of `shapes`, with random values and gradients.
+fn random_optimizer(
+    gpu: &GpuContext,
+    shapes: &[[usize; 2]],
+    rule: Box<dyn UpdateRule>,
+    options: OptimizerOptions,
+    random: &mut dyn FnMut() -> f32,
+) -> Result<Optimizer, Box<dyn std::error::Error>> {
+    let mut params = Parameters::new();
+    let mut ids = Vec::new();
+    for (k, shape) in shapes.iter().enumerate() {
+        ids.push(params.add(&format!("t{k}"), shape, (0..shape[0] * shape[1]).map(|_| random()).collect())?);
+    }
+    let optimizer = Optimizer::with_options(gpu, params, vec![ParamGroup::from_boxed(rule, ids.clone())], options)?;
+    for (&id, shape) in ids.iter().zip(shapes) {
+        optimizer.write_grad(id, &(0..shape[0] * shape[1]).map(|_| random()).collect::<Vec<_>>())?;
+    }
+    Ok(optimizer)
 }
 
 /// Median wall time of a step, submit to completion, for each optimizer stepped in turn.
@@ -347,13 +358,12 @@ fn step_times(gpu: &GpuContext, optimizers: &mut [Optimizer], reps: usize) -> Re
             }
         }
     }
-    Ok(times
-        .iter_mut()
-        .map(|t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect())
+    Ok(times.iter_mut().map(|t| median(t)).collect())
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// Muon's step on 64 matrices of 256 x 256 with its products as staged tiles and as register
@@ -362,16 +372,8 @@ fn compare_muon_shapes(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() -
     let shapes = [("staged tiles (the GPU shape)", false), ("register blocks (the CPU-adapter shape)", true)];
     let mut optimizers = Vec::new();
     for (_, cpu) in shapes {
-        let mut params = Parameters::new();
-        let mut ids = Vec::new();
-        for k in 0..64 {
-            ids.push(params.add(&format!("w{k}"), &[256, 256], (0..256 * 256).map(|_| random()).collect())?);
-        }
-        let optimizer = Optimizer::new(&gpu.clone().with_cpu_kernels(cpu), params, vec![ParamGroup::new(Muon::default(), ids.clone())])?;
-        for &id in &ids {
-            optimizer.write_grad(id, &(0..256 * 256).map(|_| random()).collect::<Vec<_>>())?;
-        }
-        optimizers.push(optimizer);
+        let gpu = gpu.clone().with_cpu_kernels(cpu);
+        optimizers.push(random_optimizer(&gpu, &[[256, 256]; 64], Box::new(Muon::default()), OptimizerOptions::default(), random)?);
     }
     let times = step_times(gpu, &mut optimizers, reps)?;
     println!("| Muon, 64 x 256 x 256, products as | ms per step (median of {reps}) |");
@@ -395,16 +397,7 @@ fn compare_layouts(gpu: &GpuContext, reps: usize, random: &mut dyn FnMut() -> f3
     ];
     let mut optimizers = Vec::new();
     for (_, shapes) in &layouts {
-        let mut params = Parameters::new();
-        let mut ids = Vec::new();
-        for (k, shape) in shapes.iter().enumerate() {
-            ids.push(params.add(&format!("t{k}"), shape, (0..shape[0] * shape[1]).map(|_| random()).collect())?);
-        }
-        let optimizer = Optimizer::new(gpu, params, vec![ParamGroup::new(AdamW::default(), ids.clone())])?;
-        for (&id, shape) in ids.iter().zip(shapes) {
-            optimizer.write_grad(id, &(0..shape[0] * shape[1]).map(|_| random()).collect::<Vec<_>>())?;
-        }
-        optimizers.push(optimizer);
+        optimizers.push(random_optimizer(gpu, shapes, Box::new(AdamW::default()), OptimizerOptions::default(), random)?);
     }
     let times = step_times(gpu, &mut optimizers, reps)?;
     println!("| layout | ms per step (median of {reps}) | ns per element |");
